@@ -1,0 +1,174 @@
+//! Validated arguments of the trait's ops. Only [`crate::Backend`] builds these, after checking
+//! every shape, dtype, device, length and position, so a backend receives only valid input and
+//! every backend reports invalid input identically. Backends read the public fields (destructure
+//! with `..`).
+
+use crate::{AttentionParams, Batch, KvCache, PlainBatch, ProblemDesc, RopeConfig, RopeFrequencies, Tensor};
+
+/// Proof of validation; cannot be made outside this crate.
+#[derive(Debug, Clone, Copy)]
+pub struct Validated(pub(crate) ());
+
+/// [`crate::AttentionBackend::rope`]: rotate Q `[T, H, D]` and K `[T, Hkv, D]` in place, token
+/// `t` at `positions[t]`.
+#[derive(Debug)]
+pub struct RopeArgs<'a> {
+    /// Queries, rotated in place.
+    pub q: &'a mut Tensor,
+    /// Keys, rotated in place.
+    pub k: &'a mut Tensor,
+    /// One position id per token; each `< config.max_position`.
+    pub positions: &'a [u32],
+    /// The RoPE configuration (validated).
+    pub config: &'a RopeConfig,
+    /// `config.frequencies(max(positions))`, computed once by the API.
+    pub freqs: RopeFrequencies,
+    /// What the capability query saw.
+    pub desc: ProblemDesc,
+    /// Proof of validation.
+    pub validated: Validated,
+}
+
+/// [`crate::AttentionBackend::kv_append`]: write entry `i`'s rows of K/V `[T, Hkv, D]` into
+/// sequence `batch.seq_ids()[i]` at token slots `start[i]..start[i] + q_lens[i]`. The API updates
+/// the sequence lengths after the op succeeds.
+#[derive(Debug)]
+pub struct AppendArgs<'a> {
+    /// The cache written to.
+    pub cache: &'a mut KvCache,
+    /// New keys.
+    pub k: &'a Tensor,
+    /// New values.
+    pub v: &'a Tensor,
+    /// Which sequences, how many tokens each.
+    pub batch: &'a Batch,
+    /// First slot written per batch entry (the sequence's length before the append).
+    pub start: Vec<usize>,
+    /// What the capability query saw.
+    pub desc: ProblemDesc,
+    /// Proof of validation.
+    pub validated: Validated,
+}
+
+/// [`crate::AttentionBackend::attention`]: for each batch entry, its `q_lens[i]` query rows of
+/// Q `[T, H, D]` attend over tokens `0..kv_lens[i]` of the sequence in the cache; the result
+/// goes to `out` `[T, H, D]`. Query head `h` reads kv head `h / (H / Hkv)`.
+#[derive(Debug)]
+pub struct AttentionArgs<'a> {
+    /// Queries.
+    pub q: &'a Tensor,
+    /// The cache read from.
+    pub cache: &'a KvCache,
+    /// Which sequences, how many query rows each.
+    pub batch: &'a Batch,
+    /// Keys visible per batch entry (`>= q_lens[i]`).
+    pub kv_lens: Vec<usize>,
+    /// Causal flag and softmax scale.
+    pub params: AttentionParams,
+    /// Output, fully overwritten.
+    pub out: &'a mut Tensor,
+    /// What the capability query saw.
+    pub desc: ProblemDesc,
+    /// Proof of validation.
+    pub validated: Validated,
+}
+
+/// [`crate::AttentionBackend::attention_plain`]: attention over given Q `[Tq, H, D]`, K and V
+/// `[Tk, Hkv, D]`, variable length per [`PlainBatch`]; the result goes to `out` `[Tq, H, D]`.
+#[derive(Debug)]
+pub struct PlainAttentionArgs<'a> {
+    /// Queries.
+    pub q: &'a Tensor,
+    /// Keys.
+    pub k: &'a Tensor,
+    /// Values.
+    pub v: &'a Tensor,
+    /// Rows per entry.
+    pub batch: &'a PlainBatch,
+    /// Causal flag and softmax scale.
+    pub params: AttentionParams,
+    /// Output, fully overwritten.
+    pub out: &'a mut Tensor,
+    /// What the capability query saw.
+    pub desc: ProblemDesc,
+    /// Proof of validation.
+    pub validated: Validated,
+}
+
+/// [`crate::AttentionBackend::rope_append_attend`]: rotate Q and K at `positions`, append K/V,
+/// attend. Afterwards `q` and `k` hold unspecified values (a backend may rotate them in place
+/// or not at all) and the cache holds K in the backend's own form (rotated or not); only `out`
+/// and the cache lengths are specified.
+#[derive(Debug)]
+pub struct StepArgs<'a> {
+    /// Queries (scratch afterwards).
+    pub q: &'a mut Tensor,
+    /// New keys (scratch afterwards).
+    pub k: &'a mut Tensor,
+    /// New values.
+    pub v: &'a Tensor,
+    /// One position id per new token.
+    pub positions: &'a [u32],
+    /// The RoPE configuration (validated).
+    pub config: &'a RopeConfig,
+    /// `config.frequencies(max(positions))`.
+    pub freqs: RopeFrequencies,
+    /// The cache appended to and read from.
+    pub cache: &'a mut KvCache,
+    /// Which sequences, how many tokens each.
+    pub batch: &'a Batch,
+    /// First slot written per batch entry.
+    pub start: Vec<usize>,
+    /// Keys visible per entry after the append.
+    pub kv_lens: Vec<usize>,
+    /// Causal flag and softmax scale.
+    pub params: AttentionParams,
+    /// Output, fully overwritten.
+    pub out: &'a mut Tensor,
+    /// What the capability query saw.
+    pub desc: ProblemDesc,
+    /// Proof of validation.
+    pub validated: Validated,
+}
+
+impl StepArgs<'_> {
+    /// The RoPE part, for backends that build the step from primitives.
+    pub fn rope_args(&mut self) -> RopeArgs<'_> {
+        RopeArgs {
+            q: self.q,
+            k: self.k,
+            positions: self.positions,
+            config: self.config,
+            freqs: self.freqs.clone(),
+            desc: self.desc.clone(),
+            validated: self.validated,
+        }
+    }
+
+    /// The append part.
+    pub fn append_args(&mut self) -> AppendArgs<'_> {
+        AppendArgs {
+            cache: self.cache,
+            k: self.k,
+            v: self.v,
+            batch: self.batch,
+            start: self.start.clone(),
+            desc: self.desc.clone(),
+            validated: self.validated,
+        }
+    }
+
+    /// The attention part (over the cache after the append).
+    pub fn attention_args(&mut self) -> AttentionArgs<'_> {
+        AttentionArgs {
+            q: self.q,
+            cache: self.cache,
+            batch: self.batch,
+            kv_lens: self.kv_lens.clone(),
+            params: self.params,
+            out: self.out,
+            desc: self.desc.clone(),
+            validated: self.validated,
+        }
+    }
+}

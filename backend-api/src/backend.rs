@@ -1,0 +1,526 @@
+//! The [`AttentionBackend`] trait (what a backend implements) and the [`Backend`] handle (what
+//! users call: it validates, asks the capability query, then dispatches).
+
+use std::sync::Arc;
+
+use crate::args::*;
+use crate::{
+    AttentionParams, Batch, CachedSeq, Device, DType, Error, KvCache, KvCacheSpec, KvPool, Op, PlainBatch,
+    ProblemDesc, Result, RopeConfig, Tensor,
+};
+
+/// An attention backend. Object safe; one instance serves every thread. Ops receive arguments
+/// the API has already validated (see [`crate::args`]) and whose problem the backend's own
+/// [`AttentionBackend::supports`] accepted.
+pub trait AttentionBackend: Send + Sync {
+    /// Registry name, e.g. `cpu`, `hip-flash`.
+    fn name(&self) -> &str;
+    /// The device its tensors live on.
+    fn device(&self) -> Device;
+    /// Whether `op` can run `problem`: `Ok`, or one human-readable reason per unmet
+    /// requirement. Must be the same code that picks the kernel, so support and dispatch agree.
+    fn supports(&self, op: Op, problem: &ProblemDesc) -> Result<(), Vec<String>>;
+    /// A new tensor with unspecified contents.
+    fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor>;
+    /// Copies host values into `dst`, rounding to its dtype (`src.len() == dst.numel()`).
+    fn write(&self, dst: &mut Tensor, src: &[f32]) -> Result<()>;
+    /// Copies `src` to the host as f32.
+    fn read(&self, src: &Tensor) -> Result<Vec<f32>>;
+    /// Sets every element of `dst` to `value` (NaN allowed: tests poison outputs with it).
+    fn fill(&self, dst: &mut Tensor, value: f32) -> Result<()>;
+    /// Allocates K and V pools for a validated spec.
+    fn create_kv_cache(&self, spec: &KvCacheSpec) -> Result<KvCache>;
+    /// Copies both pools to the host in the physical layout (see [`crate::cache`]).
+    fn read_kv_pool(&self, cache: &KvCache) -> Result<KvPool>;
+    /// Overwrites both pools from the host (lengths of [`KvCacheSpec::pool_len`]).
+    fn write_kv_pool(&self, cache: &mut KvCache, pool: &KvPool) -> Result<()>;
+    /// RoPE on Q and K in place.
+    fn rope(&self, args: RopeArgs<'_>) -> Result<()>;
+    /// Appends K/V rows to a cache.
+    fn kv_append(&self, args: AppendArgs<'_>) -> Result<()>;
+    /// Attention of new queries over a cache.
+    fn attention(&self, args: AttentionArgs<'_>) -> Result<()>;
+    /// Attention over given Q, K, V.
+    fn attention_plain(&self, args: PlainAttentionArgs<'_>) -> Result<()>;
+    /// (optional) RoPE + append + attention in one step; fused backends override it. Default:
+    /// the three primitives in order.
+    fn rope_append_attend(&self, mut args: StepArgs<'_>) -> Result<()> {
+        self.rope(args.rope_args())?;
+        self.kv_append(args.append_args())?;
+        self.attention(args.attention_args())
+    }
+    /// (optional) Waits for queued device work; errors surface here. Default: nothing to wait for.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What a caller must pass to [`Backend::rope_append_attend`].
+#[derive(Debug)]
+pub struct StepInputs<'a> {
+    /// Queries `[T, H, D]` (scratch afterwards).
+    pub q: &'a mut Tensor,
+    /// New keys `[T, Hkv, D]` (scratch afterwards).
+    pub k: &'a mut Tensor,
+    /// New values `[T, Hkv, D]`.
+    pub v: &'a Tensor,
+    /// One position id per new token.
+    pub positions: &'a [u32],
+    /// RoPE configuration.
+    pub rope: &'a RopeConfig,
+    /// Cache appended to and attended over.
+    pub cache: &'a mut KvCache,
+    /// Which sequences, how many new tokens each.
+    pub batch: &'a Batch,
+    /// Causal flag and scale.
+    pub params: AttentionParams,
+    /// Output `[T, H, D]`.
+    pub out: &'a mut Tensor,
+}
+
+/// A shared handle to a backend: the API users call. Every op validates its input (typed
+/// errors, never a panic), asks the backend's capability query (an `Unsupported` error with the
+/// reasons, never a silent fallback), then runs the op inside a `tracing` span.
+#[derive(Clone)]
+pub struct Backend {
+    inner: Arc<dyn AttentionBackend>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Backend({} on {})", self.inner.name(), self.inner.device())
+    }
+}
+
+impl Backend {
+    /// Wraps a backend implementation.
+    pub fn new(inner: Arc<dyn AttentionBackend>) -> Self {
+        Backend { inner }
+    }
+
+    /// The implementation behind the handle.
+    pub fn inner(&self) -> &dyn AttentionBackend {
+        self.inner.as_ref()
+    }
+
+    /// Registry name.
+    pub fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    /// Device of its tensors.
+    pub fn device(&self) -> Device {
+        self.inner.device()
+    }
+
+    /// `Ok` if `op` can run `problem`, else [`Error::Unsupported`] with the reasons.
+    pub fn supports(&self, op: Op, problem: &ProblemDesc) -> Result<()> {
+        self.inner.supports(op, problem).map_err(|reasons| Error::Unsupported {
+            backend: self.name().to_string(),
+            op: op.name().to_string(),
+            reasons,
+        })
+    }
+
+    /// `Ok` if every op of `problem` (see [`ProblemDesc::ops`]) is supported, else the reasons
+    /// of all unsupported ops.
+    pub fn supports_problem(&self, problem: &ProblemDesc) -> Result<()> {
+        let mut reasons = Vec::new();
+        for op in problem.ops() {
+            if let Err(r) = self.inner.supports(op, problem) {
+                for reason in r {
+                    let reason = format!("{op}: {reason}");
+                    if !reasons.contains(&reason) {
+                        reasons.push(reason);
+                    }
+                }
+            }
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Unsupported { backend: self.name().to_string(), op: "this problem".into(), reasons })
+        }
+    }
+
+    /// A tensor of `shape` with unspecified contents.
+    pub fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.inner.alloc(shape, dtype)
+    }
+
+    /// A tensor of `shape` holding `data` rounded to `dtype`.
+    pub fn upload(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        if data.len() != numel {
+            return Err(Error::InvalidArgument(format!(
+                "upload of {} values into shape {shape:?} ({numel} elements)",
+                data.len()
+            )));
+        }
+        let mut t = self.inner.alloc(shape, dtype)?;
+        self.inner.write(&mut t, data)?;
+        Ok(t)
+    }
+
+    /// Overwrites `dst` with host values.
+    pub fn write(&self, dst: &mut Tensor, data: &[f32]) -> Result<()> {
+        self.check_device("destination tensor", dst.device())?;
+        if data.len() != dst.numel() {
+            return Err(Error::InvalidArgument(format!(
+                "write of {} values into a tensor of {} elements",
+                data.len(),
+                dst.numel()
+            )));
+        }
+        self.inner.write(dst, data)
+    }
+
+    /// The tensor's values on the host, as f32.
+    pub fn download(&self, t: &Tensor) -> Result<Vec<f32>> {
+        self.check_device("tensor", t.device())?;
+        self.inner.read(t)
+    }
+
+    /// Sets every element to `value`.
+    pub fn fill(&self, t: &mut Tensor, value: f32) -> Result<()> {
+        self.check_device("tensor", t.device())?;
+        self.inner.fill(t, value)
+    }
+
+    /// Waits for queued device work.
+    pub fn synchronize(&self) -> Result<()> {
+        self.inner.synchronize()
+    }
+
+    /// A new, empty KV cache.
+    pub fn create_kv_cache(&self, spec: &KvCacheSpec) -> Result<KvCache> {
+        spec.validate()?;
+        self.inner.create_kv_cache(spec)
+    }
+
+    /// Both pools in the physical layout, on the host.
+    pub fn read_kv_pool(&self, cache: &KvCache) -> Result<KvPool> {
+        self.check_device("KV cache", cache.device())?;
+        self.inner.read_kv_pool(cache)
+    }
+
+    /// Overwrites both pools (tests use it to plant sentinels).
+    pub fn write_kv_pool(&self, cache: &mut KvCache, pool: &KvPool) -> Result<()> {
+        self.check_device("KV cache", cache.device())?;
+        let n = cache.spec().pool_len();
+        if pool.k.len() != n || pool.v.len() != n {
+            return Err(Error::shape("KV pool", &cache.spec().pool_shape(), &[pool.k.len(), pool.v.len()]));
+        }
+        self.inner.write_kv_pool(cache, pool)
+    }
+
+    /// Every sequence's cached tokens in canonical form `[seq_len, Hkv, D]`, read through the
+    /// page tables. For tests and debugging.
+    pub fn read_kv_cache(&self, cache: &KvCache) -> Result<Vec<CachedSeq>> {
+        let pool = self.read_kv_pool(cache)?;
+        let spec = cache.spec();
+        let (hk, d) = (spec.num_kv_heads, spec.head_dim);
+        Ok((0..spec.num_seqs)
+            .map(|s| {
+                let len = cache.seq_len(s);
+                let mut k = Vec::with_capacity(len * hk * d);
+                let mut v = Vec::with_capacity(len * hk * d);
+                for t in 0..len {
+                    for h in 0..hk {
+                        let o = cache.slot_offset(s, t, h);
+                        k.extend_from_slice(&pool.k[o..o + d]);
+                        v.extend_from_slice(&pool.v[o..o + d]);
+                    }
+                }
+                CachedSeq { k, v }
+            })
+            .collect())
+    }
+
+    /// RoPE on Q `[T, H, D]` and K `[T, Hkv, D]` in place, token `t` at `positions[t]`.
+    pub fn rope(&self, q: &mut Tensor, k: &mut Tensor, positions: &[u32], config: &RopeConfig) -> Result<()> {
+        let _span = tracing::debug_span!("rope", backend = self.name()).entered();
+        let desc = self.check_rope(q, k, positions, config)?;
+        self.supports(Op::Rope, &desc)?;
+        let freqs = config.frequencies(max_position(positions));
+        self.inner.rope(RopeArgs { q, k, positions, config, freqs, desc, validated: Validated(()) })
+    }
+
+    /// Appends entry `i`'s rows of K/V `[T, Hkv, D]` to sequence `batch.seq_ids()[i]`.
+    pub fn kv_append(&self, cache: &mut KvCache, k: &Tensor, v: &Tensor, batch: &Batch) -> Result<()> {
+        let _span = tracing::debug_span!("kv_append", backend = self.name()).entered();
+        let (start, mut desc) = self.check_append(cache, k, v, batch)?;
+        desc.max_kv_len = batch.seq_ids().iter().zip(batch.q_lens()).map(|(&s, q)| cache.seq_len(s) + q).max().unwrap_or(0);
+        self.supports(Op::KvAppend, &desc)?;
+        let new_lens: Vec<usize> = start.iter().zip(batch.q_lens()).map(|(s, q)| s + q).collect();
+        self.inner.kv_append(AppendArgs { cache, k, v, batch, start, desc, validated: Validated(()) })?;
+        for (&s, &len) in batch.seq_ids().iter().zip(&new_lens) {
+            cache.set_seq_len(s, len);
+        }
+        Ok(())
+    }
+
+    /// Attention of Q `[T, H, D]` over the cache (each sequence's current tokens) into `out`.
+    pub fn attention(&self, q: &Tensor, cache: &KvCache, batch: &Batch, params: AttentionParams, out: &mut Tensor) -> Result<()> {
+        let _span = tracing::debug_span!("attention", backend = self.name()).entered();
+        let kv_lens: Vec<usize> = batch.seq_ids().iter().map(|&s| cache.seq_len(s)).collect();
+        let desc = self.check_attention(q, cache, batch, &kv_lens, params, out)?;
+        self.supports(Op::Attention, &desc)?;
+        self.inner.attention(AttentionArgs { q, cache, batch, kv_lens, params, out, desc, validated: Validated(()) })
+    }
+
+    /// Attention over Q `[Tq, H, D]`, K and V `[Tk, Hkv, D]` into `out` `[Tq, H, D]`.
+    pub fn attention_plain(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        batch: &PlainBatch,
+        params: AttentionParams,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let _span = tracing::debug_span!("attention_plain", backend = self.name()).entered();
+        let desc = self.check_plain(q, k, v, batch, params, out)?;
+        self.supports(Op::AttentionPlain, &desc)?;
+        self.inner.attention_plain(PlainAttentionArgs { q, k, v, batch, params, out, desc, validated: Validated(()) })
+    }
+
+    /// The composite step: RoPE on Q and K, append K/V, attend. See [`StepArgs`] for what it
+    /// leaves in `q`, `k` and the cache.
+    pub fn rope_append_attend(&self, s: StepInputs<'_>) -> Result<()> {
+        let _span = tracing::debug_span!("rope_append_attend", backend = self.name()).entered();
+        let StepInputs { q, k, v, positions, rope, cache, batch, params, out } = s;
+        let rope_desc = self.check_rope(q, k, positions, rope)?;
+        let (start, _) = self.check_append(cache, k, v, batch)?;
+        let kv_lens: Vec<usize> = start.iter().zip(batch.q_lens()).map(|(s, q)| s + q).collect();
+        let mut desc = self.check_attention(q, cache, batch, &kv_lens, params, out)?;
+        desc.rope = rope_desc.rope;
+        for op in [Op::Rope, Op::KvAppend, Op::Attention, Op::Step] {
+            self.supports(op, &desc)?;
+        }
+        let freqs = rope.frequencies(max_position(positions));
+        let new_lens = kv_lens.clone();
+        self.inner.rope_append_attend(StepArgs {
+            q,
+            k,
+            v,
+            positions,
+            config: rope,
+            freqs,
+            cache,
+            batch,
+            start,
+            kv_lens,
+            params,
+            out,
+            desc,
+            validated: Validated(()),
+        })?;
+        for (&s, &len) in batch.seq_ids().iter().zip(&new_lens) {
+            cache.set_seq_len(s, len);
+        }
+        Ok(())
+    }
+
+    // ---- validation: one place, so every backend rejects the same input the same way ----
+
+    fn check_device(&self, what: &str, got: Device) -> Result<()> {
+        if got != self.device() {
+            return Err(Error::WrongDevice { what: what.into(), backend: self.name().into(), expected: self.device(), got });
+        }
+        Ok(())
+    }
+
+    fn check_tensor(&self, what: &str, t: &Tensor, shape: &[usize], dtype: DType) -> Result<()> {
+        self.check_device(what, t.device())?;
+        if t.dtype() != dtype {
+            return Err(Error::DtypeMismatch { what: what.into(), expected: dtype, got: t.dtype() });
+        }
+        if t.shape() != shape {
+            return Err(Error::shape(what, shape, t.shape()));
+        }
+        Ok(())
+    }
+
+    /// Checks a `[tokens, heads, head_dim]` tensor's rank and head_dim; returns (tokens, heads).
+    fn check_heads_tensor(&self, what: &str, t: &Tensor, head_dim: Option<usize>) -> Result<(usize, usize, usize)> {
+        self.check_device(what, t.device())?;
+        let s = t.shape();
+        if s.len() != 3 {
+            let expected = [s.first().copied().unwrap_or(0), s.get(1).copied().unwrap_or(0), head_dim.unwrap_or(0)];
+            return Err(Error::shape(&format!("{what} ([tokens, heads, head_dim])"), &expected, s));
+        }
+        if let Some(d) = head_dim {
+            if s[2] != d {
+                return Err(Error::shape(what, &[s[0], s[1], d], s));
+            }
+        }
+        if s[2] == 0 || s[2] % 2 != 0 {
+            return Err(Error::OddHeadDim { head_dim: s[2] });
+        }
+        if s[0] == 0 {
+            return Err(Error::EmptyBatch { detail: format!("{what} has no tokens") });
+        }
+        if s[1] == 0 {
+            return Err(Error::InvalidArgument(format!("{what} has 0 heads")));
+        }
+        Ok((s[0], s[1], s[2]))
+    }
+
+    fn check_heads(num_heads: usize, num_kv_heads: usize) -> Result<()> {
+        if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            return Err(Error::HeadsNotDivisible { num_heads, num_kv_heads });
+        }
+        Ok(())
+    }
+
+    fn check_rope(&self, q: &Tensor, k: &Tensor, positions: &[u32], config: &RopeConfig) -> Result<ProblemDesc> {
+        config.validate()?;
+        let (t, h, d) = self.check_heads_tensor("q", q, Some(config.head_dim))?;
+        let (tk, hk, _) = self.check_heads_tensor("k", k, Some(d))?;
+        if tk != t {
+            return Err(Error::shape("k", &[t, hk, d], k.shape()));
+        }
+        if k.dtype() != q.dtype() {
+            return Err(Error::DtypeMismatch { what: "k".into(), expected: q.dtype(), got: k.dtype() });
+        }
+        Self::check_heads(h, hk)?;
+        if positions.len() != t {
+            return Err(Error::shape("positions", &[t], &[positions.len()]));
+        }
+        if let Some((token, &p)) = positions.iter().enumerate().find(|(_, &p)| p as usize >= config.max_position) {
+            return Err(Error::PositionOutOfRange { token, position: p as usize, max_position: config.max_position });
+        }
+        Ok(ProblemDesc {
+            dtype: q.dtype(),
+            num_heads: h,
+            num_kv_heads: hk,
+            head_dim: d,
+            rope: Some(config.clone()),
+            layout: None,
+            causal: false,
+            batch_size: 1,
+            max_q_len: t,
+            max_kv_len: 0,
+        })
+    }
+
+    fn check_seq_ids(cache: &KvCache, batch: &Batch) -> Result<()> {
+        let n = cache.spec().num_seqs;
+        if let Some(&s) = batch.seq_ids().iter().find(|&&s| s >= n) {
+            return Err(Error::InvalidArgument(format!("sequence {s} is outside the cache ({n} sequences)")));
+        }
+        Ok(())
+    }
+
+    fn check_append(&self, cache: &KvCache, k: &Tensor, v: &Tensor, batch: &Batch) -> Result<(Vec<usize>, ProblemDesc)> {
+        self.check_device("KV cache", cache.device())?;
+        let spec = cache.spec();
+        let shape = [batch.total_tokens(), spec.num_kv_heads, spec.head_dim];
+        self.check_tensor("k", k, &shape, spec.dtype)?;
+        self.check_tensor("v", v, &shape, spec.dtype)?;
+        Self::check_seq_ids(cache, batch)?;
+        let mut start = Vec::with_capacity(batch.len());
+        for (&s, &q) in batch.seq_ids().iter().zip(batch.q_lens()) {
+            let len = cache.seq_len(s);
+            if len + q > cache.seq_capacity(s) {
+                return Err(Error::KvCacheOverflow { seq: s, needed: len + q, capacity: cache.seq_capacity(s) });
+            }
+            start.push(len);
+        }
+        let desc = ProblemDesc {
+            dtype: spec.dtype,
+            num_heads: spec.num_kv_heads,
+            num_kv_heads: spec.num_kv_heads,
+            head_dim: spec.head_dim,
+            rope: None,
+            layout: Some(spec.layout),
+            causal: false,
+            batch_size: batch.len(),
+            max_q_len: batch.q_lens().iter().copied().max().unwrap_or(0),
+            max_kv_len: 0,
+        };
+        Ok((start, desc))
+    }
+
+    fn check_params(params: AttentionParams) -> Result<()> {
+        if !params.scale.is_finite() {
+            return Err(Error::InvalidArgument(format!("softmax scale must be finite, got {}", params.scale)));
+        }
+        Ok(())
+    }
+
+    fn check_attention(
+        &self,
+        q: &Tensor,
+        cache: &KvCache,
+        batch: &Batch,
+        kv_lens: &[usize],
+        params: AttentionParams,
+        out: &Tensor,
+    ) -> Result<ProblemDesc> {
+        self.check_device("KV cache", cache.device())?;
+        let spec = cache.spec();
+        let (_, h, d) = self.check_heads_tensor("q", q, Some(spec.head_dim))?;
+        self.check_tensor("q", q, &[batch.total_tokens(), h, d], spec.dtype)?;
+        Self::check_heads(h, spec.num_kv_heads)?;
+        self.check_tensor("out", out, q.shape(), spec.dtype)?;
+        Self::check_params(params)?;
+        Self::check_seq_ids(cache, batch)?;
+        for (i, (&q_len, &kv_len)) in batch.q_lens().iter().zip(kv_lens).enumerate() {
+            if q_len > kv_len {
+                return Err(Error::QLenExceedsKvLen { seq: batch.seq_ids()[i], q_len, kv_len });
+            }
+        }
+        Ok(ProblemDesc {
+            dtype: spec.dtype,
+            num_heads: h,
+            num_kv_heads: spec.num_kv_heads,
+            head_dim: d,
+            rope: None,
+            layout: Some(spec.layout),
+            causal: params.causal,
+            batch_size: batch.len(),
+            max_q_len: batch.q_lens().iter().copied().max().unwrap_or(0),
+            max_kv_len: kv_lens.iter().copied().max().unwrap_or(0),
+        })
+    }
+
+    fn check_plain(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        batch: &PlainBatch,
+        params: AttentionParams,
+        out: &Tensor,
+    ) -> Result<ProblemDesc> {
+        let (_, h, d) = self.check_heads_tensor("q", q, None)?;
+        let (_, hk, _) = self.check_heads_tensor("k", k, Some(d))?;
+        let dtype = q.dtype();
+        let tq = *batch.q_offsets().last().unwrap_or(&0);
+        let tk = *batch.kv_offsets().last().unwrap_or(&0);
+        self.check_tensor("q", q, &[tq, h, d], dtype)?;
+        self.check_tensor("k", k, &[tk, hk, d], dtype)?;
+        self.check_tensor("v", v, &[tk, hk, d], dtype)?;
+        Self::check_heads(h, hk)?;
+        self.check_tensor("out", out, q.shape(), dtype)?;
+        Self::check_params(params)?;
+        Ok(ProblemDesc {
+            dtype,
+            num_heads: h,
+            num_kv_heads: hk,
+            head_dim: d,
+            rope: None,
+            layout: None,
+            causal: params.causal,
+            batch_size: batch.len(),
+            max_q_len: batch.q_lens().iter().copied().max().unwrap_or(0),
+            max_kv_len: batch.kv_lens().iter().copied().max().unwrap_or(0),
+        })
+    }
+}
+
+fn max_position(positions: &[u32]) -> usize {
+    positions.iter().copied().max().unwrap_or(0) as usize
+}

@@ -1,0 +1,107 @@
+//! Element types and devices.
+
+use std::fmt;
+
+/// Element type of a tensor or KV cache. Kernels compute in f32 (the reference in f64) and store
+/// in the dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DType {
+    /// IEEE binary32.
+    F32,
+    /// IEEE binary16.
+    F16,
+    /// bfloat16 (8-bit exponent, 7-bit mantissa).
+    BF16,
+}
+
+impl DType {
+    /// Every dtype, in a fixed order.
+    pub const ALL: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    /// Lower-case name as used in kernel symbols and reports: `f32`, `f16`, `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        }
+    }
+
+    /// Machine epsilon of the dtype (distance from 1.0 to the next value).
+    pub fn epsilon(self) -> f64 {
+        match self {
+            DType::F32 => f32::EPSILON as f64,
+            DType::F16 => half::f16::EPSILON.to_f64(),
+            DType::BF16 => half::bf16::EPSILON.to_f64(),
+        }
+    }
+
+    /// Rounds `x` to the nearest value representable in this dtype (round to nearest even), as a
+    /// store to a tensor of this dtype does.
+    pub fn round(self, x: f64) -> f64 {
+        match self {
+            DType::F32 => x as f32 as f64,
+            DType::F16 => half::f16::from_f64(x).to_f64(),
+            DType::BF16 => half::bf16::from_f64(x).to_f64(),
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The kind of device a backend runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeviceKind {
+    /// Host memory and the CPU.
+    Cpu,
+    /// An NVIDIA GPU (HIP's NVIDIA path, through the CUDA driver).
+    Cuda,
+    /// An AMD GPU (ROCm).
+    Rocm,
+}
+
+/// A device: its kind and ordinal. Tensors remember theirs; a backend refuses tensors of another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Device {
+    /// CPU, CUDA or ROCm.
+    pub kind: DeviceKind,
+    /// Index among devices of that kind (0 for the CPU).
+    pub ordinal: usize,
+}
+
+impl Device {
+    /// The host CPU.
+    pub const CPU: Device = Device { kind: DeviceKind::Cpu, ordinal: 0 };
+
+    /// NVIDIA GPU number `ordinal`.
+    pub fn cuda(ordinal: usize) -> Self {
+        Device { kind: DeviceKind::Cuda, ordinal }
+    }
+
+    /// AMD GPU number `ordinal`.
+    pub fn rocm(ordinal: usize) -> Self {
+        Device { kind: DeviceKind::Rocm, ordinal }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            DeviceKind::Cpu => f.write_str("cpu"),
+            DeviceKind::Cuda => write!(f, "cuda:{}", self.ordinal),
+            DeviceKind::Rocm => write!(f, "rocm:{}", self.ordinal),
+        }
+    }
+}

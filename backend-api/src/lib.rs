@@ -1,0 +1,36 @@
+//! # attnforge backend API
+//!
+//! The contract between LLM inference engines and attention backends:
+//!
+//! - [`Tensor`]: a handle to device memory with shape, [`DType`] and [`Device`];
+//! - [`RopeConfig`]: rotary embeddings with every common scaling ([`RopeScaling`]);
+//! - [`KvCache`]: contiguous or paged K/V storage with per-sequence lengths;
+//! - [`Batch`] / [`PlainBatch`]: which sequences a step touches and how many tokens each;
+//! - [`AttentionBackend`]: what a backend implements (`rope`, `kv_append`, `attention`,
+//!   `attention_plain`, and the composite `rope_append_attend`);
+//! - [`Backend`]: the handle users call, which validates every input into a typed [`Error`];
+//! - [`registry`]: backends registered at link time, listed, picked by name or automatically.
+//!
+//! The facade crate `attnforge` re-exports all of this and links the backends; its crate docs
+//! walk through a decode step.
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+
+pub mod args;
+mod backend;
+pub mod cache;
+mod dtype;
+mod error;
+mod problem;
+pub mod registry;
+mod rope;
+mod tensor;
+
+pub use args::{AppendArgs, AttentionArgs, PlainAttentionArgs, RopeArgs, StepArgs};
+pub use backend::{AttentionBackend, Backend, StepInputs};
+pub use cache::{CacheLayout, CachedSeq, KvCache, KvCacheSpec, KvPool};
+pub use dtype::{DType, Device, DeviceKind};
+pub use error::{Error, Result};
+pub use problem::{AttentionParams, Batch, Op, PlainBatch, ProblemDesc};
+pub use rope::{RopeConfig, RopeFrequencies, RopeScaling, RopeStyle};
+pub use tensor::{Storage, Tensor};

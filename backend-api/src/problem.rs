@@ -1,0 +1,269 @@
+//! Describing work: batches, attention parameters, ops and the problem descriptor that
+//! capability queries and backend selection look at.
+
+use std::fmt;
+
+use crate::{CacheLayout, DType, Error, Result, RopeConfig};
+
+/// The sequences of one step: which cache sequence each entry appends to / attends over, and
+/// how many new tokens it brings. Q, K and V rows are token-major: entry `i` owns rows
+/// `offsets()[i]..offsets()[i + 1]`. One shape covers prefill, chunked prefill and decode
+/// (`q_len = 1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    seq_ids: Vec<usize>,
+    q_lens: Vec<usize>,
+    offsets: Vec<usize>,
+}
+
+impl Batch {
+    /// A batch: `seq_ids[i]` gets `q_lens[i]` new tokens. Errors on an empty batch, a zero
+    /// q_len, mismatched lengths or a sequence named twice.
+    pub fn new(seq_ids: Vec<usize>, q_lens: Vec<usize>) -> Result<Self> {
+        if seq_ids.is_empty() {
+            return Err(Error::EmptyBatch { detail: "a batch needs at least one sequence".into() });
+        }
+        if seq_ids.len() != q_lens.len() {
+            return Err(Error::InvalidArgument(format!(
+                "batch has {} sequence ids but {} q_lens",
+                seq_ids.len(),
+                q_lens.len()
+            )));
+        }
+        if let Some(i) = q_lens.iter().position(|&q| q == 0) {
+            return Err(Error::EmptyBatch { detail: format!("batch entry {i} (sequence {}) has q_len 0", seq_ids[i]) });
+        }
+        let mut sorted = seq_ids.clone();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::InvalidArgument(format!("sequence {} appears twice in one batch", w[0])));
+        }
+        let offsets = prefix_sum(&q_lens);
+        Ok(Batch { seq_ids, q_lens, offsets })
+    }
+
+    /// Sequences `0..n`, each with `q_len` new tokens.
+    pub fn uniform(n: usize, q_len: usize) -> Result<Self> {
+        Batch::new((0..n).collect(), vec![q_len; n])
+    }
+
+    /// Cache sequence of each entry.
+    pub fn seq_ids(&self) -> &[usize] {
+        &self.seq_ids
+    }
+
+    /// New tokens of each entry.
+    pub fn q_lens(&self) -> &[usize] {
+        &self.q_lens
+    }
+
+    /// Row offsets into Q/K/V/output: `len() + 1` entries, the last is the token total.
+    pub fn offsets(&self) -> &[usize] {
+        &self.offsets
+    }
+
+    /// Entries in the batch.
+    pub fn len(&self) -> usize {
+        self.seq_ids.len()
+    }
+
+    /// Never true for a constructed batch; present for API symmetry.
+    pub fn is_empty(&self) -> bool {
+        self.seq_ids.is_empty()
+    }
+
+    /// New tokens over all entries (rows of Q).
+    pub fn total_tokens(&self) -> usize {
+        *self.offsets.last().unwrap_or(&0)
+    }
+}
+
+/// Sequence lengths for attention over given Q, K, V with no cache (variable length, token
+/// major): entry `i` has `q_lens[i]` query rows and `kv_lens[i]` key/value rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlainBatch {
+    q_lens: Vec<usize>,
+    kv_lens: Vec<usize>,
+    q_offsets: Vec<usize>,
+    kv_offsets: Vec<usize>,
+}
+
+impl PlainBatch {
+    /// Errors on an empty batch, a zero length, mismatched lengths or `q_len > kv_len`.
+    pub fn new(q_lens: Vec<usize>, kv_lens: Vec<usize>) -> Result<Self> {
+        if q_lens.is_empty() {
+            return Err(Error::EmptyBatch { detail: "a batch needs at least one sequence".into() });
+        }
+        if q_lens.len() != kv_lens.len() {
+            return Err(Error::InvalidArgument(format!("{} q_lens but {} kv_lens", q_lens.len(), kv_lens.len())));
+        }
+        if let Some(i) = q_lens.iter().position(|&q| q == 0) {
+            return Err(Error::EmptyBatch { detail: format!("batch entry {i} has q_len 0") });
+        }
+        for (i, (&q, &kv)) in q_lens.iter().zip(&kv_lens).enumerate() {
+            if q > kv {
+                return Err(Error::QLenExceedsKvLen { seq: i, q_len: q, kv_len: kv });
+            }
+        }
+        let q_offsets = prefix_sum(&q_lens);
+        let kv_offsets = prefix_sum(&kv_lens);
+        Ok(PlainBatch { q_lens, kv_lens, q_offsets, kv_offsets })
+    }
+
+    /// Query rows per entry.
+    pub fn q_lens(&self) -> &[usize] {
+        &self.q_lens
+    }
+
+    /// Key/value rows per entry.
+    pub fn kv_lens(&self) -> &[usize] {
+        &self.kv_lens
+    }
+
+    /// Row offsets into Q and the output (`len() + 1` entries).
+    pub fn q_offsets(&self) -> &[usize] {
+        &self.q_offsets
+    }
+
+    /// Row offsets into K and V (`len() + 1` entries).
+    pub fn kv_offsets(&self) -> &[usize] {
+        &self.kv_offsets
+    }
+
+    /// Entries in the batch.
+    pub fn len(&self) -> usize {
+        self.q_lens.len()
+    }
+
+    /// Never true for a constructed batch.
+    pub fn is_empty(&self) -> bool {
+        self.q_lens.is_empty()
+    }
+}
+
+fn prefix_sum(v: &[usize]) -> Vec<usize> {
+    let mut out = Vec::with_capacity(v.len() + 1);
+    let mut acc = 0;
+    out.push(0);
+    for &x in v {
+        acc += x;
+        out.push(acc);
+    }
+    out
+}
+
+/// Softmax options of an attention op.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionParams {
+    /// Query `i` of a sequence with `q_len` new tokens and `kv_len` keys sees keys
+    /// `0..=kv_len - q_len + i` (its own position and before). Off: it sees all keys.
+    pub causal: bool,
+    /// Multiplies `q . k` before the softmax; usually `1 / sqrt(head_dim)`.
+    pub scale: f32,
+}
+
+impl AttentionParams {
+    /// Causal attention with scale `1 / sqrt(head_dim)`.
+    pub fn causal(head_dim: usize) -> Self {
+        AttentionParams { causal: true, scale: 1.0 / (head_dim as f32).sqrt() }
+    }
+
+    /// Non-causal attention with scale `1 / sqrt(head_dim)`.
+    pub fn full(head_dim: usize) -> Self {
+        AttentionParams { causal: false, scale: 1.0 / (head_dim as f32).sqrt() }
+    }
+}
+
+/// The ops of the trait, for capability queries and reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Op {
+    /// RoPE on Q and K in place.
+    Rope,
+    /// Append new K/V rows to a cache.
+    KvAppend,
+    /// Attention of new queries over a cache.
+    Attention,
+    /// Attention over given Q, K, V, no cache.
+    AttentionPlain,
+    /// The composite step: RoPE, append, attention.
+    Step,
+}
+
+impl Op {
+    /// Every op, in a fixed order.
+    pub const ALL: [Op; 5] = [Op::Rope, Op::KvAppend, Op::Attention, Op::AttentionPlain, Op::Step];
+
+    /// snake_case name: `rope`, `kv_append`, `attention`, `attention_plain`, `step`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Rope => "rope",
+            Op::KvAppend => "kv_append",
+            Op::Attention => "attention",
+            Op::AttentionPlain => "attention_plain",
+            Op::Step => "step",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a capability query and [`crate::registry::select`] look at: everything about a problem
+/// that decides which kernel runs, none of the data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProblemDesc {
+    /// Element type of Q, K, V, output and cache.
+    pub dtype: DType,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Size of one head.
+    pub head_dim: usize,
+    /// The RoPE configuration, for ops that rotate.
+    pub rope: Option<RopeConfig>,
+    /// The cache layout, for ops on a cache.
+    pub layout: Option<CacheLayout>,
+    /// Causal masking, for attention.
+    pub causal: bool,
+    /// Sequences in the batch.
+    pub batch_size: usize,
+    /// Longest q_len in the batch.
+    pub max_q_len: usize,
+    /// Longest kv_len in the batch (after the append).
+    pub max_kv_len: usize,
+}
+
+impl ProblemDesc {
+    /// A decode or prefill step over a cache with RoPE: the problem the quickstart and
+    /// [`crate::registry::select`] usually see.
+    pub fn step(dtype: DType, num_heads: usize, num_kv_heads: usize, rope: RopeConfig, layout: CacheLayout) -> Self {
+        ProblemDesc {
+            dtype,
+            num_heads,
+            num_kv_heads,
+            head_dim: rope.head_dim,
+            rope: Some(rope),
+            layout: Some(layout),
+            causal: true,
+            batch_size: 1,
+            max_q_len: 1,
+            max_kv_len: 1,
+        }
+    }
+
+    /// The ops a backend must support to run this problem end to end: the composite step (and
+    /// its parts) for problems with a cache and RoPE, attention over the cache and appends for
+    /// problems with a cache only, plain attention otherwise.
+    pub fn ops(&self) -> Vec<Op> {
+        match (&self.layout, &self.rope) {
+            (Some(_), Some(_)) => vec![Op::Rope, Op::KvAppend, Op::Attention, Op::Step],
+            (Some(_), None) => vec![Op::KvAppend, Op::Attention],
+            (None, Some(_)) => vec![Op::Rope, Op::AttentionPlain],
+            (None, None) => vec![Op::AttentionPlain],
+        }
+    }
+}

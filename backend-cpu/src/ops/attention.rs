@@ -1,0 +1,108 @@
+//! Attention, the reference.
+
+use backend_api::{AttentionArgs, AttentionParams, PlainAttentionArgs, Result};
+
+use crate::storage::{host, host_mut, pools};
+
+/// Shape of one sequence's attention problem.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqShape {
+    /// Query rows.
+    pub q_len: usize,
+    /// Key/value rows.
+    pub kv_len: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Size of one head.
+    pub head_dim: usize,
+}
+
+/// Attention of one sequence in f64: `q` `[q_len, H, D]`, `k`/`v` `[kv_len, Hkv, D]`, returns
+/// `[q_len, H, D]`.
+///
+/// ```text
+/// g        = H / Hkv                    query head h reads kv head h / g (GQA; MQA when Hkv = 1)
+/// last(i)  = kv_len - q_len + i         causal: query i sees keys 0..=last(i); otherwise all
+/// s_j      = scale * (q_i . k_j)
+/// p_j      = exp(s_j - max s) / sum_j exp(s_j - max s)
+/// out_i    = sum_j p_j v_j
+/// ```
+pub fn attend(q: &[f64], k: &[f64], v: &[f64], s: SeqShape, params: AttentionParams) -> Vec<f64> {
+    let SeqShape { q_len, kv_len, heads, kv_heads, head_dim: d } = s;
+    let group = heads / kv_heads;
+    let mut out = vec![0.0; q_len * heads * d];
+    for i in 0..q_len {
+        let visible = if params.causal { kv_len - q_len + i + 1 } else { kv_len };
+        for h in 0..heads {
+            let kh = h / group;
+            let qi = &q[(i * heads + h) * d..][..d];
+            let scores: Vec<f64> = (0..visible)
+                .map(|j| {
+                    let kj = &k[(j * kv_heads + kh) * d..][..d];
+                    params.scale as f64 * qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>()
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            let o = &mut out[(i * heads + h) * d..][..d];
+            for (j, w) in weights.iter().enumerate() {
+                let vj = &v[(j * kv_heads + kh) * d..][..d];
+                for (oe, ve) in o.iter_mut().zip(vj) {
+                    *oe += w / total * ve;
+                }
+            }
+        }
+    }
+    out
+}
+
+pub(crate) fn run_cache(a: AttentionArgs<'_>) -> Result<()> {
+    let AttentionArgs { q, cache, batch, kv_lens, params, out, .. } = a;
+    let (heads, d) = (q.shape()[1], q.shape()[2]);
+    let kv_heads = cache.spec().num_kv_heads;
+    let qs = host(q, "q")?;
+    let p = pools(cache)?;
+    let os = host_mut(out, "out")?;
+    for (i, (&seq, &q_len)) in batch.seq_ids().iter().zip(batch.q_lens()).enumerate() {
+        let kv_len = kv_lens[i];
+        let (mut k, mut v) = (Vec::with_capacity(kv_len * kv_heads * d), Vec::with_capacity(kv_len * kv_heads * d));
+        for t in 0..kv_len {
+            for h in 0..kv_heads {
+                let o = cache.slot_offset(seq, t, h);
+                k.extend(p.k.range(o, d));
+                v.extend(p.v.range(o, d));
+            }
+        }
+        let row = batch.offsets()[i] * heads * d;
+        let qv = qs.range(row, q_len * heads * d);
+        let shape = SeqShape { q_len, kv_len, heads, kv_heads, head_dim: d };
+        os.set_range(row, &attend(&qv, &k, &v, shape, params));
+    }
+    Ok(())
+}
+
+pub(crate) fn run_plain(a: PlainAttentionArgs<'_>) -> Result<()> {
+    let PlainAttentionArgs { q, k, v, batch, params, out, .. } = a;
+    let (heads, d) = (q.shape()[1], q.shape()[2]);
+    let kv_heads = k.shape()[1];
+    let (qs, ks, vs) = (host(q, "q")?, host(k, "k")?, host(v, "v")?);
+    let os = host_mut(out, "out")?;
+    for i in 0..batch.len() {
+        let (q_len, kv_len) = (batch.q_lens()[i], batch.kv_lens()[i]);
+        let qrow = batch.q_offsets()[i] * heads * d;
+        let krow = batch.kv_offsets()[i] * kv_heads * d;
+        let shape = SeqShape { q_len, kv_len, heads, kv_heads, head_dim: d };
+        let o = attend(
+            &qs.range(qrow, q_len * heads * d),
+            &ks.range(krow, kv_len * kv_heads * d),
+            &vs.range(krow, kv_len * kv_heads * d),
+            shape,
+            params,
+        );
+        os.set_range(qrow, &o);
+    }
+    Ok(())
+}

@@ -1,0 +1,52 @@
+//! RoPE, the reference.
+
+use backend_api::{Result, RopeArgs, RopeConfig, RopeFrequencies, RopeStyle};
+
+use crate::storage::host_mut;
+
+/// Rotates rows of `x` (`[tokens, heads, head_dim]`, f64) in place; token `t` at `positions[t]`.
+///
+/// For rotated pair `i` (`0 <= i < rotary_dim / 2`) made of dims `(a, b)`:
+///
+/// ```text
+/// angle = position * inv_freq[i]
+/// x_a' = (x_a * cos(angle) - x_b * sin(angle)) * attention_factor
+/// x_b' = (x_b * cos(angle) + x_a * sin(angle)) * attention_factor
+/// ```
+///
+/// with `(a, b) = (i, i + rotary_dim/2)` for [`RopeStyle::HalfSplit`] and `(2i, 2i + 1)` for
+/// [`RopeStyle::Interleaved`] (RoFormer, arXiv:2104.09864, eq. 34). Dims at or past
+/// `rotary_dim` are left as they are. `inv_freq` and `attention_factor` come from
+/// [`RopeConfig::frequencies`], which cites each scaling method.
+pub fn rope_rows(x: &mut [f64], heads: usize, positions: &[u32], config: &RopeConfig, freqs: &RopeFrequencies) {
+    let d = config.head_dim;
+    let half = config.rotary_dim / 2;
+    for (t, &pos) in positions.iter().enumerate() {
+        for h in 0..heads {
+            let row = &mut x[(t * heads + h) * d..(t * heads + h + 1) * d];
+            for (i, &f) in freqs.inv_freq.iter().enumerate().take(half) {
+                let (sin, cos) = (pos as f64 * f).sin_cos();
+                let (sin, cos) = (sin * freqs.attention_factor, cos * freqs.attention_factor);
+                let (a, b) = match config.style {
+                    RopeStyle::HalfSplit => (i, i + half),
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                };
+                let (xa, xb) = (row[a], row[b]);
+                row[a] = xa * cos - xb * sin;
+                row[b] = xb * cos + xa * sin;
+            }
+        }
+    }
+}
+
+pub(crate) fn run(a: RopeArgs<'_>) -> Result<()> {
+    let RopeArgs { q, k, positions, config, freqs, .. } = a;
+    for (t, what) in [(q, "q"), (k, "k")] {
+        let heads = t.shape()[1];
+        let s = host_mut(t, what)?;
+        let mut x = s.range(0, s.len());
+        rope_rows(&mut x, heads, positions, config, &freqs);
+        s.set_range(0, &x);
+    }
+    Ok(())
+}
