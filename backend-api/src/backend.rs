@@ -145,12 +145,13 @@ impl Backend {
 
     /// A tensor of `shape` with unspecified contents.
     pub fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        checked_numel(shape, dtype)?;
         self.inner.alloc(shape, dtype)
     }
 
     /// A tensor of `shape` holding `data` rounded to `dtype`.
     pub fn upload(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let numel: usize = shape.iter().product();
+        let numel = checked_numel(shape, dtype)?;
         if data.len() != numel {
             return Err(Error::InvalidArgument(format!(
                 "upload of {} values into shape {shape:?} ({numel} elements)",
@@ -519,6 +520,15 @@ impl Backend {
             max_kv_len: batch.kv_lens().iter().copied().max().unwrap_or(0),
         })
     }
+}
+
+/// Elements of `shape`, or an error if the byte size overflows.
+fn checked_numel(shape: &[usize], dtype: DType) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|n| n.checked_mul(dtype.size()).is_some_and(|b| b <= isize::MAX as usize))
+        .ok_or_else(|| Error::InvalidArgument(format!("tensor shape {shape:?} is too large to address")))
 }
 
 fn max_position(positions: &[u32]) -> usize {

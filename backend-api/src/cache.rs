@@ -71,7 +71,13 @@ impl KvCacheSpec {
             CacheLayout::Paged { page_size, num_pages } if page_size == 0 || num_pages == 0 => Err(
                 Error::InvalidArgument(format!("paged KV cache needs page_size and num_pages > 0, got {page_size} and {num_pages}")),
             ),
-            _ => Ok(()),
+            _ => {
+                let bytes = self.pool_shape().iter().try_fold(self.dtype.size(), |a, &d| a.checked_mul(d));
+                match bytes {
+                    Some(b) if b <= isize::MAX as usize => Ok(()),
+                    _ => Err(Error::InvalidArgument(format!("KV cache pools of shape {:?} are too large to address", self.pool_shape()))),
+                }
+            }
         }
     }
 

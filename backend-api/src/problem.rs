@@ -38,7 +38,7 @@ impl Batch {
         if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
             return Err(Error::InvalidArgument(format!("sequence {} appears twice in one batch", w[0])));
         }
-        let offsets = prefix_sum(&q_lens);
+        let offsets = prefix_sum(&q_lens)?;
         Ok(Batch { seq_ids, q_lens, offsets })
     }
 
@@ -105,8 +105,8 @@ impl PlainBatch {
                 return Err(Error::QLenExceedsKvLen { seq: i, q_len: q, kv_len: kv });
             }
         }
-        let q_offsets = prefix_sum(&q_lens);
-        let kv_offsets = prefix_sum(&kv_lens);
+        let q_offsets = prefix_sum(&q_lens)?;
+        let kv_offsets = prefix_sum(&kv_lens)?;
         Ok(PlainBatch { q_lens, kv_lens, q_offsets, kv_offsets })
     }
 
@@ -141,15 +141,15 @@ impl PlainBatch {
     }
 }
 
-fn prefix_sum(v: &[usize]) -> Vec<usize> {
+fn prefix_sum(v: &[usize]) -> Result<Vec<usize>> {
     let mut out = Vec::with_capacity(v.len() + 1);
-    let mut acc = 0;
+    let mut acc = 0usize;
     out.push(0);
     for &x in v {
-        acc += x;
+        acc = acc.checked_add(x).ok_or_else(|| Error::InvalidArgument("sequence lengths overflow when summed".into()))?;
         out.push(acc);
     }
-    out
+    Ok(out)
 }
 
 /// Softmax options of an attention op.

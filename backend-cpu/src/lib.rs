@@ -54,12 +54,13 @@ impl AttentionBackend for CpuBackend {
     }
 
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let n = shape.iter().product();
-        Ok(Tensor::from_storage(shape.to_vec(), dtype, Device::CPU, Box::new(CpuStorage::zeros(n, dtype))))
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::InvalidArgument(format!("shape {shape:?} overflows")))?;
+        Ok(Tensor::from_storage(shape.to_vec(), dtype, Device::CPU, Box::new(CpuStorage::zeros(n, dtype)?)))
     }
 
     fn write(&self, dst: &mut Tensor, src: &[f32]) -> Result<()> {
         let s = host_mut(dst, "destination tensor")?;
+        check_len("write", src.len(), s.len())?;
         for (i, &x) in src.iter().enumerate() {
             s.set(i, x as f64);
         }
@@ -81,7 +82,7 @@ impl AttentionBackend for CpuBackend {
 
     fn create_kv_cache(&self, spec: &KvCacheSpec) -> Result<KvCache> {
         let n = spec.pool_len();
-        let pools = CpuCache { k: CpuStorage::zeros(n, spec.dtype), v: CpuStorage::zeros(n, spec.dtype) };
+        let pools = CpuCache { k: CpuStorage::zeros(n, spec.dtype)?, v: CpuStorage::zeros(n, spec.dtype)? };
         Ok(KvCache::from_storage(spec.clone(), Device::CPU, Box::new(pools)))
     }
 
@@ -93,6 +94,8 @@ impl AttentionBackend for CpuBackend {
 
     fn write_kv_pool(&self, cache: &mut KvCache, pool: &KvPool) -> Result<()> {
         let p = pools_mut(cache)?;
+        check_len("write_kv_pool (k)", pool.k.len(), p.k.len())?;
+        check_len("write_kv_pool (v)", pool.v.len(), p.v.len())?;
         for (i, (&k, &v)) in pool.k.iter().zip(&pool.v).enumerate() {
             p.k.set(i, k as f64);
             p.v.set(i, v as f64);
@@ -115,6 +118,13 @@ impl AttentionBackend for CpuBackend {
     fn attention_plain(&self, args: PlainAttentionArgs<'_>) -> Result<()> {
         ops::attention::run_plain(args)
     }
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::InvalidArgument(format!("{what}: {got} values for {want} elements")));
+    }
+    Ok(())
 }
 
 inventory::submit! {

@@ -26,13 +26,19 @@ impl Storage for CpuStorage {
 }
 
 impl CpuStorage {
-    /// `n` zeros of `dtype`.
-    pub fn zeros(n: usize, dtype: DType) -> Self {
-        match dtype {
-            DType::F32 => CpuStorage::F32(vec![0.0; n]),
-            DType::F16 => CpuStorage::F16(vec![f16::ZERO; n]),
-            DType::BF16 => CpuStorage::BF16(vec![bf16::ZERO; n]),
+    /// `n` zeros of `dtype`, or a device error when the host is out of memory.
+    pub fn zeros(n: usize, dtype: DType) -> Result<Self> {
+        fn alloc<T: Clone>(n: usize, zero: T) -> Result<Vec<T>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).map_err(|e| Error::Device { code: -1, message: format!("host allocation of {n} elements failed: {e}") })?;
+            v.resize(n, zero);
+            Ok(v)
         }
+        Ok(match dtype {
+            DType::F32 => CpuStorage::F32(alloc(n, 0.0)?),
+            DType::F16 => CpuStorage::F16(alloc(n, f16::ZERO)?),
+            DType::BF16 => CpuStorage::BF16(alloc(n, bf16::ZERO)?),
+        })
     }
 
     /// Element `i` as f64 (exact).
