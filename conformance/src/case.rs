@@ -1,0 +1,183 @@
+//! Valid problems, as proptest strategies. A [`Case`] is small and shrinkable; its tensors are
+//! drawn from its `seed` when it runs, so every case sees fresh random normals (never zeros).
+
+use backend_api::{AttentionParams, CacheLayout, DType, Op, ProblemDesc, RopeConfig, RopeScaling, RopeStyle};
+use proptest::prelude::*;
+
+/// One sequence of a case: tokens already in the cache, then new tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeqCase {
+    /// Tokens appended before the op under test.
+    pub cached: usize,
+    /// New tokens (q_len).
+    pub q_len: usize,
+}
+
+/// A valid problem for any op.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Case {
+    /// Element type.
+    pub dtype: DType,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// RoPE configuration (its head_dim is the case's head_dim).
+    pub rope: RopeConfig,
+    /// Paged (with this page size) or contiguous.
+    pub page_size: Option<usize>,
+    /// Causal mask.
+    pub causal: bool,
+    /// The sequences of the batch.
+    pub seqs: Vec<SeqCase>,
+    /// Scale of the random inputs (large values stress softmax overflow in f16).
+    pub amplitude: f32,
+    /// Seed of the tensors and page tables.
+    pub seed: u64,
+}
+
+impl Case {
+    /// Size of one head.
+    pub fn head_dim(&self) -> usize {
+        self.rope.head_dim
+    }
+
+    /// Attention parameters (scale 1/sqrt(head_dim)).
+    pub fn params(&self) -> AttentionParams {
+        AttentionParams { causal: self.causal, scale: 1.0 / (self.head_dim() as f32).sqrt() }
+    }
+
+    /// The cache layout, with room for every sequence (pages: exactly enough plus spares).
+    pub fn layout(&self) -> CacheLayout {
+        let max_len = self.seqs.iter().map(|s| s.cached + s.q_len).max().unwrap_or(1);
+        match self.page_size {
+            None => CacheLayout::Contiguous { capacity: max_len + 3 },
+            Some(p) => {
+                let pages: usize = self.seqs.iter().map(|s| (s.cached + s.q_len).div_ceil(p)).sum();
+                CacheLayout::Paged { page_size: p, num_pages: pages + 3 }
+            }
+        }
+    }
+
+    /// What a capability query sees for `op`.
+    pub fn desc(&self, op: Op) -> ProblemDesc {
+        let max_q = self.seqs.iter().map(|s| s.q_len).max().unwrap_or(0);
+        let max_kv = self.seqs.iter().map(|s| s.cached + s.q_len).max().unwrap_or(0);
+        ProblemDesc {
+            dtype: self.dtype,
+            num_heads: if op == Op::KvAppend { self.kv_heads } else { self.heads },
+            num_kv_heads: self.kv_heads,
+            head_dim: self.head_dim(),
+            rope: matches!(op, Op::Rope | Op::Step).then(|| self.rope.clone()),
+            layout: matches!(op, Op::KvAppend | Op::Attention | Op::Step).then(|| self.layout()),
+            causal: self.causal && op != Op::Rope && op != Op::KvAppend,
+            batch_size: self.seqs.len(),
+            max_q_len: max_q,
+            max_kv_len: if op == Op::KvAppend || op == Op::Rope { 0 } else { max_kv },
+        }
+    }
+}
+
+/// Knobs of the generator.
+#[derive(Debug, Clone)]
+pub struct GenConfig {
+    /// The dtype every case uses.
+    pub dtype: DType,
+    /// Head dims to draw from.
+    pub head_dims: Vec<usize>,
+    /// Largest q_len of a prefill sequence.
+    pub max_q_len: usize,
+    /// Largest number of tokens cached before the op.
+    pub max_cached: usize,
+}
+
+impl GenConfig {
+    /// The default mix for `dtype`: head dims {32, 64, 80, 96, 128, 256} and the large ones
+    /// (512, 2048) that backends may claim, lengths sized for a CPU reference.
+    pub fn new(dtype: DType) -> Self {
+        GenConfig { dtype, head_dims: vec![32, 64, 80, 96, 128, 256, 512, 2048], max_q_len: 24, max_cached: 48 }
+    }
+}
+
+fn heads() -> impl Strategy<Value = (usize, usize)> {
+    // MHA, GQA (groups of 2, 3, 4, 8), MQA.
+    prop_oneof![
+        Just((1, 1)),
+        Just((4, 4)),
+        Just((4, 2)),
+        Just((6, 2)),
+        Just((8, 2)),
+        Just((8, 1)),
+        Just((4, 1)),
+        Just((16, 2)),
+    ]
+}
+
+fn scaling(rotary_dim: usize) -> impl Strategy<Value = RopeScaling> {
+    let pairs = rotary_dim / 2;
+    prop_oneof![
+        3 => Just(RopeScaling::None),
+        1 => (1.0f64..8.0).prop_map(|factor| RopeScaling::Linear { factor }),
+        1 => (1.0f64..8.0).prop_map(|factor| RopeScaling::NtkAware { factor }),
+        1 => ((1.0f64..8.0), (16usize..2048)).prop_map(|(factor, o)| RopeScaling::DynamicNtk { factor, original_max_position: o }),
+        1 => ((1.0f64..16.0), (64usize..8192), prop::option::of(0.5f64..2.0)).prop_map(|(factor, o, a)| RopeScaling::Yarn {
+            factor, original_max_position: o, beta_fast: 32.0, beta_slow: 1.0, attention_factor: a }),
+        1 => ((1.0f64..16.0), (1.0f64..2.0), (2.5f64..8.0), (64usize..8192)).prop_map(|(factor, low, high, o)| RopeScaling::Llama3 {
+            factor, low_freq_factor: low, high_freq_factor: high, original_max_position: o }),
+        1 => (prop::collection::vec(1.0f64..4.0, pairs), prop::collection::vec(1.0f64..64.0, pairs), (16usize..2048))
+            .prop_map(|(s, l, o)| RopeScaling::LongRope { short_factors: s, long_factors: l, original_max_position: o, attention_factor: None }),
+        1 => (prop::collection::vec(1e-5f64..1.0, pairs), (0.5f64..1.5))
+            .prop_map(|(f, a)| RopeScaling::Custom { inv_freq: f, attention_factor: a }),
+    ]
+}
+
+fn rope(head_dims: Vec<usize>) -> impl Strategy<Value = RopeConfig> {
+    prop::sample::select(head_dims)
+        .prop_flat_map(|d| {
+            // Full rotation, or partial (GLM / Phi style: a quarter or half, at least one pair).
+            let rotary = prop_oneof![Just(d), Just(d / 2), Just((d / 4).max(2) & !1)];
+            (Just(d), rotary)
+        })
+        .prop_flat_map(|(d, r)| {
+            let style = prop_oneof![Just(RopeStyle::HalfSplit), Just(RopeStyle::Interleaved)];
+            let theta = prop_oneof![Just(10000.0), Just(500000.0), Just(1_000_000.0), 100.0f64..1e6];
+            let max_position = prop_oneof![Just(4096usize), Just(131072), 64usize..1_000_000];
+            (Just(d), Just(r), style, theta, scaling(r), max_position)
+        })
+        .prop_map(|(head_dim, rotary_dim, style, theta, scaling, max_position)| RopeConfig {
+            head_dim, rotary_dim, theta, style, scaling, max_position,
+        })
+}
+
+/// Strategy for valid [`Case`]s.
+pub fn cases(cfg: GenConfig) -> impl Strategy<Value = Case> {
+    let (max_q, max_cached) = (cfg.max_q_len, cfg.max_cached);
+    let seq = prop_oneof![
+        // decode
+        (0..=max_cached).prop_map(|cached| SeqCase { cached, q_len: 1 }),
+        // prefill
+        (1..=max_q).prop_map(|q_len| SeqCase { cached: 0, q_len }),
+        // chunked prefill
+        ((1..=max_cached), (1..=max_q)).prop_map(|(cached, q_len)| SeqCase { cached, q_len }),
+    ];
+    (
+        heads(),
+        rope(cfg.head_dims.clone()),
+        prop_oneof![Just(None), Just(Some(1usize)), Just(Some(16)), (2usize..9).prop_map(Some)],
+        any::<bool>(),
+        prop::collection::vec(seq, 1..=8),
+        prop_oneof![3 => Just(1.0f32), 1 => Just(4.0f32), 1 => Just(0.25f32)],
+        any::<u64>(),
+    )
+        .prop_map(move |((heads, kv_heads), rope, page_size, causal, mut seqs, amplitude, seed)| {
+            // Large heads: keep the reference's work bounded.
+            if rope.head_dim >= 512 {
+                seqs.truncate(2);
+                for s in &mut seqs {
+                    s.cached = s.cached.min(8);
+                    s.q_len = s.q_len.min(4);
+                }
+            }
+            Case { dtype: cfg.dtype, heads, kv_heads, rope, page_size, causal, seqs, amplitude, seed }
+        })
+}

@@ -1,0 +1,223 @@
+//! Mutation backends: the reference with one realistic bug planted each. The suite must fail
+//! every one of them (asserted in `tests/mutants.rs`); with the `mutants` feature they are also
+//! registered, so the CLI can be shown to exit non-zero.
+
+use std::sync::Arc;
+
+use backend_api::*;
+use backend_cpu::storage::{host, host_mut, pools, pools_mut};
+use backend_cpu::CpuBackend;
+
+/// The planted bugs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bug {
+    /// RoPE pairs interleaved where half-split was asked (and vice versa).
+    RopeStyleSwapped,
+    /// Causal mask lets each query see one key too many.
+    CausalOffByOne,
+    /// GQA maps query head h to kv head h % kv instead of h / group.
+    GqaModulo,
+    /// The last output element of attention is never written.
+    UnwrittenElement,
+    /// Softmax without max-subtraction, exponentials stored in the dtype (overflows in f16).
+    SoftmaxNoMax,
+    /// Append writes token t of a sequence to page (seq * pages_per_seq + t / page_size),
+    /// ignoring the page table.
+    AppendIgnoresPageTable,
+}
+
+impl Bug {
+    /// Every planted bug.
+    pub const ALL: [Bug; 6] =
+        [Bug::RopeStyleSwapped, Bug::CausalOffByOne, Bug::GqaModulo, Bug::UnwrittenElement, Bug::SoftmaxNoMax, Bug::AppendIgnoresPageTable];
+
+    /// Registry name: `mutant-...`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Bug::RopeStyleSwapped => "mutant-rope-style",
+            Bug::CausalOffByOne => "mutant-causal-off-by-one",
+            Bug::GqaModulo => "mutant-gqa-modulo",
+            Bug::UnwrittenElement => "mutant-unwritten",
+            Bug::SoftmaxNoMax => "mutant-softmax-no-max",
+            Bug::AppendIgnoresPageTable => "mutant-append-ignores-pages",
+        }
+    }
+
+    /// The op whose check must catch it.
+    pub fn op(self) -> Op {
+        match self {
+            Bug::RopeStyleSwapped => Op::Rope,
+            Bug::AppendIgnoresPageTable => Op::KvAppend,
+            _ => Op::Attention,
+        }
+    }
+}
+
+/// The reference with `bug` planted.
+#[derive(Debug, Clone, Copy)]
+pub struct Mutant(pub Bug);
+
+impl Mutant {
+    /// A handle to the mutant.
+    pub fn handle(bug: Bug) -> Backend {
+        Backend::new(Arc::new(Mutant(bug)))
+    }
+}
+
+/// Attention of one sequence with the planted bug (the reference's loop otherwise).
+fn buggy_attend(bug: Bug, q: &[f64], k: &[f64], v: &[f64], q_len: usize, kv_len: usize, heads: usize, kv_heads: usize, d: usize, p: AttentionParams, dtype: DType) -> Vec<f64> {
+    let group = heads / kv_heads;
+    let mut out = vec![0.0; q_len * heads * d];
+    for i in 0..q_len {
+        let mut visible = if p.causal { kv_len - q_len + i + 1 } else { kv_len };
+        if bug == Bug::CausalOffByOne && p.causal {
+            visible = (visible + 1).min(kv_len);
+        }
+        for h in 0..heads {
+            let kh = if bug == Bug::GqaModulo { h % kv_heads } else { h / group };
+            let qi = &q[(i * heads + h) * d..][..d];
+            let s: Vec<f64> = (0..visible).map(|j| p.scale as f64 * qi.iter().zip(&k[(j * kv_heads + kh) * d..][..d]).map(|(a, b)| a * b).sum::<f64>()).collect();
+            let w: Vec<f64> = if bug == Bug::SoftmaxNoMax {
+                s.iter().map(|x| dtype.round(x.exp())).collect()
+            } else {
+                let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                s.iter().map(|x| (x - m).exp()).collect()
+            };
+            let total: f64 = w.iter().sum();
+            for (j, wj) in w.iter().enumerate() {
+                for e in 0..d {
+                    out[(i * heads + h) * d + e] += wj / total * v[(j * kv_heads + kh) * d + e];
+                }
+            }
+        }
+    }
+    out
+}
+
+impl AttentionBackend for Mutant {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn device(&self) -> Device {
+        Device::CPU
+    }
+    fn supports(&self, op: Op, p: &ProblemDesc) -> Result<(), Vec<String>> {
+        CpuBackend.supports(op, p)
+    }
+    fn alloc(&self, s: &[usize], d: DType) -> Result<Tensor> {
+        CpuBackend.alloc(s, d)
+    }
+    fn write(&self, t: &mut Tensor, s: &[f32]) -> Result<()> {
+        CpuBackend.write(t, s)
+    }
+    fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
+        CpuBackend.read(t)
+    }
+    fn fill(&self, t: &mut Tensor, v: f32) -> Result<()> {
+        CpuBackend.fill(t, v)
+    }
+    fn create_kv_cache(&self, s: &KvCacheSpec) -> Result<KvCache> {
+        CpuBackend.create_kv_cache(s)
+    }
+    fn read_kv_pool(&self, c: &KvCache) -> Result<KvPool> {
+        CpuBackend.read_kv_pool(c)
+    }
+    fn write_kv_pool(&self, c: &mut KvCache, p: &KvPool) -> Result<()> {
+        CpuBackend.write_kv_pool(c, p)
+    }
+
+    fn rope(&self, a: RopeArgs<'_>) -> Result<()> {
+        if self.0 != Bug::RopeStyleSwapped {
+            return CpuBackend.rope(a);
+        }
+        let style = match a.config.style {
+            RopeStyle::HalfSplit => RopeStyle::Interleaved,
+            RopeStyle::Interleaved => RopeStyle::HalfSplit,
+        };
+        let cfg = RopeConfig { style, ..a.config.clone() };
+        CpuBackend.rope(RopeArgs { config: &cfg, ..a })
+    }
+
+    fn kv_append(&self, a: AppendArgs<'_>) -> Result<()> {
+        let CacheLayout::Paged { page_size, num_pages } = a.cache.spec().layout else {
+            return CpuBackend.kv_append(a);
+        };
+        if self.0 != Bug::AppendIgnoresPageTable {
+            return CpuBackend.kv_append(a);
+        }
+        let AppendArgs { cache, k, v, batch, start, .. } = a;
+        let (hk, d) = (cache.spec().num_kv_heads, cache.spec().head_dim);
+        let pages_per_seq = (num_pages / cache.spec().num_seqs).max(1);
+        let (ks, vs) = (host(k, "k")?, host(v, "v")?);
+        let p = pools_mut(cache)?;
+        for (i, (&seq, &q_len)) in batch.seq_ids().iter().zip(batch.q_lens()).enumerate() {
+            for t in 0..q_len {
+                let tok = start[i] + t;
+                let page = (seq * pages_per_seq + tok / page_size) % num_pages;
+                for h in 0..hk {
+                    let dst = ((page * page_size + tok % page_size) * hk + h) * d;
+                    let src = ((batch.offsets()[i] + t) * hk + h) * d;
+                    p.k.set_range(dst, &ks.range(src, d));
+                    p.v.set_range(dst, &vs.range(src, d));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn attention(&self, a: AttentionArgs<'_>) -> Result<()> {
+        match self.0 {
+            Bug::UnwrittenElement => {
+                let AttentionArgs { q, cache, batch, kv_lens, params, out, desc, validated } = a;
+                let last = out.numel() - 1;
+                let before = host(out, "out")?.get(last);
+                CpuBackend.attention(AttentionArgs { q, cache, batch, kv_lens, params, out: &mut *out, desc, validated })?;
+                host_mut(out, "out")?.set(last, before);
+                Ok(())
+            }
+            Bug::CausalOffByOne | Bug::GqaModulo | Bug::SoftmaxNoMax => {
+                let AttentionArgs { q, cache, batch, kv_lens, params, out, .. } = a;
+                let (heads, d) = (q.shape()[1], q.shape()[2]);
+                let kv_heads = cache.spec().num_kv_heads;
+                let qs = host(q, "q")?;
+                let pl = pools(cache)?;
+                let dtype = q.dtype();
+                let os = host_mut(out, "out")?;
+                for (i, (&seq, &q_len)) in batch.seq_ids().iter().zip(batch.q_lens()).enumerate() {
+                    let kv_len = kv_lens[i];
+                    let (mut k, mut v) = (Vec::new(), Vec::new());
+                    for t in 0..kv_len {
+                        for h in 0..kv_heads {
+                            let o = cache.slot_offset(seq, t, h);
+                            k.extend(pl.k.range(o, d));
+                            v.extend(pl.v.range(o, d));
+                        }
+                    }
+                    let row = batch.offsets()[i] * heads * d;
+                    let o = buggy_attend(self.0, &qs.range(row, q_len * heads * d), &k, &v, q_len, kv_len, heads, kv_heads, d, params, dtype);
+                    os.set_range(row, &o);
+                }
+                Ok(())
+            }
+            _ => CpuBackend.attention(a),
+        }
+    }
+
+    fn attention_plain(&self, a: PlainAttentionArgs<'_>) -> Result<()> {
+        CpuBackend.attention_plain(a)
+    }
+}
+
+#[cfg(feature = "mutants")]
+mod registered {
+    use super::*;
+    use backend_api::registry::BackendEntry;
+    macro_rules! register {
+        ($($bug:ident),*) => {$(
+            inventory::submit! {
+                BackendEntry { name: Bug::$bug.name(), description: "conformance mutant: the reference with one planted bug", priority: -100, create: || Ok(Arc::new(Mutant(Bug::$bug))) }
+            }
+        )*};
+    }
+    register!(RopeStyleSwapped, CausalOffByOne, GqaModulo, UnwrittenElement, SoftmaxNoMax, AppendIgnoresPageTable);
+}

@@ -1,0 +1,60 @@
+//! The composite step (RoPE, append, attention), run twice: once for the prefix tokens, then
+//! for the new tokens, whose output is compared. How a backend stores K is its own business;
+//! only the output counts.
+
+use backend_api::{Backend, Result, StepInputs};
+use backend_cpu::ops::rope::rope_rows;
+
+use super::{fail, golden_attention, seq_rows};
+use crate::case::Case;
+use crate::setup::{batches, cache, poisoned, rounded, upload, Data};
+use crate::tolerance::compare_cond;
+
+fn run(be: &Backend, case: &Case, d: &Data) -> Result<Vec<f32>> {
+    let mut c = cache(be, case, d)?;
+    let (prefix, new) = batches(case);
+    let params = case.params();
+    if let Some(p) = prefix {
+        let mut q = upload(be, &d.q_prefix, case.heads, case)?;
+        let mut k = upload(be, &d.k_prefix, case.kv_heads, case)?;
+        let v = upload(be, &d.v_prefix, case.kv_heads, case)?;
+        let mut out = poisoned(be, p.total_tokens(), case.heads, case)?;
+        be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &d.pos_prefix, rope: &case.rope, cache: &mut c, batch: &p, params, out: &mut out })?;
+    }
+    let mut q = upload(be, &d.q, case.heads, case)?;
+    let mut k = upload(be, &d.k, case.kv_heads, case)?;
+    let v = upload(be, &d.v, case.kv_heads, case)?;
+    let mut out = poisoned(be, new.total_tokens(), case.heads, case)?;
+    be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &d.pos, rope: &case.rope, cache: &mut c, batch: &new, params, out: &mut out })?;
+    be.download(&out)
+}
+
+/// Checks one case.
+pub fn check(be: &Backend, rf: &Backend, case: &Case) -> Result<(), String> {
+    let d = Data::new(case);
+    let out = run(be, case, &d).map_err(fail("rope_append_attend", be))?;
+    let reference = run(rf, case, &d).map_err(fail("rope_append_attend", rf))?;
+    // Golden: rotate in f64 (each call's table from its own largest position, as the API
+    // does), then attend.
+    let fp = case.rope.frequencies(d.pos_prefix.iter().copied().max().unwrap_or(0) as usize);
+    let fnew = case.rope.frequencies(d.pos.iter().copied().max().unwrap_or(0) as usize);
+    let mut kp = rounded(&d.k_prefix, case.dtype);
+    rope_rows(&mut kp, case.kv_heads, &d.pos_prefix, &case.rope, &fp);
+    let mut kn = rounded(&d.k, case.dtype);
+    rope_rows(&mut kn, case.kv_heads, &d.pos, &case.rope, &fnew);
+    let mut q = rounded(&d.q, case.dtype);
+    rope_rows(&mut q, case.heads, &d.pos, &case.rope, &fnew);
+    let n = case.seqs.len();
+    let k: Vec<Vec<f64>> = (0..n).map(|s| gather(case, &kp, &kn, s)).collect();
+    let v: Vec<Vec<f64>> = (0..n).map(|s| seq_rows(case, &d.v_prefix, &d.v, case.kv_heads, s)).collect();
+    let (golden, cond) = golden_attention(case, &q, &k, &v);
+    compare_cond("step output", &out, &reference, &golden, case.dtype, cond)
+}
+
+/// Rows of sequence `s` (prefix then new) of the f64 rotated K.
+fn gather(case: &Case, prefix: &[f64], new: &[f64], s: usize) -> Vec<f64> {
+    let row = case.kv_heads * case.head_dim();
+    let p0: usize = case.seqs[..s].iter().map(|x| x.cached).sum();
+    let n0: usize = case.seqs[..s].iter().map(|x| x.q_len).sum();
+    prefix[p0 * row..(p0 + case.seqs[s].cached) * row].iter().chain(&new[n0 * row..(n0 + case.seqs[s].q_len) * row]).copied().collect()
+}

@@ -1,0 +1,121 @@
+//! When is a backend's output right?
+//!
+//! For each output we compute a golden result in f64 from the same (dtype-rounded) inputs, and
+//! the reference's own result in the test dtype. A backend passes when
+//!
+//! ```text
+//! max|out - golden| <= K * max|ref - golden| + FLOOR(dtype) * max(1, max|golden|)
+//! nmse(out, golden) = sum (out - golden)^2 / sum golden^2 <= NMSE(dtype)
+//! ```
+//!
+//! and no element is NaN or infinite (outputs are poisoned with NaN before each run, so an
+//! element the backend forgot to write fails here too). This is how PyTorch's `assert_close`
+//! (tolerance tied to the dtype) and ggml's `test-backend-ops` (NMSE ceiling) judge backends,
+//! tied to the reference's own rounding error so the bound adapts to each problem.
+//!
+//! - `K = 4`: a GPU kernel rounds a few times more than the reference (which rounds once, at
+//!   the store): f32 accumulation in a different order, f16/bf16 probabilities fed to the
+//!   matrix units, the online softmax's rescaling.
+//! - `FLOOR`, scaled by the output's magnitude. It matters where the reference is nearly exact,
+//!   which in f32 is always (it computes in f64 and rounds once): f16 9.8e-4 ulp -> 2e-3, bf16
+//!   7.8e-3 -> 1.6e-2, about two units in the last place at 1.0. f32 gets 1e-5, not 2 ulps:
+//!   an f32 kernel's softmax error is the absolute error of its scores, about
+//!   `eps * scale * sum |q_i k_i|`, which for amplitude-4 inputs and head_dim 128 is ~1e-5
+//!   (measured: an f32 online-softmax backend, `examples/custom_backend.rs`, reached 4.3e-5 at
+//!   outputs of magnitude 13). The planted bugs produce errors near 1.
+//! - For attention outputs, plus the forward error bound of an f32 dot product, `eps_f32 *
+//!   cond`, with `cond = max over visible (query, key) of scale * sum_i |q_i k_i|`, times
+//!   `max |v|` ([`attention_condition`]): large head dims and large inputs make f32 scores lose
+//!   absolute precision, whatever the kernel, and the bound follows them.
+//! - NMSE ceilings (f32 1e-9, f16 1e-5, bf16 2e-4) back the max-error test with an average one:
+//!   a wrong algorithm fails it even when each element stays small.
+//! - Copies (KV append) are exact: the cache must hold the bits it was given.
+
+use backend_api::DType;
+
+/// Tolerance constants of one dtype.
+#[derive(Debug, Clone, Copy)]
+pub struct Tolerance {
+    /// Multiple of the reference's own max error allowed.
+    pub k: f64,
+    /// Absolute floor, relative to `max(1, max|golden|)`.
+    pub floor: f64,
+    /// Ceiling on the normalized mean squared error.
+    pub nmse: f64,
+}
+
+/// The tolerance of `dtype` (see the module docs for why these numbers).
+pub fn tolerance(dtype: DType) -> Tolerance {
+    match dtype {
+        DType::F32 => Tolerance { k: 4.0, floor: 1e-5, nmse: 1e-9 },
+        DType::F16 => Tolerance { k: 4.0, floor: 2e-3, nmse: 1e-5 },
+        DType::BF16 => Tolerance { k: 4.0, floor: 1.6e-2, nmse: 2e-4 },
+    }
+}
+
+/// Compares a backend's output with the reference's and the golden result; `Err` explains.
+pub fn compare(what: &str, out: &[f32], reference: &[f32], golden: &[f64], dtype: DType) -> Result<(), String> {
+    compare_cond(what, out, reference, golden, dtype, 0.0)
+}
+
+/// [`compare`] with the f32 forward-error term `eps_f32 * cond` added to the bound.
+pub fn compare_cond(what: &str, out: &[f32], reference: &[f32], golden: &[f64], dtype: DType, cond: f64) -> Result<(), String> {
+    if out.len() != golden.len() || reference.len() != golden.len() {
+        return Err(format!("{what}: {} values, expected {}", out.len(), golden.len()));
+    }
+    if let Some(i) = out.iter().position(|x| !x.is_finite()) {
+        return Err(format!("{what}: element {i} is {} (unwritten, overflowed or NaN), golden {:.6e}", out[i], golden[i]));
+    }
+    let tol = tolerance(dtype);
+    let max_err = |v: &[f32]| {
+        v.iter().zip(golden).enumerate().map(|(i, (&a, &g))| ((a as f64 - g).abs(), i)).fold((0.0f64, 0usize), |m, x| if x.0 > m.0 { x } else { m })
+    };
+    let (err, at) = max_err(out);
+    let (ref_err, _) = max_err(reference);
+    let scale = golden.iter().fold(1.0f64, |m, g| m.max(g.abs()));
+    let bound = tol.k * ref_err + tol.floor * scale + f32::EPSILON as f64 * cond;
+    if err > bound {
+        return Err(format!(
+            "{what}: max error {err:.3e} at element {at} (got {:.6e}, golden {:.6e}) exceeds {bound:.3e} \
+             = {} x reference error {ref_err:.3e} + floor {:.1e} x {scale:.3} + eps x cond {cond:.3e}",
+            out[at], golden[at], tol.k, tol.floor
+        ));
+    }
+    let num: f64 = out.iter().zip(golden).map(|(&a, &g)| (a as f64 - g).powi(2)).sum();
+    let den: f64 = golden.iter().map(|g| g * g).sum();
+    let nmse = if den > 0.0 { num / den } else { num };
+    if nmse > tol.nmse {
+        return Err(format!("{what}: normalized MSE {nmse:.3e} exceeds {:.1e}", tol.nmse));
+    }
+    Ok(())
+}
+
+/// Bitwise equality (copies, determinism).
+pub fn exact(what: &str, got: &[f32], want: &[f32]) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("{what}: {} values, expected {}", got.len(), want.len()));
+    }
+    match got.iter().zip(want).position(|(a, b)| a.to_bits() != b.to_bits()) {
+        None => Ok(()),
+        Some(i) => Err(format!("{what}: element {i} is {} but must be exactly {}", got[i], want[i])),
+    }
+}
+
+/// `max over visible (query, key) pairs of scale * sum_i |q_i k_i|`, times `max |v|`: the
+/// condition of attention's f32 dot products (see the module docs). Inputs as for
+/// `backend_cpu::ops::attention::attend`.
+pub fn attention_condition(q: &[f64], k: &[f64], v: &[f64], s: backend_cpu::ops::attention::SeqShape, scale: f32) -> f64 {
+    let d = s.head_dim;
+    let group = s.heads / s.kv_heads;
+    let mut m = 0.0f64;
+    for i in 0..s.q_len {
+        for h in 0..s.heads {
+            let qi = &q[(i * s.heads + h) * d..][..d];
+            for j in 0..s.kv_len {
+                let kj = &k[(j * s.kv_heads + h / group) * d..][..d];
+                m = m.max(scale as f64 * qi.iter().zip(kj).map(|(a, b)| (a * b).abs()).sum::<f64>());
+            }
+        }
+    }
+    m * v.iter().fold(0.0f64, |a, x| a.max(x.abs()))
+}

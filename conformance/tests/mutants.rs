@@ -1,0 +1,51 @@
+//! The suite must catch every planted bug. Each mutant runs only the check of the op it breaks,
+//! in the dtype where the bug shows (f16 for the softmax overflow).
+
+use backend_api::{DType, Op};
+use conformance::mutants::{Bug, Mutant};
+use conformance::{check_backend, Config};
+
+fn caught(bug: Bug, dtype: DType) {
+    let cfg = Config { cases: 64, dtypes: vec![dtype], ops: vec![bug.op()], errors: false, head_dims: vec![32, 64, 128], ..Config::default() };
+    let report = check_backend(&Mutant::handle(bug), &cfg);
+    let failure = report.cells.iter().find_map(|c| c.failure.as_ref());
+    let f = failure.unwrap_or_else(|| panic!("{bug:?} was not caught:\n{}", report.to_markdown()));
+    println!("{bug:?} caught: {}", f.message);
+    assert!(!f.case.is_empty(), "a shrunk counterexample is reported");
+}
+
+#[test]
+fn rope_style_swap_is_caught() {
+    caught(Bug::RopeStyleSwapped, DType::F32);
+}
+
+#[test]
+fn causal_off_by_one_is_caught() {
+    caught(Bug::CausalOffByOne, DType::F32);
+}
+
+#[test]
+fn gqa_modulo_is_caught() {
+    caught(Bug::GqaModulo, DType::BF16);
+}
+
+#[test]
+fn unwritten_element_is_caught() {
+    caught(Bug::UnwrittenElement, DType::F32);
+}
+
+#[test]
+fn softmax_without_max_subtraction_is_caught_in_f16() {
+    caught(Bug::SoftmaxNoMax, DType::F16);
+}
+
+#[test]
+fn append_ignoring_page_table_is_caught() {
+    caught(Bug::AppendIgnoresPageTable, DType::F16);
+}
+
+#[test]
+fn every_bug_has_a_test() {
+    assert_eq!(Bug::ALL.len(), 6);
+    assert!(Bug::ALL.iter().all(|b| Op::ALL.contains(&b.op())));
+}

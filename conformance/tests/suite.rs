@@ -1,0 +1,33 @@
+//! The suite on the CPU: the reference against the golden results (every op, dtype and error
+//! kind), and every registered backend through the registry (GPU backends report themselves
+//! skipped, with their reason, where there is no device).
+
+use backend_api::DType;
+use conformance::{check_backend, check_registered, Config};
+use serial_test::serial;
+
+#[test]
+#[serial]
+fn reference_conforms_in_every_dtype() {
+    let report = check_backend(&backend_cpu::CpuBackend::handle(), &Config { cases: 24, ..Config::default() });
+    println!("{}", report.to_markdown());
+    assert!(report.passed());
+    for c in &report.cells {
+        assert!(c.passed > 0, "{} {} {} ran no case", c.backend, c.op, c.dtype);
+        assert_eq!(c.unsupported, 0);
+    }
+    assert_eq!(report.cells.len(), 3 * 6);
+}
+
+#[test]
+#[serial]
+fn registered_backends_conform_or_are_skipped_visibly() {
+    let cfg = Config { cases: 8, dtypes: vec![DType::BF16], ..Config::default() };
+    let report = check_registered(&cfg, None, &|l| println!("{l}"));
+    println!("{}", report.to_markdown());
+    assert!(report.passed());
+    assert!(report.cells.iter().any(|c| c.backend == "cpu"));
+    for (name, why) in &report.skipped {
+        assert!(!why.is_empty(), "{name} skipped without a reason");
+    }
+}

@@ -1,0 +1,165 @@
+//! A new backend against the trait, registered with `inventory`, proven by the conformance
+//! suite in one call. `host-f32` keeps f32 tensors on the host and computes in f32 with a
+//! single-pass online softmax (the FlashAttention recurrence), so it is a genuinely different
+//! implementation from the f64 reference. It supports f32 only and says so for other dtypes.
+//!
+//!     cargo run --release --example custom_backend
+use std::any::Any;
+use std::sync::Arc;
+
+use attnforge::registry::BackendEntry;
+use attnforge::*;
+
+#[derive(Debug)]
+struct F32s(Vec<f32>);
+impl Storage for F32s {
+    fn as_any(&self) -> &dyn Any { self }
+    fn as_any_mut(&mut self) -> &mut dyn Any { self }
+}
+#[derive(Debug)]
+struct Pools { k: Vec<f32>, v: Vec<f32> }
+impl Storage for Pools {
+    fn as_any(&self) -> &dyn Any { self }
+    fn as_any_mut(&mut self) -> &mut dyn Any { self }
+}
+
+fn foreign(what: &str) -> Error {
+    Error::InvalidArgument(format!("{what} was not made by host-f32"))
+}
+fn data(t: &Tensor) -> Result<&Vec<f32>> {
+    t.storage().as_any().downcast_ref::<F32s>().map(|s| &s.0).ok_or_else(|| foreign("tensor"))
+}
+fn data_mut(t: &mut Tensor) -> Result<&mut Vec<f32>> {
+    t.storage_mut().as_any_mut().downcast_mut::<F32s>().map(|s| &mut s.0).ok_or_else(|| foreign("tensor"))
+}
+fn pools(c: &KvCache) -> Result<&Pools> {
+    c.storage().as_any().downcast_ref::<Pools>().ok_or_else(|| foreign("cache"))
+}
+
+struct HostF32;
+
+impl AttentionBackend for HostF32 {
+    fn name(&self) -> &str { "host-f32" }
+    fn device(&self) -> Device { Device::CPU }
+    fn supports(&self, _op: Op, p: &ProblemDesc) -> std::result::Result<(), Vec<String>> {
+        if p.dtype == DType::F32 { Ok(()) } else { Err(vec![format!("dtype {} (host-f32 stores f32 only)", p.dtype)]) }
+    }
+    fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        Ok(Tensor::from_storage(shape.to_vec(), dtype, Device::CPU, Box::new(F32s(vec![0.0; shape.iter().product()]))))
+    }
+    fn write(&self, dst: &mut Tensor, src: &[f32]) -> Result<()> {
+        let dt = dst.dtype();
+        data_mut(dst)?.iter_mut().zip(src).for_each(|(d, &s)| *d = dt.round(s as f64) as f32);
+        Ok(())
+    }
+    fn read(&self, src: &Tensor) -> Result<Vec<f32>> { data(src).cloned() }
+    fn fill(&self, dst: &mut Tensor, value: f32) -> Result<()> {
+        data_mut(dst)?.fill(value);
+        Ok(())
+    }
+    fn create_kv_cache(&self, spec: &KvCacheSpec) -> Result<KvCache> {
+        let n = spec.pool_len();
+        Ok(KvCache::from_storage(spec.clone(), Device::CPU, Box::new(Pools { k: vec![0.0; n], v: vec![0.0; n] })))
+    }
+    fn read_kv_pool(&self, c: &KvCache) -> Result<KvPool> {
+        let p = pools(c)?;
+        Ok(KvPool { k: p.k.clone(), v: p.v.clone() })
+    }
+    fn write_kv_pool(&self, c: &mut KvCache, pool: &KvPool) -> Result<()> {
+        let p = c.storage_mut().as_any_mut().downcast_mut::<Pools>().ok_or_else(|| foreign("cache"))?;
+        p.k.copy_from_slice(&pool.k);
+        p.v.copy_from_slice(&pool.v);
+        Ok(())
+    }
+    fn rope(&self, a: RopeArgs<'_>) -> Result<()> {
+        let (d, half) = (a.config.head_dim, a.config.rotary_dim / 2);
+        let af = a.freqs.attention_factor;
+        for t in [a.q, a.k] {
+            let heads = t.shape()[1];
+            let x = data_mut(t)?;
+            for (tok, &pos) in a.positions.iter().enumerate() {
+                for i in 0..half {
+                    // angle reduced in f64 (positions reach 1e6), rotation in f32
+                    let ang = (pos as f64 * a.freqs.inv_freq[i]).rem_euclid(std::f64::consts::TAU);
+                    let (s, c) = ((ang.sin() * af) as f32, (ang.cos() * af) as f32);
+                    let (ia, ib) = match a.config.style { RopeStyle::HalfSplit => (i, i + half), RopeStyle::Interleaved => (2 * i, 2 * i + 1) };
+                    for h in 0..heads {
+                        let r = (tok * heads + h) * d;
+                        let (xa, xb) = (x[r + ia], x[r + ib]);
+                        x[r + ia] = xa * c - xb * s;
+                        x[r + ib] = xb * c + xa * s;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+    fn kv_append(&self, a: AppendArgs<'_>) -> Result<()> {
+        let (hk, d) = (a.cache.spec().num_kv_heads, a.cache.spec().head_dim);
+        let (k, v) = (data(a.k)?, data(a.v)?);
+        let mut moves = Vec::new();
+        for (i, (&s, &n)) in a.batch.seq_ids().iter().zip(a.batch.q_lens()).enumerate() {
+            for t in 0..n {
+                for h in 0..hk {
+                    moves.push((((a.batch.offsets()[i] + t) * hk + h) * d, a.cache.slot_offset(s, a.start[i] + t, h)));
+                }
+            }
+        }
+        let p = a.cache.storage_mut().as_any_mut().downcast_mut::<Pools>().ok_or_else(|| foreign("cache"))?;
+        for (src, dst) in moves {
+            p.k[dst..dst + d].copy_from_slice(&k[src..src + d]);
+            p.v[dst..dst + d].copy_from_slice(&v[src..src + d]);
+        }
+        Ok(())
+    }
+    fn attention(&self, a: AttentionArgs<'_>) -> Result<()> {
+        let (h, d, hk) = (a.q.shape()[1], a.q.shape()[2], a.cache.spec().num_kv_heads);
+        let (q, p) = (data(a.q)?, pools(a.cache)?);
+        let out = data_mut(a.out)?;
+        for (i, (&s, &ql)) in a.batch.seq_ids().iter().zip(a.batch.q_lens()).enumerate() {
+            let kvl = a.kv_lens[i];
+            for t in 0..ql {
+                let seen = if a.params.causal { kvl - ql + t + 1 } else { kvl };
+                for hh in 0..h {
+                    let r = ((a.batch.offsets()[i] + t) * h + hh) * d;
+                    // online softmax: running max m, running sum l, unnormalised accumulator
+                    let (mut m, mut l, mut acc) = (f32::NEG_INFINITY, 0f32, vec![0f32; d]);
+                    for j in 0..seen {
+                        let o = a.cache.slot_offset(s, j, hh / (h / hk));
+                        let sc = a.params.scale * q[r..r + d].iter().zip(&p.k[o..o + d]).map(|(x, y)| x * y).sum::<f32>();
+                        let m2 = m.max(sc);
+                        let (corr, w) = ((m - m2).exp(), (sc - m2).exp());
+                        l = l * corr + w;
+                        acc.iter_mut().zip(&p.v[o..o + d]).for_each(|(a, v)| *a = *a * corr + w * v);
+                        m = m2;
+                    }
+                    out[r..r + d].iter_mut().zip(&acc).for_each(|(o, a)| *o = a / l);
+                }
+            }
+        }
+        Ok(())
+    }
+    fn attention_plain(&self, _a: PlainAttentionArgs<'_>) -> Result<()> {
+        // Not implemented by this small example; a real backend would also declare it in supports().
+        Err(Error::Unsupported { backend: "host-f32".into(), op: "attention_plain".into(), reasons: vec!["not implemented".into()] })
+    }
+}
+
+inventory::submit! {
+    BackendEntry { name: "host-f32", description: "example: f32 host backend, online softmax", priority: -1, create: || Ok(Arc::new(HostF32)) }
+}
+
+fn main() {
+    let be = registry::get("host-f32").expect("registered through inventory");
+    let cfg = conformance::Config {
+        cases: 64,
+        dtypes: DType::ALL.to_vec(),
+        ops: vec![Op::Rope, Op::KvAppend, Op::Attention, Op::Step],
+        ..Default::default()
+    };
+    let report = conformance::check_backend(&be, &cfg);
+    println!("{}", report.to_markdown());
+    if !report.passed() {
+        std::process::exit(1);
+    }
+}
