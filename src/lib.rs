@@ -39,6 +39,8 @@ pub use backend_api::*;
 
 #[cfg(feature = "cpu")]
 pub use backend_cpu;
+#[cfg(feature = "hip")]
+pub use backend_hip;
 
 /// The backend registry, with every backend crate of this build linked in. See
 /// [`backend_api::registry`] for the semantics.
@@ -55,6 +57,8 @@ pub mod registry {
     const LINKED: &[&str] = &[
         #[cfg(feature = "cpu")]
         "cpu",
+        #[cfg(feature = "hip")]
+        "hip-flash",
     ];
 
     /// Every registered name, sorted.
@@ -93,4 +97,6 @@ pub mod registry {
 fn link_backends() {
     #[cfg(feature = "cpu")]
     backend_cpu::link();
+    #[cfg(feature = "hip")]
+    backend_hip::link();
 }

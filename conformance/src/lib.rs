@@ -219,6 +219,13 @@ fn run_cell(be: &Backend, rf: &Backend, cfg: &Config, op: Option<Op>, dtype: DTy
     }
 }
 
+/// References every backend crate this build links, so their registrations survive linking.
+pub fn link_backends() {
+    backend_cpu::link();
+    #[cfg(feature = "hip")]
+    backend_hip::link();
+}
+
 /// Runs the whole suite on one backend against the CPU reference.
 pub fn check_backend(backend: &Backend, config: &Config) -> Report {
     check_backend_with(backend, config, &|_| {})
@@ -248,7 +255,7 @@ pub fn check_backend_with(backend: &Backend, config: &Config, progress: &dyn Fn(
 /// cannot be created here. The reference itself is included: against the golden f64 results it
 /// checks the generators and the tolerance model.
 pub fn check_registered(config: &Config, only: Option<&str>, progress: &dyn Fn(&str)) -> Report {
-    backend_cpu::link();
+    link_backends();
     let mut report = Report::default();
     for info in registry::list() {
         if only.is_some_and(|n| n != info.name) {

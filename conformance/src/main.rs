@@ -16,7 +16,7 @@ fn usage() -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    backend_cpu::link();
+    conformance::link_backends();
     let mut cfg = Config::default();
     let (mut only, mut report_path, mut perf_mode) = (None, None, false);
     let mut args = std::env::args().skip(1);

@@ -1,0 +1,200 @@
+//! Attention: kernel choice (the capability query's answer and the dispatch are this one
+//! function, [`plan`]), metadata, launches. Prefill/chunked prefill use the FlashAttention-2
+//! tiled kernel; decode (q_len <= 4) uses flash-decoding with split-K over the cache and a merge.
+
+use backend_api::{DType, ProblemDesc, Result};
+
+use crate::runtime::{DeviceBuffer, Gpu};
+use crate::storage::i32_bytes;
+
+/// Mirrors `AttnParams` in kernels/attention.hip.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttnParams {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub out: u64,
+    pub q_off: u64,
+    pub kv_len: u64,
+    pub kv_base: u64,
+    pub block_table: u64,
+    pub tiles: u64,
+    pub part: u64,
+    pub heads: i32,
+    pub kv_heads: i32,
+    pub head_dim: i32,
+    pub page_size: i32,
+    pub max_pages: i32,
+    pub causal: i32,
+    pub splits: i32,
+    pub rows_per_block: i32,
+    pub scale_log2: f32,
+    pub pad: i32,
+}
+
+/// Mirrors `MergeParams` in kernels/attention.hip.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MergeParams {
+    pub part: u64,
+    pub out: u64,
+    pub rows: i32,
+    pub splits: i32,
+    pub head_dim: i32,
+    pub pad: i32,
+}
+
+/// Longest q_len the decode kernel takes.
+pub const DECODE_MAX_Q: usize = 4;
+/// Query rows of the prefill tile.
+pub const PREFILL_BR: usize = 64;
+
+/// Which kernel runs a problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttnKernel {
+    /// Tiled prefill, compiled for head dims up to `dmax`.
+    Prefill { dmax: usize },
+    /// Split-K decode, up to `rows` (query, head) rows per block.
+    Decode { dmax: usize, rows: usize },
+}
+
+/// The kernel for `problem`, or every reason it cannot run.
+pub fn plan(problem: &ProblemDesc) -> std::result::Result<AttnKernel, Vec<String>> {
+    let d = problem.head_dim;
+    let mut why: Vec<String> = super::head_dim_reason(d).into_iter().collect();
+    if d > 256 {
+        why.push(format!("head_dim {d} > 256: hip-flash attention keeps up to 256 dims of a row in registers"));
+    }
+    if !why.is_empty() {
+        return Err(why);
+    }
+    let dmax = if d <= 64 { 64 } else if d <= 128 { 128 } else { 256 };
+    if problem.max_q_len <= DECODE_MAX_Q {
+        Ok(AttnKernel::Decode { dmax, rows: if dmax == 256 { 4 } else { 8 } })
+    } else {
+        Ok(AttnKernel::Prefill { dmax })
+    }
+}
+
+/// Where K/V rows of each batch entry are.
+pub enum KvSource<'a> {
+    /// Entry b's token t is row `base[b] + t`.
+    Rows(&'a [i32]),
+    /// Entry b's token t is in page `tables[b][t / page_size]`.
+    Pages { page_size: usize, tables: Vec<&'a [u32]> },
+}
+
+/// Everything one attention launch needs besides Q/K/V/out addresses.
+pub struct Shape<'a> {
+    pub dtype: DType,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub q_lens: &'a [usize],
+    pub kv_lens: &'a [usize],
+    pub causal: bool,
+    pub scale: f32,
+}
+
+/// Launches attention (and the split-K merge when used). Returns the scratch buffers, which
+/// must live until the work is done (the stream is ordered; dropping them frees after queued
+/// work with the stream-ordered allocator).
+pub fn launch(gpu: &Gpu, kernel: AttnKernel, s: &Shape<'_>, kv: KvSource<'_>, q: u64, k: u64, v: u64, out: u64) -> Result<Vec<DeviceBuffer>> {
+    let b = s.q_lens.len();
+    let mut meta: Vec<i32> = Vec::new();
+    // q_off
+    let mut acc = 0i32;
+    meta.push(0);
+    for &n in s.q_lens {
+        acc += n as i32;
+        meta.push(acc);
+    }
+    let kv_len_at = meta.len();
+    meta.extend(s.kv_lens.iter().map(|&n| n as i32));
+    let kv_base_at = meta.len();
+    let (page_size, max_pages) = match &kv {
+        KvSource::Rows(base) => {
+            meta.extend_from_slice(base);
+            (0, 0)
+        }
+        KvSource::Pages { page_size, tables } => {
+            meta.extend(std::iter::repeat(0).take(b));
+            (*page_size, tables.iter().map(|t| t.len()).max().unwrap_or(1).max(1))
+        }
+    };
+    let bt_at = meta.len();
+    if let KvSource::Pages { tables, .. } = &kv {
+        for t in tables {
+            meta.extend(t.iter().map(|&p| p as i32));
+            meta.extend(std::iter::repeat(0).take(max_pages - t.len()));
+        }
+    }
+    let tiles_at = meta.len();
+    let mut num_tiles = 0usize;
+    if let AttnKernel::Prefill { .. } = kernel {
+        for (i, &n) in s.q_lens.iter().enumerate() {
+            for q0 in (0..n).step_by(PREFILL_BR) {
+                meta.push(i as i32);
+                meta.push(q0 as i32);
+                num_tiles += 1;
+            }
+        }
+    }
+    let meta_buf = gpu.upload(&i32_bytes(&meta))?;
+    let at = |i: usize| meta_buf.addr() + 4 * i as u64;
+    let mut p = AttnParams {
+        q,
+        k,
+        v,
+        out,
+        q_off: at(0),
+        kv_len: at(kv_len_at),
+        kv_base: at(kv_base_at),
+        block_table: at(bt_at),
+        tiles: at(tiles_at),
+        part: 0,
+        heads: s.heads as i32,
+        kv_heads: s.kv_heads as i32,
+        head_dim: s.head_dim as i32,
+        page_size: page_size as i32,
+        max_pages: max_pages as i32,
+        causal: s.causal as i32,
+        splits: 1,
+        rows_per_block: 0,
+        scale_log2: s.scale * std::f32::consts::LOG2_E,
+        pad: 0,
+    };
+    let mut keep = vec![meta_buf];
+    let dt = s.dtype.name();
+    match kernel {
+        AttnKernel::Prefill { dmax } => {
+            gpu.launch(&format!("attn_prefill_d{dmax}_{dt}"), (num_tiles as u32, s.heads as u32, 1), 256, p)?;
+        }
+        AttnKernel::Decode { dmax, rows } => {
+            let group = s.heads / s.kv_heads;
+            let max_q = s.q_lens.iter().copied().max().unwrap_or(1);
+            let row_chunks = (group * max_q).div_ceil(rows);
+            let max_kv = s.kv_lens.iter().copied().max().unwrap_or(1);
+            let blocks = b * s.kv_heads * row_chunks;
+            // Enough splits to put ~4 blocks on every SM, but at least 128 keys per split.
+            let want = (4 * gpu.sm_count as usize).div_ceil(blocks.max(1));
+            let splits = want.clamp(1, max_kv.div_ceil(128).clamp(1, 64));
+            p.splits = splits as i32;
+            p.rows_per_block = rows as i32;
+            let total_rows: usize = s.q_lens.iter().sum::<usize>() * s.heads;
+            if splits > 1 {
+                let part = gpu.alloc(total_rows * splits * (s.head_dim + 2) * 4)?;
+                p.part = part.addr();
+                keep.push(part);
+            }
+            let grid = ((b * s.kv_heads * splits) as u32, row_chunks as u32, 1);
+            gpu.launch(&format!("attn_decode_d{dmax}_{dt}"), grid, 128, p)?;
+            if splits > 1 {
+                let m = MergeParams { part: p.part, out, rows: total_rows as i32, splits: splits as i32, head_dim: s.head_dim as i32, pad: 0 };
+                gpu.launch(&format!("attn_merge_{dt}"), (total_rows as u32, 1, 1), 128, m)?;
+            }
+        }
+    }
+    Ok(keep)
+}

@@ -1,0 +1,210 @@
+//! The one module of attnforge with `unsafe` and FFI: device context, stream, buffers, module
+//! loading, typed kernel launches and timing events. NVIDIA through `cudarc` (the CUDA driver
+//! API, loaded dynamically, so nothing CUDA is needed to build). Everything above this module is
+//! safe Rust; every driver status becomes `Error::Device` with the call that failed.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use backend_api::{Error, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::Ptx;
+
+use crate::kernels;
+
+fn dev(call: &str) -> impl Fn(DriverError) -> Error + '_ {
+    move |e| Error::Device { code: e.0 as i64, message: format!("{call}: {e}") }
+}
+
+/// Marks a `#[repr(C)]` parameter struct as passable by value to a kernel.
+///
+/// # Safety
+/// The type must be `#[repr(C)]`, `Copy`, contain only integers, floats and device addresses,
+/// and match the layout of the kernel's parameter struct field for field.
+pub unsafe trait KernelArgs: Copy {}
+
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct ByValue<P: KernelArgs>(P);
+// SAFETY: KernelArgs guarantees a plain #[repr(C)] layout matching the kernel's parameter.
+unsafe impl<P: KernelArgs> DeviceRepr for ByValue<P> {}
+
+/// An opened GPU: context, one stream, the embedded kernel modules.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: Vec<(&'static str, Arc<CudaModule>)>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Device name as the driver reports it.
+    pub name: String,
+    /// Streaming multiprocessors.
+    pub sm_count: u32,
+    /// Compute capability.
+    pub capability: (i32, i32),
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({}, {} SMs, sm_{}{})", self.name, self.sm_count, self.capability.0, self.capability.1)
+    }
+}
+
+/// Device memory, freed when dropped.
+#[derive(Debug)]
+pub struct DeviceBuffer {
+    slice: CudaSlice<u8>,
+    addr: u64,
+}
+
+impl DeviceBuffer {
+    /// Device address of the first byte.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.slice.len()
+    }
+    /// True for a zero-byte buffer.
+    pub fn is_empty(&self) -> bool {
+        self.slice.len() == 0
+    }
+}
+
+impl Gpu {
+    /// Opens NVIDIA GPU `ordinal`, or says why it cannot: no kernels built, no driver, no device.
+    pub fn open(ordinal: usize) -> std::result::Result<Gpu, String> {
+        let Some(images) = kernels::NVIDIA else {
+            return Err(kernels::NVIDIA_MISSING.to_string());
+        };
+        // SAFETY: only tries to dlopen libcuda; no symbol is used.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err("no NVIDIA driver on this machine (libcuda.so not found)".into());
+        }
+        let count = CudaContext::device_count().map_err(|e| format!("CUDA driver: {e}"))?;
+        if count <= ordinal as i32 {
+            return Err(format!("no CUDA device {ordinal} ({count} found)"));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| format!("creating a CUDA context: {e}"))?;
+        // One stream, ordered: cudarc's cross-stream event tracking is not needed.
+        // SAFETY: no CudaSlice exists yet, and this backend never uses a second stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let mut modules = Vec::new();
+        for (name, bytes) in images {
+            let m = ctx.load_module(Ptx::from_binary(bytes.to_vec())).map_err(|e| format!("loading kernel module {name}: {e}"))?;
+            modules.push((*name, m));
+        }
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let sm_count = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(|e| e.to_string())? as u32;
+        let capability = ctx.compute_capability().map_err(|e| e.to_string())?;
+        let name = ctx.name().unwrap_or_else(|_| "NVIDIA GPU".into());
+        Ok(Gpu { ctx, stream, modules, functions: Mutex::new(HashMap::new()), name, sm_count, capability })
+    }
+
+    /// Device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ctx.ordinal()
+    }
+
+    /// `bytes` of uninitialised device memory (at least one byte is allocated).
+    pub fn alloc(&self, bytes: usize) -> Result<DeviceBuffer> {
+        // SAFETY: the memory is uninitialised; every user writes before reading (uploads,
+        // kernels that overwrite their output, or `fill`).
+        let slice = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }.map_err(dev("cuMemAlloc"))?;
+        let addr = {
+            let (addr, _sync) = slice.device_ptr(&self.stream);
+            addr
+        };
+        Ok(DeviceBuffer { slice, addr })
+    }
+
+    /// A new buffer holding `data`.
+    pub fn upload(&self, data: &[u8]) -> Result<DeviceBuffer> {
+        let mut b = self.alloc(data.len())?;
+        self.write(&mut b, 0, data)?;
+        Ok(b)
+    }
+
+    /// Copies `data` to `buf` at byte `offset`.
+    pub fn write(&self, buf: &mut DeviceBuffer, offset: usize, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if offset + data.len() > buf.len() {
+            return Err(Error::InvalidArgument(format!("device write of {} bytes at {offset} into {} bytes", data.len(), buf.len())));
+        }
+        let mut view = buf.slice.slice_mut(offset..offset + data.len());
+        self.stream.memcpy_htod(data, &mut view).map_err(dev("cuMemcpyHtoD"))
+    }
+
+    /// The buffer's bytes on the host (waits for queued work).
+    pub fn read(&self, buf: &DeviceBuffer, len: usize) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; len];
+        if len > 0 {
+            let view = buf.slice.slice(0..len);
+            self.stream.memcpy_dtoh(&view, &mut out).map_err(dev("cuMemcpyDtoH"))?;
+        }
+        self.synchronize()?;
+        Ok(out)
+    }
+
+    /// Waits for queued work; surfaces asynchronous kernel errors.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(dev("cuStreamSynchronize"))
+    }
+
+    fn function(&self, name: &str) -> Result<CudaFunction> {
+        let mut cache = self.functions.lock().map_err(|_| Error::Device { code: -1, message: "kernel cache lock poisoned".into() })?;
+        if let Some(f) = cache.get(name) {
+            return Ok(f.clone());
+        }
+        for (_, m) in &self.modules {
+            if let Ok(f) = m.load_function(name) {
+                cache.insert(name.to_string(), f.clone());
+                return Ok(f);
+            }
+        }
+        Err(Error::Device { code: -1, message: format!("kernel {name} is missing from the embedded modules") })
+    }
+
+    /// Launches kernel `name` with one by-value parameter struct.
+    pub fn launch<P: KernelArgs>(&self, name: &str, grid: (u32, u32, u32), block: u32, params: P) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        let f = self.function(name)?;
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: 0 };
+        let arg = ByValue(params);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&arg);
+        // SAFETY: the kernel takes exactly one parameter of P's layout (KernelArgs), and every
+        // address in it points to live device memory sized by the op that built it.
+        unsafe { b.launch(cfg) }.map_err(|e| Error::Device { code: e.0 as i64, message: format!("launching {name}: {e}") })?;
+        Ok(())
+    }
+
+    /// Runs `f` `reps` times between two device events; milliseconds per run.
+    pub fn time(&self, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+        use cudarc::driver::sys::CUevent_flags;
+        let start = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(dev("cuEventCreate"))?;
+        let end = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(dev("cuEventCreate"))?;
+        start.record(&self.stream).map_err(dev("cuEventRecord"))?;
+        for _ in 0..reps {
+            f()?;
+        }
+        end.record(&self.stream).map_err(dev("cuEventRecord"))?;
+        end.synchronize().map_err(dev("cuEventSynchronize"))?;
+        Ok(start.elapsed_ms(&end).map_err(dev("cuEventElapsedTime"))? as f64 / reps as f64)
+    }
+}
+
+/// Declares parameter structs as kernel arguments (see [`KernelArgs`] for the contract).
+macro_rules! kernel_args {
+    ($($t:ty),*) => {$(
+        // SAFETY: #[repr(C)] plain data mirroring the kernel's parameter struct (see its file).
+        unsafe impl KernelArgs for $t {}
+    )*};
+}
+kernel_args!(crate::ops::rope::RopeParams, crate::ops::kv_append::AppendParams, crate::ops::kv_append::FillParams, crate::ops::attention::AttnParams, crate::ops::attention::MergeParams);

@@ -1,0 +1,102 @@
+//! Device storage of tensors and caches, and host-side dtype conversion.
+
+use std::any::Any;
+
+use backend_api::{DType, Device, Error, KvCache, Result, Storage, Tensor};
+
+use crate::runtime::DeviceBuffer;
+
+/// A tensor's device memory.
+#[derive(Debug)]
+pub struct GpuTensor {
+    /// The bytes, `numel * dtype.size()`.
+    pub buf: DeviceBuffer,
+}
+
+impl Storage for GpuTensor {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// A cache's K and V pools.
+#[derive(Debug)]
+pub struct GpuCache {
+    /// K pool `[slots, Hk, D]`.
+    pub k: DeviceBuffer,
+    /// V pool.
+    pub v: DeviceBuffer,
+}
+
+impl Storage for GpuCache {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+fn foreign(what: &str, backend: &str, expected: Device, got: Device) -> Error {
+    Error::WrongDevice { what: what.into(), backend: backend.into(), expected, got }
+}
+
+/// Device address of a tensor made by this backend, or `WrongDevice`.
+pub fn addr(t: &Tensor, what: &str, backend: &str, dev: Device) -> Result<u64> {
+    if t.device() != dev {
+        return Err(foreign(what, backend, dev, t.device()));
+    }
+    t.storage().as_any().downcast_ref::<GpuTensor>().map(|g| g.buf.addr()).ok_or_else(|| foreign(what, backend, dev, t.device()))
+}
+
+/// The buffer of a tensor made by this backend.
+pub fn buffer<'a>(t: &'a Tensor, what: &str, backend: &str, dev: Device) -> Result<&'a DeviceBuffer> {
+    let got = t.device();
+    t.storage().as_any().downcast_ref::<GpuTensor>().map(|g| &g.buf).filter(|_| got == dev).ok_or_else(|| foreign(what, backend, dev, got))
+}
+
+/// Mutable [`buffer`].
+pub fn buffer_mut<'a>(t: &'a mut Tensor, what: &str, backend: &str, dev: Device) -> Result<&'a mut DeviceBuffer> {
+    let got = t.device();
+    t.storage_mut().as_any_mut().downcast_mut::<GpuTensor>().map(|g| &mut g.buf).filter(|_| got == dev).ok_or_else(|| foreign(what, backend, dev, got))
+}
+
+/// The pools of a cache made by this backend.
+pub fn pools<'a>(c: &'a KvCache, backend: &str, dev: Device) -> Result<&'a GpuCache> {
+    let got = c.device();
+    c.storage().as_any().downcast_ref::<GpuCache>().filter(|_| got == dev).ok_or_else(|| foreign("KV cache", backend, dev, got))
+}
+
+/// Mutable [`pools`].
+pub fn pools_mut<'a>(c: &'a mut KvCache, backend: &str, dev: Device) -> Result<&'a mut GpuCache> {
+    let got = c.device();
+    c.storage_mut().as_any_mut().downcast_mut::<GpuCache>().filter(|_| got == dev).ok_or_else(|| foreign("KV cache", backend, dev, got))
+}
+
+/// f32 host values to the dtype's little-endian bytes (round to nearest even).
+pub fn encode(src: &[f32], dtype: DType) -> Vec<u8> {
+    let mut out = Vec::with_capacity(src.len() * dtype.size());
+    match dtype {
+        DType::F32 => src.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        DType::F16 => src.iter().for_each(|&x| out.extend_from_slice(&half::f16::from_f32(x).to_bits().to_le_bytes())),
+        DType::BF16 => src.iter().for_each(|&x| out.extend_from_slice(&half::bf16::from_f32(x).to_bits().to_le_bytes())),
+    }
+    out
+}
+
+/// The dtype's bytes to f32 (exact).
+pub fn decode(bytes: &[u8], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        DType::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
+        DType::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
+    }
+}
+
+/// i32 values as bytes (kernel metadata).
+pub fn i32_bytes(v: &[i32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}

@@ -1,0 +1,53 @@
+// attnforge kernel helpers shared by every op: storage types, conversion, vector loads, and the
+// macro that stamps extern "C" entry points per dtype ({op}_{dtype}).
+#pragma once
+#include "af_vendor.h"
+
+typedef unsigned long long af_ptr;  // device address as passed from Rust (#[repr(C)] u64)
+
+struct af_f16 { unsigned short x; };
+struct af_bf16 { unsigned short x; };
+
+AF_DEVICE float af_to_float(float v) { return v; }
+AF_DEVICE float af_to_float(af_f16 v) { return af_h2f(v.x); }
+AF_DEVICE float af_to_float(af_bf16 v) { return af_bf2f(v.x); }
+
+template <typename T> AF_DEVICE T af_from_float(float f);
+template <> AF_DEVICE float af_from_float<float>(float f) { return f; }
+template <> AF_DEVICE af_f16 af_from_float<af_f16>(float f) { af_f16 r; r.x = af_f2h(f); return r; }
+template <> AF_DEVICE af_bf16 af_from_float<af_bf16>(float f) { af_bf16 r; r.x = af_f2bf(f); return r; }
+
+// Raw<B>: a B-byte chunk moved by one load or store (B = 2 .. 64).
+template <int B> struct Raw;
+template <> struct Raw<2> { unsigned short v; };
+template <> struct Raw<4> { unsigned int v; };
+template <> struct Raw<8> { uint2 v; };
+template <> struct Raw<16> { uint4 v; };
+template <> struct Raw<32> { uint4 a, b; };
+template <> struct Raw<64> { uint4 a, b, c, d; };
+
+// N consecutive elements to/from floats, one wide access (p must be aligned to N * sizeof(T)).
+template <int N, typename T> AF_DEVICE void af_load(const T* p, float* out) {
+    Raw<N * (int)sizeof(T)> r = *reinterpret_cast<const Raw<N * (int)sizeof(T)>*>(p);
+    const T* e = reinterpret_cast<const T*>(&r);
+#pragma unroll
+    for (int i = 0; i < N; ++i) out[i] = af_to_float(e[i]);
+}
+template <int N, typename T> AF_DEVICE void af_store(T* p, const float* in) {
+    Raw<N * (int)sizeof(T)> r;
+    T* e = reinterpret_cast<T*>(&r);
+#pragma unroll
+    for (int i = 0; i < N; ++i) e[i] = af_from_float<T>(in[i]);
+    *reinterpret_cast<Raw<N * (int)sizeof(T)>*>(p) = r;
+}
+// Copies N elements unchanged.
+template <int N, typename T> AF_DEVICE void af_copy(T* dst, const T* src) {
+    *reinterpret_cast<Raw<N * (int)sizeof(T)>*>(dst) = *reinterpret_cast<const Raw<N * (int)sizeof(T)>*>(src);
+}
+
+// Stamps `extern "C" __global__ void NAME_f32/_f16/_bf16(PARAMS p)` from a template kernel body
+// `NAME##_impl<T>(p)`.
+#define AF_STAMP(NAME, PARAMS, BOUNDS)                                                                  \
+    extern "C" __global__ void __launch_bounds__(BOUNDS) NAME##_f32(PARAMS p) { NAME##_impl<float>(p); }   \
+    extern "C" __global__ void __launch_bounds__(BOUNDS) NAME##_f16(PARAMS p) { NAME##_impl<af_f16>(p); }  \
+    extern "C" __global__ void __launch_bounds__(BOUNDS) NAME##_bf16(PARAMS p) { NAME##_impl<af_bf16>(p); }

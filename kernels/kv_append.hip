@@ -1,0 +1,40 @@
+// KV append: copy new K/V rows into their cache slots (vLLM's slot mapping: the host resolves
+// contiguous capacity or the page table into one slot index per token). One thread per
+// (token, head, 16-byte chunk).
+#include "include/af_common.h"
+
+// Mirrors backend-hip/src/ops/kv_append.rs `AppendParams`.
+struct AppendParams {
+    af_ptr k, v;              // [T, Hk, D]
+    af_ptr k_cache, v_cache;  // pools [slots, Hk, D]
+    af_ptr slots;             // int32 [T]
+    int tokens, k_heads, head_dim, pad;
+};
+
+template <typename T> AF_DEVICE void kv_append_impl(const AppendParams& p) {
+    const int CV = 16 / (int)sizeof(T);
+    const int nch = p.head_dim / CV;
+    const long per_tok = (long)p.k_heads * nch;
+    const long gid = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (gid >= (long)p.tokens * per_tok) return;
+    const int t = (int)(gid / per_tok);
+    const long r = gid % per_tok;  // head * nch + chunk
+    const long src = (long)t * p.k_heads * p.head_dim + r * CV;
+    const long dst = (long)reinterpret_cast<const int*>(p.slots)[t] * p.k_heads * p.head_dim + r * CV;
+    af_copy<16 / sizeof(T)>(reinterpret_cast<T*>(p.k_cache) + dst, reinterpret_cast<const T*>(p.k) + src);
+    af_copy<16 / sizeof(T)>(reinterpret_cast<T*>(p.v_cache) + dst, reinterpret_cast<const T*>(p.v) + src);
+}
+AF_STAMP(kv_append, AppendParams, 256)
+
+// Fill: every element of a buffer set to one value (tests poison outputs with NaN).
+struct FillParams {
+    af_ptr dst;
+    long long n;
+    float value;
+    int pad;
+};
+template <typename T> AF_DEVICE void fill_impl(const FillParams& p) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < p.n) reinterpret_cast<T*>(p.dst)[i] = af_from_float<T>(p.value);
+}
+AF_STAMP(fill, FillParams, 256)

@@ -1,0 +1,107 @@
+// RoPE on Q and K in place, and the fused variant that writes rotated K (and V) straight into
+// the KV cache. One thread per (token, unit); a unit is VP consecutive rotary pairs, so the
+// angles (f64 product and reduction, then f32 sincos) are computed once per token and pair and
+// applied to every head. Passthrough dims (>= rotary_dim) are untouched in place and copied in
+// the fused variant.
+#include "include/af_common.h"
+
+// Mirrors backend-hip/src/ops/rope.rs `RopeParams` (#[repr(C)]).
+struct RopeParams {
+    af_ptr q, k;          // [T, Hq, D], [T, Hk, D]; q may be 0 (rotate K only)
+    af_ptr positions;     // int32 [T]
+    af_ptr inv_freq;      // double [rotary_dim / 2]
+    af_ptr k_cache;       // fused: pool [slots, Hk, D] receiving rotated K (0: rotate k in place)
+    af_ptr v_cache;       // fused: pool receiving V rows (0: none)
+    af_ptr v;             // fused: [T, Hk, D]
+    af_ptr slots;         // fused: int32 [T] cache slot of each token
+    int tokens, q_heads, k_heads, head_dim, rotary_dim, interleaved, vp;
+    float attention_factor;
+};
+
+template <typename T, int VP>
+AF_DEVICE void rotate_rows(T* base, int heads, int D, int half, int u, bool inter, const float* c, const float* s, T* out_base) {
+    for (int h = 0; h < heads; ++h) {
+        const T* row = base + (long)h * D;
+        T* orow = out_base + (long)h * D;
+        float a[VP], b[VP];
+        if (!inter) {
+            af_load<VP>(row + u * VP, a);
+            af_load<VP>(row + half + u * VP, b);
+#pragma unroll
+            for (int i = 0; i < VP; ++i) {
+                float x = a[i], y = b[i];
+                a[i] = x * c[i] - y * s[i];
+                b[i] = y * c[i] + x * s[i];
+            }
+            af_store<VP>(orow + u * VP, a);
+            af_store<VP>(orow + half + u * VP, b);
+        } else {
+            float ab[2 * VP];
+            af_load<2 * VP>(row + 2 * u * VP, ab);
+#pragma unroll
+            for (int i = 0; i < VP; ++i) {
+                float x = ab[2 * i], y = ab[2 * i + 1];
+                ab[2 * i] = x * c[i] - y * s[i];
+                ab[2 * i + 1] = y * c[i] + x * s[i];
+            }
+            af_store<2 * VP>(orow + 2 * u * VP, ab);
+        }
+    }
+}
+
+template <typename T, int VP>
+AF_DEVICE void rope_body(const RopeParams& p) {
+    const int D = p.head_dim, half = p.rotary_dim / 2;
+    const int npv = half / VP;                      // pair units per row
+    const int CV = 16 / (int)sizeof(T);             // elements per 16-byte chunk
+    const int nch = D / CV;                         // copy chunks per row (fused)
+    const int units = npv > nch ? npv : nch;
+    const long gid = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (gid >= (long)p.tokens * units) return;
+    const int t = (int)(gid / units), u = (int)(gid % units);
+    T* q = reinterpret_cast<T*>(p.q);
+    T* k = reinterpret_cast<T*>(p.k);
+    T* kc = reinterpret_cast<T*>(p.k_cache);
+    const long krow = (long)t * p.k_heads * D;
+    T* kdst = kc ? kc + (long)reinterpret_cast<const int*>(p.slots)[t] * p.k_heads * D : k + krow;
+    if (u < npv) {
+        const double pos = (double)reinterpret_cast<const int*>(p.positions)[t];
+        const double* inv = reinterpret_cast<const double*>(p.inv_freq);
+        float c[VP], s[VP];
+#pragma unroll
+        for (int i = 0; i < VP; ++i) {
+            // The angle in f64, reduced to [0, 2pi): f32 would lose ~1e-2 rad at position 1e6.
+            double a = pos * inv[u * VP + i];
+            a -= 6.283185307179586 * floor(a * 0.15915494309189535);
+            af_sincos((float)a, &s[i], &c[i]);
+            s[i] *= p.attention_factor;
+            c[i] *= p.attention_factor;
+        }
+        if (q) rotate_rows<T, VP>(q + (long)t * p.q_heads * D, p.q_heads, D, half, u, p.interleaved, c, s, q + (long)t * p.q_heads * D);
+        rotate_rows<T, VP>(k + krow, p.k_heads, D, half, u, p.interleaved, c, s, kdst);
+    }
+    if (kc && u < nch) {
+        // Passthrough dims of K, and V, into the cache.
+        const T* v = reinterpret_cast<const T*>(p.v);
+        T* vdst = reinterpret_cast<T*>(p.v_cache) + (long)reinterpret_cast<const int*>(p.slots)[t] * p.k_heads * D;
+        for (int h = 0; h < p.k_heads; ++h) {
+            const long o = (long)h * D + u * CV;
+            if (u * CV >= p.rotary_dim) {
+                af_copy<16 / sizeof(T)>(kdst + o, k + krow + o);
+            } else if ((u + 1) * CV > p.rotary_dim) {
+                for (int e = p.rotary_dim - u * CV; e < CV; ++e) kdst[o + e] = k[krow + o + e];
+            }
+            af_copy<16 / sizeof(T)>(vdst + o, v + krow + o);
+        }
+    }
+}
+
+template <typename T> AF_DEVICE void rope_impl(const RopeParams& p) {
+    switch (p.vp) {
+        case 8: rope_body<T, 8>(p); break;
+        case 4: rope_body<T, 4>(p); break;
+        case 2: rope_body<T, 2>(p); break;
+        default: rope_body<T, 1>(p); break;
+    }
+}
+AF_STAMP(rope, RopeParams, 256)
