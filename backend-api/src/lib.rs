@@ -29,7 +29,7 @@ mod tensor;
 pub use args::{AppendArgs, AttentionArgs, PlainAttentionArgs, RopeArgs, StepArgs};
 pub use backend::{AttentionBackend, Backend, StepInputs};
 pub use cache::{CacheLayout, CachedSeq, KvCache, KvCacheSpec, KvPool};
-pub use dtype::{DType, Device, DeviceKind};
+pub use dtype::{bf16_from_f64, f16_from_f64, DType, Device, DeviceKind};
 pub use error::{Error, Result};
 pub use problem::{AttentionParams, Batch, Op, PlainBatch, ProblemDesc};
 pub use rope::{RopeConfig, RopeFrequencies, RopeScaling, RopeStyle};

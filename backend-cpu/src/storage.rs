@@ -54,8 +54,8 @@ impl CpuStorage {
     pub fn set(&mut self, i: usize, x: f64) {
         match self {
             CpuStorage::F32(v) => v[i] = x as f32,
-            CpuStorage::F16(v) => v[i] = f16::from_f64(x),
-            CpuStorage::BF16(v) => v[i] = bf16::from_f64(x),
+            CpuStorage::F16(v) => v[i] = backend_api::f16_from_f64(x),
+            CpuStorage::BF16(v) => v[i] = backend_api::bf16_from_f64(x),
         }
     }
 

@@ -197,3 +197,24 @@ fn stores_round_to_the_dtype() {
     assert_eq!(be.download(&be.upload(&x, &[1], DType::BF16).unwrap()).unwrap(), vec![1.0]);
     assert_eq!(be.download(&be.upload(&x, &[1], DType::F16).unwrap()).unwrap(), x.to_vec());
 }
+
+#[test]
+fn bf16_rounding_is_correct_to_nearest_even() {
+    // 0x3e608003 as f32: bf16 candidates 0x3e60 and 0x3e61; the low half 0x8003 is past the
+    // midpoint, so nearest is 0x3e61 (half's from_f64 gave 0x3e60).
+    let x = f32::from_bits(0x3e60_8003) as f64;
+    assert_eq!(bf16_from_f64(x).to_bits(), 0x3e61);
+    // A tie goes to even: 0x3e60_8000 -> 0x3e60, 0x3e61_8000 -> 0x3e62.
+    assert_eq!(bf16_from_f64(f32::from_bits(0x3e60_8000) as f64).to_bits(), 0x3e60);
+    assert_eq!(bf16_from_f64(f32::from_bits(0x3e61_8000) as f64).to_bits(), 0x3e62);
+    // Just above a tie in f64 (below f32 resolution) rounds up, not to even.
+    let above_tie = f32::from_bits(0x3e60_8000) as f64 * (1.0 + 1e-12);
+    assert_eq!(bf16_from_f64(above_tie).to_bits(), 0x3e61);
+    assert_eq!(bf16_from_f64(-x).to_bits(), 0xbe61);
+    assert!(bf16_from_f64(f64::NAN).is_nan());
+    assert_eq!(bf16_from_f64(1e300).to_bits(), 0x7f80);
+    // f16 likewise, including just above a tie.
+    let t = 1.0 + 2f64.powi(-11); // tie between 1.0 and 1 + 2^-10
+    assert_eq!(f16_from_f64(t).to_bits(), 0x3c00);
+    assert_eq!(f16_from_f64(t * (1.0 + 1e-12)).to_bits(), 0x3c01);
+}

@@ -150,6 +150,13 @@ impl Gpu {
         Ok(out)
     }
 
+    /// Device-to-device copy of `bytes` (the bandwidth ceiling benchmarks compare against).
+    pub fn copy(&self, dst: &mut DeviceBuffer, src: &DeviceBuffer, bytes: usize) -> Result<()> {
+        let s = src.slice.slice(0..bytes);
+        let mut d = dst.slice.slice_mut(0..bytes);
+        self.stream.memcpy_dtod(&s, &mut d).map_err(dev("cuMemcpyDtoD"))
+    }
+
     /// Waits for queued work; surfaces asynchronous kernel errors.
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(dev("cuStreamSynchronize"))

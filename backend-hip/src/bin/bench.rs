@@ -1,0 +1,179 @@
+//! Benchmarks of the hip-* backends on the GPU, timed with device events: warm-up, then the
+//! median of several timed batches. Problems are larger than L2 (50 MB on the H100), so repeated
+//! runs do not measure the cache. Prints a table and writes JSON (`--json FILE`).
+//!
+//!     cargo run -p backend-hip --release --bin bench -- [--json bench.json] [--quick]
+use std::fmt::Write as _;
+
+use backend_api::*;
+use backend_hip::ops::rope::{self as rope_op, RopeParams};
+use backend_hip::storage::{addr, pools};
+use backend_hip::{HipBackend, Variant};
+
+struct Row {
+    name: String,
+    dtype: DType,
+    ms: f64,
+    bytes: f64,
+    flops: f64,
+}
+
+fn median_ms(be: &HipBackend, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..3 {
+        f()?;
+    }
+    be.gpu().synchronize()?;
+    let mut v = Vec::new();
+    for _ in 0..9 {
+        v.push(be.gpu().time(5, &mut f)?);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v[v.len() / 2])
+}
+
+fn randn(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.4
+        })
+        .collect()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let json = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
+    let quick = args.iter().any(|a| a == "--quick");
+    let be = match HipBackend::open("hip-flash", Variant::Flash) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("bench: no GPU backend here: {e}");
+            std::process::exit(2);
+        }
+    };
+    let h = Backend::new(std::sync::Arc::new(HipBackend::open("hip-flash", Variant::Flash).unwrap()));
+    let mut rows = Vec::new();
+    if let Err(e) = run(&be, &h, quick, &mut rows) {
+        eprintln!("bench: {e}");
+        std::process::exit(1);
+    }
+    let copy_bw = rows.iter().find(|r| r.name.starts_with("device copy")).map(|r| r.bytes / r.ms / 1e9).unwrap_or(f64::NAN);
+    let mut out = format!("device: {} ({} SMs)\n", be.gpu().name, be.gpu().sm_count);
+    let _ = writeln!(out, "{:<58} {:<5} {:>9} {:>8} {:>7} {:>9}", "op", "dtype", "ms", "TB/s", "% copy", "TFLOP/s");
+    let mut js = String::from("[\n");
+    for (i, r) in rows.iter().enumerate() {
+        let tbs = r.bytes / r.ms / 1e9;
+        let _ = writeln!(out, "{:<58} {:<5} {:>9.4} {:>8.3} {:>6.1}% {:>9.2}", r.name, r.dtype, r.ms, tbs, 100.0 * tbs / copy_bw, r.flops / r.ms / 1e9);
+        let _ = write!(js, "  {{\"op\": {:?}, \"dtype\": \"{}\", \"ms\": {}, \"bytes\": {}, \"flops\": {}}}{}\n", r.name, r.dtype, r.ms, r.bytes, r.flops, if i + 1 < rows.len() { "," } else { "" });
+    }
+    js.push(']');
+    print!("{out}");
+    if let Some(p) = json {
+        std::fs::write(p, js).expect("writing the JSON");
+    }
+}
+
+fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result<()> {
+    // Ceiling: a 1 GiB device-to-device copy, bytes read + written.
+    {
+        let n = 1usize << 30;
+        let src = be.gpu().alloc(n)?;
+        let mut dst = be.gpu().alloc(n)?;
+        let ms = median_ms(be, || be.gpu().copy(&mut dst, &src, n))?;
+        rows.push(Row { name: "device copy 1 GiB (read + write)".into(), dtype: DType::F32, ms, bytes: 2.0 * n as f64, flops: 0.0 });
+    }
+    let dtypes = [DType::F32, DType::F16, DType::BF16];
+    // RoPE and fused RoPE + append: T = 32768 tokens, 32 query / 8 kv heads, D = 128.
+    let (t, hq, hk, d) = (if quick { 8192 } else { 32768 }, 32, 8, 128);
+    let rope = RopeConfig { theta: 500000.0, ..RopeConfig::new(d, 10000.0, 131072) };
+    let positions: Vec<u32> = (0..t as u32).collect();
+    for dt in dtypes {
+        let es = dt.size() as f64;
+        let mut q = h.upload(&randn(t * hq * d, 1), &[t, hq, d], dt)?;
+        let mut k = h.upload(&randn(t * hk * d, 2), &[t, hk, d], dt)?;
+        let v = h.upload(&randn(t * hk * d, 3), &[t, hk, d], dt)?;
+        let ms = median_ms(be, || h.rope(&mut q, &mut k, &positions, &rope))?;
+        rows.push(Row { name: format!("rope q+k T={t} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes: 2.0 * (t * (hq + hk) * d) as f64 * es, flops: 0.0 });
+        // Fused: Q rotated in place, rotated K and V written into a contiguous cache.
+        let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: t } };
+        let cache = h.create_kv_cache(&spec)?;
+        let slots: Vec<i32> = (0..t as i32).collect();
+        let freqs = rope.frequencies(t - 1);
+        let inv: Vec<u8> = freqs.inv_freq.iter().flat_map(|f| f.to_le_bytes()).collect();
+        let inv_buf = be.gpu().upload(&inv)?;
+        let meta: Vec<u8> = positions.iter().map(|&p| p as i32).chain(slots.iter().copied()).flat_map(|x| x.to_le_bytes()).collect();
+        let meta_buf = be.gpu().upload(&meta)?;
+        let p = pools(&cache, "hip-flash", h.device())?;
+        let params = RopeParams {
+            q: addr(&q, "q", "hip-flash", h.device())?,
+            k: addr(&k, "k", "hip-flash", h.device())?,
+            positions: meta_buf.addr(),
+            inv_freq: inv_buf.addr(),
+            k_cache: p.k.addr(),
+            v_cache: p.v.addr(),
+            v: addr(&v, "v", "hip-flash", h.device())?,
+            slots: meta_buf.addr() + 4 * t as u64,
+            tokens: t as i32,
+            q_heads: hq as i32,
+            k_heads: hk as i32,
+            head_dim: d as i32,
+            rotary_dim: d as i32,
+            vp: rope_op::pairs_per_thread(d, dt),
+            attention_factor: 1.0,
+            ..Default::default()
+        };
+        let ms = median_ms(be, || rope_op::launch(be.gpu(), dt, params, RopeStyle::HalfSplit))?;
+        // Q read + written, K read, V read, K and V written to the cache.
+        let bytes = (2 * t * hq * d + 4 * t * hk * d) as f64 * es;
+        rows.push(Row { name: format!("fused rope+append T={t} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes, flops: 0.0 });
+    }
+    // Decode: GQA 32/8, D = 128, one new token per sequence over L cached tokens.
+    for &(b, l) in &[(16usize, 8192usize), (1, 8192)] {
+        for dt in dtypes {
+            let es = dt.size() as f64;
+            let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: l } };
+            let mut cache = h.create_kv_cache(&spec)?;
+            let kv = randn(b * (l - 1) * hk * d, 4);
+            let kt = h.upload(&kv, &[b * (l - 1), hk, d], dt)?;
+            h.kv_append(&mut cache, &kt, &kt, &Batch::uniform(b, l - 1)?)?;
+            let k1 = h.upload(&randn(b * hk * d, 5), &[b, hk, d], dt)?;
+            let batch = Batch::uniform(b, 1)?;
+            h.kv_append(&mut cache, &k1, &k1, &batch)?;
+            let q = h.upload(&randn(b * hq * d, 6), &[b, hq, d], dt)?;
+            let mut out = h.alloc(&[b, hq, d], dt)?;
+            let ms = median_ms(be, || h.attention(&q, &cache, &batch, AttentionParams::causal(d), &mut out))?;
+            let bytes = (2 * b * l * hk * d + 2 * b * hq * d) as f64 * es;
+            rows.push(Row { name: format!("decode B={b} L={l} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes, flops: 4.0 * (b * l * hq * d) as f64 });
+        }
+    }
+    // Prefill: causal, B = 8, H = 32 (MHA), S = 1024, D = 64, plain attention.
+    for dt in dtypes {
+        let (b, hh, s, dd) = (8usize, 32usize, 1024usize, 64usize);
+        let es = dt.size() as f64;
+        let n = b * s * hh * dd;
+        let q = h.upload(&randn(n, 7), &[b * s, hh, dd], dt)?;
+        let k = h.upload(&randn(n, 8), &[b * s, hh, dd], dt)?;
+        let v = h.upload(&randn(n, 9), &[b * s, hh, dd], dt)?;
+        let mut out = h.alloc(&[b * s, hh, dd], dt)?;
+        let pb = PlainBatch::new(vec![s; b], vec![s; b])?;
+        let ms = median_ms(be, || h.attention_plain(&q, &k, &v, &pb, AttentionParams::causal(dd), &mut out))?;
+        let flops = 4.0 * (b * hh * dd) as f64 * (s * (s + 1) / 2) as f64;
+        rows.push(Row { name: format!("prefill causal B={b} H={hh} S={s} D={dd}"), dtype: dt, ms, bytes: 4.0 * n as f64 * es, flops });
+    }
+    // Prefill at the tensor-core issue's shape, for reference: B=1, GQA 32/8, S=4096, D=128.
+    for dt in dtypes {
+        let (s, dd) = (4096usize, 128usize);
+        let es = dt.size() as f64;
+        let q = h.upload(&randn(s * hq * dd, 10), &[s, hq, dd], dt)?;
+        let k = h.upload(&randn(s * hk * dd, 11), &[s, hk, dd], dt)?;
+        let mut out = h.alloc(&[s, hq, dd], dt)?;
+        let pb = PlainBatch::new(vec![s], vec![s])?;
+        let ms = median_ms(be, || h.attention_plain(&q, &k, &k, &pb, AttentionParams::causal(dd), &mut out))?;
+        let flops = 4.0 * (hq * dd) as f64 * (s * (s + 1) / 2) as f64;
+        rows.push(Row { name: format!("prefill causal B=1 H={hq}/{hk} S={s} D={dd}"), dtype: dt, ms, bytes: (2 * s * hq * dd + 2 * s * hk * dd) as f64 * es, flops });
+    }
+    Ok(())
+}

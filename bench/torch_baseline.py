@@ -1,0 +1,100 @@
+"""PyTorch baselines for the problems of `backend-hip/src/bin/bench.rs`, run on the same GPU in
+the same session: a device copy (bandwidth ceiling), torch.compile'd RoPE, and SDPA with each
+backend (flash, cuDNN, efficient). Timed with triton.testing.do_bench (CUDA events, median).
+
+    python3 bench/torch_baseline.py [--json out.json] [--quick]
+"""
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from triton.testing import do_bench
+
+quick = "--quick" in sys.argv
+out_path = sys.argv[sys.argv.index("--json") + 1] if "--json" in sys.argv else None
+dev = "cuda"
+DT = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+rows = []
+
+
+def bench(fn):
+    return do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def add(name, dtype, ms, nbytes, flops=0.0):
+    rows.append({"op": name, "dtype": dtype, "ms": ms, "bytes": nbytes, "flops": flops})
+
+
+n = 1 << 30
+src = torch.empty(n, dtype=torch.uint8, device=dev)
+dst = torch.empty_like(src)
+add("device copy 1 GiB (read + write)", "f32", bench(lambda: dst.copy_(src)), 2.0 * n)
+del src, dst
+
+
+def rope_ref(q, k, cos, sin, pos):
+    # Half-split (NeoX / HF) rotation, in place, cos/sin gathered from a table as vLLM does.
+    c = cos[pos].unsqueeze(1)
+    s = sin[pos].unsqueeze(1)
+    for x in (q, k):
+        x1, x2 = x[..., :64].float(), x[..., 64:].float()
+        x.copy_(torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype))
+
+
+rope_c = torch.compile(rope_ref)
+T, HQ, HK, D = (8192 if quick else 32768), 32, 8, 128
+inv = 1.0 / (500000.0 ** (torch.arange(0, D, 2, device=dev, dtype=torch.float64) / D))
+ang = torch.arange(131072, device=dev, dtype=torch.float64)[:, None] * inv[None, :]
+cos, sin = ang.cos().float(), ang.sin().float()
+pos = torch.arange(T, device=dev)
+for name, dt in DT.items():
+    q = torch.randn(T, HQ, D, device=dev, dtype=dt)
+    k = torch.randn(T, HK, D, device=dev, dtype=dt)
+    ms = bench(lambda: rope_c(q, k, cos, sin, pos))
+    add(f"torch.compile rope q+k T={T} H={HQ}/{HK} D={D}", name, ms, 2.0 * T * (HQ + HK) * D * q.element_size())
+
+
+def sdpa_rows(label, q, k, v, causal, flops, nbytes, dtype_name):
+    for bname, backend in [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION)]:
+        try:
+            with sdpa_kernel(backend):
+                fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=q.shape[1] != k.shape[1])
+                fn()
+                torch.cuda.synchronize()
+                ms = bench(fn)
+            add(f"torch sdpa {bname} {label}", dtype_name, ms, nbytes, flops)
+        except Exception as e:  # a backend that does not take this problem
+            print(f"  sdpa {bname} {label} {dtype_name}: not run ({str(e).splitlines()[0][:100]})")
+
+
+for (B, L) in [(16, 8192), (1, 8192)]:
+    for name, dt in DT.items():
+        q = torch.randn(B, HQ, 1, D, device=dev, dtype=dt)
+        k = torch.randn(B, HK, L, D, device=dev, dtype=dt)
+        v = torch.randn(B, HK, L, D, device=dev, dtype=dt)
+        es = q.element_size()
+        # decode: one query attends to everything (causal makes no difference with q_len 1)
+        sdpa_rows(f"decode B={B} L={L} H={HQ}/{HK} D={D}", q, k, v, False, 4.0 * B * L * HQ * D, (2 * B * L * HK * D + 2 * B * HQ * D) * es, name)
+
+for name, dt in DT.items():
+    B, H, S, Dd = 8, 32, 1024, 64
+    q, k, v = (torch.randn(B, H, S, Dd, device=dev, dtype=dt) for _ in range(3))
+    sdpa_rows(f"prefill causal B={B} H={H} S={S} D={Dd}", q, k, v, True, 4.0 * B * H * Dd * S * (S + 1) / 2, 4.0 * B * H * S * Dd * q.element_size(), name)
+
+for name, dt in DT.items():
+    S = 4096
+    q = torch.randn(1, HQ, S, D, device=dev, dtype=dt)
+    k = torch.randn(1, HK, S, D, device=dev, dtype=dt)
+    v = torch.randn(1, HK, S, D, device=dev, dtype=dt)
+    sdpa_rows(f"prefill causal B=1 H={HQ}/{HK} S={S} D={D}", q, k, v, True, 4.0 * HQ * D * S * (S + 1) / 2, (2 * S * HQ * D + 2 * S * HK * D) * q.element_size(), name)
+
+copy_bw = rows[0]["bytes"] / rows[0]["ms"] / 1e9
+print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}")
+print(f"{'op':<62} {'dtype':<5} {'ms':>9} {'TB/s':>8} {'% copy':>7} {'TFLOP/s':>9}")
+for r in rows:
+    tbs = r["bytes"] / r["ms"] / 1e9
+    print(f"{r['op']:<62} {r['dtype']:<5} {r['ms']:>9.4f} {tbs:>8.3f} {100 * tbs / copy_bw:>6.1f}% {r['flops'] / r['ms'] / 1e9:>9.2f}")
+if out_path:
+    json.dump(rows, open(out_path, "w"), indent=1)
