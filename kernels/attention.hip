@@ -147,17 +147,19 @@ AF_DEVICE void prefill_body(const AttnParams& p) {
                 dst[0] = tv[0]; dst[1] = tv[1]; dst[2] = tv[2]; dst[3] = tv[3];
             }
             __syncthreads();
-#pragma unroll 4
-            for (int c = 0; c < 16; ++c) {
-                float pc[4];
 #pragma unroll
-                for (int i = 0; i < 4; ++i) pc[i] = sP[ty * 4 + i][c0 + c];
+            for (int c = 0; c < 16; c += 4) {
+                // P four columns at a time (one 16-byte load per row), V one value per column.
+                float4 pc[4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) pc[i] = *reinterpret_cast<const float4*>(&sP[ty * 4 + i][c0 + c]);
 #pragma unroll
                 for (int j = 0; j < EP; ++j) {
                     if (tx + 16 * j < D) {
-                        const float vv = sV[c * (DMAX + 4) + tx + 16 * j];
+                        const float* vc = sV + c * (DMAX + 4) + tx + 16 * j;
+                        const float v0 = vc[0], v1 = vc[DMAX + 4], v2 = vc[2 * (DMAX + 4)], v3 = vc[3 * (DMAX + 4)];
 #pragma unroll
-                        for (int i = 0; i < 4; ++i) acc[i][j] += pc[i] * vv;
+                        for (int i = 0; i < 4; ++i) acc[i][j] += pc[i].x * v0 + pc[i].y * v1 + pc[i].z * v2 + pc[i].w * v3;
                     }
                 }
             }
@@ -246,39 +248,49 @@ AF_DEVICE void decode_body(const AttnParams& p) {
     const int s0 = split * chunk, s1 = min(kv_end, s0 + chunk);
 
     // Every lane runs the same number of iterations (the shuffles below need the whole warp);
-    // a group past the end of the split loads nothing and skips the update.
-    for (int base = s0; base < s1; base += DC_GROUPS) {
-        const int t = base + grp;
-        const bool valid = t < s1;
-        float kv[EP], vv[EP];
+    // a group past the end of the split loads nothing and skips the update. Each group takes
+    // KU keys per iteration, all loads first, so more bytes are in flight per thread.
+    constexpr int KU = 2;
+    for (int base = s0; base < s1; base += KU * DC_GROUPS) {
+        float kv[KU][EP], vv[KU][EP];
+        bool valid[KU];
+        int tk[KU];
 #pragma unroll
-        for (int e = 0; e < EP; ++e) { kv[e] = 0.f; vv[e] = 0.f; }
-        if (valid) {
-            const long off = kv_row(p, b, t) * krs + (long)kh * D + lane * epd;
-            if (epd == EP) {
-                af_load<EP>(K + off, kv);
-                af_load<EP>(V + off, vv);
-            } else {
+        for (int u = 0; u < KU; ++u) {
+            tk[u] = base + grp + u * DC_GROUPS;
+            valid[u] = tk[u] < s1;
 #pragma unroll
-                for (int e = 0; e < EP; ++e)
-                    if (e < epd) { kv[e] = af_to_float(K[off + e]); vv[e] = af_to_float(V[off + e]); }
+            for (int e = 0; e < EP; ++e) { kv[u][e] = 0.f; vv[u][e] = 0.f; }
+            if (valid[u]) {
+                const long off = kv_row(p, b, tk[u]) * krs + (long)kh * D + lane * epd;
+                if (epd == EP) {
+                    af_load<EP>(K + off, kv[u]);
+                    af_load<EP>(V + off, vv[u]);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < EP; ++e)
+                        if (e < epd) { kv[u][e] = af_to_float(K[off + e]); vv[u][e] = af_to_float(V[off + e]); }
+                }
             }
         }
 #pragma unroll
-        for (int r = 0; r < RMAX; ++r) {
-            float sc = 0.f;
+        for (int u = 0; u < KU; ++u) {
 #pragma unroll
-            for (int e = 0; e < EP; ++e) sc += q[r][e] * kv[e];
+            for (int r = 0; r < RMAX; ++r) {
+                float sc = 0.f;
 #pragma unroll
-            for (int o = 8; o > 0; o >>= 1) sc += af_shfl_xor(sc, o);
-            if (!valid || t >= limit[r]) continue;
-            sc *= p.scale_log2;
-            const float mnew = fmaxf(m[r], sc);
-            const float corr = exp2f(m[r] - mnew), w = exp2f(sc - mnew);
-            l[r] = l[r] * corr + w;
-            m[r] = mnew;
+                for (int e = 0; e < EP; ++e) sc += q[r][e] * kv[u][e];
 #pragma unroll
-            for (int e = 0; e < EP; ++e) acc[r][e] = acc[r][e] * corr + w * vv[e];
+                for (int o = 8; o > 0; o >>= 1) sc += af_shfl_xor(sc, o);
+                if (!valid[u] || tk[u] >= limit[r]) continue;
+                sc *= p.scale_log2;
+                const float mnew = fmaxf(m[r], sc);
+                const float corr = exp2f(m[r] - mnew), w = exp2f(sc - mnew);
+                l[r] = l[r] * corr + w;
+                m[r] = mnew;
+#pragma unroll
+                for (int e = 0; e < EP; ++e) acc[r][e] = acc[r][e] * corr + w * vv[u][e];
+            }
         }
     }
     // Merge the groups.
@@ -313,12 +325,19 @@ AF_DEVICE void decode_body(const AttnParams& p) {
     }
 }
 
+// Rows per block (RM) are instantiated per GQA group size so registers match the work:
+// the host picks the smallest RM >= group * q_len (or the largest and several row chunks).
 #define STAMP_DECODE(DM, RM)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(DC_THREADS) attn_decode_d##DM##_f32(AttnParams p) { decode_body<float, DM, RM>(p); } \
-    extern "C" __global__ void __launch_bounds__(DC_THREADS) attn_decode_d##DM##_f16(AttnParams p) { decode_body<af_f16, DM, RM>(p); } \
-    extern "C" __global__ void __launch_bounds__(DC_THREADS) attn_decode_d##DM##_bf16(AttnParams p) { decode_body<af_bf16, DM, RM>(p); }
+    extern "C" __global__ void __launch_bounds__(DC_THREADS) attn_decode_d##DM##_r##RM##_f32(AttnParams p) { decode_body<float, DM, RM>(p); } \
+    extern "C" __global__ void __launch_bounds__(DC_THREADS) attn_decode_d##DM##_r##RM##_f16(AttnParams p) { decode_body<af_f16, DM, RM>(p); } \
+    extern "C" __global__ void __launch_bounds__(DC_THREADS) attn_decode_d##DM##_r##RM##_bf16(AttnParams p) { decode_body<af_bf16, DM, RM>(p); }
+STAMP_DECODE(64, 1)
+STAMP_DECODE(64, 4)
 STAMP_DECODE(64, 8)
+STAMP_DECODE(128, 1)
+STAMP_DECODE(128, 4)
 STAMP_DECODE(128, 8)
+STAMP_DECODE(256, 1)
 STAMP_DECODE(256, 4)
 
 // Split-K merge: one block per (query row, head): out = sum_s w_s acc_s / sum_s w_s l_s,

@@ -18,38 +18,53 @@ struct RopeParams {
     float attention_factor;
 };
 
-template <typename T, int VP>
-AF_DEVICE void rotate_rows(T* base, int heads, int D, int half, int u, bool inter, const float* c, const float* s, T* out_base) {
-    for (int h = 0; h < heads; ++h) {
-        const T* row = base + (long)h * D;
-        T* orow = out_base + (long)h * D;
-        float a[VP], b[VP];
-        if (!inter) {
-            af_load<VP>(row + u * VP, a);
-            af_load<VP>(row + half + u * VP, b);
+// Rotates pair unit `u` of every head of one token. Heads go HU at a time, all loads before
+// any store: in place, the compiler cannot move a load above an earlier store to the same
+// array, so without this each head's load would wait for the previous head's store.
+template <typename T, int VP, bool INTER>
+AF_DEVICE void rotate_rows(T* base, int heads, int D, int half, int u, const float* c, const float* s, T* out_base) {
+    constexpr int HU = 4;
+    constexpr bool inter = INTER;
+    for (int h0 = 0; h0 < heads; h0 += HU) {
+        float a[HU][INTER ? 2 * VP : VP], b[HU][INTER ? 1 : VP];
 #pragma unroll
-            for (int i = 0; i < VP; ++i) {
-                float x = a[i], y = b[i];
-                a[i] = x * c[i] - y * s[i];
-                b[i] = y * c[i] + x * s[i];
+        for (int j = 0; j < HU; ++j) {
+            if (h0 + j >= heads) break;
+            const T* row = base + (long)(h0 + j) * D;
+            if constexpr (!inter) {
+                af_load<VP>(row + u * VP, a[j]);
+                af_load<VP>(row + half + u * VP, b[j]);
+            } else {
+                af_load<2 * VP>(row + 2 * u * VP, a[j]);
             }
-            af_store<VP>(orow + u * VP, a);
-            af_store<VP>(orow + half + u * VP, b);
-        } else {
-            float ab[2 * VP];
-            af_load<2 * VP>(row + 2 * u * VP, ab);
+        }
 #pragma unroll
-            for (int i = 0; i < VP; ++i) {
-                float x = ab[2 * i], y = ab[2 * i + 1];
-                ab[2 * i] = x * c[i] - y * s[i];
-                ab[2 * i + 1] = y * c[i] + x * s[i];
+        for (int j = 0; j < HU; ++j) {
+            if (h0 + j >= heads) break;
+            T* orow = out_base + (long)(h0 + j) * D;
+            if constexpr (!inter) {
+#pragma unroll
+                for (int i = 0; i < VP; ++i) {
+                    const float x = a[j][i], y = b[j][i];
+                    a[j][i] = x * c[i] - y * s[i];
+                    b[j][i] = y * c[i] + x * s[i];
+                }
+                af_store<VP>(orow + u * VP, a[j]);
+                af_store<VP>(orow + half + u * VP, b[j]);
+            } else {
+#pragma unroll
+                for (int i = 0; i < VP; ++i) {
+                    const float x = a[j][2 * i], y = a[j][2 * i + 1];
+                    a[j][2 * i] = x * c[i] - y * s[i];
+                    a[j][2 * i + 1] = y * c[i] + x * s[i];
+                }
+                af_store<2 * VP>(orow + 2 * u * VP, a[j]);
             }
-            af_store<2 * VP>(orow + 2 * u * VP, ab);
         }
     }
 }
 
-template <typename T, int VP>
+template <typename T, int VP, bool INTER>
 AF_DEVICE void rope_body(const RopeParams& p) {
     const int D = p.head_dim, half = p.rotary_dim / 2;
     const int npv = half / VP;                      // pair units per row
@@ -77,8 +92,8 @@ AF_DEVICE void rope_body(const RopeParams& p) {
             s[i] *= p.attention_factor;
             c[i] *= p.attention_factor;
         }
-        if (q) rotate_rows<T, VP>(q + (long)t * p.q_heads * D, p.q_heads, D, half, u, p.interleaved, c, s, q + (long)t * p.q_heads * D);
-        rotate_rows<T, VP>(k + krow, p.k_heads, D, half, u, p.interleaved, c, s, kdst);
+        if (q) rotate_rows<T, VP, INTER>(q + (long)t * p.q_heads * D, p.q_heads, D, half, u, c, s, q + (long)t * p.q_heads * D);
+        rotate_rows<T, VP, INTER>(k + krow, p.k_heads, D, half, u, c, s, kdst);
     }
     if (kc && u < nch) {
         // Passthrough dims of K, and V, into the cache.
@@ -96,12 +111,17 @@ AF_DEVICE void rope_body(const RopeParams& p) {
     }
 }
 
-template <typename T> AF_DEVICE void rope_impl(const RopeParams& p) {
-    switch (p.vp) {
-        case 8: rope_body<T, 8>(p); break;
-        case 4: rope_body<T, 4>(p); break;
-        case 2: rope_body<T, 2>(p); break;
-        default: rope_body<T, 1>(p); break;
-    }
-}
-AF_STAMP(rope, RopeParams, 256)
+// One entry point per (pairs per thread, pairing style, dtype): rope_v{VP}{h|i}_{dtype}, so
+// each keeps only its own path's registers.
+#define STAMP_ROPE(VP, S, INTER)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(256) rope_v##VP##S##_f32(RopeParams p) { rope_body<float, VP, INTER>(p); }   \
+    extern "C" __global__ void __launch_bounds__(256) rope_v##VP##S##_f16(RopeParams p) { rope_body<af_f16, VP, INTER>(p); }  \
+    extern "C" __global__ void __launch_bounds__(256) rope_v##VP##S##_bf16(RopeParams p) { rope_body<af_bf16, VP, INTER>(p); }
+STAMP_ROPE(1, h, false)
+STAMP_ROPE(2, h, false)
+STAMP_ROPE(4, h, false)
+STAMP_ROPE(8, h, false)
+STAMP_ROPE(1, i, true)
+STAMP_ROPE(2, i, true)
+STAMP_ROPE(4, i, true)
+STAMP_ROPE(8, i, true)

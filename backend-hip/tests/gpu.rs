@@ -58,3 +58,22 @@ fn device_errors_are_typed() {
     let t = cpu.upload(&[1.0; 4], &[4], DType::F32).unwrap();
     assert_eq!(be.download(&t).unwrap_err().kind(), "WrongDevice");
 }
+
+/// CI sets ATTNFORGE_REQUIRE_KERNELS=1 after installing both toolchains: then both vendors'
+/// code objects must be embedded (sm_80/sm_90 + PTX, gfx90a/gfx1030), every kernel present.
+#[test]
+fn kernels_embedded_for_both_vendors_when_required() {
+    let nvidia = backend_hip::kernels::NVIDIA;
+    let amd = backend_hip::kernels::AMD;
+    println!("NVIDIA archs {}: {:?}", backend_hip::kernels::CUDA_ARCHS, nvidia.map(|m| m.iter().map(|(n, b)| (*n, b.len())).collect::<Vec<_>>()));
+    println!("AMD archs {}: {:?}", backend_hip::kernels::AMD_ARCHS, amd.map(|m| m.iter().map(|(n, b)| (*n, b.len())).collect::<Vec<_>>()));
+    if std::env::var("ATTNFORGE_REQUIRE_KERNELS").as_deref() != Ok("1") {
+        return;
+    }
+    for (vendor, mods, why) in [("NVIDIA", nvidia, backend_hip::kernels::NVIDIA_MISSING), ("AMD", amd, backend_hip::kernels::AMD_MISSING)] {
+        let mods = mods.unwrap_or_else(|| panic!("{vendor} kernels missing: {why}"));
+        let names: Vec<&str> = mods.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["attention", "kv_append", "rope"], "{vendor}");
+        assert!(mods.iter().all(|(_, b)| b.len() > 1000), "{vendor} code objects look empty");
+    }
+}

@@ -71,7 +71,12 @@ pub fn plan(problem: &ProblemDesc) -> std::result::Result<AttnKernel, Vec<String
     }
     let dmax = if d <= 64 { 64 } else if d <= 128 { 128 } else { 256 };
     if problem.max_q_len <= DECODE_MAX_Q {
-        Ok(AttnKernel::Decode { dmax, rows: if dmax == 256 { 4 } else { 8 } })
+        // Rows per block: the smallest compiled size that holds one kv head's (query, head)
+        // rows, or the largest and several row chunks.
+        let need = problem.max_q_len * (problem.num_heads / problem.num_kv_heads.max(1));
+        let sizes: &[usize] = if dmax == 256 { &[1, 4] } else { &[1, 4, 8] };
+        let rows = sizes.iter().copied().find(|&r| r >= need).unwrap_or(*sizes.last().unwrap());
+        Ok(AttnKernel::Decode { dmax, rows })
     } else {
         Ok(AttnKernel::Prefill { dmax })
     }
@@ -189,7 +194,7 @@ pub fn launch(gpu: &Gpu, kernel: AttnKernel, s: &Shape<'_>, kv: KvSource<'_>, q:
                 keep.push(part);
             }
             let grid = ((b * s.kv_heads * splits) as u32, row_chunks as u32, 1);
-            gpu.launch(&format!("attn_decode_d{dmax}_{dt}"), grid, 128, p)?;
+            gpu.launch(&format!("attn_decode_d{dmax}_r{rows}_{dt}"), grid, 128, p)?;
             if splits > 1 {
                 let m = MergeParams { part: p.part, out, rows: total_rows as i32, splits: splits as i32, head_dim: s.head_dim as i32, pad: 0 };
                 gpu.launch(&format!("attn_merge_{dt}"), (total_rows as u32, 1, 1), 128, m)?;

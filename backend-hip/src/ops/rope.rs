@@ -46,5 +46,6 @@ pub fn launch(gpu: &Gpu, dtype: DType, p: RopeParams, style: RopeStyle) -> Resul
     let units = ((p.rotary_dim / 2 / p.vp) as usize).max(p.head_dim as usize / super::chunk(dtype));
     let threads = p.tokens as usize * units;
     let blocks = threads.div_ceil(256) as u32;
-    gpu.launch(&format!("rope_{}", dtype.name()), (blocks, 1, 1), 256, p)
+    let style = if p.interleaved != 0 { "i" } else { "h" };
+    gpu.launch(&format!("rope_v{}{style}_{}", p.vp, dtype.name()), (blocks, 1, 1), 256, p)
 }
