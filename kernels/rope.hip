@@ -23,7 +23,7 @@ struct RopeParams {
 // array, so without this each head's load would wait for the previous head's store.
 template <typename T, int VP, bool INTER>
 AF_DEVICE void rotate_rows(T* base, int heads, int D, int half, int u, const float* c, const float* s, T* out_base) {
-    constexpr int HU = 4;
+    constexpr int HU = VP >= 8 ? 2 : 4;  // keeps the widest variant near 80 registers
     constexpr bool inter = INTER;
     for (int h0 = 0; h0 < heads; h0 += HU) {
         float a[HU][INTER ? 2 * VP : VP], b[HU][INTER ? 1 : VP];

@@ -5,10 +5,14 @@
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use backend_api::{Error, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError, LaunchConfig, PinnedHostSlice,
+    PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
 
 use crate::kernels;
@@ -30,10 +34,25 @@ struct ByValue<P: KernelArgs>(P);
 // SAFETY: KernelArgs guarantees a plain #[repr(C)] layout matching the kernel's parameter.
 unsafe impl<P: KernelArgs> DeviceRepr for ByValue<P> {}
 
+/// Bytes of one pinned staging slot, and how many slots rotate.
+const STAGE_BYTES: usize = 1 << 20;
+const STAGE_SLOTS: usize = 8;
+
+/// Page-locked host memory for per-call metadata (positions, slot mappings, page tables):
+/// copies from it are truly asynchronous, where a copy from ordinary host memory first waits
+/// for the whole stream, serialising host and device. A slot is reused only after its last
+/// copy's event completed.
+struct StagingSlot {
+    host: PinnedHostSlice<u8>,
+    done: CudaEvent,
+}
+
 /// An opened GPU: context, one stream, the embedded kernel modules.
 pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    staging: Vec<Mutex<StagingSlot>>,
+    next_slot: AtomicUsize,
     modules: Vec<(&'static str, Arc<CudaModule>)>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     /// Device name as the driver reports it.
@@ -100,7 +119,14 @@ impl Gpu {
         let sm_count = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(|e| e.to_string())? as u32;
         let capability = ctx.compute_capability().map_err(|e| e.to_string())?;
         let name = ctx.name().unwrap_or_else(|_| "NVIDIA GPU".into());
-        Ok(Gpu { ctx, stream, modules, functions: Mutex::new(HashMap::new()), name, sm_count, capability })
+        let mut staging = Vec::with_capacity(STAGE_SLOTS);
+        for _ in 0..STAGE_SLOTS {
+            // SAFETY: the pinned memory is uninitialised; only bytes written by `upload` are copied.
+            let host = unsafe { ctx.alloc_pinned::<u8>(STAGE_BYTES) }.map_err(|e| format!("allocating pinned staging memory: {e}"))?;
+            let done = ctx.new_event(None).map_err(|e| format!("creating an event: {e}"))?;
+            staging.push(Mutex::new(StagingSlot { host, done }));
+        }
+        Ok(Gpu { ctx, stream, staging, next_slot: AtomicUsize::new(0), modules, functions: Mutex::new(HashMap::new()), name, sm_count, capability })
     }
 
     /// Device ordinal.
@@ -120,10 +146,23 @@ impl Gpu {
         Ok(DeviceBuffer { slice, addr })
     }
 
-    /// A new buffer holding `data`.
+    /// A new buffer holding `data`. Small uploads (metadata) go through pinned staging and do
+    /// not wait for queued work; larger ones are ordinary copies.
     pub fn upload(&self, data: &[u8]) -> Result<DeviceBuffer> {
         let mut b = self.alloc(data.len())?;
-        self.write(&mut b, 0, data)?;
+        if data.is_empty() || data.len() > STAGE_BYTES {
+            self.write(&mut b, 0, data)?;
+            return Ok(b);
+        }
+        let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % STAGE_SLOTS;
+        let mut slot = self.staging[i].lock().map_err(|_| Error::Device { code: -1, message: "staging lock poisoned".into() })?;
+        slot.done.synchronize().map_err(dev("cuEventSynchronize (staging)"))?;
+        let host = slot.host.as_mut_slice().map_err(dev("pinned staging"))?;
+        host[..data.len()].copy_from_slice(data);
+        // SAFETY: `b` holds at least data.len() bytes; the pinned bytes stay untouched until
+        // `done` (recorded right after the copy on the same stream) completes.
+        unsafe { cudarc::driver::result::memcpy_htod_async(b.addr, &host[..data.len()], self.stream.cu_stream()) }.map_err(dev("cuMemcpyHtoDAsync"))?;
+        slot.done.record(&self.stream).map_err(dev("cuEventRecord"))?;
         Ok(b)
     }
 
