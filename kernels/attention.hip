@@ -188,30 +188,19 @@ STAMP_PREFILL(128)
 STAMP_PREFILL(256)
 
 // ------------------------------------------------------------------------------------------
-// Decode (flash-decoding): one block of 128 threads per (entry, kv head, split, row chunk).
+// Decode (flash-decoding): one block of 128 threads per (entry, kv head, row chunk, split).
 // The block's rows are the (query, head) pairs of one kv head's group: GQA heads share each K/V
-// read. Three phases, so no step waits on the previous key (an online softmax would chain every
-// key's update to the last):
-//   1. logits: 8 groups of 16 lanes take every 8th key, KU keys at a time with all loads first;
-//      a lane holds D/16 dims, 16-lane shuffles finish each dot product; logits go to shared.
-//   2. per row, the max and sum of exp over the split's logits (block reduction).
-//   3. P.V: the same groups accumulate weight * V rows, then merge through shared memory.
-// With several splits the partial (max, sum, acc) goes to `part` and `attn_merge` combines them.
+// read. Threads form 8 groups of 16 lanes; a group takes every 8th key of the split, a lane
+// holds D/16 dims of every row. Groups merge through shared memory; with several splits the
+// partial (max, sum, acc) goes to `part` and `attn_merge` combines them.
 #define DC_THREADS 128
 #define DC_GROUPS (DC_THREADS / 16)
-#define DC_MAXK 1024  // keys per split at most (the host sizes splits so)
-#define DC_KU 4
 
 template <typename T, int DMAX, int RMAX>
 AF_DEVICE void decode_body(const AttnParams& p) {
     constexpr int EP = DMAX / 16;
-    constexpr int S_WORDS = RMAX * DC_MAXK;
-    constexpr int A_WORDS = DC_GROUPS * RMAX * DMAX;
-    __shared__ float smem[S_WORDS > A_WORDS ? S_WORDS : A_WORDS];
-    __shared__ float sRed[DC_THREADS / 16][RMAX];
-    __shared__ float sMax[RMAX], sSum[RMAX];
-    float* sS = smem;    // [RMAX][DC_MAXK] logits, then weights
-    float* sAcc = smem;  // [DC_GROUPS][RMAX][DMAX] after phase 3
+    __shared__ float sAcc[DC_GROUPS][RMAX][DMAX];
+    __shared__ float sM[DC_GROUPS][RMAX], sL[DC_GROUPS][RMAX];
 
     const int tid = threadIdx.x, lane = tid % 16, grp = tid / 16;
     const int kvh = p.kv_heads, G = p.heads / kvh;
@@ -230,15 +219,20 @@ AF_DEVICE void decode_body(const AttnParams& p) {
     const T* V = reinterpret_cast<const T*>(p.v);
     const long krs = (long)kvh * D;
 
-    float q[RMAX][EP];
+    float q[RMAX][EP], acc[RMAX][EP], m[RMAX], l[RMAX];
     int limit[RMAX];
 #pragma unroll
     for (int r = 0; r < RMAX; ++r) {
+        m[r] = -INFINITY;
+        l[r] = 0.f;
         const int rr = r0 + (r < rows ? r : 0), qi = rr / G, h = kh * G + rr % G;
         limit[r] = r < rows ? (p.causal ? kv_len - q_len + qi + 1 : kv_len) : 0;
         const T* src = Q + ((long)(qbeg + qi) * p.heads + h) * D + lane * epd;
 #pragma unroll
-        for (int e = 0; e < EP; ++e) q[r][e] = 0.f;
+        for (int e = 0; e < EP; ++e) {
+            acc[r][e] = 0.f;
+            q[r][e] = 0.f;
+        }
         if (epd == EP) {
             af_load<EP>(src, q[r]);
         } else {
@@ -252,30 +246,35 @@ AF_DEVICE void decode_body(const AttnParams& p) {
     for (int r = 0; r < RMAX; ++r) kv_end = max(kv_end, limit[r]);
     const int chunk = (kv_len + p.splits - 1) / p.splits;
     const int s0 = split * chunk, s1 = min(kv_end, s0 + chunk);
-    const int n = max(0, s1 - s0);
 
-    // Phase 1: logits. Every lane runs the same iterations (the shuffles need the whole warp).
-    for (int base = 0; base < n; base += DC_KU * DC_GROUPS) {
-        float kv[DC_KU][EP];
+    // Every lane runs the same number of iterations (the shuffles below need the whole warp);
+    // a group past the end of the split loads nothing and skips the update. Each group takes
+    // KU keys per iteration, all loads first, so more bytes are in flight per thread.
+    constexpr int KU = 2;
+    for (int base = s0; base < s1; base += KU * DC_GROUPS) {
+        float kv[KU][EP], vv[KU][EP];
+        bool valid[KU];
+        int tk[KU];
 #pragma unroll
-        for (int u = 0; u < DC_KU; ++u) {
-            const int j = base + grp + u * DC_GROUPS;
+        for (int u = 0; u < KU; ++u) {
+            tk[u] = base + grp + u * DC_GROUPS;
+            valid[u] = tk[u] < s1;
 #pragma unroll
-            for (int e = 0; e < EP; ++e) kv[u][e] = 0.f;
-            if (j < n) {
-                const long off = kv_row(p, b, s0 + j) * krs + (long)kh * D + lane * epd;
+            for (int e = 0; e < EP; ++e) { kv[u][e] = 0.f; vv[u][e] = 0.f; }
+            if (valid[u]) {
+                const long off = kv_row(p, b, tk[u]) * krs + (long)kh * D + lane * epd;
                 if (epd == EP) {
                     af_load<EP>(K + off, kv[u]);
+                    af_load<EP>(V + off, vv[u]);
                 } else {
 #pragma unroll
                     for (int e = 0; e < EP; ++e)
-                        if (e < epd) kv[u][e] = af_to_float(K[off + e]);
+                        if (e < epd) { kv[u][e] = af_to_float(K[off + e]); vv[u][e] = af_to_float(V[off + e]); }
                 }
             }
         }
 #pragma unroll
-        for (int u = 0; u < DC_KU; ++u) {
-            const int j = base + grp + u * DC_GROUPS;
+        for (int u = 0; u < KU; ++u) {
 #pragma unroll
             for (int r = 0; r < RMAX; ++r) {
                 float sc = 0.f;
@@ -283,101 +282,45 @@ AF_DEVICE void decode_body(const AttnParams& p) {
                 for (int e = 0; e < EP; ++e) sc += q[r][e] * kv[u][e];
 #pragma unroll
                 for (int o = 8; o > 0; o >>= 1) sc += af_shfl_xor(sc, o);
-                if (lane == 0 && j < n) sS[r * DC_MAXK + j] = (s0 + j < limit[r]) ? sc * p.scale_log2 : -INFINITY;
+                if (!valid[u] || tk[u] >= limit[r]) continue;
+                sc *= p.scale_log2;
+                const float mnew = fmaxf(m[r], sc);
+                const float corr = exp2f(m[r] - mnew), w = exp2f(sc - mnew);
+                l[r] = l[r] * corr + w;
+                m[r] = mnew;
+#pragma unroll
+                for (int e = 0; e < EP; ++e) acc[r][e] = acc[r][e] * corr + w * vv[u][e];
             }
         }
     }
-    __syncthreads();
-    // Phase 2: per row max, then weights and their sum.
+    // Merge the groups.
 #pragma unroll
     for (int r = 0; r < RMAX; ++r) {
-        float mx = -INFINITY;
-        for (int j = tid; j < n; j += DC_THREADS) mx = fmaxf(mx, sS[r * DC_MAXK + j]);
 #pragma unroll
-        for (int o = 8; o > 0; o >>= 1) mx = fmaxf(mx, af_shfl_xor(mx, o));
-        if (lane == 0) sRed[grp][r] = mx;
+        for (int e = 0; e < EP; ++e) sAcc[grp][r][lane * EP + e] = acc[r][e];
+        if (lane == 0) { sM[grp][r] = m[r]; sL[grp][r] = l[r]; }
     }
-    __syncthreads();
-    if (tid < RMAX) {
-        float mx = -INFINITY;
-        for (int g = 0; g < DC_GROUPS; ++g) mx = fmaxf(mx, sRed[g][tid]);
-        sMax[tid] = mx;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int r = 0; r < RMAX; ++r) {
-        const float base = sMax[r] == -INFINITY ? 0.f : sMax[r];
-        float sum = 0.f;
-        for (int j = tid; j < n; j += DC_THREADS) {
-            const float w = exp2f(sS[r * DC_MAXK + j] - base);
-            sS[r * DC_MAXK + j] = w;
-            sum += w;
-        }
-#pragma unroll
-        for (int o = 8; o > 0; o >>= 1) sum += af_shfl_xor(sum, o);
-        if (lane == 0) sRed[grp][r] = sum;
-    }
-    __syncthreads();
-    if (tid < RMAX) {
-        float sum = 0.f;
-        for (int g = 0; g < DC_GROUPS; ++g) sum += sRed[g][tid];
-        sSum[tid] = sum;
-    }
-    // Phase 3: acc = sum_j w_j V_j, KU rows of V in flight per group.
-    float acc[RMAX][EP];
-#pragma unroll
-    for (int r = 0; r < RMAX; ++r)
-#pragma unroll
-        for (int e = 0; e < EP; ++e) acc[r][e] = 0.f;
-    for (int base = grp; base < n; base += DC_KU * DC_GROUPS) {
-        float vv[DC_KU][EP];
-#pragma unroll
-        for (int u = 0; u < DC_KU; ++u) {
-            const int j = base + u * DC_GROUPS;
-#pragma unroll
-            for (int e = 0; e < EP; ++e) vv[u][e] = 0.f;
-            if (j < n) {
-                const long off = kv_row(p, b, s0 + j) * krs + (long)kh * D + lane * epd;
-                if (epd == EP) {
-                    af_load<EP>(V + off, vv[u]);
-                } else {
-#pragma unroll
-                    for (int e = 0; e < EP; ++e)
-                        if (e < epd) vv[u][e] = af_to_float(V[off + e]);
-                }
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < DC_KU; ++u) {
-            const int j = base + u * DC_GROUPS;
-            if (j >= n) continue;
-#pragma unroll
-            for (int r = 0; r < RMAX; ++r) {
-                const float w = sS[r * DC_MAXK + j];
-#pragma unroll
-                for (int e = 0; e < EP; ++e) acc[r][e] += w * vv[u][e];
-            }
-        }
-    }
-    __syncthreads();  // sS is reused as sAcc below
-#pragma unroll
-    for (int r = 0; r < RMAX; ++r)
-#pragma unroll
-        for (int e = 0; e < EP; ++e) sAcc[(grp * RMAX + r) * DMAX + lane * EP + e] = acc[r][e];
     __syncthreads();
     for (int idx = tid; idx < rows * D; idx += DC_THREADS) {
         const int r = idx / D, c = idx % D;
         const int ln = c / epd, e = c % epd;  // which lane held dim c, and where
-        float A = 0.f;
-        for (int g = 0; g < DC_GROUPS; ++g) A += sAcc[(g * RMAX + r) * DMAX + ln * EP + e];
+        float M = -INFINITY;
+        for (int g = 0; g < DC_GROUPS; ++g) M = fmaxf(M, sM[g][r]);
+        const float base = M == -INFINITY ? 0.f : M;
+        float L = 0.f, A = 0.f;
+        for (int g = 0; g < DC_GROUPS; ++g) {
+            const float w = exp2f(sM[g][r] - base);
+            L += sL[g][r] * w;
+            A += sAcc[g][r][ln * EP + e] * w;
+        }
         const int rr = r0 + r, qi = rr / G, h = kh * G + rr % G;
         const long row = (long)(qbeg + qi) * p.heads + h;
         if (p.splits == 1) {
-            reinterpret_cast<T*>(p.out)[row * D + c] = af_from_float<T>(A / sSum[r]);
+            reinterpret_cast<T*>(p.out)[row * D + c] = af_from_float<T>(A / L);
         } else {
             float* part = reinterpret_cast<float*>(p.part) + (row * p.splits + split) * (D + 2);
             part[2 + c] = A;
-            if (c == 0) { part[0] = sMax[r]; part[1] = sSum[r]; }
+            if (c == 0) { part[0] = M; part[1] = L; }
         }
     }
 }

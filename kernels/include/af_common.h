@@ -33,20 +33,11 @@ template <int N, typename T> AF_DEVICE void af_load(const T* p, float* out) {
 #pragma unroll
     for (int i = 0; i < N; ++i) out[i] = af_to_float(e[i]);
 }
-template <typename T> struct Pack2;  // two floats to one 32-bit word of a 16-bit type
-template <> struct Pack2<af_f16> { static AF_DEVICE unsigned int f(float a, float b) { return af_f2h2(a, b); } };
-template <> struct Pack2<af_bf16> { static AF_DEVICE unsigned int f(float a, float b) { return af_f2bf2(a, b); } };
 template <int N, typename T> AF_DEVICE void af_store(T* p, const float* in) {
     Raw<N * (int)sizeof(T)> r;
-    if constexpr (sizeof(T) == 2 && N % 2 == 0) {
-        unsigned int* w = reinterpret_cast<unsigned int*>(&r);
+    T* e = reinterpret_cast<T*>(&r);
 #pragma unroll
-        for (int i = 0; i < N / 2; ++i) w[i] = Pack2<T>::f(in[2 * i], in[2 * i + 1]);
-    } else {
-        T* e = reinterpret_cast<T*>(&r);
-#pragma unroll
-        for (int i = 0; i < N; ++i) e[i] = af_from_float<T>(in[i]);
-    }
+    for (int i = 0; i < N; ++i) e[i] = af_from_float<T>(in[i]);
     *reinterpret_cast<Raw<N * (int)sizeof(T)>*>(p) = r;
 }
 // Copies N elements unchanged.

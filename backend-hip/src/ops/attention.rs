@@ -47,8 +47,6 @@ pub struct MergeParams {
 
 /// Longest q_len the decode kernel takes.
 pub const DECODE_MAX_Q: usize = 4;
-/// Keys one decode block handles at most (`DC_MAXK` in kernels/attention.hip).
-pub const DECODE_MAX_KEYS: usize = 1024;
 /// Query rows of the prefill tile.
 pub const PREFILL_BR: usize = 64;
 
@@ -184,11 +182,9 @@ pub fn launch(gpu: &Gpu, kernel: AttnKernel, s: &Shape<'_>, kv: KvSource<'_>, q:
             let row_chunks = (group * max_q).div_ceil(rows);
             let max_kv = s.kv_lens.iter().copied().max().unwrap_or(1);
             let blocks = b * s.kv_heads * row_chunks;
-            // Enough splits to put ~4 blocks on every SM with at least 128 keys per split, and
-            // never more than DECODE_MAX_KEYS keys per split (the kernel keeps a split's logits
-            // in shared memory).
+            // Enough splits to put ~4 blocks on every SM, but at least 128 keys per split.
             let want = (4 * gpu.sm_count as usize).div_ceil(blocks.max(1));
-            let splits = want.clamp(1, max_kv.div_ceil(128).max(1)).max(max_kv.div_ceil(DECODE_MAX_KEYS));
+            let splits = want.clamp(1, max_kv.div_ceil(128).clamp(1, 64));
             p.splits = splits as i32;
             p.rows_per_block = rows as i32;
             let total_rows: usize = s.q_lens.iter().sum::<usize>() * s.heads;
