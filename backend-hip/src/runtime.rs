@@ -99,7 +99,7 @@ impl Gpu {
         };
         // SAFETY: only tries to dlopen libcuda; no symbol is used.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err("no NVIDIA driver on this machine (libcuda.so not found)".into());
+            return Err("no NVIDIA driver on this machine (libcuda.so not found); the AMD (ROCm) runtime is not implemented yet".into());
         }
         let count = CudaContext::device_count().map_err(|e| format!("CUDA driver: {e}"))?;
         if count <= ordinal as i32 {
