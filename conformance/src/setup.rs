@@ -106,6 +106,19 @@ pub fn cache(be: &Backend, case: &Case, data: &Data) -> Result<KvCache> {
     Ok(c)
 }
 
+/// Appends the case's prefix tokens, then its new tokens, to `c` (two appends, so the second
+/// lands after existing tokens); returns the batch of new tokens.
+pub fn append_case(be: &Backend, case: &Case, data: &Data, c: &mut KvCache) -> Result<Batch> {
+    let (prefix, new) = batches(case);
+    if let Some(p) = prefix {
+        let (k, v) = (upload(be, &data.k_prefix, case.kv_heads, case)?, upload(be, &data.v_prefix, case.kv_heads, case)?);
+        be.kv_append(c, &k, &v, &p)?;
+    }
+    let (k, v) = (upload(be, &data.k, case.kv_heads, case)?, upload(be, &data.v, case.kv_heads, case)?);
+    be.kv_append(c, &k, &v, &new)?;
+    Ok(new)
+}
+
 /// Uploads `[tokens, heads, head_dim]` data.
 pub fn upload(be: &Backend, data: &[f32], heads: usize, case: &Case) -> Result<Tensor> {
     let d = case.head_dim();

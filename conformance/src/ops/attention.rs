@@ -4,18 +4,12 @@ use backend_api::{Backend, Result};
 
 use super::{fail, golden_attention, seq_rows};
 use crate::case::Case;
-use crate::setup::{batches, cache, poisoned, rounded, upload, Data};
+use crate::setup::{append_case, cache, poisoned, rounded, upload, Data};
 use crate::tolerance::{compare_cond, exact};
 
 fn run(be: &Backend, case: &Case, d: &Data) -> Result<(Vec<f32>, Vec<f32>)> {
     let mut c = cache(be, case, d)?;
-    let (prefix, new) = batches(case);
-    if let Some(p) = prefix {
-        let (k, v) = (upload(be, &d.k_prefix, case.kv_heads, case)?, upload(be, &d.v_prefix, case.kv_heads, case)?);
-        be.kv_append(&mut c, &k, &v, &p)?;
-    }
-    let (k, v) = (upload(be, &d.k, case.kv_heads, case)?, upload(be, &d.v, case.kv_heads, case)?);
-    be.kv_append(&mut c, &k, &v, &new)?;
+    let new = append_case(be, case, d, &mut c)?;
     let q = upload(be, &d.q, case.heads, case)?;
     let mut out = poisoned(be, new.total_tokens(), case.heads, case)?;
     be.attention(&q, &c, &new, case.params(), &mut out)?;

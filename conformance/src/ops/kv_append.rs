@@ -5,19 +5,13 @@ use backend_api::{Backend, KvCache, Result};
 
 use super::fail;
 use crate::case::Case;
-use crate::setup::{batches, cache, upload, Data};
+use crate::setup::{append_case, cache, Data};
 use crate::tolerance::exact;
 
 fn run(be: &Backend, case: &Case, d: &Data) -> Result<(KvCache, backend_api::KvPool, backend_api::KvPool)> {
     let mut c = cache(be, case, d)?;
     let before = be.read_kv_pool(&c)?;
-    let (prefix, new) = batches(case);
-    if let Some(p) = prefix {
-        let (k, v) = (upload(be, &d.k_prefix, case.kv_heads, case)?, upload(be, &d.v_prefix, case.kv_heads, case)?);
-        be.kv_append(&mut c, &k, &v, &p)?;
-    }
-    let (k, v) = (upload(be, &d.k, case.kv_heads, case)?, upload(be, &d.v, case.kv_heads, case)?);
-    be.kv_append(&mut c, &k, &v, &new)?;
+    append_case(be, case, d, &mut c)?;
     let after = be.read_kv_pool(&c)?;
     Ok((c, before, after))
 }
