@@ -90,6 +90,26 @@ for name, dt in DT.items():
     v = torch.randn(1, HK, S, D, device=dev, dtype=dt)
     sdpa_rows(f"prefill causal B=1 H={HQ}/{HK} S={S} D={D}", q, k, v, True, 4.0 * HQ * D * S * (S + 1) / 2, (2 * S * HQ * D + 2 * S * HK * D) * q.element_size(), name)
 
+# The RoPE-fusion study's shapes: f32, one head, 64 queries x 64 keys, head_dim/rotary_dim
+# 128/64, 512/128, 2048/128; torch rotates Q and K (partial rotary, half-split) then runs the
+# efficient SDPA kernel (not causal), the whole step timed.
+def study_step(q, k, v, cos, sin, rot):
+    half = rot // 2
+    def rot_(x):
+        x1, x2, rest = x[..., :half], x[..., half:rot], x[..., rot:]
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), dim=-1)
+    with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
+        return F.scaled_dot_product_attention(rot_(q), rot_(k), v)
+
+
+for (Ds, rot) in [(128, 64), (512, 128), (2048, 128)]:
+    q, k, v = (torch.randn(1, 1, 64, Ds, device=dev, dtype=torch.float32) for _ in range(3))
+    inv_s = 1.0 / (10000.0 ** (torch.arange(0, rot, 2, device=dev, dtype=torch.float64) / rot))
+    a = torch.arange(64, device=dev, dtype=torch.float64)[:, None] * inv_s[None, :]
+    cs, sn = a.cos().float(), a.sin().float()
+    study_step(q, k, v, cs, sn, rot)
+    add(f"torch rope+sdpa efficient study 64x64 H=1 D={Ds} rot={rot}", "f32", bench(lambda: study_step(q, k, v, cs, sn, rot)), 5 * 64 * Ds * 4.0, 4.0 * 64 * 64 * Ds)
+
 copy_bw = rows[0]["bytes"] / rows[0]["ms"] / 1e9
 print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}")
 print(f"{'op':<62} {'dtype':<5} {'ms':>9} {'TB/s':>8} {'% copy':>7} {'TFLOP/s':>9}")

@@ -1,6 +1,7 @@
 // KV append: copy new K/V rows into their cache slots (vLLM's slot mapping: the host resolves
 // contiguous capacity or the page table into one slot index per token). One thread per
-// (token, head, 16-byte chunk).
+// (token, head, 16-byte chunk). A hip-fused cache also records each slot's position: the key
+// stays unrotated and attention rotates it (`k_pos`; AF_ROTATED where K arrived rotated).
 #include "include/af_common.h"
 
 // Mirrors backend-hip/src/ops/kv_append.rs `AppendParams`.
@@ -9,6 +10,8 @@ struct AppendParams {
     af_ptr k_cache, v_cache;  // pools [slots, Hk, D]
     af_ptr slots;             // int32 [T]
     int tokens, k_heads, head_dim, pad;
+    af_ptr k_pos;             // hip-fused: int32 [pool slots] (0: none)
+    af_ptr positions;         // int32 [T] positions of unrotated keys (0: keys arrive rotated)
 };
 
 template <typename T> AF_DEVICE void kv_append_impl(const AppendParams& p) {
@@ -23,6 +26,10 @@ template <typename T> AF_DEVICE void kv_append_impl(const AppendParams& p) {
     const long dst = (long)reinterpret_cast<const int*>(p.slots)[t] * p.k_heads * p.head_dim + r * CV;
     af_copy<16 / sizeof(T)>(reinterpret_cast<T*>(p.k_cache) + dst, reinterpret_cast<const T*>(p.k) + src);
     af_copy<16 / sizeof(T)>(reinterpret_cast<T*>(p.v_cache) + dst, reinterpret_cast<const T*>(p.v) + src);
+    if (p.k_pos && r == 0) {
+        const int slot = reinterpret_cast<const int*>(p.slots)[t];
+        reinterpret_cast<int*>(p.k_pos)[slot] = p.positions ? reinterpret_cast<const int*>(p.positions)[t] : AF_ROTATED;
+    }
 }
 AF_STAMP(kv_append, AppendParams, 256)
 

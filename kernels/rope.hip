@@ -16,6 +16,8 @@ struct RopeParams {
     af_ptr slots;         // fused: int32 [T] cache slot of each token
     int tokens, q_heads, k_heads, head_dim, rotary_dim, interleaved, vp;
     float attention_factor;
+    af_ptr k_pos;         // shift on a hip-fused cache: int32 [pool slots] (0: none)
+    int gather, pad;      // shift: K rows are cache slots `slots[t]`, rotated in place by positions[t]
 };
 
 // Rotates pair unit `u` of every head of one token. Heads go HU at a time, all loads before
@@ -77,20 +79,25 @@ AF_DEVICE void rope_body(const RopeParams& p) {
     T* q = reinterpret_cast<T*>(p.q);
     T* k = reinterpret_cast<T*>(p.k);
     T* kc = reinterpret_cast<T*>(p.k_cache);
-    const long krow = (long)t * p.k_heads * D;
+    const long krow = (p.gather ? (long)reinterpret_cast<const int*>(p.slots)[t] : (long)t) * p.k_heads * D;
     T* kdst = kc ? kc + (long)reinterpret_cast<const int*>(p.slots)[t] * p.k_heads * D : k + krow;
+    if (p.gather && p.k_pos) {
+        // Context shift on a hip-fused cache: a slot that holds a position only moves it (its
+        // key is unrotated); a key stored rotated is rotated by the shift like anywhere else.
+        int* kp = reinterpret_cast<int*>(p.k_pos) + reinterpret_cast<const int*>(p.slots)[t];
+        const int old = *kp;
+        if (old != AF_ROTATED) {
+            if (u == 0) *kp = old + reinterpret_cast<const int*>(p.positions)[t];
+            return;
+        }
+    }
     if (u < npv) {
         const double pos = (double)reinterpret_cast<const int*>(p.positions)[t];
         const double* inv = reinterpret_cast<const double*>(p.inv_freq);
         float c[VP], s[VP];
 #pragma unroll
         for (int i = 0; i < VP; ++i) {
-            // The angle in f64, reduced to [0, 2pi): f32 would lose ~1e-2 rad at position 1e6.
-            double a = pos * inv[u * VP + i];
-            a -= 6.283185307179586 * floor(a * 0.15915494309189535);
-            af_sincos((float)a, &s[i], &c[i]);
-            s[i] *= p.attention_factor;
-            c[i] *= p.attention_factor;
+            af_rope_cs(pos, inv[u * VP + i], p.attention_factor, &c[i], &s[i]);
         }
         if (q) rotate_rows<T, VP, INTER>(q + (long)t * p.q_heads * D, p.q_heads, D, half, u, c, s, q + (long)t * p.q_heads * D);
         rotate_rows<T, VP, INTER>(k + krow, p.k_heads, D, half, u, c, s, kdst);

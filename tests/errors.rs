@@ -221,6 +221,25 @@ inventory::submit! {
     BackendEntry { name: "test-twice", description: "test: second", priority: 1, create: || Ok(Arc::new(F16Only)) }
 }
 
+#[test]
+fn context_shift_refuses_bad_input() {
+    let be = cpu();
+    let mut c = cache(&be, CacheLayout::Contiguous { capacity: 8 });
+    let (k, v) = (t(&be, &[3, 2, 8], DType::F32), t(&be, &[3, 2, 8], DType::F32));
+    be.kv_append(&mut c, &k, &v, &Batch::uniform(1, 3).unwrap()).unwrap();
+    let rope = RopeConfig::new(8, 10000.0, 64);
+    assert!(be.shift_positions(&mut c, 0, 0..3, -2, &rope).is_ok());
+    assert_eq!(kind(be.shift_positions(&mut c, 0, 1..4, 1, &rope)), "InvalidArgument"); // past the length
+    assert_eq!(kind(be.shift_positions(&mut c, 2, 0..1, 1, &rope)), "InvalidArgument"); // no such sequence
+    assert_eq!(kind(be.shift_positions(&mut c, 0, 0..1, 64, &rope)), "InvalidArgument"); // |delta| >= max_position
+    let wrong_dim = RopeConfig::new(16, 10000.0, 64);
+    assert_eq!(kind(be.shift_positions(&mut c, 0, 0..1, 1, &wrong_dim)), "InvalidArgument");
+    let dynamic = RopeConfig { scaling: RopeScaling::DynamicNtk { factor: 2.0, original_max_position: 32 }, ..rope.clone() };
+    assert_eq!(kind(be.shift_positions(&mut c, 0, 0..1, 1, &dynamic)), "InvalidArgument");
+    let odd = RopeConfig { rotary_dim: 9, ..rope };
+    assert_eq!(kind(be.shift_positions(&mut c, 0, 0..1, 1, &odd)), "InvalidRotaryDim");
+}
+
 fn problem(dtype: DType, d: usize) -> ProblemDesc {
     ProblemDesc::step(dtype, 8, 2, RopeConfig::new(d, 1e4, 128), CacheLayout::Contiguous { capacity: 16 })
 }

@@ -3,6 +3,8 @@
 //! every backend reports invalid input identically. Backends read the public fields (destructure
 //! with `..`).
 
+use std::ops::Range;
+
 use crate::{AttentionParams, Batch, KvCache, PlainBatch, ProblemDesc, RopeConfig, RopeFrequencies, Tensor};
 
 /// Proof of validation; cannot be made outside this crate.
@@ -171,4 +173,30 @@ impl StepArgs<'_> {
             validated: self.validated,
         }
     }
+}
+
+/// [`crate::AttentionBackend::shift_positions`]: the cached tokens `tokens` of sequence `seq`
+/// move by `delta` positions. A token whose key was rotated for position `p` must afterwards
+/// behave, in every later attention, as if rotated for `p + delta`. Backends that store rotated
+/// keys rotate them by `delta` in place (rotations compose: `R(p + d) = R(d) R(p)`, with the
+/// cos/sin multiplier applied once); a backend that stores unrotated keys with their positions
+/// (`hip-fused`) only updates the positions. V does not change.
+#[derive(Debug)]
+pub struct ShiftArgs<'a> {
+    /// The cache.
+    pub cache: &'a mut KvCache,
+    /// Which sequence.
+    pub seq: usize,
+    /// Token indices (`end <= seq_len`, non-empty).
+    pub tokens: Range<usize>,
+    /// Positions to add (may be negative).
+    pub delta: i64,
+    /// The RoPE configuration the keys were rotated with (validated; not length-dependent).
+    pub config: &'a RopeConfig,
+    /// Its frequency table (position-independent: see [`RopeConfig::is_length_dependent`]).
+    pub freqs: RopeFrequencies,
+    /// What the capability query saw.
+    pub desc: ProblemDesc,
+    /// Proof of validation.
+    pub validated: Validated,
 }

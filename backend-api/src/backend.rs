@@ -49,6 +49,17 @@ pub trait AttentionBackend: Send + Sync {
         self.kv_append(args.append_args())?;
         self.attention(args.attention_args())
     }
+    /// (optional) Context shift (see [`ShiftArgs`]). Default: `Unsupported`, so a backend that
+    /// does not implement it says so through the capability query too (its `supports` should
+    /// decline [`Op::Shift`]).
+    fn shift_positions(&self, args: ShiftArgs<'_>) -> Result<()> {
+        let _ = args;
+        Err(Error::Unsupported {
+            backend: self.name().to_string(),
+            op: Op::Shift.name().to_string(),
+            reasons: vec![format!("{} does not implement context shift", self.name())],
+        })
+    }
     /// (optional) Waits for queued device work; errors surface here. Default: nothing to wait for.
     fn synchronize(&self) -> Result<()> {
         Ok(())
@@ -321,6 +332,56 @@ impl Backend {
             cache.set_seq_len(s, len);
         }
         Ok(())
+    }
+
+    /// Context shift: the cached tokens `tokens` of sequence `seq` move by `delta` positions
+    /// (llama.cpp's `seq_add`; an engine drops old tokens and shifts the rest back with a
+    /// negative `delta`). Every later attention sees those keys as if rotated for their old
+    /// position plus `delta`. `rope` must be the configuration the keys were rotated with; a
+    /// length-dependent scaling (dynamic NTK, LongRoPE) is refused, because the table each key
+    /// used is not recorded. See [`ShiftArgs`].
+    pub fn shift_positions(&self, cache: &mut KvCache, seq: usize, tokens: std::ops::Range<usize>, delta: i64, rope: &RopeConfig) -> Result<()> {
+        let _span = tracing::debug_span!("shift_positions", backend = self.name()).entered();
+        self.check_device("KV cache", cache.device())?;
+        rope.validate()?;
+        let spec = cache.spec().clone();
+        if rope.head_dim != spec.head_dim {
+            return Err(Error::InvalidArgument(format!("RoPE head_dim {} differs from the cache's {}", rope.head_dim, spec.head_dim)));
+        }
+        if rope.is_length_dependent() {
+            return Err(Error::InvalidArgument(format!(
+                "context shift needs a position-independent RoPE table; {:?} changes the table with the context length",
+                rope.scaling
+            )));
+        }
+        if seq >= spec.num_seqs {
+            return Err(Error::InvalidArgument(format!("sequence {seq} is outside the cache ({} sequences)", spec.num_seqs)));
+        }
+        let len = cache.seq_len(seq);
+        if tokens.start > tokens.end || tokens.end > len {
+            return Err(Error::InvalidArgument(format!("tokens {tokens:?} of sequence {seq}, which holds {len}")));
+        }
+        if delta.unsigned_abs() >= rope.max_position as u64 {
+            return Err(Error::InvalidArgument(format!("shift by {delta} positions; |delta| must be below max_position {}", rope.max_position)));
+        }
+        if tokens.is_empty() || delta == 0 {
+            return Ok(());
+        }
+        let desc = ProblemDesc {
+            dtype: spec.dtype,
+            num_heads: spec.num_kv_heads,
+            num_kv_heads: spec.num_kv_heads,
+            head_dim: spec.head_dim,
+            rope: Some(rope.clone()),
+            layout: Some(spec.layout),
+            causal: false,
+            batch_size: 1,
+            max_q_len: tokens.len(),
+            max_kv_len: len,
+        };
+        self.supports(Op::Shift, &desc)?;
+        let freqs = rope.frequencies(0);
+        self.inner.shift_positions(ShiftArgs { cache, seq, tokens, delta, config: rope, freqs, desc, validated: Validated(()) })
     }
 
     // ---- validation: one place, so every backend rejects the same input the same way ----

@@ -26,7 +26,7 @@ pub mod registry;
 mod rope;
 mod tensor;
 
-pub use args::{AppendArgs, AttentionArgs, PlainAttentionArgs, RopeArgs, StepArgs};
+pub use args::{AppendArgs, AttentionArgs, PlainAttentionArgs, RopeArgs, ShiftArgs, StepArgs};
 pub use backend::{AttentionBackend, Backend, StepInputs};
 pub use cache::{CacheLayout, CachedSeq, KvCache, KvCacheSpec, KvPool};
 pub use dtype::{bf16_from_f64, f16_from_f64, DType, Device, DeviceKind};

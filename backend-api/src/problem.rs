@@ -187,13 +187,15 @@ pub enum Op {
     AttentionPlain,
     /// The composite step: RoPE, append, attention.
     Step,
+    /// Context shift: move cached tokens to other positions (re-rotate their keys).
+    Shift,
 }
 
 impl Op {
     /// Every op, in a fixed order.
-    pub const ALL: [Op; 5] = [Op::Rope, Op::KvAppend, Op::Attention, Op::AttentionPlain, Op::Step];
+    pub const ALL: [Op; 6] = [Op::Rope, Op::KvAppend, Op::Attention, Op::AttentionPlain, Op::Step, Op::Shift];
 
-    /// snake_case name: `rope`, `kv_append`, `attention`, `attention_plain`, `step`.
+    /// snake_case name: `rope`, `kv_append`, `attention`, `attention_plain`, `step`, `shift`.
     pub fn name(self) -> &'static str {
         match self {
             Op::Rope => "rope",
@@ -201,6 +203,7 @@ impl Op {
             Op::Attention => "attention",
             Op::AttentionPlain => "attention_plain",
             Op::Step => "step",
+            Op::Shift => "shift",
         }
     }
 }

@@ -127,6 +127,13 @@ impl RopeConfig {
         }
     }
 
+    /// True when the frequency table depends on the call's largest position (dynamic NTK,
+    /// LongRoPE): then keys rotated in different calls may use different tables, and an op
+    /// that re-rotates cached keys (context shift) cannot know which table each key used.
+    pub fn is_length_dependent(&self) -> bool {
+        matches!(self.scaling, RopeScaling::DynamicNtk { .. } | RopeScaling::LongRope { .. })
+    }
+
     /// Checks the configuration; every op that takes a RoPE config calls this first.
     pub fn validate(&self) -> Result<()> {
         if self.head_dim == 0 || self.head_dim % 2 != 0 {

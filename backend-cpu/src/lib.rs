@@ -118,6 +118,10 @@ impl AttentionBackend for CpuBackend {
     fn attention_plain(&self, args: PlainAttentionArgs<'_>) -> Result<()> {
         ops::attention::run_plain(args)
     }
+
+    fn shift_positions(&self, args: ShiftArgs<'_>) -> Result<()> {
+        ops::rope::shift(args)
+    }
 }
 
 fn check_len(what: &str, got: usize, want: usize) -> Result<()> {

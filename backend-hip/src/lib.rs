@@ -4,14 +4,25 @@
 //! `kernels/include/af_vendor.h`), compiled ahead of time by `build.rs` for NVIDIA (nvcc:
 //! sm_80, sm_90, compute_90 PTX) and AMD (hipcc: gfx90a, gfx1030) and embedded in this crate.
 //! The runtime ([`runtime`], the only module with `unsafe`) drives NVIDIA GPUs through the CUDA
-//! driver API (cudarc, loaded dynamically). The AMD code objects are built and shipped; the
-//! ROCm runtime path is not implemented yet, so on an AMD machine the backend reports itself
-//! unavailable with that reason.
+//! driver API (cudarc, loaded dynamically) and, with the `rocm` feature, AMD GPUs through the
+//! HIP runtime (hip-sys, linking ROCm's libamdhip64). The AMD path is built in CI but has not
+//! run on an AMD GPU yet (none is available to the project).
 //!
-//! Registered implementations:
-//! - `hip-flash` (priority 100): RoPE, KV append, fused RoPE + append, FlashAttention-2 tiled
-//!   prefill and split-K flash-decoding, all dtypes computing in f32. Its composite step rotates
-//!   Q in place and writes rotated K and V into the cache in one kernel, then attends.
+//! Registered implementations (the same primitives; they differ in the composite step
+//! [`AttentionBackend::rope_append_attend`] and in how attention runs):
+//! - `hip-flash`: RoPE, KV append, fused RoPE + append, FlashAttention-2 tiled prefill and
+//!   split-K flash-decoding, all dtypes computing in f32. Its step rotates Q in place and writes
+//!   rotated K and V into the cache in one kernel, then attends.
+//! - `hip-hybrid`: K rotated once where it is written (fused RoPE + append, Q untouched), Q
+//!   rotated inside attention as it is loaded: no separate Q pass.
+//! - `hip-fused`: the cache keeps K unrotated with each slot's position; attention rotates Q and
+//!   every cached key on the fly. A context shift ([`Backend::shift_positions`]) then only
+//!   rewrites positions. Length-dependent RoPE scalings are unsupported for its step (a key's
+//!   table would change with the context).
+//! - `hip-separate`: the unfused baseline: RoPE kernel, append kernel, and attention as three
+//!   kernels (scores, softmax, P.V) over a score buffer; any head_dim up to 4096.
+//!
+//! Priorities come from the benchmark (BENCHMARKS.md): see [`priority`].
 //!
 //! Nothing here falls back to the host: a problem the kernels cannot run is `Unsupported` with
 //! the reason, from the same [`ops::attention::plan`] that picks the kernel.
@@ -34,23 +45,28 @@ use backend_api::registry::BackendEntry;
 use backend_api::*;
 use once_cell::sync::OnceCell;
 
-use ops::attention::{self as attn, AttnKernel, KvSource, Shape};
+use ops::attention::{self as attn, AttnKernel, AttnRope, KvSource, Shape};
 use ops::kv_append::{self, AppendParams};
 use ops::rope::{self, RopeParams};
 use runtime::{DeviceBuffer, Gpu};
-use storage::{addr, buffer, buffer_mut, decode, encode, i32_bytes, pools, pools_mut, GpuCache, GpuTensor};
+use storage::{addr, buffer, buffer_mut, decode, encode, i32_bytes, pools, pools_mut, BoundRope, GpuCache, GpuTensor};
 
 /// The fusion strategy of a registered implementation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
-    /// `hip-flash`: fused RoPE + append, then tiled / split-K attention.
+    /// `hip-flash`: fused RoPE + append (Q rotated in place), then tiled / split-K attention.
     Flash,
+    /// `hip-hybrid`: K rotated by fused RoPE + append, Q rotated inside attention.
+    Hybrid,
+    /// `hip-fused`: K cached unrotated with its position; attention rotates Q and K.
+    Fused,
+    /// `hip-separate`: RoPE, append, then scores / softmax / P.V kernels.
+    Separate,
 }
 
 /// A GPU backend on one device.
 pub struct HipBackend {
     name: &'static str,
-    #[allow(dead_code)]
     variant: Variant,
     gpu: Arc<Gpu>,
     device: Device,
@@ -75,7 +91,7 @@ impl HipBackend {
     /// Opens the backend on GPU 0, or says why it is unavailable here.
     pub fn open(name: &'static str, variant: Variant) -> std::result::Result<Self, String> {
         let gpu = shared_gpu()?;
-        let device = Device::cuda(gpu.ordinal());
+        let device = gpu.device();
         Ok(HipBackend { name, variant, gpu, device, tables: Mutex::new(HashMap::new()) })
     }
 
@@ -102,15 +118,24 @@ impl HipBackend {
 
     /// Capability and dispatch in one place: the reasons `op` cannot run `problem`.
     fn plan(&self, op: Op, problem: &ProblemDesc) -> std::result::Result<Option<AttnKernel>, Vec<String>> {
+        let attention = |p: &ProblemDesc| if self.variant == Variant::Separate { attn::plan_separate(p) } else { attn::plan(p) };
         match op {
-            Op::Rope | Op::KvAppend => {
+            Op::Rope | Op::KvAppend | Op::Shift => {
                 let r = rope::reasons(problem);
                 if r.is_empty() { Ok(None) } else { Err(r) }
             }
-            Op::Attention | Op::AttentionPlain => attn::plan(problem).map(Some),
+            Op::Attention | Op::AttentionPlain => attention(problem).map(Some),
             Op::Step => {
                 let mut r = rope::reasons(problem);
-                match attn::plan(problem) {
+                if self.variant == Variant::Fused {
+                    if let Some(c) = problem.rope.as_ref().filter(|c| c.is_length_dependent()) {
+                        r.push(format!(
+                            "hip-fused keeps keys unrotated and rotates them with one table per cache; {:?} changes the table with the context length (use hip-hybrid or hip-flash)",
+                            c.scaling
+                        ));
+                    }
+                }
+                match attention(problem) {
                     Ok(k) if r.is_empty() => Ok(Some(k)),
                     Ok(_) => Err(r),
                     Err(a) => {
@@ -130,7 +155,8 @@ impl HipBackend {
         }
     }
 
-    fn cache_attention(&self, kernel: AttnKernel, q: u64, cache: &KvCache, batch: &Batch, kv_lens: &[usize], params: AttentionParams, out: u64, dtype: DType, heads: usize) -> Result<()> {
+    #[allow(clippy::too_many_arguments)]
+    fn cache_attention(&self, kernel: AttnKernel, q: u64, cache: &KvCache, batch: &Batch, kv_lens: &[usize], params: AttentionParams, out: u64, dtype: DType, heads: usize, rope: Option<&AttnRope>) -> Result<()> {
         let spec = cache.spec();
         let p = pools(cache, self.name, self.device)?;
         let base: Vec<i32>;
@@ -142,8 +168,78 @@ impl HipBackend {
             CacheLayout::Paged { page_size, .. } => KvSource::Pages { page_size, tables: batch.seq_ids().iter().map(|&s| cache.page_table(s)).collect() },
         };
         let shape = Shape { dtype, heads, kv_heads: spec.num_kv_heads, head_dim: spec.head_dim, q_lens: batch.q_lens(), kv_lens, causal: params.causal, scale: params.scale };
-        let _scratch = attn::launch(&self.gpu, kernel, &shape, kv, q, p.k.addr(), p.v.addr(), out)?;
+        let _scratch = attn::launch(&self.gpu, kernel, &shape, kv, q, p.k.addr(), p.v.addr(), out, rope)?;
         Ok(())
+    }
+
+    /// hip-fused: binds the cache to this step's RoPE table, or refuses another one.
+    fn bind_rope(&self, cache: &mut KvCache, config: &RopeConfig, freqs: &RopeFrequencies) -> Result<BoundRope> {
+        let key: Vec<u64> = freqs.inv_freq.iter().map(|f| f.to_bits()).collect();
+        let table = self.inv_freq_table(freqs)?;
+        let want = BoundRope { key, table, rotary_dim: config.rotary_dim, interleaved: config.style == RopeStyle::Interleaved, factor: freqs.attention_factor as f32 };
+        let p = pools_mut(cache, self.name, self.device)?;
+        match &p.rope {
+            Some(b) if b.key != want.key || b.rotary_dim != want.rotary_dim || b.interleaved != want.interleaved || b.factor.to_bits() != want.factor.to_bits() => {
+                Err(Error::InvalidArgument(format!(
+                    "{}: this cache holds unrotated keys for another RoPE configuration (rotary_dim {}, {} pairs); one cache serves one configuration",
+                    self.name,
+                    b.rotary_dim,
+                    if b.interleaved { "interleaved" } else { "half-split" }
+                )))
+            }
+            Some(b) => Ok(b.clone()),
+            None => {
+                p.rope = Some(want.clone());
+                Ok(want)
+            }
+        }
+    }
+
+    /// hip-fused: the in-attention RoPE for a cache's unrotated keys (none bound: keys as given).
+    fn cache_key_rope(cache: &GpuCache) -> Option<AttnRope> {
+        let (b, pos) = (cache.rope.as_ref()?, cache.pos.as_ref()?);
+        Some(AttnRope { q_pos: 0, k_pos: pos.addr(), inv_freq: b.table.addr(), rotary_dim: b.rotary_dim as i32, interleaved: b.interleaved, factor: b.factor })
+    }
+
+    /// Positions as the kernels take them.
+    fn positions_i32(positions: &[u32]) -> Vec<i32> {
+        positions.iter().map(|&p| p as i32).collect()
+    }
+}
+
+impl HipBackend {
+    /// hip-fused step: K and V appended unrotated with their positions, then attention rotates
+    /// Q and every cached key on the fly.
+    fn step_fused(&self, kernel: AttnKernel, a: StepArgs<'_>) -> Result<()> {
+        let StepArgs { q, k, v, positions, config, freqs, cache, batch, start, kv_lens, params, out, .. } = a;
+        let bound = self.bind_rope(cache, config, &freqs)?;
+        let dtype = q.dtype();
+        let pos = Self::positions_i32(positions);
+        let slots = kv_append::slot_mapping(cache, batch.seq_ids(), batch.q_lens(), &start);
+        let mut meta = pos.clone();
+        meta.extend_from_slice(&slots);
+        let meta_buf = self.gpu.upload(&i32_bytes(&meta))?;
+        let heads = q.shape()[1];
+        let (qa, ka, va, oa) = (self.addr(q, "q")?, self.addr(k, "k")?, self.addr(v, "v")?, self.addr(out, "out")?);
+        let (hk, d) = (cache.spec().num_kv_heads, cache.spec().head_dim);
+        let p = pools(cache, self.name, self.device)?;
+        let k_pos = p.pos.as_ref().map(|b| b.addr()).ok_or_else(|| Error::Device { code: -1, message: "hip-fused cache without positions".into() })?;
+        let ap = AppendParams {
+            k: ka,
+            v: va,
+            k_cache: p.k.addr(),
+            v_cache: p.v.addr(),
+            slots: meta_buf.addr() + 4 * pos.len() as u64,
+            tokens: pos.len() as i32,
+            k_heads: hk as i32,
+            head_dim: d as i32,
+            pad: 0,
+            k_pos,
+            positions: meta_buf.addr(),
+        };
+        kv_append::launch(&self.gpu, dtype, ap)?;
+        let r = AttnRope { q_pos: meta_buf.addr(), k_pos, inv_freq: bound.table.addr(), rotary_dim: bound.rotary_dim as i32, interleaved: bound.interleaved, factor: bound.factor };
+        self.cache_attention(kernel, qa, cache, batch, &kv_lens, params, oa, dtype, heads, Some(&r))
     }
 }
 
@@ -188,7 +284,13 @@ impl AttentionBackend for HipBackend {
 
     fn create_kv_cache(&self, spec: &KvCacheSpec) -> Result<KvCache> {
         let bytes = spec.pool_len() * spec.dtype.size();
-        let pools = GpuCache { k: self.gpu.alloc(bytes)?, v: self.gpu.alloc(bytes)? };
+        let pos = if self.variant == Variant::Fused {
+            let slots = spec.pool_len() / (spec.num_kv_heads * spec.head_dim);
+            Some(self.gpu.upload(&i32_bytes(&vec![i32::MIN; slots]))?)
+        } else {
+            None
+        };
+        let pools = GpuCache { k: self.gpu.alloc(bytes)?, v: self.gpu.alloc(bytes)?, pos, rope: None };
         Ok(KvCache::from_storage(spec.clone(), self.device, Box::new(pools)))
     }
 
@@ -235,14 +337,17 @@ impl AttentionBackend for HipBackend {
         let (hk, d, dtype) = (cache.spec().num_kv_heads, cache.spec().head_dim, cache.spec().dtype);
         let (ka, va) = (self.addr(k, "k")?, self.addr(v, "v")?);
         let p = pools(cache, self.name, self.device)?;
-        let params = AppendParams { k: ka, v: va, k_cache: p.k.addr(), v_cache: p.v.addr(), slots: slot_buf.addr(), tokens: slots.len() as i32, k_heads: hk as i32, head_dim: d as i32, pad: 0 };
+        let k_pos = p.pos.as_ref().map_or(0, |b| b.addr());
+        let params = AppendParams { k: ka, v: va, k_cache: p.k.addr(), v_cache: p.v.addr(), slots: slot_buf.addr(), tokens: slots.len() as i32, k_heads: hk as i32, head_dim: d as i32, pad: 0, k_pos, positions: 0 };
         kv_append::launch(&self.gpu, dtype, params)
     }
 
     fn attention(&self, a: AttentionArgs<'_>) -> Result<()> {
         let kernel = self.kernel(Op::Attention, &a.desc)?;
         let (qa, oa) = (self.addr(a.q, "q")?, self.addr(a.out, "out")?);
-        self.cache_attention(kernel, qa, a.cache, a.batch, &a.kv_lens, a.params, oa, a.q.dtype(), a.q.shape()[1])
+        // A hip-fused cache's keys appended by the step are unrotated: rotate them here.
+        let rope = Self::cache_key_rope(pools(a.cache, self.name, self.device)?);
+        self.cache_attention(kernel, qa, a.cache, a.batch, &a.kv_lens, a.params, oa, a.q.dtype(), a.q.shape()[1], rope.as_ref())
     }
 
     fn attention_plain(&self, a: PlainAttentionArgs<'_>) -> Result<()> {
@@ -259,18 +364,26 @@ impl AttentionBackend for HipBackend {
             scale: a.params.scale,
         };
         let (q, k, v, out) = (self.addr(a.q, "q")?, self.addr(a.k, "k")?, self.addr(a.v, "v")?, self.addr(a.out, "out")?);
-        let _scratch = attn::launch(&self.gpu, kernel, &shape, KvSource::Rows(&base), q, k, v, out)?;
+        let _scratch = attn::launch(&self.gpu, kernel, &shape, KvSource::Rows(&base), q, k, v, out, None)?;
         Ok(())
     }
 
-    /// Fused: one kernel rotates Q in place and writes rotated K and V into the cache; then
-    /// attention over the cache.
-    fn rope_append_attend(&self, a: StepArgs<'_>) -> Result<()> {
+    /// The composite step, per strategy (see the crate docs).
+    fn rope_append_attend(&self, mut a: StepArgs<'_>) -> Result<()> {
         let kernel = self.kernel(Op::Step, &a.desc)?;
+        match self.variant {
+            Variant::Separate => {
+                self.rope(a.rope_args())?;
+                self.kv_append(a.append_args())?;
+                return self.attention(a.attention_args());
+            }
+            Variant::Fused => return self.step_fused(kernel, a),
+            Variant::Flash | Variant::Hybrid => {}
+        }
         let StepArgs { q, k, v, positions, config, freqs, cache, batch, start, kv_lens, params, out, .. } = a;
         let dtype = q.dtype();
         let table = self.inv_freq_table(&freqs)?;
-        let pos: Vec<i32> = positions.iter().map(|&p| p as i32).collect();
+        let pos = Self::positions_i32(positions);
         let slots = kv_append::slot_mapping(cache, batch.seq_ids(), batch.q_lens(), &start);
         let mut meta = pos.clone();
         meta.extend_from_slice(&slots);
@@ -278,8 +391,11 @@ impl AttentionBackend for HipBackend {
         let heads = q.shape()[1];
         let (qa, ka, va, oa) = (self.addr(q, "q")?, self.addr(k, "k")?, self.addr(v, "v")?, self.addr(out, "out")?);
         let p = pools(cache, self.name, self.device)?;
+        let hybrid = self.variant == Variant::Hybrid;
+        // One kernel: K rotated into the cache with V; flash also rotates Q in place, hybrid
+        // leaves Q to the attention kernel.
         let rp = RopeParams {
-            q: qa,
+            q: if hybrid { 0 } else { qa },
             k: ka,
             positions: meta_buf.addr(),
             inv_freq: table.addr(),
@@ -297,7 +413,47 @@ impl AttentionBackend for HipBackend {
             ..Default::default()
         };
         rope::launch(&self.gpu, dtype, rp, config.style)?;
-        self.cache_attention(kernel, qa, cache, batch, &kv_lens, params, oa, dtype, heads)
+        let q_rope = hybrid.then(|| AttnRope {
+            q_pos: meta_buf.addr(),
+            k_pos: 0,
+            inv_freq: table.addr(),
+            rotary_dim: config.rotary_dim as i32,
+            interleaved: config.style == RopeStyle::Interleaved,
+            factor: freqs.attention_factor as f32,
+        });
+        self.cache_attention(kernel, qa, cache, batch, &kv_lens, params, oa, dtype, heads, q_rope.as_ref())
+    }
+
+    /// Context shift: keys stored rotated are rotated by `delta` in place (the rope kernel over
+    /// the tokens' cache slots); hip-fused slots that hold a position only move it.
+    fn shift_positions(&self, a: ShiftArgs<'_>) -> Result<()> {
+        let ShiftArgs { cache, seq, tokens, delta, config, freqs, .. } = a;
+        let n = tokens.len();
+        let row = cache.spec().num_kv_heads * cache.spec().head_dim;
+        let mut meta: Vec<i32> = vec![delta as i32; n];
+        meta.extend(tokens.map(|t| (cache.slot_offset(seq, t, 0) / row) as i32));
+        let meta_buf = self.gpu.upload(&i32_bytes(&meta))?;
+        let table = self.inv_freq_table(&freqs)?;
+        let dtype = cache.spec().dtype;
+        let p = pools(cache, self.name, self.device)?;
+        let rp = RopeParams {
+            q: 0,
+            k: p.k.addr(),
+            positions: meta_buf.addr(),
+            inv_freq: table.addr(),
+            slots: meta_buf.addr() + 4 * n as u64,
+            tokens: n as i32,
+            q_heads: 0,
+            k_heads: cache.spec().num_kv_heads as i32,
+            head_dim: config.head_dim as i32,
+            rotary_dim: config.rotary_dim as i32,
+            vp: rope::pairs_per_thread(config.rotary_dim, dtype),
+            attention_factor: 1.0,
+            k_pos: p.pos.as_ref().map_or(0, |b| b.addr()),
+            gather: 1,
+            ..Default::default()
+        };
+        rope::launch(&self.gpu, dtype, rp, config.style)
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -309,12 +465,53 @@ fn create(name: &'static str, variant: Variant) -> std::result::Result<Arc<dyn A
     HipBackend::open(name, variant).map(|b| Arc::new(b) as Arc<dyn AttentionBackend>)
 }
 
+/// Registry priorities (higher wins automatic selection), from the benchmark in
+/// BENCHMARKS.md: hip-flash and hip-hybrid lead, hip-fused pays for rotating every cached key in
+/// every attention call, hip-separate exists to be measured against.
+pub mod priority {
+    /// `hip-flash`.
+    pub const FLASH: i32 = 100;
+    /// `hip-hybrid`.
+    pub const HYBRID: i32 = 90;
+    /// `hip-fused`.
+    pub const FUSED: i32 = 50;
+    /// `hip-separate`.
+    pub const SEPARATE: i32 = 10;
+}
+
 inventory::submit! {
     BackendEntry {
         name: "hip-flash",
         description: "GPU: fused RoPE+append, FlashAttention-2 tiled prefill, split-K decode; f32/f16/bf16 (f32 math)",
-        priority: 100,
+        priority: priority::FLASH,
         create: || create("hip-flash", Variant::Flash),
+    }
+}
+
+inventory::submit! {
+    BackendEntry {
+        name: "hip-hybrid",
+        description: "GPU: K rotated once by fused RoPE+append, Q rotated inside attention as it is loaded (no Q pass)",
+        priority: priority::HYBRID,
+        create: || create("hip-hybrid", Variant::Hybrid),
+    }
+}
+
+inventory::submit! {
+    BackendEntry {
+        name: "hip-fused",
+        description: "GPU: K cached unrotated with positions, RoPE on Q and every key inside attention; cheap context shift",
+        priority: priority::FUSED,
+        create: || create("hip-fused", Variant::Fused),
+    }
+}
+
+inventory::submit! {
+    BackendEntry {
+        name: "hip-separate",
+        description: "GPU baseline: RoPE, append, then scores / softmax / P.V kernels over a score buffer; head_dim up to 4096",
+        priority: priority::SEPARATE,
+        create: || create("hip-separate", Variant::Separate),
     }
 }
 

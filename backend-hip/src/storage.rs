@@ -29,6 +29,27 @@ pub struct GpuCache {
     pub k: DeviceBuffer,
     /// V pool.
     pub v: DeviceBuffer,
+    /// hip-fused only: int32 per slot, the position of an unrotated key, or `i32::MIN` for a
+    /// key stored rotated (appended by `kv_append`, or never written).
+    pub pos: Option<DeviceBuffer>,
+    /// hip-fused only: the RoPE table its unrotated keys are rotated with, bound by the first
+    /// composite step.
+    pub rope: Option<BoundRope>,
+}
+
+/// The RoPE configuration a hip-fused cache's unrotated keys belong to.
+#[derive(Debug, Clone)]
+pub struct BoundRope {
+    /// Bits of the inverse frequencies (identity of the table).
+    pub key: Vec<u64>,
+    /// The table on the device.
+    pub table: std::sync::Arc<DeviceBuffer>,
+    /// Rotated dims.
+    pub rotary_dim: usize,
+    /// Interleaved pairs.
+    pub interleaved: bool,
+    /// cos/sin multiplier.
+    pub factor: f32,
 }
 
 impl Storage for GpuCache {

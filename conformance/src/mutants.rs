@@ -24,12 +24,21 @@ pub enum Bug {
     /// Append writes token t of a sequence to page (seq * pages_per_seq + t / page_size),
     /// ignoring the page table.
     AppendIgnoresPageTable,
+    /// Context shift rotates the keys by `-delta` (the sign of the composed rotation flipped).
+    ShiftWrongSign,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 6] =
-        [Bug::RopeStyleSwapped, Bug::CausalOffByOne, Bug::GqaModulo, Bug::UnwrittenElement, Bug::SoftmaxNoMax, Bug::AppendIgnoresPageTable];
+    pub const ALL: [Bug; 7] = [
+        Bug::RopeStyleSwapped,
+        Bug::CausalOffByOne,
+        Bug::GqaModulo,
+        Bug::UnwrittenElement,
+        Bug::SoftmaxNoMax,
+        Bug::AppendIgnoresPageTable,
+        Bug::ShiftWrongSign,
+    ];
 
     /// Registry name: `mutant-...`.
     pub const fn name(self) -> &'static str {
@@ -40,6 +49,7 @@ impl Bug {
             Bug::UnwrittenElement => "mutant-unwritten",
             Bug::SoftmaxNoMax => "mutant-softmax-no-max",
             Bug::AppendIgnoresPageTable => "mutant-append-ignores-pages",
+            Bug::ShiftWrongSign => "mutant-shift-wrong-sign",
         }
     }
 
@@ -48,6 +58,7 @@ impl Bug {
         match self {
             Bug::RopeStyleSwapped => Op::Rope,
             Bug::AppendIgnoresPageTable => Op::KvAppend,
+            Bug::ShiftWrongSign => Op::Shift,
             _ => Op::Attention,
         }
     }
@@ -206,6 +217,11 @@ impl AttentionBackend for Mutant {
     fn attention_plain(&self, a: PlainAttentionArgs<'_>) -> Result<()> {
         CpuBackend.attention_plain(a)
     }
+
+    fn shift_positions(&self, a: ShiftArgs<'_>) -> Result<()> {
+        let delta = if self.0 == Bug::ShiftWrongSign { -a.delta } else { a.delta };
+        CpuBackend.shift_positions(ShiftArgs { delta, ..a })
+    }
 }
 
 #[cfg(feature = "mutants")]
@@ -219,5 +235,5 @@ mod registered {
             }
         )*};
     }
-    register!(RopeStyleSwapped, CausalOffByOne, GqaModulo, UnwrittenElement, SoftmaxNoMax, AppendIgnoresPageTable);
+    register!(RopeStyleSwapped, CausalOffByOne, GqaModulo, UnwrittenElement, SoftmaxNoMax, AppendIgnoresPageTable, ShiftWrongSign);
 }

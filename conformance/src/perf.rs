@@ -106,6 +106,19 @@ fn measure(be: &Backend, op: Op, case: &Case, reps: usize) -> Result<PerfRow> {
                 (t, (2.0 * tn as f64 * h * hd + 4.0 * tn as f64 * hk * hd) * es, 4.0 * pairs * h * hd)
             }
         }
+        Op::Shift => {
+            // Every cached token of every sequence moves by one position (a static table).
+            let case = &crate::ops::shift::static_rope(case);
+            let mut c = cache(be, case, &d)?;
+            crate::setup::append_case(be, case, &d, &mut c)?;
+            let t = time(be, reps, || {
+                for (s, sc) in case.seqs.iter().enumerate() {
+                    be.shift_positions(&mut c, s, 0..sc.cached + sc.q_len, 1, &case.rope)?;
+                }
+                Ok(())
+            })?;
+            (t, 2.0 * kv_tokens * hk * hd * es, kv_tokens * hk * case.rope.rotary_dim as f64 * 3.0)
+        }
         Op::AttentionPlain => {
             let batch = PlainBatch::new(case.seqs.iter().map(|s| s.q_len).collect(), case.seqs.iter().map(|s| s.q_len).collect())?;
             let t = time(be, reps, || be.attention_plain(&q, &k, &v, &batch, case.params(), &mut out))?;

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! max|out - golden| <= K * max|ref - golden| + FLOOR(dtype) * max(1, max|golden|)
-//! nmse(out, golden) = sum (out - golden)^2 / sum golden^2 <= NMSE(dtype)
+//! nmse(out, golden) = sum (out - golden)^2 / sum golden^2 <= max(NMSE(dtype), K^2 * nmse(ref, golden))
 //! ```
 //!
 //! and no element is NaN or infinite (outputs are poisoned with NaN before each run, so an
@@ -28,7 +28,12 @@
 //!   `max |v|` ([`attention_condition`]): large head dims and large inputs make f32 scores lose
 //!   absolute precision, whatever the kernel, and the bound follows them.
 //! - NMSE ceilings (f32 1e-9, f16 1e-5, bf16 2e-4) back the max-error test with an average one:
-//!   a wrong algorithm fails it even when each element stays small.
+//!   a wrong algorithm fails it even when each element stays small. Like the max error, the
+//!   ceiling rises with the reference's own error (`K^2 * nmse(ref)`, the square of the same
+//!   factor): in bf16 with YaRN's attention factor (Q and K each scaled by ~1.8) and
+//!   amplitude-4 inputs, the scores reach the hundreds, the softmax is nearly one-hot, and
+//!   rounding the rotated Q and K to bf16 alone moves the output by ~1e-4 NMSE; the reference
+//!   does the same rounding (measured on the H100: hip-flash 4.1e-4 on such a case).
 //! - Copies (KV append) are exact: the cache must hold the bits it was given.
 
 use backend_api::DType;
@@ -81,11 +86,18 @@ pub fn compare_cond(what: &str, out: &[f32], reference: &[f32], golden: &[f64], 
             out[at], golden[at], tol.k, tol.floor
         ));
     }
-    let num: f64 = out.iter().zip(golden).map(|(&a, &g)| (a as f64 - g).powi(2)).sum();
     let den: f64 = golden.iter().map(|g| g * g).sum();
-    let nmse = if den > 0.0 { num / den } else { num };
-    if nmse > tol.nmse {
-        return Err(format!("{what}: normalized MSE {nmse:.3e} exceeds {:.1e}", tol.nmse));
+    let nmse_of = |v: &[f32]| {
+        let num: f64 = v.iter().zip(golden).map(|(&a, &g)| (a as f64 - g).powi(2)).sum();
+        if den > 0.0 { num / den } else { num }
+    };
+    let (nmse, ref_nmse) = (nmse_of(out), nmse_of(reference));
+    let ceiling = tol.nmse.max(tol.k * tol.k * ref_nmse);
+    if nmse > ceiling {
+        return Err(format!(
+            "{what}: normalized MSE {nmse:.3e} exceeds {ceiling:.1e} = max({:.1e}, {}^2 x reference's {ref_nmse:.3e})",
+            tol.nmse, tol.k
+        ));
     }
     Ok(())
 }

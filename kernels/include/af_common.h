@@ -33,11 +33,20 @@ template <int N, typename T> AF_DEVICE void af_load(const T* p, float* out) {
 #pragma unroll
     for (int i = 0; i < N; ++i) out[i] = af_to_float(e[i]);
 }
+template <typename T> struct Pack2;  // two floats to one 32-bit word of a 16-bit type
+template <> struct Pack2<af_f16> { static AF_DEVICE unsigned int f(float a, float b) { return af_f2h2(a, b); } };
+template <> struct Pack2<af_bf16> { static AF_DEVICE unsigned int f(float a, float b) { return af_f2bf2(a, b); } };
 template <int N, typename T> AF_DEVICE void af_store(T* p, const float* in) {
     Raw<N * (int)sizeof(T)> r;
-    T* e = reinterpret_cast<T*>(&r);
+    if constexpr (sizeof(T) == 2 && N % 2 == 0) {
+        unsigned int* w = reinterpret_cast<unsigned int*>(&r);
 #pragma unroll
-    for (int i = 0; i < N; ++i) e[i] = af_from_float<T>(in[i]);
+        for (int i = 0; i < N / 2; ++i) w[i] = Pack2<T>::f(in[2 * i], in[2 * i + 1]);
+    } else {
+        T* e = reinterpret_cast<T*>(&r);
+#pragma unroll
+        for (int i = 0; i < N; ++i) e[i] = af_from_float<T>(in[i]);
+    }
     *reinterpret_cast<Raw<N * (int)sizeof(T)>*>(p) = r;
 }
 // Copies N elements unchanged.
@@ -51,3 +60,15 @@ template <int N, typename T> AF_DEVICE void af_copy(T* dst, const T* src) {
     extern "C" __global__ void __launch_bounds__(BOUNDS) NAME##_f32(PARAMS p) { NAME##_impl<float>(p); }   \
     extern "C" __global__ void __launch_bounds__(BOUNDS) NAME##_f16(PARAMS p) { NAME##_impl<af_f16>(p); }  \
     extern "C" __global__ void __launch_bounds__(BOUNDS) NAME##_bf16(PARAMS p) { NAME##_impl<af_bf16>(p); }
+
+// RoPE angle for one pair: f64 product and reduction to [0, 2pi) (f32 would lose ~1e-2 rad at
+// position 1e6), then f32 sincos; cos and sin times the scaling's multiplier.
+AF_DEVICE void af_rope_cs(double pos, double inv_freq, float factor, float* c, float* s) {
+    double a = pos * inv_freq;
+    a -= 6.283185307179586 * floor(a * 0.15915494309189535);
+    af_sincos((float)a, s, c);
+    *s *= factor;
+    *c *= factor;
+}
+// Per-slot position of a key stored already rotated (hip-fused caches; see kv_append.hip).
+#define AF_ROTATED (-2147483647 - 1)

@@ -7,7 +7,8 @@
 //          NVIDIA headers do not compile with CUDA 13; warp of 32; f16/bf16 through PTX cvt.
 //
 // What the kernels may use: AF_DEVICE, AF_WARP, af_shfl_xor (within a warp, offsets < 16 are
-// safe on every target), af_h2f / af_f2h (f16), af_bf2f / af_f2bf (bf16), af_sincos.
+// safe on every target), af_h2f / af_f2h (f16), af_bf2f / af_f2bf (bf16), af_f2h2 / af_f2bf2
+// (two floats to a packed pair, low element first), af_sincos.
 #pragma once
 
 #if defined(__HIP_PLATFORM_AMD__) || (defined(__HIP__) && !defined(__CUDACC__))
@@ -29,6 +30,8 @@ AF_DEVICE unsigned short af_f2bf(float f) {
     u += 0x7fffu + ((u >> 16) & 1u);                                                     // nearest even
     return (unsigned short)(u >> 16);
 }
+AF_DEVICE unsigned int af_f2h2(float lo, float hi) { return af_f2h(lo) | ((unsigned int)af_f2h(hi) << 16); }
+AF_DEVICE unsigned int af_f2bf2(float lo, float hi) { return af_f2bf(lo) | ((unsigned int)af_f2bf(hi) << 16); }
 #else
 // ---------------------------------------------------------------- NVIDIA
 #define AF_NVIDIA 1
@@ -49,6 +52,17 @@ AF_DEVICE unsigned short af_f2bf(float f) {
     unsigned short h;
     asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
+}
+// One instruction converts two floats (sm_80+): the first operand lands in the high half.
+AF_DEVICE unsigned int af_f2h2(float lo, float hi) {
+    unsigned int r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+AF_DEVICE unsigned int af_f2bf2(float lo, float hi) {
+    unsigned int r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
 }
 #endif
 

@@ -1,6 +1,6 @@
 //! RoPE, the reference.
 
-use backend_api::{Result, RopeArgs, RopeConfig, RopeFrequencies, RopeStyle};
+use backend_api::{Result, RopeArgs, RopeConfig, RopeFrequencies, RopeStyle, ShiftArgs};
 
 use crate::storage::host_mut;
 
@@ -37,6 +37,36 @@ pub fn rope_rows(x: &mut [f64], heads: usize, positions: &[u32], config: &RopeCo
             }
         }
     }
+}
+
+/// Rotates one row (`head_dim` values) by `delta` positions, cos/sin multiplier 1: the
+/// composition `R(p + delta) = R(delta) R(p)` that a context shift applies to rotated keys.
+pub fn rotate_row_by(row: &mut [f64], delta: f64, config: &RopeConfig, freqs: &RopeFrequencies) {
+    let half = config.rotary_dim / 2;
+    for (i, &f) in freqs.inv_freq.iter().enumerate().take(half) {
+        let (sin, cos) = (delta * f).sin_cos();
+        let (a, b) = match config.style {
+            RopeStyle::HalfSplit => (i, i + half),
+            RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+        };
+        let (xa, xb) = (row[a], row[b]);
+        row[a] = xa * cos - xb * sin;
+        row[b] = xb * cos + xa * sin;
+    }
+}
+
+/// Context shift: rotates the cached keys of the shifted tokens by `delta`, in place.
+pub(crate) fn shift(a: ShiftArgs<'_>) -> Result<()> {
+    let ShiftArgs { cache, seq, tokens, delta, config, freqs, .. } = a;
+    let (hk, d) = (cache.spec().num_kv_heads, cache.spec().head_dim);
+    let offsets: Vec<usize> = tokens.flat_map(|t| (0..hk).map(move |h| (t, h))).map(|(t, h)| cache.slot_offset(seq, t, h)).collect();
+    let p = crate::storage::pools_mut(cache)?;
+    for o in offsets {
+        let mut row = p.k.range(o, d);
+        rotate_row_by(&mut row, delta as f64, config, &freqs);
+        p.k.set_range(o, &row);
+    }
+    Ok(())
 }
 
 pub(crate) fn run(a: RopeArgs<'_>) -> Result<()> {

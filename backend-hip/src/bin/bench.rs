@@ -2,7 +2,10 @@
 //! median of several timed batches. Problems are larger than L2 (50 MB on the H100), so repeated
 //! runs do not measure the cache. Prints a table and writes JSON (`--json FILE`).
 //!
-//!     cargo run -p backend-hip --release --bin bench -- [--json bench.json] [--quick]
+//!     cargo run -p backend-hip --release --bin bench -- [--json bench.json] [--quick] [--only-strategies]
+//!
+//! The second part times the composite step (RoPE + append + attention) of each fusion
+//! strategy: hip-separate, hip-fused, hip-hybrid, hip-flash.
 use std::fmt::Write as _;
 
 use backend_api::*;
@@ -31,6 +34,18 @@ fn median_ms(be: &HipBackend, mut f: impl FnMut() -> Result<()>) -> Result<f64> 
     Ok(v[v.len() / 2])
 }
 
+/// Fewer repetitions, for the slow strategies (median of 3 batches of 2 after 1 warm-up).
+fn median_ms_few(be: &HipBackend, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    be.gpu().synchronize()?;
+    let mut v = Vec::new();
+    for _ in 0..3 {
+        v.push(be.gpu().time(2, &mut f)?);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v[1])
+}
+
 fn randn(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
@@ -55,8 +70,10 @@ fn main() {
         }
     };
     let h = Backend::new(std::sync::Arc::new(HipBackend::open("hip-flash", Variant::Flash).unwrap()));
+    let only_strategies = args.iter().any(|a| a == "--only-strategies");
     let mut rows = Vec::new();
-    if let Err(e) = run(&be, &h, quick, &mut rows) {
+    let r = if only_strategies { Ok(()) } else { run(&be, &h, quick, &mut rows) }.and_then(|_| strategies(&be, &mut rows));
+    if let Err(e) = r {
         eprintln!("bench: {e}");
         std::process::exit(1);
     }
@@ -174,6 +191,92 @@ fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result
         let ms = median_ms(be, || h.attention_plain(&q, &k, &k, &pb, AttentionParams::causal(dd), &mut out))?;
         let flops = 4.0 * (hq * dd) as f64 * (s * (s + 1) / 2) as f64;
         rows.push(Row { name: format!("prefill causal B=1 H={hq}/{hk} S={s} D={dd}"), dtype: dt, ms, bytes: (2 * s * hq * dd + 2 * s * hk * dd) as f64 * es, flops });
+    }
+    Ok(())
+}
+
+const STRATEGIES: [(&str, Variant); 4] =
+    [("hip-separate", Variant::Separate), ("hip-fused", Variant::Fused), ("hip-hybrid", Variant::Hybrid), ("hip-flash", Variant::Flash)];
+
+/// The composite step of each strategy: the study's shapes (f32, one head, 64 new tokens into an
+/// empty cache, so 64 queries x 64 keys, not causal) and realistic ones (prefill B=1 S=4096, decode
+/// B=16 and B=1 over L=8192, GQA 32/8, D=128, f32 and bf16).
+fn strategies(timer: &HipBackend, rows: &mut Vec<Row>) -> Result<()> {
+    let handles: Vec<(&str, Backend)> = STRATEGIES
+        .iter()
+        .map(|&(n, v)| (n, Backend::new(std::sync::Arc::new(HipBackend::open(n, v).expect("GPU opened above")))))
+        .collect();
+    // The study: one head, 64 x 64, head_dim / rotary_dim 128/64, 512/128, 2048/128.
+    for &(d, rot) in &[(128usize, 64usize), (512, 128), (2048, 128)] {
+        let n = 64usize;
+        let rope = RopeConfig { rotary_dim: rot, ..RopeConfig::new(d, 10000.0, 4096) };
+        let positions: Vec<u32> = (0..n as u32).collect();
+        for (name, h) in &handles {
+            let dt = DType::F32;
+            let mut q = h.upload(&randn(n * d, 20), &[n, 1, d], dt)?;
+            let mut k = h.upload(&randn(n * d, 21), &[n, 1, d], dt)?;
+            let v = h.upload(&randn(n * d, 22), &[n, 1, d], dt)?;
+            let mut out = h.alloc(&[n, 1, d], dt)?;
+            let mut cache = h.create_kv_cache(&KvCacheSpec { num_seqs: 1, num_kv_heads: 1, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: n } })?;
+            let batch = Batch::uniform(1, n)?;
+            let params = AttentionParams { causal: false, scale: 1.0 / (d as f32).sqrt() };
+            let ms = median_ms(timer, || {
+                cache.reset(0)?;
+                h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params, out: &mut out })
+            })?;
+            let flops = 4.0 * (n * n * d) as f64;
+            rows.push(Row { name: format!("step {name} study 64x64 H=1 D={d} rot={rot}"), dtype: dt, ms, bytes: (5 * n * d) as f64 * 4.0, flops });
+        }
+    }
+    // Realistic shapes.
+    let (hq, hk, d) = (32usize, 8usize, 128usize);
+    let rope = RopeConfig { theta: 500000.0, ..RopeConfig::new(d, 10000.0, 131072) };
+    for dt in [DType::F32, DType::BF16] {
+        let es = dt.size() as f64;
+        for (name, h) in &handles {
+            // Prefill: B=1, S=4096, causal, from an empty cache.
+            let s = 4096usize;
+            let positions: Vec<u32> = (0..s as u32).collect();
+            let mut q = h.upload(&randn(s * hq * d, 30), &[s, hq, d], dt)?;
+            let mut k = h.upload(&randn(s * hk * d, 31), &[s, hk, d], dt)?;
+            let v = h.upload(&randn(s * hk * d, 32), &[s, hk, d], dt)?;
+            let mut out = h.alloc(&[s, hq, d], dt)?;
+            let mut cache = h.create_kv_cache(&KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: s } })?;
+            let batch = Batch::uniform(1, s)?;
+            let ms = median_ms_few(timer, || {
+                cache.reset(0)?;
+                h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params: AttentionParams::causal(d), out: &mut out })
+            })?;
+            let flops = 4.0 * (hq * d) as f64 * (s * (s + 1) / 2) as f64;
+            rows.push(Row { name: format!("step {name} prefill B=1 S={s} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes: (2 * s * hq * d + 4 * s * hk * d) as f64 * es, flops });
+            drop((q, k, v, out, cache));
+            // Decode: B sequences of L - 1 cached tokens (hip-fused's slots hold their positions,
+            // as its own step would leave them), one new token each per step.
+            for &b in &[16usize, 1] {
+                let l = 8192usize;
+                let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: l + 64 } };
+                let mut cache = h.create_kv_cache(&spec)?;
+                let kv = h.upload(&randn(b * (l - 1) * hk * d, 33), &[b * (l - 1), hk, d], dt)?;
+                h.kv_append(&mut cache, &kv, &kv, &Batch::uniform(b, l - 1)?)?;
+                drop(kv);
+                if let Some(pos) = backend_hip::storage::pools_mut(&mut cache, name, h.device())?.pos.as_mut() {
+                    let p: Vec<i32> = (0..b).flat_map(|_| (0..(l + 64) as i32).map(|t| t.min(l as i32 - 2).max(0))).collect();
+                    let p: Vec<i32> = p.iter().enumerate().map(|(i, &x)| if i % (l + 64) < l - 1 { x } else { i32::MIN }).collect();
+                    timer.gpu().write(pos, 0, &backend_hip::storage::i32_bytes(&p))?;
+                }
+                let batch = Batch::uniform(b, 1)?;
+                let mut q = h.upload(&randn(b * hq * d, 34), &[b, hq, d], dt)?;
+                let mut k = h.upload(&randn(b * hk * d, 35), &[b, hk, d], dt)?;
+                let v = h.upload(&randn(b * hk * d, 36), &[b, hk, d], dt)?;
+                let mut out = h.alloc(&[b, hq, d], dt)?;
+                let positions: Vec<u32> = vec![l as u32 - 1; b];
+                let ms = median_ms_few(timer, || {
+                    h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params: AttentionParams::causal(d), out: &mut out })
+                })?;
+                let bytes = (2 * b * l * hk * d + 2 * b * hq * d) as f64 * es;
+                rows.push(Row { name: format!("step {name} decode B={b} L={l} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes, flops: 4.0 * (b * l * hq * d) as f64 });
+            }
+        }
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Attention: kernel choice (the capability query's answer and the dispatch are this one
 //! function, [`plan`]), metadata, launches. Prefill/chunked prefill use the FlashAttention-2
 //! tiled kernel; decode (q_len <= 4) uses flash-decoding with split-K over the cache and a merge.
+//! Both exist with RoPE inside (`_rope` kernels: hip-hybrid rotates Q as it is loaded, hip-fused
+//! also every cached key). hip-separate uses three kernels over a score buffer instead.
 
 use backend_api::{DType, ProblemDesc, Result};
 
@@ -31,6 +33,36 @@ pub struct AttnParams {
     pub rows_per_block: i32,
     pub scale_log2: f32,
     pub pad: i32,
+    pub q_pos: u64,
+    pub k_pos: u64,
+    pub inv_freq: u64,
+    pub rotary_dim: i32,
+    pub rope_inter: i32,
+    pub rope_factor: f32,
+    pub pad2: i32,
+}
+
+/// Mirrors `SepParams` in kernels/separate.hip.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SepParams {
+    pub a: AttnParams,
+    pub row_entry: u64,
+    pub s_off: u64,
+}
+
+/// RoPE applied inside attention (the `_rope` kernels).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttnRope {
+    /// int32 [Tq] position of each query token, or 0: queries as given.
+    pub q_pos: u64,
+    /// int32 [pool slots] position of each cached key, or 0: keys as given.
+    pub k_pos: u64,
+    /// f64 [rotary_dim / 2] inverse frequencies.
+    pub inv_freq: u64,
+    pub rotary_dim: i32,
+    pub interleaved: bool,
+    pub factor: f32,
 }
 
 /// Mirrors `MergeParams` in kernels/attention.hip.
@@ -47,6 +79,8 @@ pub struct MergeParams {
 
 /// Longest q_len the decode kernel takes.
 pub const DECODE_MAX_Q: usize = 4;
+/// Keys one decode block handles at most (`DC_MAXK` in kernels/attention.hip).
+pub const DECODE_MAX_KEYS: usize = 1024;
 /// Query rows of the prefill tile.
 pub const PREFILL_BR: usize = 64;
 
@@ -57,17 +91,39 @@ pub enum AttnKernel {
     Prefill { dmax: usize },
     /// Split-K decode, up to `rows` (query, head) rows per block.
     Decode { dmax: usize, rows: usize },
+    /// hip-separate: scores, softmax, P.V as three kernels over a score buffer.
+    Separate,
+    /// Head dims past 256 (up to [`WIDE_MAX_D`]): one block per (query row, head).
+    Wide,
 }
 
-/// The kernel for `problem`, or every reason it cannot run.
+/// Largest head_dim of the wide kernel (`WIDE_DMAX` in kernels/include/af_attention.h).
+pub const WIDE_MAX_D: usize = 4096;
+
+/// Largest head_dim of the separate kernels (`SEP_DMAX` in kernels/separate.hip).
+pub const SEPARATE_MAX_D: usize = 4096;
+
+/// The separate kernels for `problem`, or why not.
+pub fn plan_separate(problem: &ProblemDesc) -> std::result::Result<AttnKernel, Vec<String>> {
+    let d = problem.head_dim;
+    if d > SEPARATE_MAX_D {
+        return Err(vec![format!("head_dim {d} > {SEPARATE_MAX_D}: the separate score kernel stages a query row in shared memory")]);
+    }
+    Ok(AttnKernel::Separate)
+}
+
+/// The flash kernel for `problem`, or every reason it cannot run.
 pub fn plan(problem: &ProblemDesc) -> std::result::Result<AttnKernel, Vec<String>> {
     let d = problem.head_dim;
     let mut why: Vec<String> = super::head_dim_reason(d).into_iter().collect();
-    if d > 256 {
-        why.push(format!("head_dim {d} > 256: hip-flash attention keeps up to 256 dims of a row in registers"));
+    if d > WIDE_MAX_D {
+        why.push(format!("head_dim {d} > {WIDE_MAX_D}: the wide-head kernel stages a query row in shared memory"));
     }
     if !why.is_empty() {
         return Err(why);
+    }
+    if d > 256 {
+        return Ok(AttnKernel::Wide);
     }
     let dmax = if d <= 64 { 64 } else if d <= 128 { 128 } else { 256 };
     if problem.max_q_len <= DECODE_MAX_Q {
@@ -105,7 +161,8 @@ pub struct Shape<'a> {
 /// Launches attention (and the split-K merge when used). Returns the scratch buffers, which
 /// must live until the work is done (the stream is ordered; dropping them frees after queued
 /// work with the stream-ordered allocator).
-pub fn launch(gpu: &Gpu, kernel: AttnKernel, s: &Shape<'_>, kv: KvSource<'_>, q: u64, k: u64, v: u64, out: u64) -> Result<Vec<DeviceBuffer>> {
+#[allow(clippy::too_many_arguments)]
+pub fn launch(gpu: &Gpu, kernel: AttnKernel, s: &Shape<'_>, kv: KvSource<'_>, q: u64, k: u64, v: u64, out: u64, rope: Option<&AttnRope>) -> Result<Vec<DeviceBuffer>> {
     let b = s.q_lens.len();
     let mut meta: Vec<i32> = Vec::new();
     // q_off
@@ -137,6 +194,11 @@ pub fn launch(gpu: &Gpu, kernel: AttnKernel, s: &Shape<'_>, kv: KvSource<'_>, q:
     }
     let tiles_at = meta.len();
     let mut num_tiles = 0usize;
+    if kernel == AttnKernel::Wide {
+        for (i, &n) in s.q_lens.iter().enumerate() {
+            meta.extend(std::iter::repeat(i as i32).take(n));
+        }
+    }
     if let AttnKernel::Prefill { .. } = kernel {
         for (i, &n) in s.q_lens.iter().enumerate() {
             for q0 in (0..n).step_by(PREFILL_BR) {
@@ -168,13 +230,54 @@ pub fn launch(gpu: &Gpu, kernel: AttnKernel, s: &Shape<'_>, kv: KvSource<'_>, q:
         splits: 1,
         rows_per_block: 0,
         scale_log2: s.scale * std::f32::consts::LOG2_E,
-        pad: 0,
+        ..Default::default()
+    };
+    let kind = match rope {
+        Some(r) => {
+            p.q_pos = r.q_pos;
+            p.k_pos = r.k_pos;
+            p.inv_freq = r.inv_freq;
+            p.rotary_dim = r.rotary_dim;
+            p.rope_inter = r.interleaved as i32;
+            p.rope_factor = r.factor;
+            "_rope"
+        }
+        None => "",
     };
     let mut keep = vec![meta_buf];
     let dt = s.dtype.name();
     match kernel {
         AttnKernel::Prefill { dmax } => {
-            gpu.launch(&format!("attn_prefill_d{dmax}_{dt}"), (num_tiles as u32, s.heads as u32, 1), 256, p)?;
+            gpu.launch(&format!("attn_prefill{kind}_d{dmax}_{dt}"), (num_tiles as u32, s.heads as u32, 1), 256, p)?;
+        }
+        AttnKernel::Wide => {
+            let rows: usize = s.q_lens.iter().sum();
+            gpu.launch(&format!("attn_wide{kind}_{dt}"), (rows as u32, s.heads as u32, 1), 256, p)?;
+        }
+        AttnKernel::Separate => {
+            // Scores of entry b: [q_len, H, kv_len] f32 from s_off[b].
+            let mut row_entry: Vec<i32> = Vec::with_capacity(s.q_lens.iter().sum());
+            let mut s_off: Vec<u8> = Vec::with_capacity(8 * b);
+            let mut total = 0u64;
+            for (i, (&ql, &kl)) in s.q_lens.iter().zip(s.kv_lens).enumerate() {
+                row_entry.extend(std::iter::repeat(i as i32).take(ql));
+                s_off.extend_from_slice(&total.to_le_bytes());
+                total += (ql * s.heads * kl) as u64;
+            }
+            let mut bytes = i32_bytes(&row_entry);
+            let s_off_at = bytes.len().next_multiple_of(8);
+            bytes.resize(s_off_at, 0);
+            bytes.extend_from_slice(&s_off);
+            let sep_meta = gpu.upload(&bytes)?;
+            let scores = gpu.alloc(total as usize * 4)?;
+            p.part = scores.addr();
+            let sp = SepParams { a: p, row_entry: sep_meta.addr(), s_off: sep_meta.addr() + s_off_at as u64 };
+            let grid = (row_entry.len() as u32, s.heads as u32, 1);
+            gpu.launch(&format!("attn_scores_{dt}"), grid, 128, sp)?;
+            gpu.launch("attn_softmax_f32", grid, 256, sp)?;
+            gpu.launch(&format!("attn_pv_{dt}"), grid, 128, sp)?;
+            keep.push(sep_meta);
+            keep.push(scores);
         }
         AttnKernel::Decode { dmax, rows } => {
             let group = s.heads / s.kv_heads;
@@ -182,9 +285,11 @@ pub fn launch(gpu: &Gpu, kernel: AttnKernel, s: &Shape<'_>, kv: KvSource<'_>, q:
             let row_chunks = (group * max_q).div_ceil(rows);
             let max_kv = s.kv_lens.iter().copied().max().unwrap_or(1);
             let blocks = b * s.kv_heads * row_chunks;
-            // Enough splits to put ~4 blocks on every SM, but at least 128 keys per split.
+            // Enough splits to put ~4 blocks on every SM with at least 128 keys per split, and
+            // never more than DECODE_MAX_KEYS keys per split (the kernel keeps a split's logits
+            // in shared memory).
             let want = (4 * gpu.sm_count as usize).div_ceil(blocks.max(1));
-            let splits = want.clamp(1, max_kv.div_ceil(128).clamp(1, 64));
+            let splits = want.clamp(1, max_kv.div_ceil(128).max(1)).max(max_kv.div_ceil(DECODE_MAX_KEYS));
             p.splits = splits as i32;
             p.rows_per_block = rows as i32;
             let total_rows: usize = s.q_lens.iter().sum::<usize>() * s.heads;
@@ -194,7 +299,9 @@ pub fn launch(gpu: &Gpu, kernel: AttnKernel, s: &Shape<'_>, kv: KvSource<'_>, q:
                 keep.push(part);
             }
             let grid = ((b * s.kv_heads * splits) as u32, row_chunks as u32, 1);
-            gpu.launch(&format!("attn_decode_d{dmax}_r{rows}_{dt}"), grid, 128, p)?;
+            // Queries-only RoPE has its own decode kernels (fewer registers than the key path).
+            let kind = if rope.is_some_and(|r| r.k_pos == 0) { "_qrope" } else { kind };
+            gpu.launch(&format!("attn_decode{kind}_d{dmax}_r{rows}_{dt}"), grid, 128, p)?;
             if splits > 1 {
                 let m = MergeParams { part: p.part, out, rows: total_rows as i32, splits: splits as i32, head_dim: s.head_dim as i32, pad: 0 };
                 gpu.launch(&format!("attn_merge_{dt}"), (total_rows as u32, 1, 1), 128, m)?;

@@ -18,6 +18,10 @@ pub struct AppendParams {
     pub k_heads: i32,
     pub head_dim: i32,
     pub pad: i32,
+    /// hip-fused: int32 per pool slot, or 0.
+    pub k_pos: u64,
+    /// int32 [T] positions of unrotated keys, or 0 (keys arrive rotated).
+    pub positions: u64,
 }
 
 /// Mirrors `FillParams` in kernels/kv_append.hip.

@@ -26,6 +26,11 @@ pub struct RopeParams {
     pub interleaved: i32,
     pub vp: i32,
     pub attention_factor: f32,
+    /// Shift on a hip-fused cache: int32 per pool slot, or 0.
+    pub k_pos: u64,
+    /// Shift: K rows are cache slots `slots[t]`, rotated in place by `positions[t]`.
+    pub gather: i32,
+    pub pad: i32,
 }
 
 /// Why `problem` cannot be rotated here (empty: it can).

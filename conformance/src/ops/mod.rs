@@ -5,6 +5,7 @@ pub mod attention;
 pub mod kv_append;
 pub mod plain;
 pub mod rope;
+pub mod shift;
 pub mod step;
 
 use backend_api::{Backend, Error, Op};
@@ -26,8 +27,20 @@ pub enum Outcome {
 
 /// Runs `op`'s check of `case` on `be` against the reference `rf`.
 pub fn check(op: Op, be: &Backend, rf: &Backend, case: &Case) -> Outcome {
-    if let Err(Error::Unsupported { reasons, .. }) = be.supports(op, &case.desc(op)) {
-        return Outcome::Unsupported(reasons);
+    // The shift check runs the composite step around the shift, with a position-independent
+    // RoPE table (a shift refuses length-dependent scalings).
+    let shifted;
+    let case = if op == Op::Shift {
+        shifted = shift::static_rope(case);
+        &shifted
+    } else {
+        case
+    };
+    let needs: &[Op] = if op == Op::Shift { &[Op::Shift, Op::Step] } else { std::slice::from_ref(&op) };
+    for &o in needs {
+        if let Err(Error::Unsupported { reasons, .. }) = be.supports(o, &case.desc(o)) {
+            return Outcome::Unsupported(reasons);
+        }
     }
     let run = || match op {
         Op::Rope => rope::check(be, rf, case),
@@ -35,6 +48,7 @@ pub fn check(op: Op, be: &Backend, rf: &Backend, case: &Case) -> Outcome {
         Op::Attention => attention::check(be, rf, case),
         Op::AttentionPlain => plain::check(be, rf, case),
         Op::Step => step::check(be, rf, case),
+        Op::Shift => shift::check(be, rf, case),
     };
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
         Ok(Ok(())) => Outcome::Pass,

@@ -52,7 +52,7 @@ pub fn check(be: &Backend, rf: &Backend, case: &Case) -> Result<(), String> {
 }
 
 /// Rows of sequence `s` (prefix then new) of the f64 rotated K.
-fn gather(case: &Case, prefix: &[f64], new: &[f64], s: usize) -> Vec<f64> {
+pub(crate) fn gather(case: &Case, prefix: &[f64], new: &[f64], s: usize) -> Vec<f64> {
     let row = case.kv_heads * case.head_dim();
     let p0: usize = case.seqs[..s].iter().map(|x| x.cached).sum();
     let n0: usize = case.seqs[..s].iter().map(|x| x.q_len).sum();

@@ -1,8 +1,5 @@
-//! The one module of attnforge with `unsafe` and FFI: device context, stream, buffers, module
-//! loading, typed kernel launches and timing events. NVIDIA through `cudarc` (the CUDA driver
-//! API, loaded dynamically, so nothing CUDA is needed to build). Everything above this module is
-//! safe Rust; every driver status becomes `Error::Device` with the call that failed.
-#![allow(unsafe_code)]
+//! NVIDIA: the CUDA driver API through `cudarc`, loaded dynamically (nothing CUDA is needed to
+//! build). Every driver status becomes `Error::Device` naming the call that failed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,18 +12,12 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
+use super::KernelArgs;
 use crate::kernels;
 
 fn dev(call: &str) -> impl Fn(DriverError) -> Error + '_ {
     move |e| Error::Device { code: e.0 as i64, message: format!("{call}: {e}") }
 }
-
-/// Marks a `#[repr(C)]` parameter struct as passable by value to a kernel.
-///
-/// # Safety
-/// The type must be `#[repr(C)]`, `Copy`, contain only integers, floats and device addresses,
-/// and match the layout of the kernel's parameter struct field for field.
-pub unsafe trait KernelArgs: Copy {}
 
 #[derive(Clone, Copy)]
 #[repr(transparent)]
@@ -48,7 +39,7 @@ struct StagingSlot {
 }
 
 /// An opened GPU: context, one stream, the embedded kernel modules.
-pub struct Gpu {
+pub(super) struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     staging: Vec<Mutex<StagingSlot>>,
@@ -71,7 +62,7 @@ impl std::fmt::Debug for Gpu {
 
 /// Device memory, freed when dropped.
 #[derive(Debug)]
-pub struct DeviceBuffer {
+pub(super) struct DeviceBuffer {
     slice: CudaSlice<u8>,
     addr: u64,
 }
@@ -85,10 +76,6 @@ impl DeviceBuffer {
     pub fn len(&self) -> usize {
         self.slice.len()
     }
-    /// True for a zero-byte buffer.
-    pub fn is_empty(&self) -> bool {
-        self.slice.len() == 0
-    }
 }
 
 impl Gpu {
@@ -99,7 +86,7 @@ impl Gpu {
         };
         // SAFETY: only tries to dlopen libcuda; no symbol is used.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err("no NVIDIA driver on this machine (libcuda.so not found); the AMD (ROCm) runtime is not implemented yet".into());
+            return Err("no NVIDIA driver on this machine (libcuda.so not found)".into());
         }
         let count = CudaContext::device_count().map_err(|e| format!("CUDA driver: {e}"))?;
         if count <= ordinal as i32 {
@@ -245,12 +232,3 @@ impl Gpu {
         Ok(start.elapsed_ms(&end).map_err(dev("cuEventElapsedTime"))? as f64 / reps as f64)
     }
 }
-
-/// Declares parameter structs as kernel arguments (see [`KernelArgs`] for the contract).
-macro_rules! kernel_args {
-    ($($t:ty),*) => {$(
-        // SAFETY: #[repr(C)] plain data mirroring the kernel's parameter struct (see its file).
-        unsafe impl KernelArgs for $t {}
-    )*};
-}
-kernel_args!(crate::ops::rope::RopeParams, crate::ops::kv_append::AppendParams, crate::ops::kv_append::FillParams, crate::ops::attention::AttnParams, crate::ops::attention::MergeParams);

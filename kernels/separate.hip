@@ -1,0 +1,109 @@
+// hip-separate's attention: the unfused baseline an engine starts from. Three kernels over an
+// f32 score buffer in global memory, as a textbook implementation does:
+//   attn_scores_{dtype}: S = scale * Q K^T (causal entries -inf), one block per (query, head),
+//                        16-lane groups per key;
+//   attn_softmax_f32:    P = softmax(S) row by row, in place;
+//   attn_pv_{dtype}:     O = P V, threads over head dims.
+// Any even head_dim up to SEP_DMAX (the query row is staged in shared memory). K/V addressing is
+// the flash kernels' (`kv_row`), so caches (contiguous, paged) and plain tensors both work.
+#include "include/af_attention.h"
+
+#define SEP_DMAX 4096
+#define SEP_THREADS 128
+
+// Mirrors backend-hip/src/ops/separate.rs `SepParams`.
+struct SepParams {
+    AttnParams a;          // q, k, v, out, q_off, kv_len, kv_base, block_table, heads, ...; part = scores
+    af_ptr row_entry;      // int32 [Tq]: batch entry of each query row
+    af_ptr s_off;          // int64 [B]: first score of each entry in `a.part` ([q_len, H, kv_len] each)
+};
+
+struct SepRow {
+    int b, qi, q_len, kv_len, visible;
+    long long s0;  // first score of this (query, head) row
+};
+AF_DEVICE SepRow sep_row(const SepParams& p, int t, int h) {
+    const AttnParams& a = p.a;
+    SepRow r;
+    r.b = reinterpret_cast<const int*>(p.row_entry)[t];
+    const int qbeg = reinterpret_cast<const int*>(a.q_off)[r.b];
+    r.qi = t - qbeg;
+    r.q_len = reinterpret_cast<const int*>(a.q_off)[r.b + 1] - qbeg;
+    r.kv_len = reinterpret_cast<const int*>(a.kv_len)[r.b];
+    r.visible = a.causal ? r.kv_len - r.q_len + r.qi + 1 : r.kv_len;
+    r.s0 = reinterpret_cast<const long long*>(p.s_off)[r.b] + ((long long)r.qi * a.heads + h) * r.kv_len;
+    return r;
+}
+
+template <typename T> AF_DEVICE void attn_scores_impl(const SepParams& p) {
+    const AttnParams& a = p.a;
+    __shared__ float sq[SEP_DMAX];
+    const int t = blockIdx.x, h = blockIdx.y, D = a.head_dim;
+    const int kh = h / (a.heads / a.kv_heads);
+    const SepRow r = sep_row(p, t, h);
+    const T* Q = reinterpret_cast<const T*>(a.q) + ((long)t * a.heads + h) * D;
+    for (int d = threadIdx.x; d < D; d += SEP_THREADS) sq[d] = af_to_float(Q[d]) * a.scale_log2;
+    __syncthreads();
+    const T* K = reinterpret_cast<const T*>(a.k);
+    float* S = reinterpret_cast<float*>(a.part) + r.s0;
+    const int lane = threadIdx.x % 16, grp = threadIdx.x / 16;
+    // Every lane of a group runs the same iterations (the shuffles need all 16).
+    for (int j0 = 0; j0 < r.kv_len; j0 += SEP_THREADS / 16) {
+        const int j = j0 + grp;
+        float acc = 0.f;
+        if (j < r.kv_len) {
+            const T* krow = K + (kv_row(a, r.b, j) * a.kv_heads + kh) * (long)D;
+            for (int d = lane; d < D; d += 16) acc += sq[d] * af_to_float(krow[d]);
+        }
+#pragma unroll
+        for (int o = 8; o > 0; o >>= 1) acc += af_shfl_xor(acc, o);
+        if (lane == 0 && j < r.kv_len) S[j] = j < r.visible ? acc : -INFINITY;
+    }
+}
+AF_STAMP(attn_scores, SepParams, SEP_THREADS)
+
+extern "C" __global__ void __launch_bounds__(256) attn_softmax_f32(SepParams p) {
+    __shared__ float red[256];
+    const SepRow r = sep_row(p, blockIdx.x, blockIdx.y);
+    float* S = reinterpret_cast<float*>(p.a.part) + r.s0;
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < r.kv_len; j += 256) m = fmaxf(m, S[j]);
+    red[threadIdx.x] = m;
+    __syncthreads();
+    for (int o = 128; o > 0; o >>= 1) {
+        if (threadIdx.x < o) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + o]);
+        __syncthreads();
+    }
+    m = red[0];
+    __syncthreads();
+    float sum = 0.f;
+    for (int j = threadIdx.x; j < r.kv_len; j += 256) {
+        const float e = exp2f(S[j] - m);  // scores are in base 2 (scale * log2(e) applied)
+        S[j] = e;
+        sum += e;
+    }
+    red[threadIdx.x] = sum;
+    __syncthreads();
+    for (int o = 128; o > 0; o >>= 1) {
+        if (threadIdx.x < o) red[threadIdx.x] += red[threadIdx.x + o];
+        __syncthreads();
+    }
+    const float inv = 1.f / red[0];
+    for (int j = threadIdx.x; j < r.kv_len; j += 256) S[j] *= inv;
+}
+
+template <typename T> AF_DEVICE void attn_pv_impl(const SepParams& p) {
+    const AttnParams& a = p.a;
+    const int t = blockIdx.x, h = blockIdx.y, D = a.head_dim;
+    const int kh = h / (a.heads / a.kv_heads);
+    const SepRow r = sep_row(p, t, h);
+    const float* P = reinterpret_cast<const float*>(a.part) + r.s0;
+    const T* V = reinterpret_cast<const T*>(a.v);
+    T* O = reinterpret_cast<T*>(a.out) + ((long)t * a.heads + h) * D;
+    for (int d = threadIdx.x; d < D; d += SEP_THREADS) {
+        float acc = 0.f;
+        for (int j = 0; j < r.visible; ++j) acc += P[j] * af_to_float(V[(kv_row(a, r.b, j) * a.kv_heads + kh) * (long)D + d]);
+        O[d] = af_from_float<T>(acc);
+    }
+}
+AF_STAMP(attn_pv, SepParams, SEP_THREADS)
