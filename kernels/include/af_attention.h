@@ -54,6 +54,33 @@ AF_DEVICE float rope_elem(const AttnParams& p, const T* row, int d, float x, int
     return x * c + sign * af_to_float(row[partner]) * s;
 }
 
+// Rotates `rows` rows cooperatively: one cos/sin per (row, pair), both elements of the pair
+// emitted by the thread that computed it (rope_elem computes each angle twice, and once more per
+// thread that holds a copy of the row). Work item i < rows * D / 2 is pair i % (D / 2) of row
+// i / (D / 2); items past rotary_dim / 2 copy two pass-through dims. `src(r)` is row r,
+// `pos(r)` its position, `emit(r, d, x)` takes rotated element d. Same arithmetic as rope_elem.
+template <typename T, typename Src, typename Pos, typename Emit>
+AF_DEVICE void rope_rows(const AttnParams& p, int rows, int D, int tid, int nthreads, Src src, Pos pos, Emit emit) {
+    const int half_d = D >> 1, half_r = p.rotary_dim >> 1;
+    for (int i = tid; i < rows * half_d; i += nthreads) {
+        const int r = i / half_d, k = i % half_d;
+        const T* row = src(r);
+        const bool rot = k < half_r;
+        const int d0 = rot ? (p.rope_inter ? 2 * k : k) : p.rotary_dim + 2 * (k - half_r);
+        const int d1 = rot ? (p.rope_inter ? 2 * k + 1 : k + half_r) : d0 + 1;
+        const float x0 = af_to_float(row[d0]), x1 = af_to_float(row[d1]);
+        if (rot) {
+            float c, s;
+            af_rope_cs((double)pos(r), reinterpret_cast<const double*>(p.inv_freq)[k], p.rope_factor, &c, &s);
+            emit(r, d0, x0 * c + (-1.f) * x1 * s);
+            emit(r, d1, x1 * c + 1.f * x0 * s);
+        } else {
+            emit(r, d0, x0);
+            emit(r, d1, x1);
+        }
+    }
+}
+
 AF_DEVICE long kv_row(const AttnParams& p, int b, int t) {
     if (p.page_size == 0) return (long)reinterpret_cast<const int*>(p.kv_base)[b] + t;
     const int* bt = reinterpret_cast<const int*>(p.block_table);
@@ -97,12 +124,11 @@ AF_DEVICE void prefill_body(const AttnParams& p) {
         // from there. One rotation per query and head, however many key tiles follow.
         T* O = reinterpret_cast<T*>(p.out);
         const int rows = min(PF_BR, q_len - q0);
-        for (int idx = tid; idx < rows * D; idx += 256) {
-            const int r = idx / D, d = idx % D;
-            const long row = ((long)(qbeg + q0 + r) * p.heads + h) * D;
-            const int pos = reinterpret_cast<const int*>(p.q_pos)[qbeg + q0 + r];
-            O[row + d] = af_from_float<T>(rope_elem(p, Q + row, d, af_to_float(Q[row + d]), pos));
-        }
+        const int* qp = reinterpret_cast<const int*>(p.q_pos) + qbeg + q0;
+        auto rowoff = [&](int r) { return ((long)(qbeg + q0 + r) * p.heads + h) * D; };
+        rope_rows<T>(
+            p, rows, D, tid, 256, [&](int r) { return Q + rowoff(r); }, [&](int r) { return qp[r]; },
+            [&](int r, int d, float x) { O[rowoff(r) + d] = af_from_float<T>(x); });
         __syncthreads();
         Q = O;
     }
@@ -291,19 +317,34 @@ AF_DEVICE void decode_body(const AttnParams& p) {
         const T* src = Q + ((long)(qbeg + qi) * p.heads + h) * D + lane * epd;
 #pragma unroll
         for (int e = 0; e < EP; ++e) q[r][e] = 0.f;
-        if (epd == EP) {
+        if (ROPE >= 1 && p.q_pos) {
+            // rotated below, through shared memory
+        } else if (epd == EP) {
             af_load<EP>(src, q[r]);
         } else {
 #pragma unroll
             for (int e = 0; e < EP; ++e)
                 if (e < epd) q[r][e] = af_to_float(src[e]);
         }
-        if (ROPE >= 1 && p.q_pos) {
-            const int pos = reinterpret_cast<const int*>(p.q_pos)[qbeg + qi];
+    }
+    if (ROPE >= 1 && p.q_pos) {
+        // Every group holds a copy of the block's query rows: rotate each row once into shared
+        // memory (one cos/sin per pair), then each thread takes its dims from there.
+        __shared__ float sQr[RMAX * DMAX];
+        auto qrow = [&](int r) {
+            const int rr = r0 + r, qi = rr / G, h = kh * G + rr % G;
+            return Q + ((long)(qbeg + qi) * p.heads + h) * D;
+        };
+        rope_rows<T>(
+            p, rows, D, tid, DC_THREADS, qrow,
+            [&](int r) { return reinterpret_cast<const int*>(p.q_pos)[qbeg + (r0 + r) / G]; },
+            [&](int r, int d, float x) { sQr[r * DMAX + d] = x; });
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < RMAX; ++r)
 #pragma unroll
             for (int e = 0; e < EP; ++e)
-                if (e < epd) q[r][e] = rope_elem(p, src - lane * epd, lane * epd + e, q[r][e], pos);
-        }
+                if (e < epd) q[r][e] = sQr[(r < rows ? r : 0) * DMAX + lane * epd + e];
     }
     int kv_end = 0;
 #pragma unroll
@@ -465,6 +506,7 @@ AF_DEVICE void decode_body(const AttnParams& p) {
 #define WIDE_THREADS 256
 #define WIDE_DMAX 4096
 #define WIDE_EP (WIDE_DMAX / WIDE_THREADS)
+#define WIDE_VU 4  // V rows in flight per thread
 
 template <typename T, bool ROPE>
 AF_DEVICE void wide_body(const AttnParams& p) {
@@ -520,14 +562,28 @@ AF_DEVICE void wide_body(const AttnParams& p) {
         l *= corr;
 #pragma unroll
         for (int i = 0; i < WIDE_EP; ++i) acc[i] *= corr;
-        for (int g = 0; g < WIDE_THREADS / 16 && j0 + g < visible; ++g) {
-            const float w = exp2f(ss[g] - mnew);
-            l += w;
-            const T* vrow = V + (kv_row(p, b, j0 + g) * p.kv_heads + kh) * D;
+        // acc += w V over the 16 keys, WIDE_VU rows loaded before any is used: one key at a
+        // time, every V row waited out a full L2/DRAM latency (the loop was latency-bound).
+        const int ng = min(WIDE_THREADS / 16, visible - j0);
+        for (int g0 = 0; g0 < ng; g0 += WIDE_VU) {
+            float vv[WIDE_VU][WIDE_EP], w[WIDE_VU];
 #pragma unroll
-            for (int i = 0; i < WIDE_EP; ++i) {
-                const int d = tid + i * WIDE_THREADS;
-                if (d < D) acc[i] += w * af_to_float(vrow[d]);
+            for (int u = 0; u < WIDE_VU; ++u) {
+                const int g = g0 + u;
+                const bool ok = g < ng;
+                w[u] = ok ? exp2f(ss[g] - mnew) : 0.f;
+                const T* vrow = V + (kv_row(p, b, j0 + (ok ? g : 0)) * p.kv_heads + kh) * D;
+#pragma unroll
+                for (int i = 0; i < WIDE_EP; ++i) {
+                    const int d = tid + i * WIDE_THREADS;
+                    vv[u][i] = (ok && d < D) ? af_to_float(vrow[d]) : 0.f;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < WIDE_VU; ++u) {
+                l += w[u];
+#pragma unroll
+                for (int i = 0; i < WIDE_EP; ++i) acc[i] += w[u] * vv[u][i];
             }
         }
         m = mnew;

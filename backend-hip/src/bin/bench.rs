@@ -21,7 +21,25 @@ struct Row {
     flops: f64,
 }
 
+/// `--profile NAME`: run each strategy problem of NAME twice, untimed, for a kernel profiler
+/// (`ncu --metrics gpu__time_duration.sum ... bench --profile hip-hybrid`).
+static PROFILE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+fn profiling() -> bool {
+    PROFILE.get().is_some_and(|p| p.is_some())
+}
+
+fn run_twice(be: &HipBackend, f: &mut impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    f()?;
+    be.gpu().synchronize()?;
+    Ok(f64::NAN)
+}
+
 fn median_ms(be: &HipBackend, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    if profiling() {
+        return run_twice(be, &mut f);
+    }
     for _ in 0..3 {
         f()?;
     }
@@ -36,6 +54,9 @@ fn median_ms(be: &HipBackend, mut f: impl FnMut() -> Result<()>) -> Result<f64> 
 
 /// Fewer repetitions, for the slow strategies (median of 3 batches of 2 after 1 warm-up).
 fn median_ms_few(be: &HipBackend, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    if profiling() {
+        return run_twice(be, &mut f);
+    }
     f()?;
     be.gpu().synchronize()?;
     let mut v = Vec::new();
@@ -70,7 +91,9 @@ fn main() {
         }
     };
     let h = Backend::new(std::sync::Arc::new(HipBackend::open("hip-flash", Variant::Flash).unwrap()));
-    let only_strategies = args.iter().any(|a| a == "--only-strategies");
+    let profile = args.iter().position(|a| a == "--profile").and_then(|i| args.get(i + 1)).cloned();
+    let only_strategies = profile.is_some() || args.iter().any(|a| a == "--only-strategies");
+    PROFILE.set(profile).expect("set once");
     let mut rows = Vec::new();
     let r = if only_strategies { Ok(()) } else { run(&be, &h, quick, &mut rows) }.and_then(|_| strategies(&be, &mut rows));
     if let Err(e) = r {
@@ -204,6 +227,7 @@ const STRATEGIES: [(&str, Variant); 4] =
 fn strategies(timer: &HipBackend, rows: &mut Vec<Row>) -> Result<()> {
     let handles: Vec<(&str, Backend)> = STRATEGIES
         .iter()
+        .filter(|(n, _)| PROFILE.get().and_then(|p| p.as_deref()).is_none_or(|p| p == *n))
         .map(|&(n, v)| (n, Backend::new(std::sync::Arc::new(HipBackend::open(n, v).expect("GPU opened above")))))
         .collect();
     // The study: one head, 64 x 64, head_dim / rotary_dim 128/64, 512/128, 2048/128.
@@ -234,8 +258,8 @@ fn strategies(timer: &HipBackend, rows: &mut Vec<Row>) -> Result<()> {
     for dt in [DType::F32, DType::BF16] {
         let es = dt.size() as f64;
         for (name, h) in &handles {
-            // Prefill: B=1, S=4096, causal, from an empty cache.
-            let s = 4096usize;
+            // Prefill: B=1, S=4096, causal, from an empty cache (not under a profiler: slow there).
+            let s = if profiling() { 256 } else { 4096usize };
             let positions: Vec<u32> = (0..s as u32).collect();
             let mut q = h.upload(&randn(s * hq * d, 30), &[s, hq, d], dt)?;
             let mut k = h.upload(&randn(s * hk * d, 31), &[s, hk, d], dt)?;
