@@ -466,8 +466,10 @@ fn create(name: &'static str, variant: Variant) -> std::result::Result<Arc<dyn A
 }
 
 /// Registry priorities (higher wins automatic selection), from the benchmark in
-/// BENCHMARKS.md: hip-flash and hip-hybrid lead, hip-fused pays for rotating every cached key in
-/// every attention call, hip-separate exists to be measured against.
+/// BENCHMARKS.md: hip-flash and hip-hybrid tie at realistic shapes (within run-to-run spread)
+/// and hip-flash is 10-25 % faster on small problems, so it stays the default; hip-fused pays
+/// for rotating every cached key in every attention call; hip-separate exists to be measured
+/// against.
 pub mod priority {
     /// `hip-flash`.
     pub const FLASH: i32 = 100;
