@@ -83,8 +83,8 @@ for name, dt in DT.items():
     q, k, v = (torch.randn(B, H, S, Dd, device=dev, dtype=dt) for _ in range(3))
     sdpa_rows(f"prefill causal B={B} H={H} S={S} D={Dd}", q, k, v, True, 4.0 * B * H * Dd * S * (S + 1) / 2, 4.0 * B * H * S * Dd * q.element_size(), name)
 
-for name, dt in DT.items():
-    S = 4096
+for (S, name) in [(4096, "f32"), (4096, "f16"), (4096, "bf16"), (16384, "f16"), (16384, "bf16")]:
+    dt = DT[name]
     q = torch.randn(1, HQ, S, D, device=dev, dtype=dt)
     k = torch.randn(1, HK, S, D, device=dev, dtype=dt)
     v = torch.randn(1, HK, S, D, device=dev, dtype=dt)

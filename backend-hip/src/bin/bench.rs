@@ -203,9 +203,14 @@ fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result
         let flops = 4.0 * (b * hh * dd) as f64 * (s * (s + 1) / 2) as f64;
         rows.push(Row { name: format!("prefill causal B={b} H={hh} S={s} D={dd}"), dtype: dt, ms, bytes: 4.0 * n as f64 * es, flops });
     }
-    // Prefill at the tensor-core issue's shape, for reference: B=1, GQA 32/8, S=4096, D=128.
-    for dt in dtypes {
-        let (s, dd) = (4096usize, 128usize);
+    // Prefill at the tensor-core issue's shapes: B=1, GQA 32/8, D=128, S=4096 (every dtype) and
+    // S=16384 (f16/bf16: the f32 kernel would take seconds per batch).
+    let long = [(4096usize, DType::F32), (4096, DType::F16), (4096, DType::BF16), (16384, DType::F16), (16384, DType::BF16)];
+    for (s, dt) in long {
+        if quick && s > 4096 {
+            continue;
+        }
+        let dd = 128usize;
         let es = dt.size() as f64;
         let q = h.upload(&randn(s * hq * dd, 10), &[s, hq, dd], dt)?;
         let k = h.upload(&randn(s * hk * dd, 11), &[s, hk, dd], dt)?;

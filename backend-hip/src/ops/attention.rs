@@ -54,7 +54,7 @@ pub struct SepParams {
 /// RoPE applied inside attention (the `_rope` kernels).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AttnRope {
-    /// int32 [Tq] position of each query token, or 0: queries as given.
+    /// int32 `[Tq]` position of each query token, or 0: queries as given.
     pub q_pos: u64,
     /// int32 [pool slots] position of each cached key, or 0: keys as given.
     pub k_pos: u64,
@@ -136,6 +136,13 @@ pub fn plan(problem: &ProblemDesc) -> std::result::Result<AttnKernel, Vec<String
     } else {
         Ok(AttnKernel::Prefill { dmax })
     }
+}
+
+/// Whether a prefill runs on the matrix-core kernel (kernels/attention_mma.hip): f16/bf16,
+/// head_dim exactly 64 or 128, no RoPE inside attention. f32 stays on the vector units, so f32
+/// results do not change.
+pub fn uses_matrix_cores(dtype: DType, head_dim: usize, dmax: usize, rope: bool) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16) && head_dim == dmax && dmax <= 128 && !rope
 }
 
 /// Where K/V rows of each batch entry are.
@@ -248,7 +255,12 @@ pub fn launch(gpu: &Gpu, kernel: AttnKernel, s: &Shape<'_>, kv: KvSource<'_>, q:
     let dt = s.dtype.name();
     match kernel {
         AttnKernel::Prefill { dmax } => {
-            gpu.launch(&format!("attn_prefill{kind}_d{dmax}_{dt}"), (num_tiles as u32, s.heads as u32, 1), 256, p)?;
+            let grid = (num_tiles as u32, s.heads as u32, 1);
+            if uses_matrix_cores(s.dtype, s.head_dim, dmax, rope.is_some()) {
+                gpu.launch(&format!("attn_prefill_mma_d{dmax}_{dt}"), grid, 128, p)?;
+            } else {
+                gpu.launch(&format!("attn_prefill{kind}_d{dmax}_{dt}"), grid, 256, p)?;
+            }
         }
         AttnKernel::Wide => {
             let rows: usize = s.q_lens.iter().sum();

@@ -20,7 +20,7 @@ pub struct AppendParams {
     pub pad: i32,
     /// hip-fused: int32 per pool slot, or 0.
     pub k_pos: u64,
-    /// int32 [T] positions of unrotated keys, or 0 (keys arrive rotated).
+    /// int32 `[T]` positions of unrotated keys, or 0 (keys arrive rotated).
     pub positions: u64,
 }
 

@@ -1,8 +1,8 @@
 //! The one module of attnforge with `unsafe` and FFI: device context, stream, buffers, module
 //! loading, typed kernel launches and timing events, for both vendors:
-//! - NVIDIA ([`cuda`]): the CUDA driver API through `cudarc`, loaded dynamically, so nothing
+//! - NVIDIA (`cuda.rs`): the CUDA driver API through `cudarc`, loaded dynamically, so nothing
 //!   CUDA is needed to build;
-//! - AMD ([`rocm`], feature `rocm`): the HIP runtime through `hip-sys`, which links
+//! - AMD (`rocm.rs`, feature `rocm`): the HIP runtime through `hip-sys`, which links
 //!   `libamdhip64` (ROCm must be installed to build with the feature).
 //!
 //! Everything above this module is safe Rust and vendor-neutral: it sees one [`Gpu`] and
