@@ -1,7 +1,7 @@
 // Tensor-core prefill for f16/bf16 (hip-flash): FlashAttention-2 with the two products on matrix
 // cores through af_mma16816 (include/af_vendor.h: mma.sync on NVIDIA; emulated on AMD until the
-// MFMA path lands). attn_prefill_mma_d{64,128}_{f16,bf16}; head_dim must equal the template
-// size (other sizes take the vector-unit kernel in attention.hip).
+// MFMA path lands). attn_prefill_mma{,_qrope}_d{64,128}_{f16,bf16}; head_dim must equal the
+// template size (other sizes take the vector-unit kernel in attention.hip).
 //
 // One block of 4 groups of 32 lanes per (64-query tile, head), the tiles of prefill_body
 // (`p.tiles`), so the host side is shared. Group w owns query rows 16w..16w+15 of the tile:
@@ -22,7 +22,7 @@
 template <typename T> struct MmaIsBf16 { static constexpr bool value = false; };
 template <> struct MmaIsBf16<af_bf16> { static constexpr bool value = true; };
 
-template <typename T, int DM>
+template <typename T, int DM, bool QROPE>
 AF_DEVICE void prefill_mma_body(const AttnParams& p) {
     constexpr bool BF16 = MmaIsBf16<T>::value;
     constexpr int KLD = DM + 8;      // sK row stride in 16-bit elements (conflict-free fragments)
@@ -38,6 +38,21 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
     const int q_len = reinterpret_cast<const int*>(p.q_off)[b + 1] - qbeg;
     const int kv_len = reinterpret_cast<const int*>(p.kv_len)[b];
     const unsigned short* Q = reinterpret_cast<const unsigned short*>(p.q);
+    if (QROPE && p.q_pos) {
+        // hip-hybrid: rotate this block's query tile once (one sincos per row and pair) into
+        // its own rows of `out`, which no other block touches and which are written last;
+        // the fragments below are read from there.
+        const T* Qt = reinterpret_cast<const T*>(p.q);
+        T* O = reinterpret_cast<T*>(p.out);
+        const int rows = min(MMA_BR, q_len - q0);
+        const int* qp = reinterpret_cast<const int*>(p.q_pos) + qbeg + q0;
+        auto rowoff = [&](int r) { return ((long)(qbeg + q0 + r) * p.heads + h) * DM; };
+        rope_rows<T>(
+            p, rows, DM, tid, MMA_THREADS, [&](int r) { return Qt + rowoff(r); }, [&](int r) { return qp[r]; },
+            [&](int r, int d, float x) { O[rowoff(r) + d] = af_from_float<T>(x); });
+        __syncthreads();
+        Q = reinterpret_cast<const unsigned short*>(p.out);
+    }
     const unsigned short* K = reinterpret_cast<const unsigned short*>(p.k);
     const unsigned short* V = reinterpret_cast<const unsigned short*>(p.v);
     const long krs = (long)p.kv_heads * DM;
@@ -169,8 +184,10 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
     }
 }
 
-#define STAMP_MMA(DM)                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(MMA_THREADS) attn_prefill_mma_d##DM##_f16(AttnParams p) { prefill_mma_body<af_f16, DM>(p); } \
-    extern "C" __global__ void __launch_bounds__(MMA_THREADS) attn_prefill_mma_d##DM##_bf16(AttnParams p) { prefill_mma_body<af_bf16, DM>(p); }
+// _qrope: queries rotated inside (hip-hybrid; keys arrive rotated).
+#define STAMP_MMA_KIND(KIND, QR, DM)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(MMA_THREADS) attn_prefill_mma##KIND##_d##DM##_f16(AttnParams p) { prefill_mma_body<af_f16, DM, QR>(p); } \
+    extern "C" __global__ void __launch_bounds__(MMA_THREADS) attn_prefill_mma##KIND##_d##DM##_bf16(AttnParams p) { prefill_mma_body<af_bf16, DM, QR>(p); }
+#define STAMP_MMA(DM) STAMP_MMA_KIND(, false, DM) STAMP_MMA_KIND(_qrope, true, DM)
 STAMP_MMA(64)
 STAMP_MMA(128)

@@ -139,10 +139,11 @@ pub fn plan(problem: &ProblemDesc) -> std::result::Result<AttnKernel, Vec<String
 }
 
 /// Whether a prefill runs on the matrix-core kernel (kernels/attention_mma.hip): f16/bf16,
-/// head_dim exactly 64 or 128, no RoPE inside attention. f32 stays on the vector units, so f32
-/// results do not change.
-pub fn uses_matrix_cores(dtype: DType, head_dim: usize, dmax: usize, rope: bool) -> bool {
-    matches!(dtype, DType::F16 | DType::BF16) && head_dim == dmax && dmax <= 128 && !rope
+/// head_dim exactly 64 or 128, no RoPE inside attention or queries-only RoPE (hip-hybrid);
+/// hip-fused's key rotation stays on the vector units, and so does f32 (its results do not
+/// change).
+pub fn uses_matrix_cores(dtype: DType, head_dim: usize, dmax: usize, rope: Option<&AttnRope>) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16) && head_dim == dmax && dmax <= 128 && rope.is_none_or(|r| r.k_pos == 0)
 }
 
 /// Where K/V rows of each batch entry are.
@@ -256,8 +257,9 @@ pub fn launch(gpu: &Gpu, kernel: AttnKernel, s: &Shape<'_>, kv: KvSource<'_>, q:
     match kernel {
         AttnKernel::Prefill { dmax } => {
             let grid = (num_tiles as u32, s.heads as u32, 1);
-            if uses_matrix_cores(s.dtype, s.head_dim, dmax, rope.is_some()) {
-                gpu.launch(&format!("attn_prefill_mma_d{dmax}_{dt}"), grid, 128, p)?;
+            if uses_matrix_cores(s.dtype, s.head_dim, dmax, rope) {
+                let kind = if rope.is_some() { "_qrope" } else { "" };
+                gpu.launch(&format!("attn_prefill_mma{kind}_d{dmax}_{dt}"), grid, 128, p)?;
             } else {
                 gpu.launch(&format!("attn_prefill{kind}_d{dmax}_{dt}"), grid, 256, p)?;
             }
