@@ -45,7 +45,12 @@ fn append_ignoring_page_table_is_caught() {
 }
 
 #[test]
+fn shift_with_the_wrong_sign_is_caught() {
+    caught(Bug::ShiftWrongSign, DType::F32);
+}
+
+#[test]
 fn every_bug_has_a_test() {
-    assert_eq!(Bug::ALL.len(), 6);
+    assert_eq!(Bug::ALL.len(), 7);
     assert!(Bug::ALL.iter().all(|b| Op::ALL.contains(&b.op())));
 }
