@@ -4,14 +4,14 @@
 //! op's meaning (later attention sees the keys at `p + delta`) whatever a backend stores: keys
 //! rotated in place (re-rotated by `delta`) or unrotated keys with positions (`hip-fused`).
 
-use backend_api::{Backend, Result, RopeScaling, StepInputs};
+use backend_api::{Backend, Result, RopeScaling};
 use backend_cpu::ops::rope::rope_rows;
 
 use super::step::gather;
 use super::{fail, golden_attention, seq_rows};
 use crate::case::Case;
 use crate::rng::Rng;
-use crate::setup::{batches, cache, poisoned, rounded, upload, Data};
+use crate::setup::{rounded, Data};
 use crate::tolerance::compare_cond;
 
 /// `case` with a length-dependent scaling (dynamic NTK, LongRoPE) replaced by none: a shift
@@ -54,25 +54,12 @@ pub fn shifts(case: &Case, d: &Data) -> Vec<(usize, usize, i64)> {
 }
 
 fn run(be: &Backend, case: &Case, d: &Data, sh: &[(usize, usize, i64)]) -> Result<Vec<f32>> {
-    let mut c = cache(be, case, d)?;
-    let (prefix, new) = batches(case);
-    let params = case.params();
-    if let Some(p) = prefix {
-        let mut q = upload(be, &d.q_prefix, case.heads, case)?;
-        let mut k = upload(be, &d.k_prefix, case.kv_heads, case)?;
-        let v = upload(be, &d.v_prefix, case.kv_heads, case)?;
-        let mut out = poisoned(be, p.total_tokens(), case.heads, case)?;
-        be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &d.pos_prefix, rope: &case.rope, cache: &mut c, batch: &p, params, out: &mut out })?;
-    }
-    for (s, &(a, b, delta)) in sh.iter().enumerate() {
-        be.shift_positions(&mut c, s, a..b, delta, &case.rope)?;
-    }
-    let mut q = upload(be, &d.q, case.heads, case)?;
-    let mut k = upload(be, &d.k, case.kv_heads, case)?;
-    let v = upload(be, &d.v, case.kv_heads, case)?;
-    let mut out = poisoned(be, new.total_tokens(), case.heads, case)?;
-    be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &d.pos, rope: &case.rope, cache: &mut c, batch: &new, params, out: &mut out })?;
-    be.download(&out)
+    super::step::run_between(be, case, d, |c| {
+        for (s, &(a, b, delta)) in sh.iter().enumerate() {
+            be.shift_positions(c, s, a..b, delta, &case.rope)?;
+        }
+        Ok(())
+    })
 }
 
 /// Checks one case (with a static RoPE table: see [`static_rope`]).

@@ -2,7 +2,7 @@
 //! for the new tokens, whose output is compared. How a backend stores K is its own business;
 //! only the output counts.
 
-use backend_api::{Backend, Result, StepInputs};
+use backend_api::{Backend, KvCache, Result, StepInputs};
 use backend_cpu::ops::rope::rope_rows;
 
 use super::{fail, golden_attention, seq_rows};
@@ -11,6 +11,12 @@ use crate::setup::{batches, cache, poisoned, rounded, upload, Data};
 use crate::tolerance::compare_cond;
 
 fn run(be: &Backend, case: &Case, d: &Data) -> Result<Vec<f32>> {
+    run_between(be, case, d, |_| Ok(()))
+}
+
+/// The prefix step, then `between` on the cache (the shift check re-positions tokens there),
+/// then the new tokens' step; returns the new tokens' output.
+pub(super) fn run_between(be: &Backend, case: &Case, d: &Data, between: impl FnOnce(&mut KvCache) -> Result<()>) -> Result<Vec<f32>> {
     let mut c = cache(be, case, d)?;
     let (prefix, new) = batches(case);
     let params = case.params();
@@ -21,6 +27,7 @@ fn run(be: &Backend, case: &Case, d: &Data) -> Result<Vec<f32>> {
         let mut out = poisoned(be, p.total_tokens(), case.heads, case)?;
         be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &d.pos_prefix, rope: &case.rope, cache: &mut c, batch: &p, params, out: &mut out })?;
     }
+    between(&mut c)?;
     let mut q = upload(be, &d.q, case.heads, case)?;
     let mut k = upload(be, &d.k, case.kv_heads, case)?;
     let v = upload(be, &d.v, case.kv_heads, case)?;
