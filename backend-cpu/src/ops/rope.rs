@@ -20,21 +20,9 @@ use crate::storage::host_mut;
 /// [`RopeConfig::frequencies`], which cites each scaling method.
 pub fn rope_rows(x: &mut [f64], heads: usize, positions: &[u32], config: &RopeConfig, freqs: &RopeFrequencies) {
     let d = config.head_dim;
-    let half = config.rotary_dim / 2;
     for (t, &pos) in positions.iter().enumerate() {
         for h in 0..heads {
-            let row = &mut x[(t * heads + h) * d..(t * heads + h + 1) * d];
-            for (i, &f) in freqs.inv_freq.iter().enumerate().take(half) {
-                let (sin, cos) = (pos as f64 * f).sin_cos();
-                let (sin, cos) = (sin * freqs.attention_factor, cos * freqs.attention_factor);
-                let (a, b) = match config.style {
-                    RopeStyle::HalfSplit => (i, i + half),
-                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                };
-                let (xa, xb) = (row[a], row[b]);
-                row[a] = xa * cos - xb * sin;
-                row[b] = xb * cos + xa * sin;
-            }
+            rotate(&mut x[(t * heads + h) * d..(t * heads + h + 1) * d], pos as f64, freqs.attention_factor, config, freqs);
         }
     }
 }
@@ -42,9 +30,16 @@ pub fn rope_rows(x: &mut [f64], heads: usize, positions: &[u32], config: &RopeCo
 /// Rotates one row (`head_dim` values) by `delta` positions, cos/sin multiplier 1: the
 /// composition `R(p + delta) = R(delta) R(p)` that a context shift applies to rotated keys.
 pub fn rotate_row_by(row: &mut [f64], delta: f64, config: &RopeConfig, freqs: &RopeFrequencies) {
+    rotate(row, delta, 1.0, config, freqs);
+}
+
+/// Rotates the first `rotary_dim` values of `row` for position `pos`, cos and sin scaled by
+/// `factor`, pairing dims by the config's style.
+fn rotate(row: &mut [f64], pos: f64, factor: f64, config: &RopeConfig, freqs: &RopeFrequencies) {
     let half = config.rotary_dim / 2;
     for (i, &f) in freqs.inv_freq.iter().enumerate().take(half) {
-        let (sin, cos) = (delta * f).sin_cos();
+        let (sin, cos) = (pos * f).sin_cos();
+        let (sin, cos) = (sin * factor, cos * factor);
         let (a, b) = match config.style {
             RopeStyle::HalfSplit => (i, i + half),
             RopeStyle::Interleaved => (2 * i, 2 * i + 1),
