@@ -2,7 +2,10 @@
 the same session: a device copy (bandwidth ceiling), torch.compile'd RoPE, and SDPA with each
 backend (flash, cuDNN, efficient). Timed with triton.testing.do_bench (CUDA events, median).
 
-    python3 bench/torch_baseline.py [--json out.json] [--quick]
+    python3 bench/torch_baseline.py [--json out.json] [--quick] [--mma]
+
+`--mma`: only the matrix-core issue's shapes (bench --mma): causal prefill f16/bf16, D=64/128,
+S=1024/4096/16384, B=1/4, GQA 32/8 and MHA; decode bf16 B=1/16/64, L=4096/8192/131072.
 """
 import json
 import sys
@@ -34,6 +37,58 @@ add("device copy 1 GiB (read + write)", "f32", bench(lambda: dst.copy_(src)), 2.
 del src, dst
 
 
+def sdpa_rows(label, q, k, v, causal, flops, nbytes, dtype_name, backends=("flash", "cudnn", "efficient")):
+    table = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    for bname in backends:
+        try:
+            with sdpa_kernel(table[bname]):
+                fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=q.shape[1] != k.shape[1])
+                fn()
+                torch.cuda.synchronize()
+                ms = bench(fn)
+            add(f"torch sdpa {bname} {label}", dtype_name, ms, nbytes, flops)
+        except Exception as e:  # a backend that does not take this problem
+            print(f"  sdpa {bname} {label} {dtype_name}: not run ({str(e).splitlines()[0][:100]})")
+
+
+def report():
+    copy_bw = rows[0]["bytes"] / rows[0]["ms"] / 1e9
+    print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}")
+    print(f"{'op':<62} {'dtype':<5} {'ms':>9} {'TB/s':>8} {'% copy':>7} {'TFLOP/s':>9}")
+    for r in rows:
+        tbs = r["bytes"] / r["ms"] / 1e9
+        print(f"{r['op']:<62} {r['dtype']:<5} {r['ms']:>9.4f} {tbs:>8.3f} {100 * tbs / copy_bw:>6.1f}% {r['flops'] / r['ms'] / 1e9:>9.2f}")
+    if out_path:
+        json.dump(rows, open(out_path, "w"), indent=1)
+
+
+if "--mma" in sys.argv:
+    HQ = 32
+    for name in ("f16", "bf16"):
+        dt = DT[name]
+        for Dd in (64, 128):
+            for S in (1024, 4096, 16384):
+                for B in (1, 4):
+                    for HK in (8, 32):
+                        q = torch.randn(B, HQ, S, Dd, device=dev, dtype=dt)
+                        k = torch.randn(B, HK, S, Dd, device=dev, dtype=dt)
+                        v = torch.randn(B, HK, S, Dd, device=dev, dtype=dt)
+                        sdpa_rows(f"mma prefill causal B={B} H={HQ}/{HK} S={S} D={Dd}", q, k, v, True, 4.0 * B * HQ * Dd * S * (S + 1) / 2,
+                                  (2 * B * S * HQ * Dd + 2 * B * S * HK * Dd) * q.element_size(), name, ("flash", "cudnn"))
+                        del q, k, v
+    HK, Dd = 8, 128
+    for B in (1, 16, 64):
+        for L in (4096, 8192, 131072):
+            q = torch.randn(B, HQ, 1, Dd, device=dev, dtype=torch.bfloat16)
+            k = torch.randn(B, HK, L, Dd, device=dev, dtype=torch.bfloat16)
+            v = torch.randn(B, HK, L, Dd, device=dev, dtype=torch.bfloat16)
+            sdpa_rows(f"mma decode B={B} L={L} H={HQ}/{HK} D={Dd}", q, k, v, False, 4.0 * B * L * HQ * Dd, (2 * B * L * HK * Dd + 2 * B * HQ * Dd) * 2, "bf16", ("flash", "cudnn"))
+            del q, k, v
+            torch.cuda.empty_cache()
+    report()
+    sys.exit(0)
+
+
 def rope_ref(q, k, cos, sin, pos):
     # Half-split (NeoX / HF) rotation, in place, cos/sin gathered from a table as vLLM does.
     c = cos[pos].unsqueeze(1)
@@ -54,19 +109,6 @@ for name, dt in DT.items():
     k = torch.randn(T, HK, D, device=dev, dtype=dt)
     ms = bench(lambda: rope_c(q, k, cos, sin, pos))
     add(f"torch.compile rope q+k T={T} H={HQ}/{HK} D={D}", name, ms, 2.0 * T * (HQ + HK) * D * q.element_size())
-
-
-def sdpa_rows(label, q, k, v, causal, flops, nbytes, dtype_name):
-    for bname, backend in [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION)]:
-        try:
-            with sdpa_kernel(backend):
-                fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=q.shape[1] != k.shape[1])
-                fn()
-                torch.cuda.synchronize()
-                ms = bench(fn)
-            add(f"torch sdpa {bname} {label}", dtype_name, ms, nbytes, flops)
-        except Exception as e:  # a backend that does not take this problem
-            print(f"  sdpa {bname} {label} {dtype_name}: not run ({str(e).splitlines()[0][:100]})")
 
 
 for (B, L) in [(16, 8192), (1, 8192)]:
@@ -133,11 +175,4 @@ for (Ds, rot) in [(128, 64), (512, 128), (2048, 128)]:
     with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
         add(f"torch sdpa efficient (no rope) study 64x64 H=1 D={Ds}", "f32", bench(lambda: F.scaled_dot_product_attention(q, k, v)), nb, fl)
 
-copy_bw = rows[0]["bytes"] / rows[0]["ms"] / 1e9
-print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}")
-print(f"{'op':<62} {'dtype':<5} {'ms':>9} {'TB/s':>8} {'% copy':>7} {'TFLOP/s':>9}")
-for r in rows:
-    tbs = r["bytes"] / r["ms"] / 1e9
-    print(f"{r['op']:<62} {r['dtype']:<5} {r['ms']:>9.4f} {tbs:>8.3f} {100 * tbs / copy_bw:>6.1f}% {r['flops'] / r['ms'] / 1e9:>9.2f}")
-if out_path:
-    json.dump(rows, open(out_path, "w"), indent=1)
+report()

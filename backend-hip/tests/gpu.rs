@@ -88,3 +88,61 @@ fn kernels_embedded_for_both_vendors_when_required() {
         assert!(mods.iter().all(|(_, b)| b.len() > 1000), "{vendor} code objects look empty");
     }
 }
+
+/// Long problems the random suite does not reach (it keeps sizes small for the CPU reference):
+/// matrix-core prefill over many query and key tiles, and matrix-core decode split over the KV
+/// length (merged by attn_merge), on hip-flash and hip-hybrid (Q rotated inside), f16/bf16,
+/// head dims 64/128/256, GQA and MHA, contiguous and paged caches, against the reference.
+#[test]
+#[serial]
+fn long_problems_match_the_reference() {
+    use conformance::case::{Case, SeqCase};
+    use conformance::ops::Outcome;
+    let cpu = registry::get("cpu").expect("the reference is always registered");
+    for name in ["hip-flash", "hip-hybrid"] {
+        let Some(be) = gpu_backend(name) else { return };
+        let mut checked = 0;
+        for dtype in [DType::F16, DType::BF16] {
+            for d in [64usize, 128, 256] {
+                for (heads, kv_heads) in [(8usize, 2usize), (4, 4)] {
+                    // (op, cached, q_len, page size): decode split over thousands of keys, a few
+                    // queries (decode kernel, q_len <= 4), prefill with a prefix, from empty. The
+                    // composite step (hip-hybrid's Q rotation inside attention) gets shorter
+                    // caches: its reference check appends the prefix step by step.
+                    let shapes = [
+                        (Op::Attention, 3000usize, 1usize, None),
+                        (Op::Attention, 1900, 3, Some(16usize)),
+                        (Op::Attention, 300, 150, None),
+                        (Op::Attention, 0, 230, Some(32)),
+                        (Op::Step, 700, 1, None),
+                        (Op::Step, 500, 3, Some(16)),
+                        (Op::Step, 200, 150, None),
+                        (Op::Step, 0, 270, Some(32)),
+                    ];
+                    for (i, &(op, cached, q_len, page_size)) in shapes.iter().enumerate() {
+                        if d != 128 && heads == 4 {
+                            continue; // MHA at head_dim 128 only (the reference's time)
+                        }
+                        let case = Case {
+                            dtype,
+                            heads,
+                            kv_heads,
+                            rope: backend_api::RopeConfig::new(d, 10000.0, 8192),
+                            page_size,
+                            causal: true,
+                            seqs: vec![SeqCase { cached, q_len }, SeqCase { cached: cached / 3, q_len }],
+                            amplitude: 1.0,
+                            seed: 0xA77 + i as u64,
+                        };
+                        match conformance::ops::check(op, &be, &cpu, &case) {
+                            Outcome::Pass => checked += 1,
+                            Outcome::Unsupported(why) => panic!("{name} declined {op:?} {case:?}: {why:?}"),
+                            Outcome::Fail(m) => panic!("{name} {op:?} {dtype:?} D={d} H={heads}/{kv_heads} cached={cached} q={q_len}: {m}"),
+                        }
+                    }
+                }
+            }
+        }
+        println!("{name}: {checked} long problems match the reference");
+    }
+}

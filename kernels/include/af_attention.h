@@ -58,8 +58,10 @@ AF_DEVICE float rope_elem(const AttnParams& p, const T* row, int d, float x, int
 // emitted by the thread that computed it (rope_elem computes each angle twice, and once more per
 // thread that holds a copy of the row). Work item i < rows * D / 2 is pair i % (D / 2) of row
 // i / (D / 2); items past rotary_dim / 2 copy two pass-through dims. `src(r)` is row r,
-// `pos(r)` its position, `emit(r, d, x)` takes rotated element d. Same arithmetic as rope_elem.
-template <typename T, typename Src, typename Pos, typename Emit>
+// `pos(r)` its position, `emit(r, d, x)` takes rotated element d (src and emit may be the same
+// place: a pair is read before it is written, by one thread). Same arithmetic as rope_elem; FAST
+// (f16/bf16 matrix-core kernels) takes sin/cos on the hardware path after the same f64 reduction.
+template <typename T, bool FAST = false, typename Src, typename Pos, typename Emit>
 AF_DEVICE void rope_rows(const AttnParams& p, int rows, int D, int tid, int nthreads, Src src, Pos pos, Emit emit) {
     const int half_d = D >> 1, half_r = p.rotary_dim >> 1;
     for (int i = tid; i < rows * half_d; i += nthreads) {
@@ -71,7 +73,10 @@ AF_DEVICE void rope_rows(const AttnParams& p, int rows, int D, int tid, int nthr
         const float x0 = af_to_float(row[d0]), x1 = af_to_float(row[d1]);
         if (rot) {
             float c, s;
-            af_rope_cs((double)pos(r), reinterpret_cast<const double*>(p.inv_freq)[k], p.rope_factor, &c, &s);
+            if (FAST)
+                af_rope_cs_fast((double)pos(r), reinterpret_cast<const double*>(p.inv_freq)[k], p.rope_factor, &c, &s);
+            else
+                af_rope_cs((double)pos(r), reinterpret_cast<const double*>(p.inv_freq)[k], p.rope_factor, &c, &s);
             emit(r, d0, x0 * c + (-1.f) * x1 * s);
             emit(r, d1, x1 * c + 1.f * x0 * s);
         } else {

@@ -70,5 +70,14 @@ AF_DEVICE void af_rope_cs(double pos, double inv_freq, float factor, float* c, f
     *s *= factor;
     *c *= factor;
 }
+// The same angle on the hardware sin/cos path: reduced to [-pi, pi] in f64, then one fast sincos
+// (absolute error about 1e-6 there; for f16/bf16 results, whose rounding is 1e-3).
+AF_DEVICE void af_rope_cs_fast(double pos, double inv_freq, float factor, float* c, float* s) {
+    double a = pos * inv_freq;
+    a -= 6.283185307179586 * rint(a * 0.15915494309189535);
+    af_sincos_fast((float)a, s, c);
+    *s *= factor;
+    *c *= factor;
+}
 // Per-slot position of a key stored already rotated (hip-fused caches; see kv_append.hip).
 #define AF_ROTATED (-2147483647 - 1)

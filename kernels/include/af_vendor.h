@@ -8,8 +8,8 @@
 //
 // What the kernels may use: AF_DEVICE, AF_WARP, af_shfl_xor (within a warp, offsets < 16 are
 // safe on every target), af_h2f / af_f2h (f16), af_bf2f / af_f2bf (bf16), af_f2h2 / af_f2bf2
-// (two floats to a packed pair, low element first), af_sincos, af_mma16816 (a 16x8x16 matrix
-// product over 32 lanes; see below).
+// (two floats to a packed pair, low element first), af_sincos, af_sincos_fast, af_cp_async16 (global to
+// shared), and the matrix-core fragment operations af_mma_* (see below).
 #pragma once
 
 #if defined(__HIP_PLATFORM_AMD__) || (defined(__HIP__) && !defined(__CUDACC__))
@@ -68,15 +68,41 @@ AF_DEVICE unsigned int af_f2bf2(float lo, float hi) {
 #endif
 
 // ---------------------------------------------------------------- matrix cores
-// af_mma16816<BF16>(c, a, b): c (16x8, f32) += a (16x16) * b (16x8), f16 or bf16 inputs, over one
-// group of 32 lanes (a warp on NVIDIA; half a wave64 or a wave32 on AMD), in the register layout
-// of NVIDIA's mma.m16n8k16: with g = lane / 4, t = lane % 4,
-//   a[0] = A[g][2t, 2t+1]   a[1] = A[g+8][2t, 2t+1]   a[2] = A[g][2t+8, 2t+9]   a[3] = A[g+8][2t+8, 2t+9]
-//   b[0] = B[2t, 2t+1][g]   b[1] = B[2t+8, 2t+9][g]
-//   c[0..1] = C[g][2t, 2t+1]                          c[2..3] = C[g+8][2t, 2t+1]
-// (two 16-bit elements per word, the lower index in the low half). NVIDIA: one mma.sync (sm_80+).
-// AMD: emulated with 32 width-32 shuffles and 64 FMAs per call (correct on every target; an MFMA
-// path for gfx90a with its own fragment layout is the next step). AF_MMA_NATIVE says which.
+// Attention's two products on matrix cores. One group of AF_WARP lanes (a warp; a wavefront)
+// owns 16 query rows; kernels use only what follows, the fragment layouts are this header's:
+//   AF_MMA_SN      keys of one score fragment (float[4] per lane)
+//   AF_MMA_ON      head-dim columns of one output fragment (float[4] per lane)
+//   AF_MMA_QW      32-bit words of one query fragment (16 rows x 16 head-dim columns)
+//   AF_MMA_PW      32-bit words of one probability fragment (16 rows x 16 keys)
+//   AF_MMA_SLOTS   query rows per lane (the softmax statistics it keeps)
+//   af_mma_slot(e) / af_mma_row(slot) / af_mma_col(e): element e of a score or output fragment
+//       is in row slot af_mma_slot(e), query row af_mma_row(slot) of the group's 16, column
+//       af_mma_col(e) (key within the score fragment, head-dim column within the output one);
+//       elements e and e+1 (e even) are adjacent columns of one row
+//   af_mma_rowmax / af_mma_rowsum: reduce over the lanes that share a row
+//   AF_MMA_KW / AF_MMA_VW  32-bit words of a key / value fragment (16 keys x 16 columns)
+//   af_mma_load_q(qf, sQ, ld, kt): query fragment, columns 16kt.. of the 16 rows at sQ
+//   af_mma_load_k(kf, sK, ld, kt): key fragment, columns 16kt.. of the 16 keys at sK
+//   af_mma_qk16<BF16>(s, qf, kf): s[16/SN][4] += Q K^T for those 16 rows and 16 keys
+//   af_mma_pack_p<BF16>(pf, s): probabilities of 16 keys (s[16/SN][4]) to an operand, rounded
+//       to the input type as FlashAttention does
+//   af_mma_load_v(vf, sV, ld): value fragment, the 16 keys x 16 columns at sV
+//   af_mma_pv16<BF16>(o, pf, vf): o[16/ON][4] += P V for those 16 keys and 16 columns
+// Fragments are loaded separately from the products so one key or value fragment can serve
+// several 16-row query tiles (register blocking: fewer shared-memory reads per product).
+// Every shared-memory tile is row-major (stride ld 16-bit elements, rows 16-byte aligned).
+// Paths:
+//   NVIDIA (sm_80+): mma.sync.m16n8k16, fragments by ldmatrix (.trans for V).
+//   AMD CDNA2 (gfx90a, wave64): v_mfma_f32_16x16x16{f16,bf16_1k} on the transposed products
+//       S^T = K Q^T and O^T = V^T P^T: S^T's accumulator layout is exactly the operand layout
+//       P^T needs, so probabilities never leave their registers (as on NVIDIA).
+//   Other AMD targets (gfx1030, wave32; no matrix cores): NVIDIA's layout, fragments by plain
+//       shared-memory loads, af_mma16816 emulated with shuffles and FMAs.
+// AF_MMA_NATIVE says whether matrix instructions run (1) or the emulation (0).
+#if defined(AF_AMD) && defined(__gfx90a__)
+#define AF_MFMA 1
+#endif
+
 #if defined(AF_NVIDIA)
 #define AF_MMA_NATIVE 1
 template <bool BF16> AF_DEVICE void af_mma16816(float* c, const unsigned* a, const unsigned* b);
@@ -90,7 +116,101 @@ template <> AF_DEVICE void af_mma16816<true>(float* c, const unsigned* a, const 
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+AF_DEVICE unsigned af_smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+// Four 8x8 16-bit matrices; lanes 8i..8i+7 give the row addresses of matrix i.
+AF_DEVICE void af_ldsm4(unsigned* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(af_smem_addr(p)));
+}
+AF_DEVICE void af_ldsm4t(unsigned* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(af_smem_addr(p)));
+}
+// Global -> shared, 16 bytes, without passing through registers (zero-filled when !valid; src
+// must still be a mapped address). Completion: af_cp_async_commit, then af_cp_async_wait_all (or
+// af_cp_async_wait<N>: all but the newest N groups).
+AF_DEVICE void af_cp_async16(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(af_smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0));
+}
+AF_DEVICE void af_cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+AF_DEVICE void af_cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+// Waits until at most N committed groups are still in flight (N-deep pipelines).
+template <int N> AF_DEVICE void af_cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 #else
+AF_DEVICE void af_cp_async16(void* dst, const void* src, bool valid) {
+    *reinterpret_cast<uint4*>(dst) = valid ? *reinterpret_cast<const uint4*>(src) : make_uint4(0u, 0u, 0u, 0u);
+}
+AF_DEVICE void af_cp_async_commit() {}
+AF_DEVICE void af_cp_async_wait_all() {}
+template <int N> AF_DEVICE void af_cp_async_wait() {}
+#endif
+
+#if defined(AF_MFMA)
+// ------------------------------------------- AMD gfx90a: MFMA 16x16x16, wave64
+// Lane l, r = l % 16, q = l / 16: operand A[i][k] holds row r, columns 4q..4q+3; B[k][n] holds
+// rows 4q..4q+3 of column r; the accumulator D[i][n] rows 4q..4q+3 of column r. With A = K,
+// B = Q^T the accumulator is S^T: lane l holds query row r, keys 4q..4q+3.
+#define AF_MMA_NATIVE 1
+#define AF_MMA_SN 16
+#define AF_MMA_ON 16
+#define AF_MMA_QW 2
+#define AF_MMA_PW 2
+#define AF_MMA_KW 2
+#define AF_MMA_VW 2
+#define AF_MMA_SLOTS 1
+static_assert(AF_WARP == 64, "the MFMA path runs wave64");
+typedef _Float16 af_half4 __attribute__((ext_vector_type(4)));
+typedef short af_short4 __attribute__((ext_vector_type(4)));
+typedef float af_float4 __attribute__((ext_vector_type(4)));
+typedef unsigned af_uint2 __attribute__((ext_vector_type(2)));
+AF_DEVICE int af_mma_slot(int) { return 0; }
+AF_DEVICE int af_mma_row(int) { return threadIdx.x % 16; }
+AF_DEVICE int af_mma_col(int e) { return 4 * ((threadIdx.x % 64) / 16) + e; }
+AF_DEVICE float af_mma_rowmax(float x) { x = fmaxf(x, af_shfl_xor(x, 16)); return fmaxf(x, af_shfl_xor(x, 32)); }
+AF_DEVICE float af_mma_rowsum(float x) { x += af_shfl_xor(x, 16); return x + af_shfl_xor(x, 32); }
+template <bool BF16> AF_DEVICE void af_mfma16(float* c, const unsigned* a, const unsigned* b) {
+    af_float4 acc = {c[0], c[1], c[2], c[3]};
+    const af_uint2 av = {a[0], a[1]}, bv = {b[0], b[1]};
+    if constexpr (BF16)
+        acc = __builtin_amdgcn_mfma_f32_16x16x16bf16_1k(__builtin_bit_cast(af_short4, av), __builtin_bit_cast(af_short4, bv), acc, 0, 0, 0);
+    else
+        acc = __builtin_amdgcn_mfma_f32_16x16x16f16(__builtin_bit_cast(af_half4, av), __builtin_bit_cast(af_half4, bv), acc, 0, 0, 0);
+    c[0] = acc[0]; c[1] = acc[1]; c[2] = acc[2]; c[3] = acc[3];
+}
+AF_DEVICE void af_mma_load_q(unsigned* qf, const unsigned short* sQ, int ld, int kt) {
+    const int r = threadIdx.x % 16, q = (threadIdx.x % 64) / 16;
+    const uint2 v = *reinterpret_cast<const uint2*>(sQ + r * ld + 16 * kt + 4 * q);
+    qf[0] = v.x; qf[1] = v.y;
+}
+// K rows in the A layout: the same addressing as the queries.
+AF_DEVICE void af_mma_load_k(unsigned* kf, const unsigned short* sK, int ld, int kt) { af_mma_load_q(kf, sK, ld, kt); }
+template <bool BF16> AF_DEVICE void af_mma_qk16(float (*s)[4], const unsigned* qf, const unsigned* kf) { af_mfma16<BF16>(s[0], kf, qf); }
+template <bool BF16> AF_DEVICE void af_mma_pack_p(unsigned* pf, const float (*s)[4]) {
+    pf[0] = BF16 ? af_f2bf2(s[0][0], s[0][1]) : af_f2h2(s[0][0], s[0][1]);
+    pf[1] = BF16 ? af_f2bf2(s[0][2], s[0][3]) : af_f2h2(s[0][2], s[0][3]);
+}
+AF_DEVICE void af_mma_load_v(unsigned* vf, const unsigned short* sV, int ld) {
+    // A = V^T: row r (head-dim column r), columns 4q..4q+3 (keys): one column of four V rows.
+    const int r = threadIdx.x % 16, q = (threadIdx.x % 64) / 16;
+    const unsigned short* v = sV + 4 * q * ld + r;
+    vf[0] = v[0] | ((unsigned)v[ld] << 16);
+    vf[1] = v[2 * ld] | ((unsigned)v[3 * ld] << 16);
+}
+template <bool BF16> AF_DEVICE void af_mma_pv16(float (*o)[4], const unsigned* pf, const unsigned* vf) { af_mfma16<BF16>(o[0], vf, pf); }
+#else
+// ------------------------------------------- NVIDIA's m16n8k16 layout (32 lanes)
+// g = lane / 4, t = lane % 4: a[0] = A[g][2t, 2t+1], a[1] = A[g+8][..], a[2] = A[g][2t+8, 2t+9],
+// a[3] = A[g+8][2t+8, ..]; b[0] = B[2t, 2t+1][g], b[1] = B[2t+8, 2t+9][g]; c[0..1] = C[g][2t, 2t+1],
+// c[2..3] = C[g+8][2t, 2t+1] (two 16-bit elements per word, the lower index in the low half).
+#define AF_MMA_SN 8
+#define AF_MMA_ON 8
+#define AF_MMA_QW 4
+#define AF_MMA_PW 4
+#define AF_MMA_KW 4
+#define AF_MMA_VW 4
+#define AF_MMA_SLOTS 2
+static_assert(AF_WARP == 32, "the m16n8k16 layout is for groups of 32 lanes (wave32 on AMD)");
+#if !defined(AF_NVIDIA)
 #define AF_MMA_NATIVE 0
 template <bool BF16> AF_DEVICE float af_lo16(unsigned w) {
     return BF16 ? __uint_as_float(w << 16) : af_h2f((unsigned short)(w & 0xffffu));
@@ -117,7 +237,73 @@ template <bool BF16> AF_DEVICE void af_mma16816(float* c, const unsigned* a, con
     }
 }
 #endif
+AF_DEVICE int af_mma_slot(int e) { return e >> 1; }
+AF_DEVICE int af_mma_row(int slot) { return (threadIdx.x % 32) / 4 + 8 * slot; }
+AF_DEVICE int af_mma_col(int e) { return 2 * (threadIdx.x % 4) + (e & 1); }
+AF_DEVICE float af_mma_rowmax(float x) { x = fmaxf(x, af_shfl_xor(x, 1)); return fmaxf(x, af_shfl_xor(x, 2)); }
+AF_DEVICE float af_mma_rowsum(float x) { x += af_shfl_xor(x, 1); return x + af_shfl_xor(x, 2); }
+AF_DEVICE void af_mma_load_q(unsigned* qf, const unsigned short* sQ, int ld, int kt) {
+    const int lane = threadIdx.x % 32;
+#if defined(AF_NVIDIA)
+    const int i = lane / 8;  // matrices: rows 0-7 / 8-15 x columns 0-7 / 8-15 -> a[0..3]
+    af_ldsm4(qf, sQ + (lane % 8 + 8 * (i % 2)) * ld + 16 * kt + 8 * (i / 2));
+#else
+    const int g = lane / 4, t = lane % 4;
+    const unsigned short* q = sQ + g * ld + 16 * kt + 2 * t;
+    qf[0] = *reinterpret_cast<const unsigned*>(q);
+    qf[1] = *reinterpret_cast<const unsigned*>(q + 8 * ld);
+    qf[2] = *reinterpret_cast<const unsigned*>(q + 8);
+    qf[3] = *reinterpret_cast<const unsigned*>(q + 8 * ld + 8);
+#endif
+}
+// {b[0], b[1]} of keys 0-7, then of keys 8-15.
+AF_DEVICE void af_mma_load_k(unsigned* kf, const unsigned short* sK, int ld, int kt) {
+    const int lane = threadIdx.x % 32;
+#if defined(AF_NVIDIA)
+    const int i = lane / 8;
+    af_ldsm4(kf, sK + (lane % 8 + 8 * (i / 2)) * ld + 16 * kt + 8 * (i % 2));
+#else
+    const int g = lane / 4, t = lane % 4;
+    const unsigned short* k = sK + g * ld + 16 * kt + 2 * t;
+    kf[0] = *reinterpret_cast<const unsigned*>(k);
+    kf[1] = *reinterpret_cast<const unsigned*>(k + 8);
+    kf[2] = *reinterpret_cast<const unsigned*>(k + 8 * ld);
+    kf[3] = *reinterpret_cast<const unsigned*>(k + 8 * ld + 8);
+#endif
+}
+template <bool BF16> AF_DEVICE void af_mma_qk16(float (*s)[4], const unsigned* qf, const unsigned* kf) {
+    af_mma16816<BF16>(s[0], qf, kf);
+    af_mma16816<BF16>(s[1], qf, kf + 2);
+}
+template <bool BF16> AF_DEVICE void af_mma_pack_p(unsigned* pf, const float (*s)[4]) {
+    // Keys 0-7 are a[0] (row g) and a[1] (row g+8); keys 8-15 are a[2] and a[3].
+    pf[0] = BF16 ? af_f2bf2(s[0][0], s[0][1]) : af_f2h2(s[0][0], s[0][1]);
+    pf[1] = BF16 ? af_f2bf2(s[0][2], s[0][3]) : af_f2h2(s[0][2], s[0][3]);
+    pf[2] = BF16 ? af_f2bf2(s[1][0], s[1][1]) : af_f2h2(s[1][0], s[1][1]);
+    pf[3] = BF16 ? af_f2bf2(s[1][2], s[1][3]) : af_f2h2(s[1][2], s[1][3]);
+}
+// {b[0], b[1]} of columns 0-7, then of columns 8-15.
+AF_DEVICE void af_mma_load_v(unsigned* vf, const unsigned short* sV, int ld) {
+    const int lane = threadIdx.x % 32;
+#if defined(AF_NVIDIA)
+    const int i = lane / 8;  // transposed matrices: keys 0-7 / 8-15 x columns 0-7 / 8-15
+    af_ldsm4t(vf, sV + (lane % 8 + 8 * (i % 2)) * ld + 8 * (i / 2));
+#else
+    const int g = lane / 4, t = lane % 4;
+    const unsigned short* v = sV + 2 * t * ld + g;
+    vf[0] = v[0] | ((unsigned)v[ld] << 16);
+    vf[1] = v[8 * ld] | ((unsigned)v[9 * ld] << 16);
+    vf[2] = v[8] | ((unsigned)v[ld + 8] << 16);
+    vf[3] = v[8 * ld + 8] | ((unsigned)v[9 * ld + 8] << 16);
+#endif
+}
+template <bool BF16> AF_DEVICE void af_mma_pv16(float (*o)[4], const unsigned* pf, const unsigned* vf) {
+    af_mma16816<BF16>(o[0], pf, vf);
+    af_mma16816<BF16>(o[1], pf, vf + 2);
+}
+#endif
 
 // ---------------------------------------------------------------- common to both
 AF_DEVICE float af_bf2f(unsigned short b) { return __uint_as_float(((unsigned int)b) << 16); }
 AF_DEVICE void af_sincos(float a, float* s, float* c) { sincosf(a, s, c); }
+AF_DEVICE void af_sincos_fast(float a, float* s, float* c) { __sincosf(a, s, c); }  // |a| <= pi

@@ -2,7 +2,15 @@
 //! median of several timed batches. Problems are larger than L2 (50 MB on the H100), so repeated
 //! runs do not measure the cache. Prints a table and writes JSON (`--json FILE`).
 //!
-//!     cargo run -p backend-hip --release --bin bench -- [--json bench.json] [--quick] [--only-strategies]
+//!     cargo run -p backend-hip --release --bin bench -- [--json bench.json] [--quick] [--only-strategies] [--mma]
+//!
+//! `--profile-mma`: for a kernel profiler, runs twice each, untimed: the matrix-core prefill
+//! (bf16, B=1, GQA 32/8, S=4096, D=128) as hip-flash's attention and inside hip-flash's and
+//! hip-hybrid's steps (hip-hybrid's kernel rotates Q inside), and decode bf16 B=16 L=8192.
+//!
+//! `--mma`: only the matrix-core shapes (the device copy, then causal prefill f16/bf16 at
+//! D=64/128, S=1024/4096/16384, B=1/4, GQA 32/8 and MHA 32/32; decode bf16 at B=1/16/64,
+//! L=4096/8192/131072); `bench/torch_baseline.py --mma` times the same with PyTorch.
 //!
 //! The second part times the composite step (RoPE + append + attention) of each fusion
 //! strategy: hip-separate, hip-fused, hip-hybrid, hip-flash.
@@ -95,7 +103,15 @@ fn main() {
     let only_strategies = profile.is_some() || args.iter().any(|a| a == "--only-strategies");
     PROFILE.set(profile).expect("set once");
     let mut rows = Vec::new();
-    let r = if only_strategies { Ok(()) } else { run(&be, &h, quick, &mut rows) }.and_then(|_| strategies(&be, &mut rows));
+    let r = if args.iter().any(|a| a == "--profile-mma") {
+        profile_mma(&h)
+    } else if args.iter().any(|a| a == "--mma") {
+        copy_row(&be, &mut rows).and_then(|_| mma_shapes(&be, &h, &mut rows))
+    } else if only_strategies {
+        strategies(&be, &mut rows)
+    } else {
+        run(&be, &h, quick, &mut rows).and_then(|_| strategies(&be, &mut rows))
+    };
     if let Err(e) = r {
         eprintln!("bench: {e}");
         std::process::exit(1);
@@ -116,15 +132,112 @@ fn main() {
     }
 }
 
-fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result<()> {
-    // Ceiling: a 1 GiB device-to-device copy, bytes read + written.
-    {
-        let n = 1usize << 30;
-        let src = be.gpu().alloc(n)?;
-        let mut dst = be.gpu().alloc(n)?;
-        let ms = median_ms(be, || be.gpu().copy(&mut dst, &src, n))?;
-        rows.push(Row { name: "device copy 1 GiB (read + write)".into(), dtype: DType::F32, ms, bytes: 2.0 * n as f64, flops: 0.0 });
+/// Ceiling: a 1 GiB device-to-device copy, bytes read + written.
+fn copy_row(be: &HipBackend, rows: &mut Vec<Row>) -> Result<()> {
+    let n = 1usize << 30;
+    let src = be.gpu().alloc(n)?;
+    let mut dst = be.gpu().alloc(n)?;
+    let ms = median_ms(be, || be.gpu().copy(&mut dst, &src, n))?;
+    rows.push(Row { name: "device copy 1 GiB (read + write)".into(), dtype: DType::F32, ms, bytes: 2.0 * n as f64, flops: 0.0 });
+    Ok(())
+}
+
+/// `--profile-mma`: one prefill and one decode, twice each, and the two steps.
+fn profile_mma(h: &Backend) -> Result<()> {
+    let (hq, hk, d, s, dt) = (32usize, 8usize, 128usize, 4096usize, DType::BF16);
+    let q = h.upload(&randn(s * hq * d, 50), &[s, hq, d], dt)?;
+    let k = h.upload(&randn(s * hk * d, 51), &[s, hk, d], dt)?;
+    let v = h.upload(&randn(s * hk * d, 52), &[s, hk, d], dt)?;
+    let mut out = h.alloc(&[s, hq, d], dt)?;
+    let pb = PlainBatch::new(vec![s], vec![s])?;
+    for _ in 0..2 {
+        h.attention_plain(&q, &k, &v, &pb, AttentionParams::causal(d), &mut out)?;
     }
+    let rope = RopeConfig { theta: 500000.0, ..RopeConfig::new(d, 10000.0, 131072) };
+    let positions: Vec<u32> = (0..s as u32).collect();
+    for (name, variant) in [("hip-flash", Variant::Flash), ("hip-hybrid", Variant::Hybrid)] {
+        let be = Backend::new(std::sync::Arc::new(HipBackend::open(name, variant).expect("GPU opened above")));
+        let mut q = be.upload(&randn(s * hq * d, 53), &[s, hq, d], dt)?;
+        let mut k = be.upload(&randn(s * hk * d, 54), &[s, hk, d], dt)?;
+        let mut cache = be.create_kv_cache(&KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: s } })?;
+        let batch = Batch::uniform(1, s)?;
+        for _ in 0..2 {
+            cache.reset(0)?;
+            be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params: AttentionParams::causal(d), out: &mut out })?;
+        }
+    }
+    let (b, l) = (16usize, 8192usize);
+    let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: l } };
+    let mut cache = h.create_kv_cache(&spec)?;
+    let src = h.upload(&randn(b * 1024 * hk * d, 55), &[b * 1024, hk, d], dt)?;
+    for _ in 0..l / 1024 {
+        h.kv_append(&mut cache, &src, &src, &Batch::uniform(b, 1024)?)?;
+    }
+    let q1 = h.upload(&randn(b * hq * d, 56), &[b, hq, d], dt)?;
+    let mut o1 = h.alloc(&[b, hq, d], dt)?;
+    for _ in 0..2 {
+        h.attention(&q1, &cache, &Batch::uniform(b, 1)?, AttentionParams::causal(d), &mut o1)?;
+    }
+    h.synchronize()
+}
+
+/// The matrix-core issue's shapes (hip-flash).
+fn mma_shapes(be: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()> {
+    let hq = 32usize;
+    for dt in [DType::F16, DType::BF16] {
+        let es = dt.size() as f64;
+        for d in [64usize, 128] {
+            for s in [1024usize, 4096, 16384] {
+                for b in [1usize, 4] {
+                    for hk in [8usize, 32] {
+                        let q = h.upload(&randn(b * s * hq * d, 40), &[b * s, hq, d], dt)?;
+                        let k = h.upload(&randn(b * s * hk * d, 41), &[b * s, hk, d], dt)?;
+                        let v = h.upload(&randn(b * s * hk * d, 42), &[b * s, hk, d], dt)?;
+                        let mut out = h.alloc(&[b * s, hq, d], dt)?;
+                        let pb = PlainBatch::new(vec![s; b], vec![s; b])?;
+                        let ms = median_ms(be, || h.attention_plain(&q, &k, &v, &pb, AttentionParams::causal(d), &mut out))?;
+                        let flops = 4.0 * (b * hq * d) as f64 * (s * (s + 1) / 2) as f64;
+                        let bytes = (2 * b * s * hq * d + 2 * b * s * hk * d) as f64 * es;
+                        rows.push(Row { name: format!("mma prefill causal B={b} H={hq}/{hk} S={s} D={d}"), dtype: dt, ms, bytes, flops });
+                    }
+                }
+            }
+        }
+    }
+    // Decode: bf16, GQA 32/8, D=128, one new token over L cached ones. The cache is filled by
+    // appending one random chunk repeatedly (host memory stays small at B=64, L=131072: 34 GB).
+    let (hk, d, dt) = (8usize, 128usize, DType::BF16);
+    let es = dt.size() as f64;
+    for b in [1usize, 16, 64] {
+        for l in [4096usize, 8192, 131072] {
+            let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: l } };
+            let mut cache = h.create_kv_cache(&spec)?;
+            let chunk = 1024usize.min(l);
+            let src = h.upload(&randn(b * chunk * hk * d, 43), &[b * chunk, hk, d], dt)?;
+            let mut have = 0;
+            while have + chunk < l {
+                h.kv_append(&mut cache, &src, &src, &Batch::uniform(b, chunk)?)?;
+                have += chunk;
+            }
+            drop(src);
+            let rest = l - have;
+            let tail = h.upload(&randn(b * rest * hk * d, 44), &[b * rest, hk, d], dt)?;
+            h.kv_append(&mut cache, &tail, &tail, &Batch::uniform(b, rest)?)?;
+            drop(tail);
+            let q = h.upload(&randn(b * hq * d, 45), &[b, hq, d], dt)?;
+            let mut out = h.alloc(&[b, hq, d], dt)?;
+            // One query per sequence, the last of its L cached tokens: it attends to all of them.
+            let batch = Batch::uniform(b, 1)?;
+            let ms = median_ms(be, || h.attention(&q, &cache, &batch, AttentionParams::causal(d), &mut out))?;
+            let bytes = (2 * b * l * hk * d + 2 * b * hq * d) as f64 * es;
+            rows.push(Row { name: format!("mma decode B={b} L={l} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes, flops: 4.0 * (b * l * hq * d) as f64 });
+        }
+    }
+    Ok(())
+}
+
+fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result<()> {
+    copy_row(be, rows)?;
     let dtypes = [DType::F32, DType::F16, DType::BF16];
     // RoPE and fused RoPE + append: T = 32768 tokens, 32 query / 8 kv heads, D = 128.
     let (t, hq, hk, d) = (if quick { 8192 } else { 32768 }, 32, 8, 128);

@@ -6,7 +6,7 @@
 
 use backend_api::{DType, ProblemDesc, Result};
 
-use crate::runtime::{DeviceBuffer, Gpu};
+use crate::runtime::{DeviceBuffer, Gpu, Vendor};
 use crate::storage::i32_bytes;
 
 /// Mirrors `AttnParams` in kernels/attention.hip.
@@ -139,11 +139,72 @@ pub fn plan(problem: &ProblemDesc) -> std::result::Result<AttnKernel, Vec<String
 }
 
 /// Whether a prefill runs on the matrix-core kernel (kernels/attention_mma.hip): f16/bf16,
-/// head_dim exactly 64 or 128, no RoPE inside attention or queries-only RoPE (hip-hybrid);
+/// head_dim exactly 64, 128 or 256, no RoPE inside attention or queries-only RoPE (hip-hybrid);
 /// hip-fused's key rotation stays on the vector units, and so does f32 (its results do not
 /// change).
 pub fn uses_matrix_cores(dtype: DType, head_dim: usize, dmax: usize, rope: Option<&AttnRope>) -> bool {
-    matches!(dtype, DType::F16 | DType::BF16) && head_dim == dmax && dmax <= 128 && rope.is_none_or(|r| r.k_pos == 0)
+    matches!(dtype, DType::F16 | DType::BF16) && head_dim == dmax && rope.is_none_or(|r| r.k_pos == 0)
+}
+
+/// Whether a decode runs on the matrix-core decode kernel (kernels/attention_mma.hip): as
+/// [`uses_matrix_cores`], head_dim 64 or 128.
+pub fn decode_uses_matrix_cores(dtype: DType, head_dim: usize, dmax: usize, rope: Option<&AttnRope>) -> bool {
+    dmax <= 128 && uses_matrix_cores(dtype, head_dim, dmax, rope)
+}
+
+/// Dynamic shared memory of the matrix-core decode (`decode_mma_body`): 16 query rows and
+/// `MMA_DC_STAGES` stages (3 on NVIDIA, 1 on AMD) of a 64-key K and V tile, rows of `dmax + 8`
+/// 16-bit elements.
+pub fn mma_decode_shared_bytes(dmax: usize, vendor: Vendor) -> u32 {
+    let stages = match vendor {
+        Vendor::Nvidia => 3,
+        Vendor::Amd => 1,
+    };
+    ((16 + stages * 2 * 64) * (dmax + 8) * 2) as u32
+}
+
+/// Matrix-core decode blocks resident on one SM / CU at once (bounded by shared memory: 227 KiB
+/// per SM on NVIDIA, 64 KiB per CU on AMD).
+pub fn mma_decode_blocks_per_sm(dmax: usize, vendor: Vendor) -> usize {
+    let per_sm = match vendor {
+        Vendor::Nvidia => 227 << 10,
+        Vendor::Amd => 64 << 10,
+    };
+    (per_sm / (mma_decode_shared_bytes(dmax, vendor) as usize + 1024)).max(1)
+}
+
+/// KV splits of a matrix-core decode of `blocks` (entry, kv head, row chunk) blocks over at most
+/// `max_kv` keys on a GPU with `slots` resident blocks: the count that minimises the modelled
+/// time, waves x keys per split (a split costs its keys; a partly filled last wave costs as
+/// much as a full one), at least 256 keys per split; more splits only for a gain of 5 % or more
+/// (each adds merging and a pipeline ramp the model leaves out).
+pub fn mma_decode_splits(blocks: usize, max_kv: usize, slots: usize) -> usize {
+    let (blocks, slots) = (blocks.max(1), slots.max(1));
+    let most = max_kv.div_ceil(256).max(1);
+    let cost = |s: usize| (blocks * s).div_ceil(slots) as f64 / s as f64;
+    (1..=most).fold(1, |best, s| if cost(s) < 0.95 * cost(best) { s } else { best })
+}
+
+/// Groups (warps / wavefronts) of one matrix-core block (`MMA_GROUPS`).
+pub const MMA_GROUPS: u32 = 4;
+
+/// Query rows of a matrix-core prefill tile (`MmaTile::BR` in kernels/attention_mma.hip).
+pub fn mma_tile_rows(dmax: usize) -> usize {
+    if dmax <= 128 { 128 } else { 64 }
+}
+
+/// Keys of a matrix-core prefill tile (`MmaTile::BC`): AMD blocks get 64 KiB of LDS.
+fn mma_tile_keys(dmax: usize, vendor: Vendor) -> usize {
+    match vendor {
+        Vendor::Nvidia => if dmax <= 128 { 64 } else { 32 },
+        Vendor::Amd => if dmax <= 64 { 64 } else if dmax <= 128 { 32 } else { 16 },
+    }
+}
+
+/// Dynamic shared memory of the matrix-core prefill for head dim `dmax`, mirroring `MmaTile`:
+/// the query tile and one key and one value tile, each row `dmax + 8` 16-bit elements.
+pub fn mma_shared_bytes(dmax: usize, vendor: Vendor) -> u32 {
+    ((mma_tile_rows(dmax) + 2 * mma_tile_keys(dmax, vendor)) * (dmax + 8) * 2) as u32
 }
 
 /// Where K/V rows of each batch entry are.
@@ -207,13 +268,21 @@ pub fn launch(gpu: &Gpu, kernel: AttnKernel, s: &Shape<'_>, kv: KvSource<'_>, q:
             meta.extend(std::iter::repeat(i as i32).take(n));
         }
     }
-    if let AttnKernel::Prefill { .. } = kernel {
+    let mma_prefill = matches!(kernel, AttnKernel::Prefill { dmax } if uses_matrix_cores(s.dtype, s.head_dim, dmax, rope));
+    if let AttnKernel::Prefill { dmax } = kernel {
+        let rows = if mma_prefill { mma_tile_rows(dmax) } else { PREFILL_BR };
+        // (entry, first row), heaviest first: a causal tile's keys grow with its rows, and
+        // blocks start in list order, so the long ones do not trail at the end.
+        let mut tiles: Vec<(usize, usize)> = Vec::new();
         for (i, &n) in s.q_lens.iter().enumerate() {
-            for q0 in (0..n).step_by(PREFILL_BR) {
-                meta.push(i as i32);
-                meta.push(q0 as i32);
-                num_tiles += 1;
-            }
+            tiles.extend((0..n).step_by(rows).map(|q0| (i, q0)));
+        }
+        let keys = |&(i, q0): &(usize, usize)| if s.causal { (s.kv_lens[i] + (q0 + rows).min(s.q_lens[i])).saturating_sub(s.q_lens[i]) } else { s.kv_lens[i] };
+        tiles.sort_by_key(|t| std::cmp::Reverse(keys(t)));
+        for (i, q0) in tiles {
+            meta.push(i as i32);
+            meta.push(q0 as i32);
+            num_tiles += 1;
         }
     }
     let meta_buf = gpu.upload(&i32_bytes(&meta))?;
@@ -257,9 +326,10 @@ pub fn launch(gpu: &Gpu, kernel: AttnKernel, s: &Shape<'_>, kv: KvSource<'_>, q:
     match kernel {
         AttnKernel::Prefill { dmax } => {
             let grid = (num_tiles as u32, s.heads as u32, 1);
-            if uses_matrix_cores(s.dtype, s.head_dim, dmax, rope) {
+            if mma_prefill {
                 let kind = if rope.is_some() { "_qrope" } else { "" };
-                gpu.launch(&format!("attn_prefill_mma{kind}_d{dmax}_{dt}"), grid, 128, p)?;
+                let block = MMA_GROUPS * gpu.warp_size;
+                gpu.launch_shared(&format!("attn_prefill_mma{kind}_d{dmax}_{dt}"), grid, block, mma_shared_bytes(dmax, gpu.vendor), p)?;
             } else {
                 gpu.launch(&format!("attn_prefill{kind}_d{dmax}_{dt}"), grid, 256, p)?;
             }
@@ -296,14 +366,21 @@ pub fn launch(gpu: &Gpu, kernel: AttnKernel, s: &Shape<'_>, kv: KvSource<'_>, q:
         AttnKernel::Decode { dmax, rows } => {
             let group = s.heads / s.kv_heads;
             let max_q = s.q_lens.iter().copied().max().unwrap_or(1);
-            let row_chunks = (group * max_q).div_ceil(rows);
             let max_kv = s.kv_lens.iter().copied().max().unwrap_or(1);
+            let mma = decode_uses_matrix_cores(s.dtype, s.head_dim, dmax, rope);
+            // Matrix cores: 16 rows per block; vector units: the compiled row count.
+            let rows = if mma { 16 } else { rows };
+            let row_chunks = (group * max_q).div_ceil(rows);
             let blocks = b * s.kv_heads * row_chunks;
-            // Enough splits to put ~4 blocks on every SM with at least 128 keys per split, and
-            // never more than DECODE_MAX_KEYS keys per split (the kernel keeps a split's logits
-            // in shared memory).
-            let want = (4 * gpu.sm_count as usize).div_ceil(blocks.max(1));
-            let splits = want.clamp(1, max_kv.div_ceil(128).max(1)).max(max_kv.div_ceil(DECODE_MAX_KEYS));
+            let splits = if mma {
+                mma_decode_splits(blocks, max_kv, gpu.sm_count as usize * mma_decode_blocks_per_sm(dmax, gpu.vendor))
+            } else {
+                // Enough splits to put ~4 blocks on every SM with at least 128 keys per split, and
+                // never more than DECODE_MAX_KEYS keys per split (the kernel keeps a split's logits
+                // in shared memory).
+                let want = (4 * gpu.sm_count as usize).div_ceil(blocks.max(1));
+                want.clamp(1, max_kv.div_ceil(128).max(1)).max(max_kv.div_ceil(DECODE_MAX_KEYS))
+            };
             p.splits = splits as i32;
             p.rows_per_block = rows as i32;
             let total_rows: usize = s.q_lens.iter().sum::<usize>() * s.heads;
@@ -315,7 +392,12 @@ pub fn launch(gpu: &Gpu, kernel: AttnKernel, s: &Shape<'_>, kv: KvSource<'_>, q:
             let grid = ((b * s.kv_heads * splits) as u32, row_chunks as u32, 1);
             // Queries-only RoPE has its own decode kernels (fewer registers than the key path).
             let kind = if rope.is_some_and(|r| r.k_pos == 0) { "_qrope" } else { kind };
-            gpu.launch(&format!("attn_decode{kind}_d{dmax}_r{rows}_{dt}"), grid, 128, p)?;
+            if mma {
+                let block = MMA_GROUPS * gpu.warp_size;
+                gpu.launch_shared(&format!("attn_decode_mma{kind}_d{dmax}_{dt}"), grid, block, mma_decode_shared_bytes(dmax, gpu.vendor), p)?;
+            } else {
+                gpu.launch(&format!("attn_decode{kind}_d{dmax}_r{rows}_{dt}"), grid, 128, p)?;
+            }
             if splits > 1 {
                 let m = MergeParams { part: p.part, out, rows: total_rows as i32, splits: splits as i32, head_dim: s.head_dim as i32, pad: 0 };
                 gpu.launch(&format!("attn_merge_{dt}"), (total_rows as u32, 1, 1), 128, m)?;
@@ -323,4 +405,33 @@ pub fn launch(gpu: &Gpu, kernel: AttnKernel, s: &Shape<'_>, kv: KvSource<'_>, q:
         }
     }
     Ok(keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_splits_fill_the_gpu_without_a_long_tail() {
+        // H100, head_dim 128: 2 blocks per SM, 264 slots.
+        assert_eq!(mma_decode_blocks_per_sm(128, Vendor::Nvidia), 2);
+        let slots = 264;
+        // B=1, 8 kv heads, L=131072: one full wave of 33 splits.
+        assert_eq!(mma_decode_splits(8, 131072, slots), 33);
+        // B=1, L=8192: about as many as 256-key splits allow (32; 31 is within 5 %).
+        assert_eq!(mma_decode_splits(8, 8192, slots), 31);
+        // B=16: two splits make one full wave.
+        assert_eq!(mma_decode_splits(128, 8192, slots), 2);
+        // B=64: enough blocks without splitting.
+        assert_eq!(mma_decode_splits(512, 131072, slots), 1);
+        // Short caches never split below 256 keys.
+        assert_eq!(mma_decode_splits(8, 100, slots), 1);
+        // Every choice is in range.
+        for blocks in [1, 3, 16, 128, 1000] {
+            for kv in [1, 255, 256, 4097, 100_000] {
+                let s = mma_decode_splits(blocks, kv, slots);
+                assert!(s >= 1 && s <= kv.div_ceil(256).max(1));
+            }
+        }
+    }
 }

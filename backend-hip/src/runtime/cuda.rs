@@ -45,7 +45,8 @@ pub(super) struct Gpu {
     staging: Vec<Mutex<StagingSlot>>,
     next_slot: AtomicUsize,
     modules: Vec<(&'static str, Arc<CudaModule>)>,
-    functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Loaded kernels, with the dynamic shared memory each is opted in to.
+    functions: Mutex<HashMap<String, (CudaFunction, u32)>>,
     /// Device name as the driver reports it.
     pub name: String,
     /// Streaming multiprocessors.
@@ -188,27 +189,35 @@ impl Gpu {
         self.stream.synchronize().map_err(dev("cuStreamSynchronize"))
     }
 
-    fn function(&self, name: &str) -> Result<CudaFunction> {
+    /// Kernel `name`, opted in to `shared` bytes of dynamic shared memory when past the 48 KiB
+    /// every kernel may use.
+    fn function(&self, name: &str, shared: u32) -> Result<CudaFunction> {
         let mut cache = self.functions.lock().map_err(|_| Error::Device { code: -1, message: "kernel cache lock poisoned".into() })?;
-        if let Some(f) = cache.get(name) {
-            return Ok(f.clone());
+        if !cache.contains_key(name) {
+            let f = self
+                .modules
+                .iter()
+                .find_map(|(_, m)| m.load_function(name).ok())
+                .ok_or_else(|| Error::Device { code: -1, message: format!("kernel {name} is missing from the embedded modules") })?;
+            cache.insert(name.to_string(), (f, 48 << 10));
         }
-        for (_, m) in &self.modules {
-            if let Ok(f) = m.load_function(name) {
-                cache.insert(name.to_string(), f.clone());
-                return Ok(f);
-            }
+        let entry = cache.get_mut(name).expect("inserted above");
+        if shared > entry.1 {
+            use cudarc::driver::sys::CUfunction_attribute as FA;
+            entry.0.set_attribute(FA::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared as i32).map_err(dev("cuFuncSetAttribute"))?;
+            entry.1 = shared;
         }
-        Err(Error::Device { code: -1, message: format!("kernel {name} is missing from the embedded modules") })
+        Ok(entry.0.clone())
     }
 
-    /// Launches kernel `name` with one by-value parameter struct.
-    pub fn launch<P: KernelArgs>(&self, name: &str, grid: (u32, u32, u32), block: u32, params: P) -> Result<()> {
+    /// Launches kernel `name` with one by-value parameter struct and `shared` bytes of dynamic
+    /// shared memory.
+    pub fn launch<P: KernelArgs>(&self, name: &str, grid: (u32, u32, u32), block: u32, shared: u32, params: P) -> Result<()> {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
-        let f = self.function(name)?;
-        let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: 0 };
+        let f = self.function(name, shared)?;
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: shared };
         let arg = ByValue(params);
         let mut b = self.stream.launch_builder(&f);
         b.arg(&arg);

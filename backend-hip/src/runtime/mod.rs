@@ -47,6 +47,8 @@ pub struct Gpu {
     pub sm_count: u32,
     /// Which runtime drives it.
     pub vendor: Vendor,
+    /// Lanes of a warp (NVIDIA: 32) or wavefront (AMD: 64 on CDNA, 32 on RDNA).
+    pub warp_size: u32,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -112,15 +114,15 @@ impl Gpu {
         match cuda::Gpu::open(ordinal) {
             Ok(g) => {
                 let (name, sm_count) = (g.name.clone(), g.sm_count);
-                return Ok(Gpu { imp: Imp::Cuda(g), name, sm_count, vendor: Vendor::Nvidia });
+                return Ok(Gpu { imp: Imp::Cuda(g), name, sm_count, vendor: Vendor::Nvidia, warp_size: 32 });
             }
             Err(e) => why.push(format!("NVIDIA: {e}")),
         }
         #[cfg(feature = "rocm")]
         match rocm::Gpu::open(ordinal) {
             Ok(g) => {
-                let (name, sm_count) = (g.name.clone(), g.sm_count);
-                return Ok(Gpu { imp: Imp::Rocm(g), name, sm_count, vendor: Vendor::Amd });
+                let (name, sm_count, warp_size) = (g.name.clone(), g.sm_count, g.warp_size);
+                return Ok(Gpu { imp: Imp::Rocm(g), name, sm_count, vendor: Vendor::Amd, warp_size });
             }
             Err(e) => why.push(format!("AMD: {e}")),
         }
@@ -200,10 +202,16 @@ impl Gpu {
 
     /// Launches kernel `name` with one by-value parameter struct.
     pub fn launch<P: KernelArgs>(&self, name: &str, grid: (u32, u32, u32), block: u32, params: P) -> Result<()> {
+        self.launch_shared(name, grid, block, 0, params)
+    }
+
+    /// [`Gpu::launch`] with `shared` bytes of dynamic shared memory (past 48 KiB the kernel is
+    /// opted in on NVIDIA; AMD allows 64 KiB per block).
+    pub fn launch_shared<P: KernelArgs>(&self, name: &str, grid: (u32, u32, u32), block: u32, shared: u32, params: P) -> Result<()> {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
-        with_imp!(self, g => g.launch(name, grid, block, params))
+        with_imp!(self, g => g.launch(name, grid, block, shared, params))
     }
 
     /// Runs `f` `reps` times between two device events; milliseconds per run.

@@ -54,6 +54,7 @@ pub(super) struct Gpu {
     functions: Mutex<HashMap<String, Function>>,
     pub name: String,
     pub sm_count: u32,
+    pub warp_size: u32,
 }
 
 // SAFETY: HIP handles (stream, modules, functions, events, pinned memory) may be used from any
@@ -119,6 +120,12 @@ impl Gpu {
                 sys::hipDeviceGetAttribute(&mut cus, sys::hipDeviceAttribute_t::hipDeviceAttributeMultiprocessorCount, ordinal as i32),
             )
             .map_err(|e| e.to_string())?;
+            let mut warp_size = 0;
+            check(
+                "hipDeviceGetAttribute(WarpSize)",
+                sys::hipDeviceGetAttribute(&mut warp_size, sys::hipDeviceAttribute_t::hipDeviceAttributeWarpSize, ordinal as i32),
+            )
+            .map_err(|e| e.to_string())?;
             let mut pools = 0;
             let pools = sys::hipDeviceGetAttribute(&mut pools, sys::hipDeviceAttribute_t::hipDeviceAttributeMemoryPoolsSupported, ordinal as i32)
                 == sys::hipError_t::hipSuccess
@@ -156,6 +163,7 @@ impl Gpu {
                 functions: Mutex::new(HashMap::new()),
                 name,
                 sm_count: cus as u32,
+                warp_size: warp_size as u32,
             })
         }
     }
@@ -253,7 +261,7 @@ impl Gpu {
         Err(Error::Device { code: -1, message: format!("kernel {name} is missing from the embedded modules") })
     }
 
-    pub fn launch<P: KernelArgs>(&self, name: &str, grid: (u32, u32, u32), block: u32, params: P) -> Result<()> {
+    pub fn launch<P: KernelArgs>(&self, name: &str, grid: (u32, u32, u32), block: u32, shared: u32, params: P) -> Result<()> {
         let f = self.function(name)?;
         let mut arg = params;
         let mut size = std::mem::size_of::<P>();
@@ -271,7 +279,7 @@ impl Gpu {
         unsafe {
             check(
                 &format!("launching {name}"),
-                sys::hipModuleLaunchKernel(f, grid.0, grid.1, grid.2, block, 1, 1, 0, self.stream, std::ptr::null_mut(), extra.as_mut_ptr()),
+                sys::hipModuleLaunchKernel(f, grid.0, grid.1, grid.2, block, 1, 1, shared, self.stream, std::ptr::null_mut(), extra.as_mut_ptr()),
             )
         }
     }
