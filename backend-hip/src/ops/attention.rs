@@ -138,18 +138,18 @@ pub fn plan(problem: &ProblemDesc) -> std::result::Result<AttnKernel, Vec<String
     }
 }
 
-/// Whether a prefill runs on the matrix-core kernel (kernels/attention_mma.hip): f16/bf16,
-/// head_dim exactly 64, 128 or 256, no RoPE inside attention or queries-only RoPE (hip-hybrid);
-/// hip-fused's key rotation stays on the vector units, and so does f32 (its results do not
-/// change).
-pub fn uses_matrix_cores(dtype: DType, head_dim: usize, dmax: usize, rope: Option<&AttnRope>) -> bool {
-    matches!(dtype, DType::F16 | DType::BF16) && head_dim == dmax && rope.is_none_or(|r| r.k_pos == 0)
+/// Whether a prefill runs on the matrix-core kernel (kernels/attention_mma.hip): a GPU with
+/// matrix cores ([`Gpu::matrix_cores`]), f16/bf16, head_dim exactly 64, 128 or 256, no RoPE
+/// inside attention or queries-only RoPE (hip-hybrid); hip-fused's key rotation stays on the
+/// vector units, and so does f32 (its results do not change).
+pub fn uses_matrix_cores(gpu: &Gpu, dtype: DType, head_dim: usize, dmax: usize, rope: Option<&AttnRope>) -> bool {
+    gpu.matrix_cores && matches!(dtype, DType::F16 | DType::BF16) && head_dim == dmax && rope.is_none_or(|r| r.k_pos == 0)
 }
 
 /// Whether a decode runs on the matrix-core decode kernel (kernels/attention_mma.hip): as
 /// [`uses_matrix_cores`], head_dim 64 or 128.
-pub fn decode_uses_matrix_cores(dtype: DType, head_dim: usize, dmax: usize, rope: Option<&AttnRope>) -> bool {
-    dmax <= 128 && uses_matrix_cores(dtype, head_dim, dmax, rope)
+pub fn decode_uses_matrix_cores(gpu: &Gpu, dtype: DType, head_dim: usize, dmax: usize, rope: Option<&AttnRope>) -> bool {
+    dmax <= 128 && uses_matrix_cores(gpu, dtype, head_dim, dmax, rope)
 }
 
 /// Dynamic shared memory of the matrix-core decode (`decode_mma_body`): 16 query rows and
@@ -268,7 +268,7 @@ pub fn launch(gpu: &Gpu, kernel: AttnKernel, s: &Shape<'_>, kv: KvSource<'_>, q:
             meta.extend(std::iter::repeat(i as i32).take(n));
         }
     }
-    let mma_prefill = matches!(kernel, AttnKernel::Prefill { dmax } if uses_matrix_cores(s.dtype, s.head_dim, dmax, rope));
+    let mma_prefill = matches!(kernel, AttnKernel::Prefill { dmax } if uses_matrix_cores(gpu, s.dtype, s.head_dim, dmax, rope));
     if let AttnKernel::Prefill { dmax } = kernel {
         let rows = if mma_prefill { mma_tile_rows(dmax) } else { PREFILL_BR };
         // (entry, first row), heaviest first: a causal tile's keys grow with its rows, and
@@ -367,7 +367,7 @@ pub fn launch(gpu: &Gpu, kernel: AttnKernel, s: &Shape<'_>, kv: KvSource<'_>, q:
             let group = s.heads / s.kv_heads;
             let max_q = s.q_lens.iter().copied().max().unwrap_or(1);
             let max_kv = s.kv_lens.iter().copied().max().unwrap_or(1);
-            let mma = decode_uses_matrix_cores(s.dtype, s.head_dim, dmax, rope);
+            let mma = decode_uses_matrix_cores(gpu, s.dtype, s.head_dim, dmax, rope);
             // Matrix cores: 16 rows per block; vector units: the compiled row count.
             let rows = if mma { 16 } else { rows };
             let row_chunks = (group * max_q).div_ceil(rows);

@@ -49,6 +49,10 @@ pub struct Gpu {
     pub vendor: Vendor,
     /// Lanes of a warp (NVIDIA: 32) or wavefront (AMD: 64 on CDNA, 32 on RDNA).
     pub warp_size: u32,
+    /// Whether the matrix-core kernels run on matrix instructions here: NVIDIA (every embedded
+    /// architecture is sm_80+) and AMD CDNA (wave64: gfx90a is the CDNA target built). RDNA
+    /// (gfx1030, wave32) has no matrix cores; its f16/bf16 attention takes the vector kernels.
+    pub matrix_cores: bool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -114,7 +118,7 @@ impl Gpu {
         match cuda::Gpu::open(ordinal) {
             Ok(g) => {
                 let (name, sm_count) = (g.name.clone(), g.sm_count);
-                return Ok(Gpu { imp: Imp::Cuda(g), name, sm_count, vendor: Vendor::Nvidia, warp_size: 32 });
+                return Ok(Gpu { imp: Imp::Cuda(g), name, sm_count, vendor: Vendor::Nvidia, warp_size: 32, matrix_cores: true });
             }
             Err(e) => why.push(format!("NVIDIA: {e}")),
         }
@@ -122,7 +126,7 @@ impl Gpu {
         match rocm::Gpu::open(ordinal) {
             Ok(g) => {
                 let (name, sm_count, warp_size) = (g.name.clone(), g.sm_count, g.warp_size);
-                return Ok(Gpu { imp: Imp::Rocm(g), name, sm_count, vendor: Vendor::Amd, warp_size });
+                return Ok(Gpu { imp: Imp::Rocm(g), name, sm_count, vendor: Vendor::Amd, warp_size, matrix_cores: warp_size == 64 });
             }
             Err(e) => why.push(format!("AMD: {e}")),
         }
