@@ -42,6 +42,45 @@ template <int DM> struct MmaTile {
     static constexpr bool QREG = DM * MT <= 128;      // query fragments kept in registers
 };
 
+// One online-softmax step for one 16-row tile of this group over NF score fragments whose first
+// key is key0: scale to base 2, mask keys at or past the row's `lim` (when `masked`), update the
+// row maxima `m` and this lane's partial sums `l`, turn the scores into probabilities in place,
+// and leave in `corr` each row's factor for rescaling its accumulators.
+template <int NF>
+AF_DEVICE void mma_softmax_step(float (*s)[4], float* m, float* l, const int* lim, bool masked, int key0, float scale_log2, float* corr) {
+    float mx[AF_MMA_SLOTS], base[AF_MMA_SLOTS];
+#pragma unroll
+    for (int sl = 0; sl < AF_MMA_SLOTS; ++sl) mx[sl] = -INFINITY;
+#pragma unroll
+    for (int f = 0; f < NF; ++f) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int sl = af_mma_slot(e);
+            float x = s[f][e] * scale_log2;
+            if (masked && key0 + f * AF_MMA_SN + af_mma_col(e) >= lim[sl]) x = -INFINITY;
+            s[f][e] = x;
+            mx[sl] = fmaxf(mx[sl], x);
+        }
+    }
+#pragma unroll
+    for (int sl = 0; sl < AF_MMA_SLOTS; ++sl) {
+        const float mn = fmaxf(m[sl], af_mma_rowmax(mx[sl]));
+        base[sl] = mn == -INFINITY ? 0.f : mn;
+        corr[sl] = exp2f(m[sl] - base[sl]);
+        m[sl] = mn;
+        l[sl] *= corr[sl];
+    }
+#pragma unroll
+    for (int f = 0; f < NF; ++f) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int sl = af_mma_slot(e);
+            s[f][e] = exp2f(s[f][e] - base[sl]);
+            l[sl] += s[f][e];
+        }
+    }
+}
+
 template <typename T, int DM, bool QROPE>
 AF_DEVICE void prefill_mma_body(const AttnParams& p) {
     using Tile = MmaTile<DM>;
@@ -167,38 +206,8 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
         unsigned pf[MT][BC / 16][AF_MMA_PW];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
-            float mx[AF_MMA_SLOTS];
-#pragma unroll
-            for (int sl = 0; sl < AF_MMA_SLOTS; ++sl) mx[sl] = -INFINITY;
-#pragma unroll
-            for (int f = 0; f < SF; ++f) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int sl = af_mma_slot(e);
-                    float x = s[mt][f][e] * p.scale_log2;
-                    if (masked && k0 + f * AF_MMA_SN + af_mma_col(e) >= lim[mt][sl]) x = -INFINITY;
-                    s[mt][f][e] = x;
-                    mx[sl] = fmaxf(mx[sl], x);
-                }
-            }
-            float corr[AF_MMA_SLOTS], base[AF_MMA_SLOTS];
-#pragma unroll
-            for (int sl = 0; sl < AF_MMA_SLOTS; ++sl) {
-                const float mn = fmaxf(m[mt][sl], af_mma_rowmax(mx[sl]));
-                base[sl] = mn == -INFINITY ? 0.f : mn;
-                corr[sl] = exp2f(m[mt][sl] - base[sl]);
-                m[mt][sl] = mn;
-                l[mt][sl] *= corr[sl];
-            }
-#pragma unroll
-            for (int f = 0; f < SF; ++f) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int sl = af_mma_slot(e);
-                    s[mt][f][e] = exp2f(s[mt][f][e] - base[sl]);
-                    l[mt][sl] += s[mt][f][e];
-                }
-            }
+            float corr[AF_MMA_SLOTS];
+            mma_softmax_step<SF>(s[mt], m[mt], l[mt], lim[mt], masked, k0, p.scale_log2, corr);
 #pragma unroll
             for (int c = 0; c < BC / 16; ++c) af_mma_pack_p<BF16>(pf[mt][c], &s[mt][c * (16 / AF_MMA_SN)]);
 #pragma unroll
@@ -264,8 +273,9 @@ STAMP_MMA(256)
 // head's GQA group, so every K/V byte is read once for all of them; rows past the group are
 // zeros (the matrix instruction's 16 rows cost nothing extra: decode is bound by K/V reads).
 // The split's keys go through shared memory in tiles of 64, MMA_DC_STAGES deep on NVIDIA (the
-// next two tiles load while this one is used; mma_decode_shared_bytes mirrors it); group w takes keys 16w..16w+15 of each tile with its own
-// online softmax, and the groups merge through shared memory at the end. One split writes
+// next two tiles load while this one is used; mma_decode_shared_bytes mirrors it); group w
+// takes keys 16w..16w+15 of each tile with its own online softmax, and the groups merge
+// through shared memory at the end. One split writes
 // `out`; several write (max, sum, unnormalised acc) partials for attn_merge, as decode_body.
 // Head dims 64 and 128 (shared memory: 16 + 2 x 64 x stages rows of DM + 8).
 #define MMA_DC_BC 64
@@ -370,37 +380,8 @@ AF_DEVICE void decode_mma_body(const AttnParams& p) {
             af_mma_load_k(kf, tK, LD, kt);
             af_mma_qk16<BF16>(s, qf, kf);
         }
-        float mx[AF_MMA_SLOTS];
-#pragma unroll
-        for (int sl = 0; sl < AF_MMA_SLOTS; ++sl) mx[sl] = -INFINITY;
-#pragma unroll
-        for (int f = 0; f < 16 / AF_MMA_SN; ++f) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int sl = af_mma_slot(e);
-                const float x = k0 + f * AF_MMA_SN + af_mma_col(e) < lim[sl] ? s[f][e] * p.scale_log2 : -INFINITY;
-                s[f][e] = x;
-                mx[sl] = fmaxf(mx[sl], x);
-            }
-        }
-        float corr[AF_MMA_SLOTS], base[AF_MMA_SLOTS];
-#pragma unroll
-        for (int sl = 0; sl < AF_MMA_SLOTS; ++sl) {
-            const float mn = fmaxf(m[sl], af_mma_rowmax(mx[sl]));
-            base[sl] = mn == -INFINITY ? 0.f : mn;
-            corr[sl] = exp2f(m[sl] - base[sl]);
-            m[sl] = mn;
-            l[sl] *= corr[sl];
-        }
-#pragma unroll
-        for (int f = 0; f < 16 / AF_MMA_SN; ++f) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int sl = af_mma_slot(e);
-                s[f][e] = exp2f(s[f][e] - base[sl]);
-                l[sl] += s[f][e];
-            }
-        }
+        float corr[AF_MMA_SLOTS];
+        mma_softmax_step<16 / AF_MMA_SN>(s, m, l, lim, true, k0, p.scale_log2, corr);
         unsigned pf[AF_MMA_PW];
         af_mma_pack_p<BF16>(pf, s);
 #pragma unroll

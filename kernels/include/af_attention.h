@@ -73,10 +73,7 @@ AF_DEVICE void rope_rows(const AttnParams& p, int rows, int D, int tid, int nthr
         const float x0 = af_to_float(row[d0]), x1 = af_to_float(row[d1]);
         if (rot) {
             float c, s;
-            if (FAST)
-                af_rope_cs_fast((double)pos(r), reinterpret_cast<const double*>(p.inv_freq)[k], p.rope_factor, &c, &s);
-            else
-                af_rope_cs((double)pos(r), reinterpret_cast<const double*>(p.inv_freq)[k], p.rope_factor, &c, &s);
+            af_rope_cs<FAST>((double)pos(r), reinterpret_cast<const double*>(p.inv_freq)[k], p.rope_factor, &c, &s);
             emit(r, d0, x0 * c + (-1.f) * x1 * s);
             emit(r, d1, x1 * c + 1.f * x0 * s);
         } else {

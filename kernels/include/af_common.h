@@ -61,21 +61,20 @@ template <int N, typename T> AF_DEVICE void af_copy(T* dst, const T* src) {
     extern "C" __global__ void __launch_bounds__(BOUNDS) NAME##_f16(PARAMS p) { NAME##_impl<af_f16>(p); }  \
     extern "C" __global__ void __launch_bounds__(BOUNDS) NAME##_bf16(PARAMS p) { NAME##_impl<af_bf16>(p); }
 
-// RoPE angle for one pair: f64 product and reduction to [0, 2pi) (f32 would lose ~1e-2 rad at
-// position 1e6), then f32 sincos; cos and sin times the scaling's multiplier.
+// RoPE angle for one pair: f64 product and reduction (f32 would lose ~1e-2 rad at position 1e6),
+// then f32 sincos; cos and sin times the scaling's multiplier. FAST (f16/bf16 matrix-core
+// kernels) reduces to [-pi, pi] and takes the hardware sincos there (absolute error about 1e-6,
+// against f16/bf16 rounding of 1e-3); otherwise [0, 2pi) and the precise sincos.
+template <bool FAST = false>
 AF_DEVICE void af_rope_cs(double pos, double inv_freq, float factor, float* c, float* s) {
     double a = pos * inv_freq;
-    a -= 6.283185307179586 * floor(a * 0.15915494309189535);
-    af_sincos((float)a, s, c);
-    *s *= factor;
-    *c *= factor;
-}
-// The same angle on the hardware sin/cos path: reduced to [-pi, pi] in f64, then one fast sincos
-// (absolute error about 1e-6 there; for f16/bf16 results, whose rounding is 1e-3).
-AF_DEVICE void af_rope_cs_fast(double pos, double inv_freq, float factor, float* c, float* s) {
-    double a = pos * inv_freq;
-    a -= 6.283185307179586 * rint(a * 0.15915494309189535);
-    af_sincos_fast((float)a, s, c);
+    if (FAST) {
+        a -= 6.283185307179586 * rint(a * 0.15915494309189535);
+        af_sincos_fast((float)a, s, c);
+    } else {
+        a -= 6.283185307179586 * floor(a * 0.15915494309189535);
+        af_sincos((float)a, s, c);
+    }
     *s *= factor;
     *c *= factor;
 }

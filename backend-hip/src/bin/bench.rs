@@ -166,19 +166,33 @@ fn profile_mma(h: &Backend) -> Result<()> {
             be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params: AttentionParams::causal(d), out: &mut out })?;
         }
     }
-    let (b, l) = (16usize, 8192usize);
-    let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: l } };
-    let mut cache = h.create_kv_cache(&spec)?;
-    let src = h.upload(&randn(b * 1024 * hk * d, 55), &[b * 1024, hk, d], dt)?;
-    for _ in 0..l / 1024 {
-        h.kv_append(&mut cache, &src, &src, &Batch::uniform(b, 1024)?)?;
-    }
+    let b = 16usize;
+    let cache = filled_cache(h, b, 8192, hk, d, dt)?;
     let q1 = h.upload(&randn(b * hq * d, 56), &[b, hq, d], dt)?;
     let mut o1 = h.alloc(&[b, hq, d], dt)?;
     for _ in 0..2 {
         h.attention(&q1, &cache, &Batch::uniform(b, 1)?, AttentionParams::causal(d), &mut o1)?;
     }
     h.synchronize()
+}
+
+/// A contiguous cache of `b` sequences holding `l` random tokens each (K = V), filled by
+/// appending one random chunk repeatedly, then a random tail: host memory stays small at
+/// B=64, L=131072 (34 GB of cache).
+fn filled_cache(h: &Backend, b: usize, l: usize, hk: usize, d: usize, dt: DType) -> Result<KvCache> {
+    let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: l } };
+    let mut cache = h.create_kv_cache(&spec)?;
+    let chunk = 1024usize.min(l);
+    let src = h.upload(&randn(b * chunk * hk * d, 43), &[b * chunk, hk, d], dt)?;
+    let mut have = 0;
+    while have + chunk < l {
+        h.kv_append(&mut cache, &src, &src, &Batch::uniform(b, chunk)?)?;
+        have += chunk;
+    }
+    let rest = l - have;
+    let tail = h.upload(&randn(b * rest * hk * d, 44), &[b * rest, hk, d], dt)?;
+    h.kv_append(&mut cache, &tail, &tail, &Batch::uniform(b, rest)?)?;
+    Ok(cache)
 }
 
 /// The matrix-core issue's shapes (hip-flash).
@@ -204,26 +218,12 @@ fn mma_shapes(be: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()> {
             }
         }
     }
-    // Decode: bf16, GQA 32/8, D=128, one new token over L cached ones. The cache is filled by
-    // appending one random chunk repeatedly (host memory stays small at B=64, L=131072: 34 GB).
+    // Decode: bf16, GQA 32/8, D=128, one new token over L cached ones.
     let (hk, d, dt) = (8usize, 128usize, DType::BF16);
     let es = dt.size() as f64;
     for b in [1usize, 16, 64] {
         for l in [4096usize, 8192, 131072] {
-            let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: l } };
-            let mut cache = h.create_kv_cache(&spec)?;
-            let chunk = 1024usize.min(l);
-            let src = h.upload(&randn(b * chunk * hk * d, 43), &[b * chunk, hk, d], dt)?;
-            let mut have = 0;
-            while have + chunk < l {
-                h.kv_append(&mut cache, &src, &src, &Batch::uniform(b, chunk)?)?;
-                have += chunk;
-            }
-            drop(src);
-            let rest = l - have;
-            let tail = h.upload(&randn(b * rest * hk * d, 44), &[b * rest, hk, d], dt)?;
-            h.kv_append(&mut cache, &tail, &tail, &Batch::uniform(b, rest)?)?;
-            drop(tail);
+            let cache = filled_cache(h, b, l, hk, d, dt)?;
             let q = h.upload(&randn(b * hq * d, 45), &[b, hq, d], dt)?;
             let mut out = h.alloc(&[b, hq, d], dt)?;
             // One query per sequence, the last of its L cached tokens: it attends to all of them.
