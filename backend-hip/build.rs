@@ -82,8 +82,9 @@ fn main() {
 
     let cuda_archs = std::env::var("ATTNFORGE_CUDA_ARCHS").unwrap_or_else(|_| "80 90".into());
     let amd_archs = std::env::var("ATTNFORGE_AMD_ARCHS").unwrap_or_else(|_| "gfx90a gfx1030".into());
-    let nvcc = find_nvcc(&root);
-    let hipcc = find_hipcc();
+    // "none" skips a vendor (development builds that need only one).
+    let nvcc = if cuda_archs.trim() == "none" { None } else { find_nvcc(&root) };
+    let hipcc = if amd_archs.trim() == "none" { None } else { find_hipcc() };
 
     // Compile every (vendor, source) pair in parallel: the machine has few cores and nvcc is slow.
     let mut jobs = Vec::new();

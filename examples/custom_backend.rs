@@ -10,17 +10,21 @@ use std::sync::Arc;
 use attnforge::registry::BackendEntry;
 use attnforge::*;
 
+/// Values of any dtype, held as f32 (rounded to the tensor's dtype when written). Untyped for
+/// the API's storage check (`dtype()` stays `None`): 4 bytes per element cover every dtype.
 #[derive(Debug)]
 struct F32s(Vec<f32>);
 impl Storage for F32s {
     fn as_any(&self) -> &dyn Any { self }
     fn as_any_mut(&mut self) -> &mut dyn Any { self }
+    fn byte_len(&self) -> usize { 4 * self.0.len() }
 }
 #[derive(Debug)]
 struct Pools { k: Vec<f32>, v: Vec<f32> }
 impl Storage for Pools {
     fn as_any(&self) -> &dyn Any { self }
     fn as_any_mut(&mut self) -> &mut dyn Any { self }
+    fn byte_len(&self) -> usize { 4 * self.k.len().min(self.v.len()) }
 }
 
 fn foreign(what: &str) -> Error {
@@ -45,7 +49,8 @@ impl AttentionBackend for HostF32 {
         if p.dtype == DType::F32 { Ok(()) } else { Err(vec![format!("dtype {} (host-f32 stores f32 only)", p.dtype)]) }
     }
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        Ok(Tensor::from_storage(shape.to_vec(), dtype, Device::CPU, Box::new(F32s(vec![0.0; shape.iter().product()]))))
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::InvalidArgument(format!("shape {shape:?} overflows")))?;
+        Tensor::from_storage(shape.to_vec(), dtype, Device::CPU, Box::new(F32s(try_vec(n, 0.0, "host-f32 tensor")?)))
     }
     fn write(&self, dst: &mut Tensor, src: &[f32]) -> Result<()> {
         let dt = dst.dtype();
@@ -59,7 +64,8 @@ impl AttentionBackend for HostF32 {
     }
     fn create_kv_cache(&self, spec: &KvCacheSpec) -> Result<KvCache> {
         let n = spec.pool_len();
-        Ok(KvCache::from_storage(spec.clone(), Device::CPU, Box::new(Pools { k: vec![0.0; n], v: vec![0.0; n] })))
+        let pools = Pools { k: try_vec(n, 0.0, "host-f32 K pool")?, v: try_vec(n, 0.0, "host-f32 V pool")? };
+        KvCache::from_storage(spec.clone(), Device::CPU, Box::new(pools))
     }
     fn read_kv_pool(&self, c: &KvCache) -> Result<KvPool> {
         let p = pools(c)?;

@@ -48,18 +48,20 @@ pub mod registry {
     pub use backend_api::registry::{BackendEntry, BackendInfo, Selection, BACKEND_ENV};
     use backend_api::{Backend, ProblemDesc, Result};
 
-    /// Names of the backends this build links, whether available here or not.
+    /// Names of the backends this build links (every name each linked crate registers),
+    /// whether available here or not.
     pub fn linked() -> &'static [&'static str] {
         crate::link_backends();
-        LINKED
+        static LINKED: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+            let mut names: Vec<&'static str> = Vec::new();
+            #[cfg(feature = "cpu")]
+            names.extend_from_slice(backend_cpu::NAMES);
+            #[cfg(feature = "hip")]
+            names.extend_from_slice(backend_hip::NAMES);
+            names
+        });
+        &LINKED
     }
-
-    const LINKED: &[&str] = &[
-        #[cfg(feature = "cpu")]
-        "cpu",
-        #[cfg(feature = "hip")]
-        "hip-flash",
-    ];
 
     /// Every registered name, sorted.
     pub fn names() -> Vec<String> {

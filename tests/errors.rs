@@ -48,14 +48,17 @@ fn shape_dtype_and_device_mismatches() {
         fn as_any_mut(&mut self) -> &mut dyn Any {
             self
         }
+        fn byte_len(&self) -> usize {
+            1 << 20
+        }
     }
-    let mut gpu_q = Tensor::from_storage(vec![2, 4, 8], DType::F32, Device::cuda(0), Box::new(Foreign));
+    let mut gpu_q = Tensor::from_storage(vec![2, 4, 8], DType::F32, Device::cuda(0), Box::new(Foreign)).unwrap();
     let e = be.rope(&mut gpu_q, &mut k, &[0, 1], &rope).unwrap_err();
     assert_eq!(e.kind(), "WrongDevice");
     assert!(e.to_string().contains("cuda:0"), "{e}");
     assert_eq!(kind(be.download(&gpu_q)), "WrongDevice");
     // Even a tensor that claims the CPU device but holds foreign storage is refused.
-    let mut liar = Tensor::from_storage(vec![2, 4, 8], DType::F32, Device::CPU, Box::new(Foreign));
+    let mut liar = Tensor::from_storage(vec![2, 4, 8], DType::F32, Device::CPU, Box::new(Foreign)).unwrap();
     assert_eq!(kind(be.rope(&mut liar, &mut k, &[0, 1], &rope)), "WrongDevice");
 
     let mut c = cache(&be, CacheLayout::Contiguous { capacity: 8 });
@@ -233,7 +236,7 @@ fn context_shift_refuses_bad_input() {
     assert_eq!(kind(be.shift_positions(&mut c, 2, 0..1, 1, &rope)), "InvalidArgument"); // no such sequence
     assert_eq!(kind(be.shift_positions(&mut c, 0, 0..1, 64, &rope)), "InvalidArgument"); // |delta| >= max_position
     let wrong_dim = RopeConfig::new(16, 10000.0, 64);
-    assert_eq!(kind(be.shift_positions(&mut c, 0, 0..1, 1, &wrong_dim)), "InvalidArgument");
+    assert_eq!(kind(be.shift_positions(&mut c, 0, 0..1, 1, &wrong_dim)), "ShapeMismatch"); // as the step reports it
     let dynamic = RopeConfig { scaling: RopeScaling::DynamicNtk { factor: 2.0, original_max_position: 32 }, ..rope.clone() };
     assert_eq!(kind(be.shift_positions(&mut c, 0, 0..1, 1, &dynamic)), "InvalidArgument");
     let odd = RopeConfig { rotary_dim: 9, ..rope };

@@ -124,8 +124,10 @@ impl Backend {
         self.inner.device()
     }
 
-    /// `Ok` if `op` can run `problem`, else [`Error::Unsupported`] with the reasons.
+    /// `Ok` if `op` can run `problem`, else [`Error::Unsupported`] with the reasons. An invalid
+    /// description is refused first with its typed error ([`ProblemDesc::validate`]).
     pub fn supports(&self, op: Op, problem: &ProblemDesc) -> Result<()> {
+        problem.validate()?;
         self.inner.supports(op, problem).map_err(|reasons| Error::Unsupported {
             backend: self.name().to_string(),
             op: op.name().to_string(),
@@ -136,6 +138,7 @@ impl Backend {
     /// `Ok` if every op of `problem` (see [`ProblemDesc::ops`]) is supported, else the reasons
     /// of all unsupported ops.
     pub fn supports_problem(&self, problem: &ProblemDesc) -> Result<()> {
+        problem.validate()?;
         let mut reasons = Vec::new();
         for op in problem.ops() {
             if let Err(r) = self.inner.supports(op, problem) {
@@ -154,22 +157,30 @@ impl Backend {
         }
     }
 
-    /// A tensor of `shape` with unspecified contents.
+    /// A zero-filled tensor of `shape`.
     pub fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        checked_numel(shape, dtype)?;
-        self.inner.alloc(shape, dtype)
+        crate::tensor::checked_bytes(shape, dtype)?;
+        let t = self.inner.alloc(shape, dtype)?;
+        self.check_made("allocated tensor", &t, shape, dtype)?;
+        Ok(t)
+    }
+
+    /// A backend's new tensor must be what was asked for (a backend bug otherwise, reported
+    /// instead of trusted).
+    fn check_made(&self, what: &str, t: &Tensor, shape: &[usize], dtype: DType) -> Result<()> {
+        self.check_tensor(what, t, shape, dtype)
     }
 
     /// A tensor of `shape` holding `data` rounded to `dtype`.
     pub fn upload(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let numel = checked_numel(shape, dtype)?;
+        let numel = crate::tensor::checked_bytes(shape, dtype)? / dtype.size();
         if data.len() != numel {
             return Err(Error::InvalidArgument(format!(
                 "upload of {} values into shape {shape:?} ({numel} elements)",
                 data.len()
             )));
         }
-        let mut t = self.inner.alloc(shape, dtype)?;
+        let mut t = self.alloc(shape, dtype)?;
         self.inner.write(&mut t, data)?;
         Ok(t)
     }
@@ -177,6 +188,7 @@ impl Backend {
     /// Overwrites `dst` with host values.
     pub fn write(&self, dst: &mut Tensor, data: &[f32]) -> Result<()> {
         self.check_device("destination tensor", dst.device())?;
+        dst.check_storage("destination tensor")?;
         if data.len() != dst.numel() {
             return Err(Error::InvalidArgument(format!(
                 "write of {} values into a tensor of {} elements",
@@ -190,12 +202,14 @@ impl Backend {
     /// The tensor's values on the host, as f32.
     pub fn download(&self, t: &Tensor) -> Result<Vec<f32>> {
         self.check_device("tensor", t.device())?;
+        t.check_storage("tensor")?;
         self.inner.read(t)
     }
 
     /// Sets every element to `value`.
     pub fn fill(&self, t: &mut Tensor, value: f32) -> Result<()> {
         self.check_device("tensor", t.device())?;
+        t.check_storage("tensor")?;
         self.inner.fill(t, value)
     }
 
@@ -204,21 +218,23 @@ impl Backend {
         self.inner.synchronize()
     }
 
-    /// A new, empty KV cache.
+    /// A new, empty KV cache (pools zero-filled).
     pub fn create_kv_cache(&self, spec: &KvCacheSpec) -> Result<KvCache> {
         spec.validate()?;
-        self.inner.create_kv_cache(spec)
+        let c = self.inner.create_kv_cache(spec)?;
+        self.check_cache(&c)?;
+        Ok(c)
     }
 
     /// Both pools in the physical layout, on the host.
     pub fn read_kv_pool(&self, cache: &KvCache) -> Result<KvPool> {
-        self.check_device("KV cache", cache.device())?;
+        self.check_cache(cache)?;
         self.inner.read_kv_pool(cache)
     }
 
     /// Overwrites both pools (tests use it to plant sentinels).
     pub fn write_kv_pool(&self, cache: &mut KvCache, pool: &KvPool) -> Result<()> {
-        self.check_device("KV cache", cache.device())?;
+        self.check_cache(cache)?;
         let n = cache.spec().pool_len();
         if pool.k.len() != n || pool.v.len() != n {
             return Err(Error::shape("KV pool", &cache.spec().pool_shape(), &[pool.k.len(), pool.v.len()]));
@@ -254,7 +270,7 @@ impl Backend {
         let _span = tracing::debug_span!("rope", backend = self.name()).entered();
         let desc = self.check_rope(q, k, positions, config)?;
         self.supports(Op::Rope, &desc)?;
-        let freqs = config.frequencies(max_position(positions));
+        let freqs = config.frequencies(max_position(positions))?;
         self.inner.rope(RopeArgs { q, k, positions, config, freqs, desc, validated: Validated(()) })
     }
 
@@ -310,7 +326,7 @@ impl Backend {
         for op in [Op::Rope, Op::KvAppend, Op::Attention, Op::Step] {
             self.supports(op, &desc)?;
         }
-        let freqs = rope.frequencies(max_position(positions));
+        let freqs = rope.frequencies(max_position(positions))?;
         let new_lens = kv_lens.clone();
         self.inner.rope_append_attend(StepArgs {
             q,
@@ -342,11 +358,12 @@ impl Backend {
     /// used is not recorded. See [`ShiftArgs`].
     pub fn shift_positions(&self, cache: &mut KvCache, seq: usize, tokens: std::ops::Range<usize>, delta: i64, rope: &RopeConfig) -> Result<()> {
         let _span = tracing::debug_span!("shift_positions", backend = self.name()).entered();
-        self.check_device("KV cache", cache.device())?;
+        self.check_cache(cache)?;
         rope.validate()?;
         let spec = cache.spec().clone();
         if rope.head_dim != spec.head_dim {
-            return Err(Error::InvalidArgument(format!("RoPE head_dim {} differs from the cache's {}", rope.head_dim, spec.head_dim)));
+            // The variant the composite step reports for the same mismatch (its K against the cache).
+            return Err(Error::shape("RoPE head_dim against the KV cache's", &[spec.head_dim], &[rope.head_dim]));
         }
         if rope.is_length_dependent() {
             return Err(Error::InvalidArgument(format!(
@@ -380,7 +397,7 @@ impl Backend {
             max_kv_len: len,
         };
         self.supports(Op::Shift, &desc)?;
-        let freqs = rope.frequencies(0);
+        let freqs = rope.frequencies(0)?;
         self.inner.shift_positions(ShiftArgs { cache, seq, tokens, delta, config: rope, freqs, desc, validated: Validated(()) })
     }
 
@@ -393,8 +410,19 @@ impl Backend {
         Ok(())
     }
 
-    fn check_tensor(&self, what: &str, t: &Tensor, shape: &[usize], dtype: DType) -> Result<()> {
+    /// Device, then the storage against the tensor's own shape and dtype.
+    fn check_tensor_storage(&self, what: &str, t: &Tensor) -> Result<()> {
         self.check_device(what, t.device())?;
+        t.check_storage(what)
+    }
+
+    fn check_cache(&self, cache: &KvCache) -> Result<()> {
+        self.check_device("KV cache", cache.device())?;
+        cache.check_storage()
+    }
+
+    fn check_tensor(&self, what: &str, t: &Tensor, shape: &[usize], dtype: DType) -> Result<()> {
+        self.check_tensor_storage(what, t)?;
         if t.dtype() != dtype {
             return Err(Error::DtypeMismatch { what: what.into(), expected: dtype, got: t.dtype() });
         }
@@ -406,7 +434,7 @@ impl Backend {
 
     /// Checks a `[tokens, heads, head_dim]` tensor's rank and head_dim; returns (tokens, heads).
     fn check_heads_tensor(&self, what: &str, t: &Tensor, head_dim: Option<usize>) -> Result<(usize, usize, usize)> {
-        self.check_device(what, t.device())?;
+        self.check_tensor_storage(what, t)?;
         let s = t.shape();
         if s.len() != 3 {
             let expected = [s.first().copied().unwrap_or(0), s.get(1).copied().unwrap_or(0), head_dim.unwrap_or(0)];
@@ -476,7 +504,7 @@ impl Backend {
     }
 
     fn check_append(&self, cache: &KvCache, k: &Tensor, v: &Tensor, batch: &Batch) -> Result<(Vec<usize>, ProblemDesc)> {
-        self.check_device("KV cache", cache.device())?;
+        self.check_cache(cache)?;
         let spec = cache.spec();
         let shape = [batch.total_tokens(), spec.num_kv_heads, spec.head_dim];
         self.check_tensor("k", k, &shape, spec.dtype)?;
@@ -521,7 +549,7 @@ impl Backend {
         params: AttentionParams,
         out: &Tensor,
     ) -> Result<ProblemDesc> {
-        self.check_device("KV cache", cache.device())?;
+        self.check_cache(cache)?;
         let spec = cache.spec();
         let (_, h, d) = self.check_heads_tensor("q", q, Some(spec.head_dim))?;
         self.check_tensor("q", q, &[batch.total_tokens(), h, d], spec.dtype)?;
@@ -581,15 +609,6 @@ impl Backend {
             max_kv_len: batch.kv_lens().iter().copied().max().unwrap_or(0),
         })
     }
-}
-
-/// Elements of `shape`, or an error if the byte size overflows.
-fn checked_numel(shape: &[usize], dtype: DType) -> Result<usize> {
-    shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .filter(|n| n.checked_mul(dtype.size()).is_some_and(|b| b <= isize::MAX as usize))
-        .ok_or_else(|| Error::InvalidArgument(format!("tensor shape {shape:?} is too large to address")))
 }
 
 fn max_position(positions: &[u32]) -> usize {

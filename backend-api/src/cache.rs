@@ -7,7 +7,8 @@
 //!   "NHD"); token `t` of sequence `s` lives in page `page_table(s)[t / page_size]`, slot
 //!   `t % page_size`.
 
-use crate::{DType, Device, Error, Result, Storage};
+use crate::tensor::check_storage;
+use crate::{try_vec, DType, Device, Error, Result, Storage};
 
 /// How a cache stores its tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,9 +90,21 @@ impl KvCacheSpec {
         }
     }
 
-    /// Elements in the K pool (and in the V pool).
+    /// Elements in the K pool (and in the V pool). Cannot overflow for a spec that passed
+    /// [`KvCacheSpec::validate`].
     pub fn pool_len(&self) -> usize {
         self.pool_shape().iter().product()
+    }
+
+    /// Bytes of the K pool (and of the V pool).
+    pub fn pool_bytes(&self) -> usize {
+        self.pool_len() * self.dtype.size()
+    }
+
+    /// Token slots in a pool: `num_seqs * capacity` (contiguous) or `num_pages * page_size`.
+    pub fn pool_slots(&self) -> usize {
+        let s = self.pool_shape();
+        s[0] * s[1]
     }
 }
 
@@ -110,10 +123,22 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// Wraps backend storage holding both pools. For backend implementors.
-    pub fn from_storage(spec: KvCacheSpec, device: Device, storage: Box<dyn Storage>) -> Self {
+    /// Wraps backend storage holding both pools (for backend implementors). Errors when the
+    /// spec is invalid, when the storage holds fewer bytes than a pool of the spec
+    /// ([`Error::StorageTooSmall`]) or another dtype, or when the per-sequence metadata cannot
+    /// be allocated ([`Error::OutOfMemory`]).
+    pub fn from_storage(spec: KvCacheSpec, device: Device, storage: Box<dyn Storage>) -> Result<Self> {
+        spec.validate()?;
+        check_storage("KV cache pools", storage.as_ref(), spec.pool_bytes(), spec.dtype)?;
         let n = spec.num_seqs;
-        KvCache { spec, device, seq_lens: vec![0; n], page_tables: vec![Vec::new(); n], page_table_version: 0, storage }
+        let seq_lens = try_vec(n, 0usize, "KV cache sequence lengths")?;
+        let page_tables = try_vec(n, Vec::new(), "KV cache page tables")?;
+        Ok(KvCache { spec, device, seq_lens, page_tables, page_table_version: 0, storage })
+    }
+
+    /// Checks the storage against the spec again (ops call this before every use).
+    pub fn check_storage(&self) -> Result<()> {
+        check_storage("KV cache pools", self.storage.as_ref(), self.spec.pool_bytes(), self.spec.dtype)
     }
 
     /// The spec it was created from.
@@ -159,7 +184,7 @@ impl KvCache {
         if seq >= self.spec.num_seqs {
             return Err(Error::InvalidArgument(format!("sequence {seq} is outside the cache ({} sequences)", self.spec.num_seqs)));
         }
-        let mut used = vec![false; num_pages];
+        let mut used = try_vec(num_pages, false, "page-table check")?;
         for (s, table) in self.page_tables.iter().enumerate() {
             if s != seq {
                 for &p in table {

@@ -142,6 +142,25 @@ pub enum Error {
         /// Every registered name.
         known: Vec<String>,
     },
+    /// A tensor's or cache's storage holds fewer bytes than its shape and dtype need (a tensor
+    /// assembled from another tensor's storage, say). Nothing was read or written.
+    #[error("storage of {what} holds {got} bytes, its shape and dtype need {needed}")]
+    StorageTooSmall {
+        /// Which argument.
+        what: String,
+        /// Bytes the shape and dtype need.
+        needed: usize,
+        /// Bytes the storage holds.
+        got: usize,
+    },
+    /// An allocation failed: device memory, or host memory for metadata.
+    #[error("out of memory: {what} needs {bytes} bytes")]
+    OutOfMemory {
+        /// What was being allocated, and where.
+        what: String,
+        /// Bytes asked for.
+        bytes: usize,
+    },
     /// The device or its driver reported an error.
     #[error("device error {code}: {message}")]
     Device {
@@ -171,6 +190,8 @@ impl Error {
             Error::Unsupported { .. } => "Unsupported",
             Error::BackendUnavailable { .. } => "BackendUnavailable",
             Error::UnknownBackend { .. } => "UnknownBackend",
+            Error::StorageTooSmall { .. } => "StorageTooSmall",
+            Error::OutOfMemory { .. } => "OutOfMemory",
             Error::Device { .. } => "Device",
         }
     }

@@ -34,3 +34,13 @@ pub use error::{Error, Result};
 pub use problem::{AttentionParams, Batch, Op, PlainBatch, ProblemDesc};
 pub use rope::{RopeConfig, RopeFrequencies, RopeScaling, RopeStyle};
 pub use tensor::{Storage, Tensor};
+
+/// `n` copies of `value` in a new `Vec`, or [`Error::OutOfMemory`] naming `what` when the host
+/// cannot allocate it (never an abort: sizes come from callers' input).
+pub fn try_vec<T: Clone>(n: usize, value: T, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    let bytes = n.saturating_mul(std::mem::size_of::<T>());
+    v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory { what: format!("{what} (host)"), bytes })?;
+    v.resize(n, value);
+    Ok(v)
+}

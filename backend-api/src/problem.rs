@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::{CacheLayout, DType, Error, Result, RopeConfig};
+use crate::{try_vec, CacheLayout, DType, Error, KvCacheSpec, Result, RopeConfig};
 
 /// The sequences of one step: which cache sequence each entry appends to / attends over, and
 /// how many new tokens it brings. Q, K and V rows are token-major: entry `i` owns rows
@@ -42,9 +42,12 @@ impl Batch {
         Ok(Batch { seq_ids, q_lens, offsets })
     }
 
-    /// Sequences `0..n`, each with `q_len` new tokens.
+    /// Sequences `0..n`, each with `q_len` new tokens. Sizes the host cannot hold are an
+    /// [`Error::OutOfMemory`], never an abort.
     pub fn uniform(n: usize, q_len: usize) -> Result<Self> {
-        Batch::new((0..n).collect(), vec![q_len; n])
+        let mut ids = try_vec(n, 0usize, "batch sequence ids")?;
+        ids.iter_mut().enumerate().for_each(|(i, s)| *s = i);
+        Batch::new(ids, try_vec(n, q_len, "batch q_lens")?)
     }
 
     /// Cache sequence of each entry.
@@ -142,7 +145,8 @@ impl PlainBatch {
 }
 
 fn prefix_sum(v: &[usize]) -> Result<Vec<usize>> {
-    let mut out = Vec::with_capacity(v.len() + 1);
+    let mut out = try_vec(0, 0usize, "batch offsets")?;
+    out.try_reserve_exact(v.len() + 1).map_err(|_| Error::OutOfMemory { what: "batch offsets (host)".into(), bytes: (v.len() + 1) * 8 })?;
     let mut acc = 0usize;
     out.push(0);
     for &x in v {
@@ -256,6 +260,39 @@ impl ProblemDesc {
             max_q_len: 1,
             max_kv_len: 1,
         }
+    }
+
+    /// Checks that the description is one a valid call could produce: an even, non-zero
+    /// head_dim; heads divisible by KV heads; a valid RoPE configuration for this head_dim; a
+    /// valid cache layout; a non-empty batch with `max_q_len <= max_kv_len` where keys are
+    /// given; sizes that fit an allocation. [`crate::registry::select`],
+    /// [`crate::Backend::supports`] and [`crate::Backend::supports_problem`] call it before
+    /// asking any backend, so every backend sees only valid descriptions.
+    pub fn validate(&self) -> Result<()> {
+        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+            return Err(Error::OddHeadDim { head_dim: self.head_dim });
+        }
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+            return Err(Error::HeadsNotDivisible { num_heads: self.num_heads, num_kv_heads: self.num_kv_heads });
+        }
+        if let Some(r) = &self.rope {
+            r.validate()?;
+            if r.head_dim != self.head_dim {
+                return Err(Error::ShapeMismatch { what: "RoPE head_dim of the problem".into(), expected: vec![self.head_dim], got: vec![r.head_dim] });
+            }
+        }
+        if self.batch_size == 0 || self.max_q_len == 0 {
+            return Err(Error::EmptyBatch { detail: format!("problem with batch_size {} and max_q_len {}", self.batch_size, self.max_q_len) });
+        }
+        if let Some(layout) = self.layout {
+            KvCacheSpec { num_seqs: self.batch_size, num_kv_heads: self.num_kv_heads, head_dim: self.head_dim, dtype: self.dtype, layout }.validate()?;
+        }
+        if self.max_kv_len > 0 && self.max_q_len > self.max_kv_len {
+            return Err(Error::QLenExceedsKvLen { seq: 0, q_len: self.max_q_len, kv_len: self.max_kv_len });
+        }
+        crate::tensor::checked_bytes(&[self.batch_size, self.max_q_len, self.num_heads, self.head_dim], self.dtype)?;
+        crate::tensor::checked_bytes(&[self.batch_size, self.max_kv_len, self.num_kv_heads, self.head_dim], self.dtype)?;
+        Ok(())
     }
 
     /// The ops a backend must support to run this problem end to end: the composite step (and

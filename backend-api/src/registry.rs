@@ -11,17 +11,18 @@
 //! assert!(registry::get("nosuch").is_err());
 //! ```
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::Arc;
-
-use once_cell::sync::{Lazy, OnceCell};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use crate::{AttentionBackend, Backend, Error, ProblemDesc, Result};
 
 /// Environment variable that forces [`select`] to one backend by name.
 pub const BACKEND_ENV: &str = "ATTNFORGE_BACKEND";
 
-/// Constructor of a backend: the instance, or why it cannot be created here.
+/// Constructor of a backend: the instance, or why it cannot be created here. It may itself ask
+/// the registry for other backends (a composite backend wrapping others); asking for itself,
+/// directly or through others, gets an `Err` explaining the cycle instead of a deadlock.
 pub type Constructor = fn() -> std::result::Result<Arc<dyn AttentionBackend>, String>;
 
 /// One registered backend, submitted with `inventory::submit!`.
@@ -54,30 +55,62 @@ pub struct BackendInfo {
 struct Slot {
     entry: &'static BackendEntry,
     duplicate: bool,
-    instance: OnceCell<std::result::Result<Backend, String>>,
+    instance: OnceLock<std::result::Result<Backend, String>>,
+}
+
+/// One construction at a time, process-wide: taken by the outermost construction of a thread
+/// and not again by the constructions it triggers (a constructor asking the registry for other
+/// backends), so constructors that need each other cannot deadlock across threads.
+static CONSTRUCTION: Mutex<()> = Mutex::new(());
+
+thread_local! {
+    /// The backends this thread is constructing, outermost first.
+    static BUILDING: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "(no message)".into())
 }
 
 impl Slot {
     fn instance(&self) -> std::result::Result<Backend, String> {
+        let name = self.entry.name;
         if self.duplicate {
-            return Err(format!("the name `{}` is registered by more than one backend; refusing both", self.entry.name));
+            return Err(format!("the name `{name}` is registered by more than one backend; refusing both"));
         }
-        self.instance
-            .get_or_init(|| {
-                let _span = tracing::debug_span!("create_backend", name = self.entry.name).entered();
-                (self.entry.create)().map(Backend::new)
-            })
-            .clone()
+        if let Some(done) = self.instance.get() {
+            return done.clone();
+        }
+        if BUILDING.with(|b| b.borrow().contains(&name)) {
+            let chain = BUILDING.with(|b| b.borrow().join(" -> "));
+            return Err(format!("`{name}` was asked for while it is being created ({chain} -> {name}): constructors must not depend on themselves"));
+        }
+        let outermost = BUILDING.with(|b| b.borrow().is_empty());
+        // A constructor that panicked while holding the lock poisons it; the lock guards no data.
+        let _guard = outermost.then(|| CONSTRUCTION.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(done) = self.instance.get() {
+            return done.clone(); // another thread created it while this one waited
+        }
+        BUILDING.with(|b| b.borrow_mut().push(name));
+        let made = {
+            let _span = tracing::debug_span!("create_backend", name).entered();
+            std::panic::catch_unwind(self.entry.create)
+                .map_err(|p| format!("its constructor panicked: {}", panic_message(p.as_ref())))
+                .and_then(|r| r.map(Backend::new))
+        };
+        BUILDING.with(|b| b.borrow_mut().pop());
+        // Only this thread constructs (the lock), so nobody set it meanwhile.
+        self.instance.get_or_init(|| made).clone()
     }
 }
 
-static REGISTRY: Lazy<BTreeMap<&'static str, Slot>> = Lazy::new(|| {
+static REGISTRY: LazyLock<BTreeMap<&'static str, Slot>> = LazyLock::new(|| {
     let mut map: BTreeMap<&'static str, Slot> = BTreeMap::new();
     for entry in inventory::iter::<BackendEntry> {
         match map.get_mut(entry.name) {
             Some(slot) => slot.duplicate = true,
             None => {
-                map.insert(entry.name, Slot { entry, duplicate: false, instance: OnceCell::new() });
+                map.insert(entry.name, Slot { entry, duplicate: false, instance: OnceLock::new() });
             }
         }
     }
@@ -134,6 +167,7 @@ pub fn select(problem: &ProblemDesc) -> Result<Selection> {
 /// read from the environment.
 pub fn select_with(problem: &ProblemDesc, forced: Option<&str>) -> Result<Selection> {
     let _span = tracing::debug_span!("select", forced).entered();
+    problem.validate()?;
     let mut verdicts: Vec<(&Slot, std::result::Result<Backend, String>)> = REGISTRY
         .values()
         .map(|slot| {

@@ -51,7 +51,8 @@ pub enum RopeScaling {
         beta_fast: f64,
         /// Rotations below which dims are interpolated (paper's alpha, default 1).
         beta_slow: f64,
-        /// cos/sin multiplier; `None` means the paper's `0.1 * ln(factor) + 1`.
+        /// cos/sin multiplier; `None` means Hugging Face's `get_mscale(factor)`: `0.1 * ln(factor)
+        /// + 1` for `factor > 1`, else 1.
         attention_factor: Option<f64>,
     },
     /// Llama 3.1's piecewise scaling (Meta, `apply_scaling` in llama-models).
@@ -115,6 +116,10 @@ pub struct RopeFrequencies {
 }
 
 impl RopeConfig {
+    /// Largest `max_position`: 2^30, so that positions (`< max_position`) and positions moved
+    /// by a context shift (`|delta| < max_position`) fit the kernels' signed 32-bit integers.
+    pub const MAX_POSITION_LIMIT: usize = 1 << 30;
+
     /// Plain RoPE over the whole head, half-split pairs, no scaling.
     pub fn new(head_dim: usize, theta: f64, max_position: usize) -> Self {
         RopeConfig {
@@ -145,8 +150,12 @@ impl RopeConfig {
         if !(self.theta.is_finite() && self.theta > 1.0) {
             return Err(Error::InvalidArgument(format!("RoPE theta must be finite and > 1, got {}", self.theta)));
         }
-        if self.max_position == 0 {
-            return Err(Error::InvalidArgument("RoPE max_position must be > 0".into()));
+        if self.max_position == 0 || self.max_position > Self::MAX_POSITION_LIMIT {
+            return Err(Error::InvalidArgument(format!(
+                "RoPE max_position must be in 1..={} (positions, and positions moved by a context shift, must fit the kernels' signed 32-bit integers), got {}",
+                Self::MAX_POSITION_LIMIT,
+                self.max_position
+            )));
         }
         let pairs = self.rotary_dim / 2;
         let positive = |what: &str, x: f64| {
@@ -172,7 +181,7 @@ impl RopeConfig {
                 Ok(())
             }
         };
-        match &self.scaling {
+        let params = match &self.scaling {
             RopeScaling::None => Ok(()),
             RopeScaling::Linear { factor } | RopeScaling::NtkAware { factor } => positive("factor", *factor),
             RopeScaling::DynamicNtk { factor, original_max_position } => {
@@ -183,6 +192,11 @@ impl RopeConfig {
                 positive("factor", *factor)?;
                 positive("beta_fast", *beta_fast)?;
                 positive("beta_slow", *beta_slow)?;
+                if beta_fast < beta_slow {
+                    return Err(Error::InvalidArgument(format!(
+                        "YaRN needs beta_fast >= beta_slow (extrapolated dims rotate more often than interpolated ones), got {beta_fast} < {beta_slow}"
+                    )));
+                }
                 if let Some(a) = attention_factor {
                     positive("attention_factor", *a)?;
                 }
@@ -203,24 +217,63 @@ impl RopeConfig {
                 if let Some(a) = attention_factor {
                     positive("attention_factor", *a)?;
                 }
-                orig(*original_max_position)
+                if *original_max_position <= 1 {
+                    return Err(Error::InvalidArgument(format!(
+                        "LongRoPE needs original_max_position > 1 (its default multiplier divides by ln(original_max_position)), got {original_max_position}"
+                    )));
+                }
+                Ok(())
             }
             RopeScaling::Custom { inv_freq, attention_factor } => {
                 table("inv_freq", inv_freq)?;
                 positive("attention_factor", *attention_factor)
             }
-        }
-    }
-
-    /// Whether the table depends on the positions of the call (dynamic NTK, LongRoPE).
-    pub fn is_dynamic(&self) -> bool {
-        matches!(self.scaling, RopeScaling::DynamicNtk { .. } | RopeScaling::LongRope { .. })
+        };
+        params?;
+        // The tables at both ends of the position range (length-dependent scalings change
+        // monotonically in between): finite and positive, or the error says which entry.
+        self.frequencies(0)?;
+        self.frequencies(self.max_position - 1)?;
+        Ok(())
     }
 
     /// The frequency table for a call whose largest position id is `max_pos_in_call`. Only
     /// dynamic NTK and LongRoPE look at it (through `L = max_pos_in_call + 1`, as Hugging Face's
-    /// `_dynamic_frequency_update` does). Call [`RopeConfig::validate`] first.
-    pub fn frequencies(&self, max_pos_in_call: usize) -> RopeFrequencies {
+    /// `_dynamic_frequency_update` does). Errors ([`Error::InvalidArgument`]) when a scaling
+    /// makes an inverse frequency or the cos/sin multiplier non-finite or not positive (factors
+    /// so small that `inv_freq / factor` overflows, say). [`RopeConfig::validate`] checks the
+    /// tables at both ends of the position range, so a validated configuration gets a table for
+    /// every position.
+    pub fn frequencies(&self, max_pos_in_call: usize) -> Result<RopeFrequencies> {
+        let f = self.raw_frequencies(max_pos_in_call);
+        let bad = |x: f64| !(x.is_finite() && x > 0.0);
+        if let Some((i, x)) = f.inv_freq.iter().enumerate().find(|(_, &x)| bad(x)) {
+            return Err(Error::InvalidArgument(format!(
+                "RoPE scaling {:?} gives inverse frequency {x} for pair {i} (at max position {max_pos_in_call}); every one must be finite and > 0",
+                self.scaling_name()
+            )));
+        }
+        if bad(f.attention_factor) {
+            return Err(Error::InvalidArgument(format!("RoPE scaling {} gives cos/sin multiplier {}; it must be finite and > 0", self.scaling_name(), f.attention_factor)));
+        }
+        Ok(f)
+    }
+
+    /// Short name of the scaling method, for messages (the LongRoPE tables are long).
+    pub fn scaling_name(&self) -> &'static str {
+        match self.scaling {
+            RopeScaling::None => "none",
+            RopeScaling::Linear { .. } => "linear",
+            RopeScaling::NtkAware { .. } => "ntk-aware",
+            RopeScaling::DynamicNtk { .. } => "dynamic-ntk",
+            RopeScaling::Yarn { .. } => "yarn",
+            RopeScaling::Llama3 { .. } => "llama3",
+            RopeScaling::LongRope { .. } => "longrope",
+            RopeScaling::Custom { .. } => "custom",
+        }
+    }
+
+    fn raw_frequencies(&self, max_pos_in_call: usize) -> RopeFrequencies {
         let d = self.rotary_dim as f64;
         let pairs = self.rotary_dim / 2;
         // RoFormer eq. 15: theta_i = base^(-2i/d).
@@ -243,8 +296,9 @@ impl RopeConfig {
                 }
             }
             RopeScaling::Yarn { factor, original_max_position, beta_fast, beta_slow, attention_factor } => {
-                (yarn_inv_freq(self.theta, d, *factor, *original_max_position as f64, *beta_fast, *beta_slow),
-                 attention_factor.unwrap_or(0.1 * factor.ln() + 1.0))
+                // Hugging Face `get_mscale`: 0.1 ln(s) + 1 for s > 1, else 1.
+                let mscale = if *factor <= 1.0 { 1.0 } else { 0.1 * factor.ln() + 1.0 };
+                (yarn_inv_freq(self.theta, d, *factor, *original_max_position as f64, *beta_fast, *beta_slow), attention_factor.unwrap_or(mscale))
             }
             RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
                 // llama-models `apply_scaling`: long wavelengths divided by `factor`, short ones

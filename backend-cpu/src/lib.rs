@@ -55,7 +55,7 @@ impl AttentionBackend for CpuBackend {
 
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::InvalidArgument(format!("shape {shape:?} overflows")))?;
-        Ok(Tensor::from_storage(shape.to_vec(), dtype, Device::CPU, Box::new(CpuStorage::zeros(n, dtype)?)))
+        Tensor::from_storage(shape.to_vec(), dtype, Device::CPU, Box::new(CpuStorage::zeros(n, dtype)?))
     }
 
     fn write(&self, dst: &mut Tensor, src: &[f32]) -> Result<()> {
@@ -83,7 +83,7 @@ impl AttentionBackend for CpuBackend {
     fn create_kv_cache(&self, spec: &KvCacheSpec) -> Result<KvCache> {
         let n = spec.pool_len();
         let pools = CpuCache { k: CpuStorage::zeros(n, spec.dtype)?, v: CpuStorage::zeros(n, spec.dtype)? };
-        Ok(KvCache::from_storage(spec.clone(), Device::CPU, Box::new(pools)))
+        KvCache::from_storage(spec.clone(), Device::CPU, Box::new(pools))
     }
 
     fn read_kv_pool(&self, cache: &KvCache) -> Result<KvPool> {
@@ -130,6 +130,9 @@ fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// Every name this crate registers.
+pub const NAMES: &[&str] = &[CpuBackend::NAME];
 
 inventory::submit! {
     BackendEntry {

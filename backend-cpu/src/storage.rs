@@ -2,7 +2,7 @@
 
 use std::any::Any;
 
-use backend_api::{DType, Device, Error, KvCache, Result, Storage, Tensor};
+use backend_api::{try_vec, DType, Device, Error, KvCache, Result, Storage, Tensor};
 use half::{bf16, f16};
 
 /// Host memory of one dtype. Values are stored rounded to the dtype, exactly as a GPU stores them.
@@ -23,22 +23,32 @@ impl Storage for CpuStorage {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
+    fn byte_len(&self) -> usize {
+        self.len() * self.dtype().size()
+    }
+    fn dtype(&self) -> Option<DType> {
+        Some(CpuStorage::dtype(self))
+    }
 }
 
 impl CpuStorage {
-    /// `n` zeros of `dtype`, or a device error when the host is out of memory.
+    /// `n` zeros of `dtype`, or [`Error::OutOfMemory`] when the host cannot hold them.
     pub fn zeros(n: usize, dtype: DType) -> Result<Self> {
-        fn alloc<T: Clone>(n: usize, zero: T) -> Result<Vec<T>> {
-            let mut v = Vec::new();
-            v.try_reserve_exact(n).map_err(|e| Error::Device { code: -1, message: format!("host allocation of {n} elements failed: {e}") })?;
-            v.resize(n, zero);
-            Ok(v)
-        }
+        const WHAT: &str = "cpu backend storage";
         Ok(match dtype {
-            DType::F32 => CpuStorage::F32(alloc(n, 0.0)?),
-            DType::F16 => CpuStorage::F16(alloc(n, f16::ZERO)?),
-            DType::BF16 => CpuStorage::BF16(alloc(n, bf16::ZERO)?),
+            DType::F32 => CpuStorage::F32(try_vec(n, 0.0, WHAT)?),
+            DType::F16 => CpuStorage::F16(try_vec(n, f16::ZERO, WHAT)?),
+            DType::BF16 => CpuStorage::BF16(try_vec(n, bf16::ZERO, WHAT)?),
         })
+    }
+
+    /// The element type held.
+    pub fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::F16(_) => DType::F16,
+            CpuStorage::BF16(_) => DType::BF16,
+        }
     }
 
     /// Element `i` as f64 (exact).
@@ -101,6 +111,12 @@ impl Storage for CpuCache {
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
+    }
+    fn byte_len(&self) -> usize {
+        self.k.byte_len().min(self.v.byte_len())
+    }
+    fn dtype(&self) -> Option<DType> {
+        Some(self.k.dtype()).filter(|&d| d == self.v.dtype())
     }
 }
 

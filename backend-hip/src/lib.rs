@@ -259,7 +259,7 @@ impl AttentionBackend for HipBackend {
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         let buf = self.gpu.alloc(n * dtype.size())?;
-        Ok(Tensor::from_storage(shape.to_vec(), dtype, self.device, Box::new(GpuTensor { buf })))
+        Tensor::from_storage(shape.to_vec(), dtype, self.device, Box::new(GpuTensor { buf }))
     }
 
     fn write(&self, dst: &mut Tensor, src: &[f32]) -> Result<()> {
@@ -291,7 +291,7 @@ impl AttentionBackend for HipBackend {
             None
         };
         let pools = GpuCache { k: self.gpu.alloc(bytes)?, v: self.gpu.alloc(bytes)?, pos, rope: None };
-        Ok(KvCache::from_storage(spec.clone(), self.device, Box::new(pools)))
+        KvCache::from_storage(spec.clone(), self.device, Box::new(pools))
     }
 
     fn read_kv_pool(&self, cache: &KvCache) -> Result<KvPool> {
@@ -516,6 +516,9 @@ inventory::submit! {
         create: || create("hip-separate", Variant::Separate),
     }
 }
+
+/// Every name this crate registers.
+pub const NAMES: &[&str] = &["hip-flash", "hip-hybrid", "hip-fused", "hip-separate"];
 
 /// Referenced by the facade so the linker keeps this crate's registrations.
 #[inline(never)]

@@ -20,6 +20,9 @@ impl Storage for GpuTensor {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
+    fn byte_len(&self) -> usize {
+        self.buf.len()
+    }
 }
 
 /// A cache's K and V pools.
@@ -58,6 +61,9 @@ impl Storage for GpuCache {
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
+    }
+    fn byte_len(&self) -> usize {
+        self.k.len().min(self.v.len())
     }
 }
 

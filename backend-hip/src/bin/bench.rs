@@ -254,7 +254,7 @@ fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result
         let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: t } };
         let cache = h.create_kv_cache(&spec)?;
         let slots: Vec<i32> = (0..t as i32).collect();
-        let freqs = rope.frequencies(t - 1);
+        let freqs = rope.frequencies(t - 1)?;
         let inv: Vec<u8> = freqs.inv_freq.iter().flat_map(|f| f.to_le_bytes()).collect();
         let inv_buf = be.gpu().upload(&inv)?;
         let meta: Vec<u8> = positions.iter().map(|&p| p as i32).chain(slots.iter().copied()).flat_map(|x| x.to_le_bytes()).collect();

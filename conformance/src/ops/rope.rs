@@ -21,7 +21,7 @@ pub fn check(be: &Backend, rf: &Backend, case: &Case) -> Result<(), String> {
     assert!(super::nonzero(&d));
     let (bq, bk) = run(be, case, &d).map_err(fail("rope", be))?;
     let (rq, rk) = run(rf, case, &d).map_err(fail("rope", rf))?;
-    let freqs = case.rope.frequencies(d.pos.iter().copied().max().unwrap_or(0) as usize);
+    let freqs = case.rope.frequencies(d.pos.iter().copied().max().unwrap_or(0) as usize).map_err(|e| e.to_string())?;
     let mut gq = rounded(&d.q, case.dtype);
     rope_rows(&mut gq, case.heads, &d.pos, &case.rope, &freqs);
     let mut gk = rounded(&d.k, case.dtype);

@@ -78,7 +78,7 @@ pub fn check(be: &Backend, rf: &Backend, case: &Case) -> Result<(), String> {
         }
         off += s.cached;
     }
-    let f = case.rope.frequencies(0);
+    let f = case.rope.frequencies(0).map_err(|e| e.to_string())?;
     let mut kp = rounded(&d.k_prefix, case.dtype);
     rope_rows(&mut kp, case.kv_heads, &shifted, &case.rope, &f);
     let mut kn = rounded(&d.k, case.dtype);

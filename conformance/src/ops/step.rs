@@ -43,8 +43,8 @@ pub fn check(be: &Backend, rf: &Backend, case: &Case) -> Result<(), String> {
     let reference = run(rf, case, &d).map_err(fail("rope_append_attend", rf))?;
     // Golden: rotate in f64 (each call's table from its own largest position, as the API
     // does), then attend.
-    let fp = case.rope.frequencies(d.pos_prefix.iter().copied().max().unwrap_or(0) as usize);
-    let fnew = case.rope.frequencies(d.pos.iter().copied().max().unwrap_or(0) as usize);
+    let fp = case.rope.frequencies(d.pos_prefix.iter().copied().max().unwrap_or(0) as usize).map_err(|e| e.to_string())?;
+    let fnew = case.rope.frequencies(d.pos.iter().copied().max().unwrap_or(0) as usize).map_err(|e| e.to_string())?;
     let mut kp = rounded(&d.k_prefix, case.dtype);
     rope_rows(&mut kp, case.kv_heads, &d.pos_prefix, &case.rope, &fp);
     let mut kn = rounded(&d.k, case.dtype);
