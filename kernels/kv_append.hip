@@ -4,17 +4,7 @@
 // stays unrotated and attention rotates it (`k_pos`; AF_ROTATED where K arrived rotated).
 #include "include/af_common.h"
 
-// Mirrors backend-hip/src/ops/kv_append.rs `AppendParams`.
-struct AppendParams {
-    af_ptr k, v;              // [T, Hk, D]
-    af_ptr k_cache, v_cache;  // pools [slots, Hk, D]
-    af_ptr slots;             // int32 [T]
-    int tokens, k_heads, head_dim, pad;
-    af_ptr k_pos;             // hip-fused: int32 [pool slots] (0: none)
-    af_ptr positions;         // int32 [T] positions of unrotated keys (0: keys arrive rotated)
-};
-
-template <typename T> AF_DEVICE void kv_append_impl(const AppendParams& p) {
+template <typename T> AF_DEVICE void kv_append_body(const AppendParams& p) {
     const int CV = 16 / (int)sizeof(T);
     const int nch = p.head_dim / CV;
     const long per_tok = (long)p.k_heads * nch;
@@ -31,17 +21,13 @@ template <typename T> AF_DEVICE void kv_append_impl(const AppendParams& p) {
         reinterpret_cast<int*>(p.k_pos)[slot] = p.positions ? reinterpret_cast<const int*>(p.positions)[t] : AF_ROTATED;
     }
 }
-AF_STAMP(kv_append, AppendParams, 256)
+AF_STAMP(kv_append, AppendParams, (APPEND_THREADS), kv_append_body)
 
-// Fill: every element of a buffer set to one value (tests poison outputs with NaN).
-struct FillParams {
-    af_ptr dst;
-    long long n;
-    float value;
-    int pad;
-};
-template <typename T> AF_DEVICE void fill_impl(const FillParams& p) {
-    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < p.n) reinterpret_cast<T*>(p.dst)[i] = af_from_float<T>(p.value);
+// Fill: every element of a buffer set to one value (tests poison outputs with NaN). Grid-stride,
+// so any element count fits the grid.
+template <typename T> AF_DEVICE void fill_body(const FillParams& p) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += stride)
+        reinterpret_cast<T*>(p.dst)[i] = af_from_float<T>(p.value);
 }
-AF_STAMP(fill, FillParams, 256)
+AF_STAMP(fill, FillParams, (FILL_THREADS), fill_body)

@@ -5,21 +5,6 @@
 // the fused variant.
 #include "include/af_common.h"
 
-// Mirrors backend-hip/src/ops/rope.rs `RopeParams` (#[repr(C)]).
-struct RopeParams {
-    af_ptr q, k;          // [T, Hq, D], [T, Hk, D]; q may be 0 (rotate K only)
-    af_ptr positions;     // int32 [T]
-    af_ptr inv_freq;      // double [rotary_dim / 2]
-    af_ptr k_cache;       // fused: pool [slots, Hk, D] receiving rotated K (0: rotate k in place)
-    af_ptr v_cache;       // fused: pool receiving V rows (0: none)
-    af_ptr v;             // fused: [T, Hk, D]
-    af_ptr slots;         // fused: int32 [T] cache slot of each token
-    int tokens, q_heads, k_heads, head_dim, rotary_dim, interleaved, vp;
-    float attention_factor;
-    af_ptr k_pos;         // shift on a hip-fused cache: int32 [pool slots] (0: none)
-    int gather, pad;      // shift: K rows are cache slots `slots[t]`, rotated in place by positions[t]
-};
-
 // Rotates pair unit `u` of every head of one token. Heads go HU at a time, all loads before
 // any store: in place, the compiler cannot move a load above an earlier store to the same
 // array, so without this each head's load would wait for the previous head's store.
@@ -119,16 +104,8 @@ AF_DEVICE void rope_body(const RopeParams& p) {
 }
 
 // One entry point per (pairs per thread, pairing style, dtype): rope_v{VP}{h|i}_{dtype}, so
-// each keeps only its own path's registers.
-#define STAMP_ROPE(VP, S, INTER)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(256) rope_v##VP##S##_f32(RopeParams p) { rope_body<float, VP, INTER>(p); }   \
-    extern "C" __global__ void __launch_bounds__(256) rope_v##VP##S##_f16(RopeParams p) { rope_body<af_f16, VP, INTER>(p); }  \
-    extern "C" __global__ void __launch_bounds__(256) rope_v##VP##S##_bf16(RopeParams p) { rope_body<af_bf16, VP, INTER>(p); }
-STAMP_ROPE(1, h, false)
-STAMP_ROPE(2, h, false)
-STAMP_ROPE(4, h, false)
-STAMP_ROPE(8, h, false)
-STAMP_ROPE(1, i, true)
-STAMP_ROPE(2, i, true)
-STAMP_ROPE(4, i, true)
-STAMP_ROPE(8, i, true)
+// each keeps only its own path's registers (VP from AF_ROPE_VPS).
+#define STAMP_ROPE(VP)                                                                 \
+    AF_STAMP(rope_v##VP##h, RopeParams, (ROPE_THREADS), rope_body, VP, false)          \
+    AF_STAMP(rope_v##VP##i, RopeParams, (ROPE_THREADS), rope_body, VP, true)
+AF_ROPE_VPS(STAMP_ROPE)

@@ -6,17 +6,7 @@
 //   attn_pv_{dtype}:     O = P V, threads over head dims.
 // Any even head_dim up to SEP_DMAX (the query row is staged in shared memory). K/V addressing is
 // the flash kernels' (`kv_row`), so caches (contiguous, paged) and plain tensors both work.
-#include "include/af_attention.h"
-
-#define SEP_DMAX 4096
-#define SEP_THREADS 128
-
-// Mirrors backend-hip/src/ops/separate.rs `SepParams`.
-struct SepParams {
-    AttnParams a;          // q, k, v, out, q_off, kv_len, kv_base, block_table, heads, ...; part = scores
-    af_ptr row_entry;      // int32 [Tq]: batch entry of each query row
-    af_ptr s_off;          // int64 [B]: first score of each entry in `a.part` ([q_len, H, kv_len] each)
-};
+#include "attention/common.h"
 
 struct SepRow {
     int b, qi, q_len, kv_len, visible;
@@ -35,7 +25,7 @@ AF_DEVICE SepRow sep_row(const SepParams& p, int t, int h) {
     return r;
 }
 
-template <typename T> AF_DEVICE void attn_scores_impl(const SepParams& p) {
+template <typename T> AF_DEVICE void attn_scores_body(const SepParams& p) {
     const AttnParams& a = p.a;
     __shared__ float sq[SEP_DMAX];
     const int t = blockIdx.x, h = blockIdx.y, D = a.head_dim;
@@ -60,39 +50,39 @@ template <typename T> AF_DEVICE void attn_scores_impl(const SepParams& p) {
         if (lane == 0 && j < r.kv_len) S[j] = j < r.visible ? acc : -INFINITY;
     }
 }
-AF_STAMP(attn_scores, SepParams, SEP_THREADS)
+AF_STAMP(attn_scores, SepParams, (SEP_THREADS), attn_scores_body)
 
-extern "C" __global__ void __launch_bounds__(256) attn_softmax_f32(SepParams p) {
-    __shared__ float red[256];
+extern "C" __global__ void __launch_bounds__(SEP_SOFTMAX_THREADS) attn_softmax_f32(SepParams p) {
+    __shared__ float red[SEP_SOFTMAX_THREADS];
     const SepRow r = sep_row(p, blockIdx.x, blockIdx.y);
     float* S = reinterpret_cast<float*>(p.a.part) + r.s0;
     float m = -INFINITY;
-    for (int j = threadIdx.x; j < r.kv_len; j += 256) m = fmaxf(m, S[j]);
+    for (int j = threadIdx.x; j < r.kv_len; j += SEP_SOFTMAX_THREADS) m = fmaxf(m, S[j]);
     red[threadIdx.x] = m;
     __syncthreads();
-    for (int o = 128; o > 0; o >>= 1) {
+    for (int o = SEP_SOFTMAX_THREADS / 2; o > 0; o >>= 1) {
         if (threadIdx.x < o) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + o]);
         __syncthreads();
     }
     m = red[0];
     __syncthreads();
     float sum = 0.f;
-    for (int j = threadIdx.x; j < r.kv_len; j += 256) {
+    for (int j = threadIdx.x; j < r.kv_len; j += SEP_SOFTMAX_THREADS) {
         const float e = exp2f(S[j] - m);  // scores are in base 2 (scale * log2(e) applied)
         S[j] = e;
         sum += e;
     }
     red[threadIdx.x] = sum;
     __syncthreads();
-    for (int o = 128; o > 0; o >>= 1) {
+    for (int o = SEP_SOFTMAX_THREADS / 2; o > 0; o >>= 1) {
         if (threadIdx.x < o) red[threadIdx.x] += red[threadIdx.x + o];
         __syncthreads();
     }
     const float inv = 1.f / red[0];
-    for (int j = threadIdx.x; j < r.kv_len; j += 256) S[j] *= inv;
+    for (int j = threadIdx.x; j < r.kv_len; j += SEP_SOFTMAX_THREADS) S[j] *= inv;
 }
 
-template <typename T> AF_DEVICE void attn_pv_impl(const SepParams& p) {
+template <typename T> AF_DEVICE void attn_pv_body(const SepParams& p) {
     const AttnParams& a = p.a;
     const int t = blockIdx.x, h = blockIdx.y, D = a.head_dim;
     const int kh = h / (a.heads / a.kv_heads);
@@ -106,4 +96,4 @@ template <typename T> AF_DEVICE void attn_pv_impl(const SepParams& p) {
         O[d] = af_from_float<T>(acc);
     }
 }
-AF_STAMP(attn_pv, SepParams, SEP_THREADS)
+AF_STAMP(attn_pv, SepParams, (SEP_THREADS), attn_pv_body)

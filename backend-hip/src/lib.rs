@@ -3,16 +3,15 @@
 //! Kernels are written once in HIP (`kernels/*.hip`, vendor differences in
 //! `kernels/include/af_vendor.h`), compiled ahead of time by `build.rs` for NVIDIA (nvcc:
 //! sm_80, sm_90, compute_90 PTX) and AMD (hipcc: gfx90a, gfx1030) and embedded in this crate.
-//! The runtime ([`runtime`], the only module with `unsafe`) drives NVIDIA GPUs through the CUDA
-//! driver API (cudarc, loaded dynamically) and, with the `rocm` feature, AMD GPUs through the
-//! HIP runtime (hip-sys, linking ROCm's libamdhip64). The AMD path is built in CI but has not
-//! run on an AMD GPU yet (none is available to the project).
+//! NVIDIA GPUs run through the CUDA driver API (cudarc, loaded dynamically) and, with the `rocm`
+//! feature, AMD GPUs through the HIP runtime (hip-sys, linking ROCm's libamdhip64). The AMD path
+//! is built in CI but has not run on an AMD GPU yet (none is available to the project).
 //!
 //! Registered implementations (the same primitives; they differ in the composite step
-//! [`AttentionBackend::rope_append_attend`] and in how attention runs):
+//! [`AttentionBackend::rope_append_attend`] and in how attention runs), see [`Strategy`]:
 //! - `hip-flash`: RoPE, KV append, fused RoPE + append, FlashAttention-2 tiled prefill and
-//!   split-K flash-decoding, all dtypes computing in f32. Its step rotates Q in place and writes
-//!   rotated K and V into the cache in one kernel, then attends.
+//!   split-K flash-decoding (matrix cores for f16/bf16), all dtypes computing in f32. Its step
+//!   rotates Q in place and writes rotated K and V into the cache in one kernel, then attends.
 //! - `hip-hybrid`: K rotated once where it is written (fused RoPE + append, Q untouched), Q
 //!   rotated inside attention as it is loaded: no separate Q pass.
 //! - `hip-fused`: the cache keeps K unrotated with each slot's position; attention rotates Q and
@@ -20,59 +19,67 @@
 //!   rewrites positions. Length-dependent RoPE scalings are unsupported for its step (a key's
 //!   table would change with the context).
 //! - `hip-separate`: the unfused baseline: RoPE kernel, append kernel, and attention as three
-//!   kernels (scores, softmax, P.V) over a score buffer; any head_dim up to 4096.
+//!   kernels (scores, softmax, P.V) over a score buffer; any even head_dim up to 4096.
 //!
-//! Priorities come from the benchmark (BENCHMARKS.md): see [`priority`].
+//! Inside, one layer builds on the one below and never the other way round:
+//! `contract` (the kernels' structs, limits and entry points, generated from
+//! `kernels/include/af_contract.h`) -> `runtime` (the only `unsafe`: driver, device buffers,
+//! views, typed launchers that check every byte a kernel touches) -> `plan` (capability and
+//! dispatch: the exact launches from the device's properties, or typed reasons) -> `step` (each
+//! op and each strategy's composite step) -> this file (the trait).
 //!
 //! Nothing here falls back to the host: a problem the kernels cannot run is `Unsupported` with
-//! the reason, from the same [`ops::attention::plan`] that picks the kernel.
+//! the reasons of the same `plan` that picks the kernels. No public function takes or returns
+//! a device address: the runtime, its buffers and the launchers are private to the crate.
+//!
+//! ```compile_fail
+//! // The runtime is not reachable from outside the crate.
+//! use backend_hip::runtime::Gpu;
+//! ```
+//!
+//! ```compile_fail
+//! // Nor is device storage: a tensor cannot be assembled around a foreign buffer.
+//! use backend_hip::storage::GpuTensor;
+//! ```
 #![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod ops;
-pub mod runtime;
-pub mod storage;
+mod contract;
+mod plan;
+mod runtime;
+mod step;
+mod storage;
 
-/// Code objects embedded by build.rs.
+#[doc(hidden)]
+pub mod bench;
+
+/// Code objects embedded by build.rs (module name, bytes), the architectures they were built
+/// for and the entry points ptxas compiled.
 #[allow(missing_docs)]
 pub mod kernels {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
+
+pub use plan::Strategy;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use backend_api::registry::BackendEntry;
 use backend_api::*;
-use once_cell::sync::OnceCell;
 
-use ops::attention::{self as attn, AttnKernel, AttnRope, KvSource, Shape};
-use ops::kv_append::{self, AppendParams};
-use ops::rope::{self, RopeParams};
-use runtime::{DeviceBuffer, Gpu};
-use storage::{addr, buffer, buffer_mut, decode, encode, i32_bytes, pools, pools_mut, BoundRope, GpuCache, GpuTensor};
-
-/// The fusion strategy of a registered implementation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Variant {
-    /// `hip-flash`: fused RoPE + append (Q rotated in place), then tiled / split-K attention.
-    Flash,
-    /// `hip-hybrid`: K rotated by fused RoPE + append, Q rotated inside attention.
-    Hybrid,
-    /// `hip-fused`: K cached unrotated with its position; attention rotates Q and K.
-    Fused,
-    /// `hip-separate`: RoPE, append, then scores / softmax / P.V kernels.
-    Separate,
-}
+use plan::{plan, OpPlan};
+use runtime::Gpu;
+use step::tables::RopeTables;
+use step::Ctx;
+use storage::{cache, cache_mut, decode, encode, i32_bytes, tensor, tensor_mut, GpuCache, GpuTensor};
 
 /// A GPU backend on one device.
 pub struct HipBackend {
     name: &'static str,
-    variant: Variant,
-    gpu: Arc<Gpu>,
-    device: Device,
-    /// Inverse-frequency tables on the device, keyed by their bits: uploaded once per RoPE
-    /// configuration (and per dynamic-scaling table), reused by every later call.
-    tables: Mutex<HashMap<Vec<u64>, Arc<DeviceBuffer>>>,
+    strategy: Strategy,
+    gpu: Gpu,
+    tables: RopeTables,
 }
 
 impl std::fmt::Debug for HipBackend {
@@ -81,165 +88,38 @@ impl std::fmt::Debug for HipBackend {
     }
 }
 
-/// The process-wide GPU, opened once (or the reason it cannot be).
-fn shared_gpu() -> std::result::Result<Arc<Gpu>, String> {
-    static GPU: OnceCell<std::result::Result<Arc<Gpu>, String>> = OnceCell::new();
-    GPU.get_or_init(|| Gpu::open(0).map(Arc::new)).clone()
+/// The process's GPUs, opened once per ordinal (or the reason one cannot be).
+fn shared_gpu(ordinal: usize) -> std::result::Result<Gpu, String> {
+    static GPUS: Mutex<Option<HashMap<usize, std::result::Result<Gpu, String>>>> = Mutex::new(None);
+    let mut gpus = GPUS.lock().unwrap_or_else(|e| e.into_inner());
+    gpus.get_or_insert_with(HashMap::new).entry(ordinal).or_insert_with(|| Gpu::open(ordinal)).clone()
 }
 
 impl HipBackend {
-    /// Opens the backend on GPU 0, or says why it is unavailable here.
-    pub fn open(name: &'static str, variant: Variant) -> std::result::Result<Self, String> {
-        let gpu = shared_gpu()?;
-        let device = gpu.device();
-        Ok(HipBackend { name, variant, gpu, device, tables: Mutex::new(HashMap::new()) })
+    /// Opens backend `name` with `strategy` on GPU 0, or says why it is unavailable here.
+    pub fn open(name: &'static str, strategy: Strategy) -> std::result::Result<Self, String> {
+        Ok(HipBackend { name, strategy, gpu: shared_gpu(0)?, tables: RopeTables::default() })
     }
 
-    /// The GPU (name, SM count, timing events).
-    pub fn gpu(&self) -> &Gpu {
-        &self.gpu
+    /// The fusion strategy.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
     }
 
-    fn addr(&self, t: &Tensor, what: &str) -> Result<u64> {
-        addr(t, what, self.name, self.device)
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx { gpu: &self.gpu, name: self.name, tables: &self.tables }
     }
 
-    fn inv_freq_table(&self, freqs: &RopeFrequencies) -> Result<Arc<DeviceBuffer>> {
-        let key: Vec<u64> = freqs.inv_freq.iter().map(|f| f.to_bits()).collect();
-        let mut tables = self.tables.lock().map_err(|_| Error::Device { code: -1, message: "table cache lock poisoned".into() })?;
-        if let Some(t) = tables.get(&key) {
-            return Ok(t.clone());
-        }
-        let bytes: Vec<u8> = freqs.inv_freq.iter().flat_map(|f| f.to_le_bytes()).collect();
-        let t = Arc::new(self.gpu.upload(&bytes)?);
-        tables.insert(key, t.clone());
-        Ok(t)
+    fn plan(&self, op: Op, problem: &ProblemDesc) -> Result<OpPlan> {
+        plan(self.gpu.props(), self.strategy, op, problem).map_err(|r| Error::Unsupported {
+            backend: self.name.into(),
+            op: op.name().into(),
+            reasons: r.iter().map(ToString::to_string).collect(),
+        })
     }
 
-    /// Capability and dispatch in one place: the reasons `op` cannot run `problem`.
-    fn plan(&self, op: Op, problem: &ProblemDesc) -> std::result::Result<Option<AttnKernel>, Vec<String>> {
-        let attention = |p: &ProblemDesc| if self.variant == Variant::Separate { attn::plan_separate(p) } else { attn::plan(p) };
-        match op {
-            Op::Rope | Op::KvAppend | Op::Shift => {
-                let r = rope::reasons(problem);
-                if r.is_empty() { Ok(None) } else { Err(r) }
-            }
-            Op::Attention | Op::AttentionPlain => attention(problem).map(Some),
-            Op::Step => {
-                let mut r = rope::reasons(problem);
-                if self.variant == Variant::Fused {
-                    if let Some(c) = problem.rope.as_ref().filter(|c| c.is_length_dependent()) {
-                        r.push(format!(
-                            "hip-fused keeps keys unrotated and rotates them with one table per cache; {:?} changes the table with the context length (use hip-hybrid or hip-flash)",
-                            c.scaling
-                        ));
-                    }
-                }
-                match attention(problem) {
-                    Ok(k) if r.is_empty() => Ok(Some(k)),
-                    Ok(_) => Err(r),
-                    Err(a) => {
-                        r.extend(a.into_iter().filter(|x| !x.contains("multiple of 16")));
-                        Err(r)
-                    }
-                }
-            }
-        }
-    }
-
-    fn kernel(&self, op: Op, problem: &ProblemDesc) -> Result<AttnKernel> {
-        match self.plan(op, problem) {
-            Ok(Some(k)) => Ok(k),
-            Ok(None) => Err(Error::Unsupported { backend: self.name.into(), op: op.name().into(), reasons: vec!["no attention kernel for this op".into()] }),
-            Err(reasons) => Err(Error::Unsupported { backend: self.name.into(), op: op.name().into(), reasons }),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn cache_attention(&self, kernel: AttnKernel, q: u64, cache: &KvCache, batch: &Batch, kv_lens: &[usize], params: AttentionParams, out: u64, dtype: DType, heads: usize, rope: Option<&AttnRope>) -> Result<()> {
-        let spec = cache.spec();
-        let p = pools(cache, self.name, self.device)?;
-        let base: Vec<i32>;
-        let kv = match spec.layout {
-            CacheLayout::Contiguous { capacity } => {
-                base = batch.seq_ids().iter().map(|&s| (s * capacity) as i32).collect();
-                KvSource::Rows(&base)
-            }
-            CacheLayout::Paged { page_size, .. } => KvSource::Pages { page_size, tables: batch.seq_ids().iter().map(|&s| cache.page_table(s)).collect() },
-        };
-        let shape = Shape { dtype, heads, kv_heads: spec.num_kv_heads, head_dim: spec.head_dim, q_lens: batch.q_lens(), kv_lens, causal: params.causal, scale: params.scale };
-        let _scratch = attn::launch(&self.gpu, kernel, &shape, kv, q, p.k.addr(), p.v.addr(), out, rope)?;
-        Ok(())
-    }
-
-    /// hip-fused: binds the cache to this step's RoPE table, or refuses another one.
-    fn bind_rope(&self, cache: &mut KvCache, config: &RopeConfig, freqs: &RopeFrequencies) -> Result<BoundRope> {
-        let key: Vec<u64> = freqs.inv_freq.iter().map(|f| f.to_bits()).collect();
-        let table = self.inv_freq_table(freqs)?;
-        let want = BoundRope { key, table, rotary_dim: config.rotary_dim, interleaved: config.style == RopeStyle::Interleaved, factor: freqs.attention_factor as f32 };
-        let p = pools_mut(cache, self.name, self.device)?;
-        match &p.rope {
-            Some(b) if b.key != want.key || b.rotary_dim != want.rotary_dim || b.interleaved != want.interleaved || b.factor.to_bits() != want.factor.to_bits() => {
-                Err(Error::InvalidArgument(format!(
-                    "{}: this cache holds unrotated keys for another RoPE configuration (rotary_dim {}, {} pairs); one cache serves one configuration",
-                    self.name,
-                    b.rotary_dim,
-                    if b.interleaved { "interleaved" } else { "half-split" }
-                )))
-            }
-            Some(b) => Ok(b.clone()),
-            None => {
-                p.rope = Some(want.clone());
-                Ok(want)
-            }
-        }
-    }
-
-    /// hip-fused: the in-attention RoPE for a cache's unrotated keys (none bound: keys as given).
-    fn cache_key_rope(cache: &GpuCache) -> Option<AttnRope> {
-        let (b, pos) = (cache.rope.as_ref()?, cache.pos.as_ref()?);
-        Some(AttnRope { q_pos: 0, k_pos: pos.addr(), inv_freq: b.table.addr(), rotary_dim: b.rotary_dim as i32, interleaved: b.interleaved, factor: b.factor })
-    }
-
-    /// Positions as the kernels take them.
-    fn positions_i32(positions: &[u32]) -> Vec<i32> {
-        positions.iter().map(|&p| p as i32).collect()
-    }
-}
-
-impl HipBackend {
-    /// hip-fused step: K and V appended unrotated with their positions, then attention rotates
-    /// Q and every cached key on the fly.
-    fn step_fused(&self, kernel: AttnKernel, a: StepArgs<'_>) -> Result<()> {
-        let StepArgs { q, k, v, positions, config, freqs, cache, batch, start, kv_lens, params, out, .. } = a;
-        let bound = self.bind_rope(cache, config, &freqs)?;
-        let dtype = q.dtype();
-        let pos = Self::positions_i32(positions);
-        let slots = kv_append::slot_mapping(cache, batch.seq_ids(), batch.q_lens(), &start);
-        let mut meta = pos.clone();
-        meta.extend_from_slice(&slots);
-        let meta_buf = self.gpu.upload(&i32_bytes(&meta))?;
-        let heads = q.shape()[1];
-        let (qa, ka, va, oa) = (self.addr(q, "q")?, self.addr(k, "k")?, self.addr(v, "v")?, self.addr(out, "out")?);
-        let (hk, d) = (cache.spec().num_kv_heads, cache.spec().head_dim);
-        let p = pools(cache, self.name, self.device)?;
-        let k_pos = p.pos.as_ref().map(|b| b.addr()).ok_or_else(|| Error::Device { code: -1, message: "hip-fused cache without positions".into() })?;
-        let ap = AppendParams {
-            k: ka,
-            v: va,
-            k_cache: p.k.addr(),
-            v_cache: p.v.addr(),
-            slots: meta_buf.addr() + 4 * pos.len() as u64,
-            tokens: pos.len() as i32,
-            k_heads: hk as i32,
-            head_dim: d as i32,
-            pad: 0,
-            k_pos,
-            positions: meta_buf.addr(),
-        };
-        kv_append::launch(&self.gpu, dtype, ap)?;
-        let r = AttnRope { q_pos: meta_buf.addr(), k_pos, inv_freq: bound.table.addr(), rotary_dim: bound.rotary_dim as i32, interleaved: bound.interleaved, factor: bound.factor };
-        self.cache_attention(kernel, qa, cache, batch, &kv_lens, params, oa, dtype, heads, Some(&r))
+    fn mismatch(&self, op: Op) -> Error {
+        Error::Device { code: -1, message: format!("{}: the plan for {op} has no launch of that kind", self.name) }
     }
 }
 
@@ -249,211 +129,110 @@ impl AttentionBackend for HipBackend {
     }
 
     fn device(&self) -> Device {
-        self.device
+        self.gpu.device()
     }
 
     fn supports(&self, op: Op, problem: &ProblemDesc) -> std::result::Result<(), Vec<String>> {
-        self.plan(op, problem).map(|_| ())
+        plan(self.gpu.props(), self.strategy, op, problem).map(|_| ()).map_err(|r| r.iter().map(ToString::to_string).collect())
     }
 
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let buf = self.gpu.alloc(n * dtype.size())?;
-        Tensor::from_storage(shape.to_vec(), dtype, self.device, Box::new(GpuTensor { buf }))
+        let bytes = shape.iter().try_fold(dtype.size(), |a, &d| a.checked_mul(d)).ok_or_else(|| Error::InvalidArgument(format!("shape {shape:?} overflows")))?;
+        let buf = self.gpu.alloc(bytes)?;
+        Tensor::from_storage(shape.to_vec(), dtype, self.device(), Box::new(GpuTensor { buf, dtype }))
     }
 
     fn write(&self, dst: &mut Tensor, src: &[f32]) -> Result<()> {
         let dtype = dst.dtype();
-        if src.len() != dst.numel() {
-            return Err(Error::InvalidArgument(format!("write of {} values into {} elements", src.len(), dst.numel())));
-        }
-        let buf = buffer_mut(dst, "destination tensor", self.name, self.device)?;
-        self.gpu.write(buf, 0, &encode(src, dtype))
+        let t = tensor_mut(dst, "destination tensor", self.name, self.gpu.device())?;
+        self.gpu.write(t.buf.view_mut(), 0, &encode(src, dtype))
     }
 
     fn read(&self, src: &Tensor) -> Result<Vec<f32>> {
-        let buf = buffer(src, "tensor", self.name, self.device)?;
-        Ok(decode(&self.gpu.read(buf, src.numel() * src.dtype().size())?, src.dtype()))
+        let t = tensor(src, "tensor", self.name, self.gpu.device())?;
+        Ok(decode(&self.gpu.read(t.buf.view(), src.byte_len())?, src.dtype()))
     }
 
     fn fill(&self, dst: &mut Tensor, value: f32) -> Result<()> {
         let (n, dtype) = (dst.numel(), dst.dtype());
-        let a = self.addr(dst, "tensor")?;
-        kv_append::fill(&self.gpu, dtype, a, n, value)
+        let t = tensor_mut(dst, "tensor", self.name, self.gpu.device())?;
+        runtime::launch::kv_append::fill(&self.gpu, dtype, t.buf.view_mut(), n, value)
     }
 
     fn create_kv_cache(&self, spec: &KvCacheSpec) -> Result<KvCache> {
-        let bytes = spec.pool_len() * spec.dtype.size();
-        let pos = if self.variant == Variant::Fused {
-            let slots = spec.pool_len() / (spec.num_kv_heads * spec.head_dim);
-            Some(self.gpu.upload(&i32_bytes(&vec![i32::MIN; slots]))?)
+        let bytes = spec.pool_bytes();
+        let pos = if self.strategy == Strategy::Fused {
+            // Every slot starts "stored rotated" (i32::MIN): never written, never rotated.
+            let slots = spec.pool_slots();
+            Some(self.gpu.upload(&i32_bytes(&try_vec(slots, i32::MIN, "hip-fused slot positions")?))?)
         } else {
             None
         };
-        let pools = GpuCache { k: self.gpu.alloc(bytes)?, v: self.gpu.alloc(bytes)?, pos, rope: None };
-        KvCache::from_storage(spec.clone(), self.device, Box::new(pools))
+        let pools = GpuCache { k: self.gpu.alloc(bytes)?, v: self.gpu.alloc(bytes)?, dtype: spec.dtype, pos, rope: None };
+        KvCache::from_storage(spec.clone(), self.device(), Box::new(pools))
     }
 
-    fn read_kv_pool(&self, cache: &KvCache) -> Result<KvPool> {
-        let (n, dtype) = (cache.spec().pool_len() * cache.spec().dtype.size(), cache.spec().dtype);
-        let p = pools(cache, self.name, self.device)?;
-        Ok(KvPool { k: decode(&self.gpu.read(&p.k, n)?, dtype), v: decode(&self.gpu.read(&p.v, n)?, dtype) })
+    fn read_kv_pool(&self, c: &KvCache) -> Result<KvPool> {
+        let (n, dtype) = (c.spec().pool_bytes(), c.spec().dtype);
+        let p = cache(c, self.name, self.gpu.device())?;
+        Ok(KvPool { k: decode(&self.gpu.read(p.k.view(), n)?, dtype), v: decode(&self.gpu.read(p.v.view(), n)?, dtype) })
     }
 
-    fn write_kv_pool(&self, cache: &mut KvCache, pool: &KvPool) -> Result<()> {
-        let dtype = cache.spec().dtype;
-        let p = pools_mut(cache, self.name, self.device)?;
-        self.gpu.write(&mut p.k, 0, &encode(&pool.k, dtype))?;
-        self.gpu.write(&mut p.v, 0, &encode(&pool.v, dtype))
+    fn write_kv_pool(&self, c: &mut KvCache, pool: &KvPool) -> Result<()> {
+        let dtype = c.spec().dtype;
+        let p = cache_mut(c, self.name, self.gpu.device())?;
+        self.gpu.write(p.k.view_mut(), 0, &encode(&pool.k, dtype))?;
+        self.gpu.write(p.v.view_mut(), 0, &encode(&pool.v, dtype))
     }
 
     fn rope(&self, a: RopeArgs<'_>) -> Result<()> {
-        let RopeArgs { q, k, positions, config, freqs, .. } = a;
-        let dtype = q.dtype();
-        let table = self.inv_freq_table(&freqs)?;
-        let pos: Vec<i32> = positions.iter().map(|&p| p as i32).collect();
-        let pos_buf = self.gpu.upload(&i32_bytes(&pos))?;
-        let p = RopeParams {
-            q: self.addr(q, "q")?,
-            k: self.addr(k, "k")?,
-            positions: pos_buf.addr(),
-            inv_freq: table.addr(),
-            tokens: positions.len() as i32,
-            q_heads: q.shape()[1] as i32,
-            k_heads: k.shape()[1] as i32,
-            head_dim: config.head_dim as i32,
-            rotary_dim: config.rotary_dim as i32,
-            vp: rope::pairs_per_thread(config.rotary_dim, dtype),
-            attention_factor: freqs.attention_factor as f32,
-            ..Default::default()
-        };
-        rope::launch(&self.gpu, dtype, p, config.style)
+        match self.plan(Op::Rope, &a.desc)? {
+            OpPlan::Rope(l) => step::rope(&self.ctx(), &l, a),
+            _ => Err(self.mismatch(Op::Rope)),
+        }
     }
 
     fn kv_append(&self, a: AppendArgs<'_>) -> Result<()> {
-        let AppendArgs { cache, k, v, batch, start, .. } = a;
-        let slots = kv_append::slot_mapping(cache, batch.seq_ids(), batch.q_lens(), &start);
-        let slot_buf = self.gpu.upload(&i32_bytes(&slots))?;
-        let (hk, d, dtype) = (cache.spec().num_kv_heads, cache.spec().head_dim, cache.spec().dtype);
-        let (ka, va) = (self.addr(k, "k")?, self.addr(v, "v")?);
-        let p = pools(cache, self.name, self.device)?;
-        let k_pos = p.pos.as_ref().map_or(0, |b| b.addr());
-        let params = AppendParams { k: ka, v: va, k_cache: p.k.addr(), v_cache: p.v.addr(), slots: slot_buf.addr(), tokens: slots.len() as i32, k_heads: hk as i32, head_dim: d as i32, pad: 0, k_pos, positions: 0 };
-        kv_append::launch(&self.gpu, dtype, params)
+        match self.plan(Op::KvAppend, &a.desc)? {
+            OpPlan::Append(k) => step::kv_append(&self.ctx(), k, a),
+            _ => Err(self.mismatch(Op::KvAppend)),
+        }
     }
 
     fn attention(&self, a: AttentionArgs<'_>) -> Result<()> {
-        let kernel = self.kernel(Op::Attention, &a.desc)?;
-        let (qa, oa) = (self.addr(a.q, "q")?, self.addr(a.out, "out")?);
-        // A hip-fused cache's keys appended by the step are unrotated: rotate them here.
-        let rope = Self::cache_key_rope(pools(a.cache, self.name, self.device)?);
-        self.cache_attention(kernel, qa, a.cache, a.batch, &a.kv_lens, a.params, oa, a.q.dtype(), a.q.shape()[1], rope.as_ref())
+        match self.plan(Op::Attention, &a.desc)? {
+            OpPlan::Attention(l) => step::attention(&self.ctx(), &l, a),
+            _ => Err(self.mismatch(Op::Attention)),
+        }
     }
 
     fn attention_plain(&self, a: PlainAttentionArgs<'_>) -> Result<()> {
-        let kernel = self.kernel(Op::AttentionPlain, &a.desc)?;
-        let base: Vec<i32> = a.batch.kv_offsets()[..a.batch.len()].iter().map(|&o| o as i32).collect();
-        let shape = Shape {
-            dtype: a.q.dtype(),
-            heads: a.q.shape()[1],
-            kv_heads: a.k.shape()[1],
-            head_dim: a.q.shape()[2],
-            q_lens: a.batch.q_lens(),
-            kv_lens: a.batch.kv_lens(),
-            causal: a.params.causal,
-            scale: a.params.scale,
-        };
-        let (q, k, v, out) = (self.addr(a.q, "q")?, self.addr(a.k, "k")?, self.addr(a.v, "v")?, self.addr(a.out, "out")?);
-        let _scratch = attn::launch(&self.gpu, kernel, &shape, KvSource::Rows(&base), q, k, v, out, None)?;
-        Ok(())
+        match self.plan(Op::AttentionPlain, &a.desc)? {
+            OpPlan::Attention(l) => step::attention_plain(&self.ctx(), &l, a),
+            _ => Err(self.mismatch(Op::AttentionPlain)),
+        }
     }
 
     /// The composite step, per strategy (see the crate docs).
-    fn rope_append_attend(&self, mut a: StepArgs<'_>) -> Result<()> {
-        let kernel = self.kernel(Op::Step, &a.desc)?;
-        match self.variant {
-            Variant::Separate => {
-                self.rope(a.rope_args())?;
-                self.kv_append(a.append_args())?;
-                return self.attention(a.attention_args());
-            }
-            Variant::Fused => return self.step_fused(kernel, a),
-            Variant::Flash | Variant::Hybrid => {}
+    fn rope_append_attend(&self, a: StepArgs<'_>) -> Result<()> {
+        let OpPlan::Step { rope, append, attention } = self.plan(Op::Step, &a.desc)? else { return Err(self.mismatch(Op::Step)) };
+        let ctx = self.ctx();
+        match (self.strategy, rope, append) {
+            (Strategy::Flash, Some(r), None) => step::flash::step(&ctx, &r, &attention, a),
+            (Strategy::Hybrid, Some(r), None) => step::hybrid::step(&ctx, &r, &attention, a),
+            (Strategy::Separate, Some(r), Some(k)) => step::separate::step(&ctx, &r, k, &attention, a),
+            (Strategy::Fused, None, Some(k)) => step::fused::step(&ctx, k, &attention, a),
+            _ => Err(self.mismatch(Op::Step)),
         }
-        let StepArgs { q, k, v, positions, config, freqs, cache, batch, start, kv_lens, params, out, .. } = a;
-        let dtype = q.dtype();
-        let table = self.inv_freq_table(&freqs)?;
-        let pos = Self::positions_i32(positions);
-        let slots = kv_append::slot_mapping(cache, batch.seq_ids(), batch.q_lens(), &start);
-        let mut meta = pos.clone();
-        meta.extend_from_slice(&slots);
-        let meta_buf = self.gpu.upload(&i32_bytes(&meta))?;
-        let heads = q.shape()[1];
-        let (qa, ka, va, oa) = (self.addr(q, "q")?, self.addr(k, "k")?, self.addr(v, "v")?, self.addr(out, "out")?);
-        let p = pools(cache, self.name, self.device)?;
-        let hybrid = self.variant == Variant::Hybrid;
-        // One kernel: K rotated into the cache with V; flash also rotates Q in place, hybrid
-        // leaves Q to the attention kernel.
-        let rp = RopeParams {
-            q: if hybrid { 0 } else { qa },
-            k: ka,
-            positions: meta_buf.addr(),
-            inv_freq: table.addr(),
-            k_cache: p.k.addr(),
-            v_cache: p.v.addr(),
-            v: va,
-            slots: meta_buf.addr() + 4 * pos.len() as u64,
-            tokens: pos.len() as i32,
-            q_heads: heads as i32,
-            k_heads: cache.spec().num_kv_heads as i32,
-            head_dim: config.head_dim as i32,
-            rotary_dim: config.rotary_dim as i32,
-            vp: rope::pairs_per_thread(config.rotary_dim, dtype),
-            attention_factor: freqs.attention_factor as f32,
-            ..Default::default()
-        };
-        rope::launch(&self.gpu, dtype, rp, config.style)?;
-        let q_rope = hybrid.then(|| AttnRope {
-            q_pos: meta_buf.addr(),
-            k_pos: 0,
-            inv_freq: table.addr(),
-            rotary_dim: config.rotary_dim as i32,
-            interleaved: config.style == RopeStyle::Interleaved,
-            factor: freqs.attention_factor as f32,
-        });
-        self.cache_attention(kernel, qa, cache, batch, &kv_lens, params, oa, dtype, heads, q_rope.as_ref())
     }
 
     /// Context shift: keys stored rotated are rotated by `delta` in place (the rope kernel over
     /// the tokens' cache slots); hip-fused slots that hold a position only move it.
     fn shift_positions(&self, a: ShiftArgs<'_>) -> Result<()> {
-        let ShiftArgs { cache, seq, tokens, delta, config, freqs, .. } = a;
-        let n = tokens.len();
-        let row = cache.spec().num_kv_heads * cache.spec().head_dim;
-        let mut meta: Vec<i32> = vec![delta as i32; n];
-        meta.extend(tokens.map(|t| (cache.slot_offset(seq, t, 0) / row) as i32));
-        let meta_buf = self.gpu.upload(&i32_bytes(&meta))?;
-        let table = self.inv_freq_table(&freqs)?;
-        let dtype = cache.spec().dtype;
-        let p = pools(cache, self.name, self.device)?;
-        let rp = RopeParams {
-            q: 0,
-            k: p.k.addr(),
-            positions: meta_buf.addr(),
-            inv_freq: table.addr(),
-            slots: meta_buf.addr() + 4 * n as u64,
-            tokens: n as i32,
-            q_heads: 0,
-            k_heads: cache.spec().num_kv_heads as i32,
-            head_dim: config.head_dim as i32,
-            rotary_dim: config.rotary_dim as i32,
-            vp: rope::pairs_per_thread(config.rotary_dim, dtype),
-            attention_factor: 1.0,
-            k_pos: p.pos.as_ref().map_or(0, |b| b.addr()),
-            gather: 1,
-            ..Default::default()
-        };
-        rope::launch(&self.gpu, dtype, rp, config.style)
+        match self.plan(Op::Shift, &a.desc)? {
+            OpPlan::Rope(l) => step::shift(&self.ctx(), &l, a),
+            _ => Err(self.mismatch(Op::Shift)),
+        }
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -461,8 +240,8 @@ impl AttentionBackend for HipBackend {
     }
 }
 
-fn create(name: &'static str, variant: Variant) -> std::result::Result<Arc<dyn AttentionBackend>, String> {
-    HipBackend::open(name, variant).map(|b| Arc::new(b) as Arc<dyn AttentionBackend>)
+fn create(name: &'static str, strategy: Strategy) -> std::result::Result<Arc<dyn AttentionBackend>, String> {
+    HipBackend::open(name, strategy).map(|b| Arc::new(b) as Arc<dyn AttentionBackend>)
 }
 
 /// Registry priorities (higher wins automatic selection), from the benchmark in
@@ -481,44 +260,48 @@ pub mod priority {
     pub const SEPARATE: i32 = 10;
 }
 
+/// Every name this crate registers.
+pub const NAMES: &[&str] = &[FLASH, HYBRID, FUSED, SEPARATE];
+const FLASH: &str = "hip-flash";
+const HYBRID: &str = "hip-hybrid";
+const FUSED: &str = "hip-fused";
+const SEPARATE: &str = "hip-separate";
+
 inventory::submit! {
     BackendEntry {
-        name: "hip-flash",
-        description: "GPU: fused RoPE+append, FlashAttention-2 tiled prefill, split-K decode; f32/f16/bf16 (f32 math)",
+        name: FLASH,
+        description: "GPU: fused RoPE+append, FlashAttention-2 tiled prefill, split-K decode (matrix cores for f16/bf16); f32/f16/bf16",
         priority: priority::FLASH,
-        create: || create("hip-flash", Variant::Flash),
+        create: || create(FLASH, Strategy::Flash),
     }
 }
 
 inventory::submit! {
     BackendEntry {
-        name: "hip-hybrid",
+        name: HYBRID,
         description: "GPU: K rotated once by fused RoPE+append, Q rotated inside attention as it is loaded (no Q pass)",
         priority: priority::HYBRID,
-        create: || create("hip-hybrid", Variant::Hybrid),
+        create: || create(HYBRID, Strategy::Hybrid),
     }
 }
 
 inventory::submit! {
     BackendEntry {
-        name: "hip-fused",
+        name: FUSED,
         description: "GPU: K cached unrotated with positions, RoPE on Q and every key inside attention; cheap context shift",
         priority: priority::FUSED,
-        create: || create("hip-fused", Variant::Fused),
+        create: || create(FUSED, Strategy::Fused),
     }
 }
 
 inventory::submit! {
     BackendEntry {
-        name: "hip-separate",
+        name: SEPARATE,
         description: "GPU baseline: RoPE, append, then scores / softmax / P.V kernels over a score buffer; head_dim up to 4096",
         priority: priority::SEPARATE,
-        create: || create("hip-separate", Variant::Separate),
+        create: || create(SEPARATE, Strategy::Separate),
     }
 }
-
-/// Every name this crate registers.
-pub const NAMES: &[&str] = &["hip-flash", "hip-hybrid", "hip-fused", "hip-separate"];
 
 /// Referenced by the facade so the linker keeps this crate's registrations.
 #[inline(never)]

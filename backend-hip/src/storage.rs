@@ -1,16 +1,18 @@
-//! Device storage of tensors and caches, and host-side dtype conversion.
+//! Device storage of tensors and caches (crate-private: nothing outside the crate can build one
+//! or reach its buffer), and host-side dtype conversion.
 
 use std::any::Any;
+use std::sync::Arc;
 
 use backend_api::{DType, Device, Error, KvCache, Result, Storage, Tensor};
 
 use crate::runtime::DeviceBuffer;
 
-/// A tensor's device memory.
+/// A tensor's device memory and the dtype it was allocated for.
 #[derive(Debug)]
-pub struct GpuTensor {
-    /// The bytes, `numel * dtype.size()`.
+pub(crate) struct GpuTensor {
     pub buf: DeviceBuffer,
+    pub dtype: DType,
 }
 
 impl Storage for GpuTensor {
@@ -23,15 +25,19 @@ impl Storage for GpuTensor {
     fn byte_len(&self) -> usize {
         self.buf.len()
     }
+    fn dtype(&self) -> Option<DType> {
+        Some(self.dtype)
+    }
 }
 
 /// A cache's K and V pools.
 #[derive(Debug)]
-pub struct GpuCache {
+pub(crate) struct GpuCache {
     /// K pool `[slots, Hk, D]`.
     pub k: DeviceBuffer,
     /// V pool.
     pub v: DeviceBuffer,
+    pub dtype: DType,
     /// hip-fused only: int32 per slot, the position of an unrotated key, or `i32::MIN` for a
     /// key stored rotated (appended by `kv_append`, or never written).
     pub pos: Option<DeviceBuffer>,
@@ -42,14 +48,12 @@ pub struct GpuCache {
 
 /// The RoPE configuration a hip-fused cache's unrotated keys belong to.
 #[derive(Debug, Clone)]
-pub struct BoundRope {
+pub(crate) struct BoundRope {
     /// Bits of the inverse frequencies (identity of the table).
     pub key: Vec<u64>,
     /// The table on the device.
-    pub table: std::sync::Arc<DeviceBuffer>,
-    /// Rotated dims.
+    pub table: Arc<DeviceBuffer>,
     pub rotary_dim: usize,
-    /// Interleaved pairs.
     pub interleaved: bool,
     /// cos/sin multiplier.
     pub factor: f32,
@@ -65,46 +69,41 @@ impl Storage for GpuCache {
     fn byte_len(&self) -> usize {
         self.k.len().min(self.v.len())
     }
+    fn dtype(&self) -> Option<DType> {
+        Some(self.dtype)
+    }
 }
 
 fn foreign(what: &str, backend: &str, expected: Device, got: Device) -> Error {
     Error::WrongDevice { what: what.into(), backend: backend.into(), expected, got }
 }
 
-/// Device address of a tensor made by this backend, or `WrongDevice`.
-pub fn addr(t: &Tensor, what: &str, backend: &str, dev: Device) -> Result<u64> {
-    if t.device() != dev {
-        return Err(foreign(what, backend, dev, t.device()));
-    }
-    t.storage().as_any().downcast_ref::<GpuTensor>().map(|g| g.buf.addr()).ok_or_else(|| foreign(what, backend, dev, t.device()))
-}
-
-/// The buffer of a tensor made by this backend.
-pub fn buffer<'a>(t: &'a Tensor, what: &str, backend: &str, dev: Device) -> Result<&'a DeviceBuffer> {
+/// The storage of a tensor made by a backend on `dev`, or `WrongDevice`.
+pub(crate) fn tensor<'a>(t: &'a Tensor, what: &str, backend: &str, dev: Device) -> Result<&'a GpuTensor> {
     let got = t.device();
-    t.storage().as_any().downcast_ref::<GpuTensor>().map(|g| &g.buf).filter(|_| got == dev).ok_or_else(|| foreign(what, backend, dev, got))
+    t.storage().as_any().downcast_ref::<GpuTensor>().filter(|g| got == dev && g.buf.device() == dev).ok_or_else(|| foreign(what, backend, dev, got))
 }
 
-/// Mutable [`buffer`].
-pub fn buffer_mut<'a>(t: &'a mut Tensor, what: &str, backend: &str, dev: Device) -> Result<&'a mut DeviceBuffer> {
+/// Mutable [`tensor`].
+pub(crate) fn tensor_mut<'a>(t: &'a mut Tensor, what: &str, backend: &str, dev: Device) -> Result<&'a mut GpuTensor> {
     let got = t.device();
-    t.storage_mut().as_any_mut().downcast_mut::<GpuTensor>().map(|g| &mut g.buf).filter(|_| got == dev).ok_or_else(|| foreign(what, backend, dev, got))
+    t.storage_mut().as_any_mut().downcast_mut::<GpuTensor>().filter(|g| got == dev && g.buf.device() == dev).ok_or_else(|| foreign(what, backend, dev, got))
 }
 
-/// The pools of a cache made by this backend.
-pub fn pools<'a>(c: &'a KvCache, backend: &str, dev: Device) -> Result<&'a GpuCache> {
+/// The pools of a cache made by a backend on `dev`.
+pub(crate) fn cache<'a>(c: &'a KvCache, backend: &str, dev: Device) -> Result<&'a GpuCache> {
     let got = c.device();
-    c.storage().as_any().downcast_ref::<GpuCache>().filter(|_| got == dev).ok_or_else(|| foreign("KV cache", backend, dev, got))
+    c.storage().as_any().downcast_ref::<GpuCache>().filter(|g| got == dev && g.k.device() == dev).ok_or_else(|| foreign("KV cache", backend, dev, got))
 }
 
-/// Mutable [`pools`].
-pub fn pools_mut<'a>(c: &'a mut KvCache, backend: &str, dev: Device) -> Result<&'a mut GpuCache> {
+/// Mutable [`cache`].
+pub(crate) fn cache_mut<'a>(c: &'a mut KvCache, backend: &str, dev: Device) -> Result<&'a mut GpuCache> {
     let got = c.device();
-    c.storage_mut().as_any_mut().downcast_mut::<GpuCache>().filter(|_| got == dev).ok_or_else(|| foreign("KV cache", backend, dev, got))
+    c.storage_mut().as_any_mut().downcast_mut::<GpuCache>().filter(|g| got == dev && g.k.device() == dev).ok_or_else(|| foreign("KV cache", backend, dev, got))
 }
 
 /// f32 host values to the dtype's little-endian bytes (round to nearest even).
-pub fn encode(src: &[f32], dtype: DType) -> Vec<u8> {
+pub(crate) fn encode(src: &[f32], dtype: DType) -> Vec<u8> {
     let mut out = Vec::with_capacity(src.len() * dtype.size());
     match dtype {
         DType::F32 => src.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
@@ -115,7 +114,7 @@ pub fn encode(src: &[f32], dtype: DType) -> Vec<u8> {
 }
 
 /// The dtype's bytes to f32 (exact).
-pub fn decode(bytes: &[u8], dtype: DType) -> Vec<f32> {
+pub(crate) fn decode(bytes: &[u8], dtype: DType) -> Vec<f32> {
     match dtype {
         DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         DType::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
@@ -123,7 +122,7 @@ pub fn decode(bytes: &[u8], dtype: DType) -> Vec<f32> {
     }
 }
 
-/// i32 values as bytes (kernel metadata).
-pub fn i32_bytes(v: &[i32]) -> Vec<u8> {
+/// i32 values as little-endian bytes.
+pub(crate) fn i32_bytes(v: &[i32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }

@@ -2,8 +2,7 @@
 // macro that stamps extern "C" entry points per dtype ({op}_{dtype}).
 #pragma once
 #include "af_vendor.h"
-
-typedef unsigned long long af_ptr;  // device address as passed from Rust (#[repr(C)] u64)
+#include "af_contract.h"
 
 struct af_f16 { unsigned short x; };
 struct af_bf16 { unsigned short x; };
@@ -54,12 +53,21 @@ template <int N, typename T> AF_DEVICE void af_copy(T* dst, const T* src) {
     *reinterpret_cast<Raw<N * (int)sizeof(T)>*>(dst) = *reinterpret_cast<const Raw<N * (int)sizeof(T)>*>(src);
 }
 
-// Stamps `extern "C" __global__ void NAME_f32/_f16/_bf16(PARAMS p)` from a template kernel body
-// `NAME##_impl<T>(p)`.
-#define AF_STAMP(NAME, PARAMS, BOUNDS)                                                                  \
-    extern "C" __global__ void __launch_bounds__(BOUNDS) NAME##_f32(PARAMS p) { NAME##_impl<float>(p); }   \
-    extern "C" __global__ void __launch_bounds__(BOUNDS) NAME##_f16(PARAMS p) { NAME##_impl<af_f16>(p); }  \
-    extern "C" __global__ void __launch_bounds__(BOUNDS) NAME##_bf16(PARAMS p) { NAME##_impl<af_bf16>(p); }
+// The one entry-point stamp: `extern "C" __global__ void NAME_DT(PARAMS p)` running the template
+// body BODY<T, ...>(p), with __launch_bounds__ BOUNDS (parenthesised: (threads) or (threads, min
+// blocks)). Symbols are {op}[_{variant}]_{dtype}; backend-hip's `Kernel::symbol` builds the same
+// names, and a test checks every kernel a plan can choose against what the compilers emitted.
+#define AF_ENTRY(NAME, DT, T, PARAMS, BOUNDS, BODY, ...) \
+    extern "C" __global__ void __launch_bounds__ BOUNDS NAME##_##DT(PARAMS p) { BODY<T, ##__VA_ARGS__>(p); }
+// Every dtype (f32, f16, bf16).
+#define AF_STAMP(NAME, PARAMS, BOUNDS, BODY, ...)                     \
+    AF_ENTRY(NAME, f32, float, PARAMS, BOUNDS, BODY, ##__VA_ARGS__)   \
+    AF_ENTRY(NAME, f16, af_f16, PARAMS, BOUNDS, BODY, ##__VA_ARGS__)  \
+    AF_ENTRY(NAME, bf16, af_bf16, PARAMS, BOUNDS, BODY, ##__VA_ARGS__)
+// The 16-bit dtypes (matrix-core kernels).
+#define AF_STAMP16(NAME, PARAMS, BOUNDS, BODY, ...)                   \
+    AF_ENTRY(NAME, f16, af_f16, PARAMS, BOUNDS, BODY, ##__VA_ARGS__)  \
+    AF_ENTRY(NAME, bf16, af_bf16, PARAMS, BOUNDS, BODY, ##__VA_ARGS__)
 
 // RoPE angle for one pair: f64 product and reduction (f32 would lose ~1e-2 rad at position 1e6),
 // then f32 sincos; cos and sin times the scaling's multiplier. FAST (f16/bf16 matrix-core

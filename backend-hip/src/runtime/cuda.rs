@@ -1,92 +1,49 @@
-//! NVIDIA: the CUDA driver API through `cudarc`, loaded dynamically (nothing CUDA is needed to
-//! build). Every driver status becomes `Error::Device` naming the call that failed.
+//! NVIDIA: the CUDA driver API through cudarc's `result` layer (thin `Result` wrappers over
+//! `cuda.h`), loaded dynamically: nothing CUDA is needed to build. The context is cudarc's
+//! (primary context of the device, retained while the driver lives).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 use backend_api::{Error, Result};
-use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError, LaunchConfig, PinnedHostSlice,
-    PushKernelArg,
-};
+use cudarc::driver::sys::{self, CUdevice_attribute as A, CUevent_flags, CUfunction_attribute as FA};
+use cudarc::driver::{result, CudaContext, CudaModule, DriverError};
 use cudarc::nvrtc::Ptx;
 
-use super::KernelArgs;
-use crate::kernels;
+use super::{DeviceProps, Driver};
+use crate::contract::Vendor;
 
 fn dev(call: &str) -> impl Fn(DriverError) -> Error + '_ {
     move |e| Error::Device { code: e.0 as i64, message: format!("{call}: {e}") }
 }
 
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-struct ByValue<P: KernelArgs>(P);
-// SAFETY: KernelArgs guarantees a plain #[repr(C)] layout matching the kernel's parameter.
-unsafe impl<P: KernelArgs> DeviceRepr for ByValue<P> {}
-
-/// Bytes of one pinned staging slot, and how many slots rotate.
-const STAGE_BYTES: usize = 1 << 20;
-const STAGE_SLOTS: usize = 8;
-
-/// Page-locked host memory for per-call metadata (positions, slot mappings, page tables):
-/// copies from it are truly asynchronous, where a copy from ordinary host memory first waits
-/// for the whole stream, serialising host and device. A slot is reused only after its last
-/// copy's event completed.
-struct StagingSlot {
-    host: PinnedHostSlice<u8>,
-    done: CudaEvent,
+fn alloc_err(call: &'static str, bytes: usize) -> impl Fn(DriverError) -> Error {
+    move |e| {
+        if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
+            Error::OutOfMemory { what: format!("device memory ({call})"), bytes }
+        } else {
+            Error::Device { code: e.0 as i64, message: format!("{call} of {bytes} bytes: {e}") }
+        }
+    }
 }
 
-/// An opened GPU: context, one stream, the embedded kernel modules.
-pub(super) struct Gpu {
+pub(super) struct CudaDriver {
     ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    staging: Vec<Mutex<StagingSlot>>,
-    next_slot: AtomicUsize,
-    modules: Vec<(&'static str, Arc<CudaModule>)>,
-    /// Loaded kernels, with the dynamic shared memory each is opted in to.
-    functions: Mutex<HashMap<String, (CudaFunction, u32)>>,
-    /// Device name as the driver reports it.
-    pub name: String,
-    /// Streaming multiprocessors.
-    pub sm_count: u32,
-    /// Compute capability.
-    pub capability: (i32, i32),
+    props: DeviceProps,
+    async_alloc: bool,
+    /// Loaded modules (kept loaded while the driver lives; functions point into them).
+    modules: Mutex<Vec<Arc<CudaModule>>>,
 }
 
-impl std::fmt::Debug for Gpu {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Gpu({}, {} SMs, sm_{}{})", self.name, self.sm_count, self.capability.0, self.capability.1)
-    }
-}
-
-/// Device memory, freed when dropped.
-#[derive(Debug)]
-pub(super) struct DeviceBuffer {
-    slice: CudaSlice<u8>,
-    addr: u64,
-}
-
-impl DeviceBuffer {
-    /// Device address of the first byte.
-    pub fn addr(&self) -> u64 {
-        self.addr
-    }
-    /// Size in bytes.
-    pub fn len(&self) -> usize {
-        self.slice.len()
-    }
-}
-
-impl Gpu {
-    /// Opens NVIDIA GPU `ordinal`, or says why it cannot: no kernels built, no driver, no device.
-    pub fn open(ordinal: usize) -> std::result::Result<Gpu, String> {
-        let Some(images) = kernels::NVIDIA else {
-            return Err(kernels::NVIDIA_MISSING.to_string());
-        };
+impl CudaDriver {
+    /// Opens NVIDIA GPU `ordinal`, or says why it cannot: no kernels built, no driver, no
+    /// device, or a device older than the embedded code.
+    pub fn open(ordinal: usize) -> std::result::Result<CudaDriver, String> {
+        if crate::kernels::NVIDIA.is_none() {
+            return Err(crate::kernels::NVIDIA_MISSING.to_string());
+        }
         // SAFETY: only tries to dlopen libcuda; no symbol is used.
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        if !unsafe { sys::is_culib_present() } {
             return Err("no NVIDIA driver on this machine (libcuda.so not found)".into());
         }
         let count = CudaContext::device_count().map_err(|e| format!("CUDA driver: {e}"))?;
@@ -94,150 +51,173 @@ impl Gpu {
             return Err(format!("no CUDA device {ordinal} ({count} found)"));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| format!("creating a CUDA context: {e}"))?;
-        // One stream, ordered: cudarc's cross-stream event tracking is not needed.
-        // SAFETY: no CudaSlice exists yet, and this backend never uses a second stream.
+        // SAFETY: no CudaSlice exists; this driver uses raw allocations ordered on its streams.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
-        let mut modules = Vec::new();
-        for (name, bytes) in images {
-            let m = ctx.load_module(Ptx::from_binary(bytes.to_vec())).map_err(|e| format!("loading kernel module {name}: {e}"))?;
-            modules.push((*name, m));
+        let attr = |a: A| ctx.attribute(a).map(|v| v as usize).map_err(|e| format!("reading device attribute {a:?}: {e}"));
+        let (major, minor) = ctx.compute_capability().map_err(|e| e.to_string())?;
+        let oldest: i32 = crate::kernels::CUDA_ARCHS.split_whitespace().filter_map(|a| a.parse().ok()).min().unwrap_or(80);
+        if major * 10 + minor < oldest {
+            return Err(format!("sm_{major}{minor} is older than the oldest architecture built (sm_{oldest}; ATTNFORGE_CUDA_ARCHS)"));
         }
-        use cudarc::driver::sys::CUdevice_attribute as A;
-        let sm_count = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(|e| e.to_string())? as u32;
-        let capability = ctx.compute_capability().map_err(|e| e.to_string())?;
-        let name = ctx.name().unwrap_or_else(|_| "NVIDIA GPU".into());
-        let mut staging = Vec::with_capacity(STAGE_SLOTS);
-        for _ in 0..STAGE_SLOTS {
-            // SAFETY: the pinned memory is uninitialised; only bytes written by `upload` are copied.
-            let host = unsafe { ctx.alloc_pinned::<u8>(STAGE_BYTES) }.map_err(|e| format!("allocating pinned staging memory: {e}"))?;
-            let done = ctx.new_event(None).map_err(|e| format!("creating an event: {e}"))?;
-            staging.push(Mutex::new(StagingSlot { host, done }));
-        }
-        Ok(Gpu { ctx, stream, staging, next_slot: AtomicUsize::new(0), modules, functions: Mutex::new(HashMap::new()), name, sm_count, capability })
+        let props = DeviceProps {
+            vendor: Vendor::Nvidia,
+            name: ctx.name().unwrap_or_else(|_| "NVIDIA GPU".into()),
+            arch: format!("sm_{major}{minor}"),
+            sm_count: attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+            warp_size: attr(A::CU_DEVICE_ATTRIBUTE_WARP_SIZE)?,
+            max_threads_per_block: attr(A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+            smem_per_block_optin: attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,
+            smem_per_sm: attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)?,
+            max_grid: [
+                attr(A::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X)? as u64,
+                attr(A::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y)? as u64,
+                attr(A::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z)? as u64,
+            ],
+            matrix_cores: major >= 8,
+        };
+        let async_alloc = ctx.has_async_alloc();
+        Ok(CudaDriver { ctx, props, async_alloc, modules: Mutex::new(Vec::new()) })
+    }
+}
+
+fn stream(s: u64) -> sys::CUstream {
+    s as usize as sys::CUstream
+}
+fn event(e: u64) -> sys::CUevent {
+    e as usize as sys::CUevent
+}
+
+impl Driver for CudaDriver {
+    fn props(&self) -> &DeviceProps {
+        &self.props
     }
 
-    /// Device ordinal.
-    pub fn ordinal(&self) -> usize {
+    fn ordinal(&self) -> usize {
         self.ctx.ordinal()
     }
 
-    /// `bytes` of uninitialised device memory (at least one byte is allocated).
-    pub fn alloc(&self, bytes: usize) -> Result<DeviceBuffer> {
-        // SAFETY: the memory is uninitialised; every user writes before reading (uploads,
-        // kernels that overwrite their output, or `fill`).
-        let slice = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }.map_err(dev("cuMemAlloc"))?;
-        let addr = {
-            let (addr, _sync) = slice.device_ptr(&self.stream);
-            addr
-        };
-        Ok(DeviceBuffer { slice, addr })
+    fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(dev("cuCtxSetCurrent"))
     }
 
-    /// A new buffer holding `data`. Small uploads (metadata) go through pinned staging and do
-    /// not wait for queued work; larger ones are ordinary copies.
-    pub fn upload(&self, data: &[u8]) -> Result<DeviceBuffer> {
-        let mut b = self.alloc(data.len())?;
-        if data.is_empty() || data.len() > STAGE_BYTES {
-            self.write(&mut b, 0, data)?;
-            return Ok(b);
-        }
-        let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % STAGE_SLOTS;
-        let mut slot = self.staging[i].lock().map_err(|_| Error::Device { code: -1, message: "staging lock poisoned".into() })?;
-        slot.done.synchronize().map_err(dev("cuEventSynchronize (staging)"))?;
-        let host = slot.host.as_mut_slice().map_err(dev("pinned staging"))?;
-        host[..data.len()].copy_from_slice(data);
-        // SAFETY: `b` holds at least data.len() bytes; the pinned bytes stay untouched until
-        // `done` (recorded right after the copy on the same stream) completes.
-        unsafe { cudarc::driver::result::memcpy_htod_async(b.addr, &host[..data.len()], self.stream.cu_stream()) }.map_err(dev("cuMemcpyHtoDAsync"))?;
-        slot.done.record(&self.stream).map_err(dev("cuEventRecord"))?;
-        Ok(b)
+    fn stream_create(&self) -> Result<u64> {
+        result::stream::create(result::stream::StreamKind::NonBlocking).map(|s| s as usize as u64).map_err(dev("cuStreamCreate"))
     }
 
-    /// Copies `data` to `buf` at byte `offset`.
-    pub fn write(&self, buf: &mut DeviceBuffer, offset: usize, data: &[u8]) -> Result<()> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        if offset + data.len() > buf.len() {
-            return Err(Error::InvalidArgument(format!("device write of {} bytes at {offset} into {} bytes", data.len(), buf.len())));
-        }
-        let mut view = buf.slice.slice_mut(offset..offset + data.len());
-        self.stream.memcpy_htod(data, &mut view).map_err(dev("cuMemcpyHtoD"))
+    fn stream_destroy(&self, s: u64) {
+        // SAFETY: a stream this driver created, destroyed once (errors cannot be reported here).
+        let _ = unsafe { result::stream::destroy(stream(s)) };
     }
 
-    /// The buffer's bytes on the host (waits for queued work).
-    pub fn read(&self, buf: &DeviceBuffer, len: usize) -> Result<Vec<u8>> {
-        let mut out = vec![0u8; len];
-        if len > 0 {
-            let view = buf.slice.slice(0..len);
-            self.stream.memcpy_dtoh(&view, &mut out).map_err(dev("cuMemcpyDtoH"))?;
-        }
-        self.synchronize()?;
-        Ok(out)
+    fn stream_sync(&self, s: u64) -> Result<()> {
+        // SAFETY: a live stream of this driver.
+        unsafe { result::stream::synchronize(stream(s)) }.map_err(dev("cuStreamSynchronize"))
     }
 
-    /// Device-to-device copy of `bytes` (the bandwidth ceiling benchmarks compare against).
-    pub fn copy(&self, dst: &mut DeviceBuffer, src: &DeviceBuffer, bytes: usize) -> Result<()> {
-        let s = src.slice.slice(0..bytes);
-        let mut d = dst.slice.slice_mut(0..bytes);
-        self.stream.memcpy_dtod(&s, &mut d).map_err(dev("cuMemcpyDtoD"))
+    unsafe fn malloc(&self, bytes: usize, s: u64) -> Result<u64> {
+        // SAFETY: the caller passes a live stream; the memory is handed out uninitialised.
+        unsafe {
+            if self.async_alloc {
+                result::malloc_async(stream(s), bytes).map_err(alloc_err("cuMemAllocAsync", bytes))
+            } else {
+                result::malloc_sync(bytes).map_err(alloc_err("cuMemAlloc", bytes))
+            }
+        }
     }
 
-    /// Waits for queued work; surfaces asynchronous kernel errors.
-    pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(dev("cuStreamSynchronize"))
+    unsafe fn free(&self, ptr: u64, s: u64) {
+        // SAFETY: the caller's contract (allocated here, freed once, users ordered before).
+        unsafe {
+            let _ = if self.async_alloc { result::free_async(ptr, stream(s)) } else { result::free_sync(ptr) };
+        }
     }
 
-    /// Kernel `name`, opted in to `shared` bytes of dynamic shared memory when past the 48 KiB
-    /// every kernel may use.
-    fn function(&self, name: &str, shared: u32) -> Result<CudaFunction> {
-        let mut cache = self.functions.lock().map_err(|_| Error::Device { code: -1, message: "kernel cache lock poisoned".into() })?;
-        if !cache.contains_key(name) {
-            let f = self
-                .modules
-                .iter()
-                .find_map(|(_, m)| m.load_function(name).ok())
-                .ok_or_else(|| Error::Device { code: -1, message: format!("kernel {name} is missing from the embedded modules") })?;
-            cache.insert(name.to_string(), (f, 48 << 10));
-        }
-        let entry = cache.get_mut(name).expect("inserted above");
-        if shared > entry.1 {
-            use cudarc::driver::sys::CUfunction_attribute as FA;
-            entry.0.set_attribute(FA::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared as i32).map_err(dev("cuFuncSetAttribute"))?;
-            entry.1 = shared;
-        }
-        Ok(entry.0.clone())
+    unsafe fn memset(&self, ptr: u64, byte: u8, bytes: usize, s: u64) -> Result<()> {
+        // SAFETY: the caller's contract (the range is one live allocation).
+        unsafe { result::memset_d8_async(ptr, byte, bytes, stream(s)) }.map_err(dev("cuMemsetD8Async"))
     }
 
-    /// Launches kernel `name` with one by-value parameter struct and `shared` bytes of dynamic
-    /// shared memory.
-    pub fn launch<P: KernelArgs>(&self, name: &str, grid: (u32, u32, u32), block: u32, shared: u32, params: P) -> Result<()> {
-        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
-            return Ok(());
-        }
-        let f = self.function(name, shared)?;
-        let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: shared };
-        let arg = ByValue(params);
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&arg);
-        // SAFETY: the kernel takes exactly one parameter of P's layout (KernelArgs), and every
-        // address in it points to live device memory sized by the op that built it.
-        unsafe { b.launch(cfg) }.map_err(|e| Error::Device { code: e.0 as i64, message: format!("launching {name}: {e}") })?;
-        Ok(())
+    unsafe fn htod(&self, dst: u64, src: *const u8, bytes: usize, s: u64) -> Result<()> {
+        // SAFETY: the caller's contract (pinned source untouched until the copy completes).
+        unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src as *const c_void, bytes, stream(s)) }.result().map_err(dev("cuMemcpyHtoDAsync"))
     }
 
-    /// Runs `f` `reps` times between two device events; milliseconds per run.
-    pub fn time(&self, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-        use cudarc::driver::sys::CUevent_flags;
-        let start = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(dev("cuEventCreate"))?;
-        let end = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(dev("cuEventCreate"))?;
-        start.record(&self.stream).map_err(dev("cuEventRecord"))?;
-        for _ in 0..reps {
-            f()?;
+    unsafe fn dtoh(&self, dst: *mut u8, src: u64, bytes: usize, s: u64) -> Result<()> {
+        // SAFETY: the caller's contract (pinned destination allocated until the copy completes).
+        unsafe { sys::cuMemcpyDtoHAsync_v2(dst as *mut c_void, src, bytes, stream(s)) }.result().map_err(dev("cuMemcpyDtoHAsync"))
+    }
+
+    unsafe fn dtod(&self, dst: u64, src: u64, bytes: usize, s: u64) -> Result<()> {
+        // SAFETY: the caller's contract (both ranges live on this device).
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, stream(s)) }.map_err(dev("cuMemcpyDtoDAsync"))
+    }
+
+    fn pinned_alloc(&self, bytes: usize) -> Result<*mut u8> {
+        // SAFETY: plain allocation; the bytes are written before any copy reads them.
+        unsafe { result::malloc_host(bytes, 0) }.map(|p| p as *mut u8).map_err(alloc_err("cuMemHostAlloc", bytes))
+    }
+
+    unsafe fn pinned_free(&self, p: *mut u8) {
+        // SAFETY: the caller's contract (from pinned_alloc, freed once, no copy targets it).
+        let _ = unsafe { result::free_host(p as *mut c_void) };
+    }
+
+    fn event_create(&self, timing: bool) -> Result<u64> {
+        let flags = if timing { CUevent_flags::CU_EVENT_DEFAULT } else { CUevent_flags::CU_EVENT_DISABLE_TIMING };
+        result::event::create(flags).map(|e| e as usize as u64).map_err(dev("cuEventCreate"))
+    }
+
+    fn event_destroy(&self, e: u64) {
+        // SAFETY: an event this driver created, destroyed once.
+        let _ = unsafe { result::event::destroy(event(e)) };
+    }
+
+    fn event_record(&self, e: u64, s: u64) -> Result<()> {
+        // SAFETY: a live event and stream of this driver.
+        unsafe { result::event::record(event(e), stream(s)) }.map_err(dev("cuEventRecord"))
+    }
+
+    fn event_sync(&self, e: u64) -> Result<()> {
+        // SAFETY: a live event of this driver.
+        unsafe { result::event::synchronize(event(e)) }.map_err(dev("cuEventSynchronize"))
+    }
+
+    fn event_elapsed_ms(&self, start: u64, end: u64) -> Result<f32> {
+        // SAFETY: live timing events of this driver, both recorded and complete.
+        unsafe { result::event::elapsed(event(start), event(end)) }.map_err(dev("cuEventElapsedTime"))
+    }
+
+    fn module_load(&self, name: &str, image: &[u8]) -> Result<u64> {
+        let m = self.ctx.load_module(Ptx::from_binary(image.to_vec())).map_err(|e| Error::Device {
+            code: e.0 as i64,
+            message: format!("loading kernel module {name} on {} ({}): {e} (built for {})", self.props.name, self.props.arch, crate::kernels::CUDA_ARCHS),
+        })?;
+        let mut mods = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        mods.push(m);
+        Ok((mods.len() - 1) as u64)
+    }
+
+    fn function(&self, module: u64, symbol: &str) -> Result<u64> {
+        let mods = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        let m = mods.get(module as usize).ok_or_else(|| Error::Device { code: -1, message: format!("no module {module}") })?;
+        let f = m.load_function(symbol).map_err(dev("cuModuleGetFunction"))?;
+        Ok(f.cu_function() as usize as u64)
+    }
+
+    fn allow_dynamic_shared(&self, f: u64, bytes: usize) -> Result<()> {
+        let f = f as usize as sys::CUfunction;
+        // SAFETY: a function of a module this driver keeps loaded.
+        unsafe {
+            let fixed = result::function::get_function_attribute(f, FA::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES).map_err(dev("cuFuncGetAttribute"))?;
+            let dynamic = bytes.saturating_sub(fixed.max(0) as usize) as i32;
+            result::function::set_function_attribute(f, FA::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dynamic).map_err(dev("cuFuncSetAttribute"))
         }
-        end.record(&self.stream).map_err(dev("cuEventRecord"))?;
-        end.synchronize().map_err(dev("cuEventSynchronize"))?;
-        Ok(start.elapsed_ms(&end).map_err(dev("cuEventElapsedTime"))? as f64 / reps as f64)
+    }
+
+    unsafe fn launch(&self, f: u64, grid: [u32; 3], block: u32, shared: u32, s: u64, params: *mut c_void, _size: usize) -> Result<()> {
+        let mut args = [params];
+        // SAFETY: the caller's contract: `f` takes exactly the one parameter at `params`.
+        unsafe { result::launch_kernel(f as usize as sys::CUfunction, (grid[0], grid[1], grid[2]), (block, 1, 1), shared, stream(s), &mut args) }
+            .map_err(dev("cuLaunchKernel"))
     }
 }

@@ -1,113 +1,176 @@
-//! The one module of attnforge with `unsafe` and FFI: device context, stream, buffers, module
-//! loading, typed kernel launches and timing events, for both vendors:
-//! - NVIDIA (`cuda.rs`): the CUDA driver API through `cudarc`, loaded dynamically, so nothing
-//!   CUDA is needed to build;
-//! - AMD (`rocm.rs`, feature `rocm`): the HIP runtime through `hip-sys`, which links
-//!   `libamdhip64` (ROCm must be installed to build with the feature).
+//! The one module of attnforge with `unsafe` and FFI. Three layers, as cudarc's
+//! `sys` / `result` / `safe` split:
 //!
-//! Everything above this module is safe Rust and vendor-neutral: it sees one [`Gpu`] and
-//! [`DeviceBuffer`]s with device addresses as integers. Every driver status becomes
-//! `Error::Device` naming the call that failed.
+//! 1. [`Driver`]: a thin, dyn-safe mapping of the vendor API with `Result`s and opaque handles:
+//!    `cuda.rs` (the CUDA driver API through cudarc, loaded dynamically: nothing CUDA is needed to
+//!    build), `rocm.rs` (the HIP runtime through hip-sys, feature `rocm`), and `fake.rs` (tests:
+//!    an in-memory device with deferred copies, per-thread current device and injectable faults,
+//!    so the logic below is tested on every CI run, AMD's included).
+//! 2. [`Gpu`]: the vendor-neutral logic, written once: one non-blocking stream, zero-filled
+//!    allocations, pinned staging for every host copy (staging.rs), the kernel table resolved once
+//!    at load, per-device limits ([`DeviceProps`]), timing events. Every call makes the device
+//!    current on the calling thread first.
+//! 3. Safe, typed views ([`DevRef`], [`DevMut`], [`MetaRef`]) that only this module can turn into
+//!    addresses, and typed launchers (`launch/`) that check every byte a kernel can touch against
+//!    the views before the one `unsafe` raw launch ([`Gpu::launch`]).
+//!
+//! Nothing outside this module sees a device address, so safe code cannot make a kernel read or
+//! write outside an allocation.
 #![allow(unsafe_code)]
 
 mod cuda;
+#[cfg(test)]
+pub(crate) mod fake;
+pub(crate) mod launch;
 #[cfg(feature = "rocm")]
 mod rocm;
+mod staging;
 
-use backend_api::{Device, Error, Result};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::marker::PhantomData;
+use std::sync::Arc;
 
-/// Marks a `#[repr(C)]` parameter struct as passable by value to a kernel.
+use backend_api::{try_vec, Device, Error, Result};
+
+use crate::contract::{Kernel, Vendor};
+use staging::Staging;
+
+/// What a device can do, read from its driver when it is opened. Plans are made from these (and
+/// unit-tested against the values of common parts: see `plan`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DeviceProps {
+    pub vendor: Vendor,
+    /// As the driver reports it.
+    pub name: String,
+    /// `sm_90`, `gfx90a`, ...
+    pub arch: String,
+    /// Streaming multiprocessors (NVIDIA) or compute units (AMD).
+    pub sm_count: usize,
+    /// Lanes of a warp or wavefront.
+    pub warp_size: usize,
+    pub max_threads_per_block: usize,
+    /// Shared memory a block may use with an opt-in (the kernel's maximum dynamic size is
+    /// raised to this when the kernel is loaded).
+    pub smem_per_block_optin: usize,
+    /// Shared memory of one SM / CU (all resident blocks together).
+    pub smem_per_sm: usize,
+    /// Largest grid in x, y, z.
+    pub max_grid: [u64; 3],
+    /// Whether the matrix-core kernels run on matrix instructions here: NVIDIA sm_80+ and AMD
+    /// CDNA (wave64). RDNA (wave32) has none; its f16/bf16 attention takes the vector kernels.
+    pub matrix_cores: bool,
+}
+
+/// The vendor API, thinly: each call makes one driver call (or a few) and maps its status to
+/// `Error::Device` naming the call (`Error::OutOfMemory` for allocations). Handles are opaque
+/// integers owned by the driver. Calls that need the device current assume [`Driver::bind`] was
+/// called on this thread; [`Gpu`] does that at the top of every method.
+pub(crate) trait Driver: Send + Sync {
+    fn props(&self) -> &DeviceProps;
+    fn ordinal(&self) -> usize;
+    /// Makes this device current on the calling thread (CUDA: its context; HIP: hipSetDevice).
+    fn bind(&self) -> Result<()>;
+    fn stream_create(&self) -> Result<u64>;
+    fn stream_destroy(&self, s: u64);
+    fn stream_sync(&self, s: u64) -> Result<()>;
+    /// # Safety
+    /// `s` is a live stream of this driver. The memory is uninitialised.
+    unsafe fn malloc(&self, bytes: usize, s: u64) -> Result<u64>;
+    /// # Safety
+    /// `ptr` came from [`Driver::malloc`] on this driver and is freed once; work that uses it
+    /// was queued on `s` (the free is stream-ordered) or has completed.
+    unsafe fn free(&self, ptr: u64, s: u64);
+    /// # Safety
+    /// `ptr..ptr + bytes` lies in one live allocation of this device.
+    unsafe fn memset(&self, ptr: u64, byte: u8, bytes: usize, s: u64) -> Result<()>;
+    /// # Safety
+    /// `dst..dst + bytes` lies in a live allocation; `src` points to `bytes` readable pinned bytes
+    /// that stay untouched until the copy completes (an event recorded after it on `s`).
+    unsafe fn htod(&self, dst: u64, src: *const u8, bytes: usize, s: u64) -> Result<()>;
+    /// # Safety
+    /// As [`Driver::htod`], with `dst` writable pinned memory that stays allocated until the
+    /// copy completes.
+    unsafe fn dtoh(&self, dst: *mut u8, src: u64, bytes: usize, s: u64) -> Result<()>;
+    /// # Safety
+    /// Both ranges lie in live allocations of this device.
+    unsafe fn dtod(&self, dst: u64, src: u64, bytes: usize, s: u64) -> Result<()>;
+    /// Page-locked host memory (asynchronous copies from or into it do not stage).
+    fn pinned_alloc(&self, bytes: usize) -> Result<*mut u8>;
+    /// # Safety
+    /// `p` came from [`Driver::pinned_alloc`], is freed once, and no copy can still target it.
+    unsafe fn pinned_free(&self, p: *mut u8);
+    fn event_create(&self, timing: bool) -> Result<u64>;
+    fn event_destroy(&self, e: u64);
+    fn event_record(&self, e: u64, s: u64) -> Result<()>;
+    /// Waits for the work before the event's last record (at once if it was never recorded).
+    fn event_sync(&self, e: u64) -> Result<()>;
+    fn event_elapsed_ms(&self, start: u64, end: u64) -> Result<f32>;
+    /// Loads a code object; it stays loaded as long as the driver.
+    fn module_load(&self, name: &str, image: &[u8]) -> Result<u64>;
+    fn function(&self, module: u64, symbol: &str) -> Result<u64>;
+    /// Allows launches with up to `bytes` of dynamic shared memory.
+    fn allow_dynamic_shared(&self, f: u64, bytes: usize) -> Result<()>;
+    /// # Safety
+    /// `f` is a function of this driver whose only parameter has the layout of the `size` bytes
+    /// at `params`, and every device address in them satisfies the kernel's contract (see
+    /// [`Gpu::launch`]).
+    unsafe fn launch(&self, f: u64, grid: [u32; 3], block: u32, shared: u32, s: u64, params: *mut c_void, size: usize) -> Result<()>;
+}
+
+/// Marks a `#[repr(C)]` parameter struct of the contract as passable by value to a kernel.
 ///
 /// # Safety
-/// The type must be `#[repr(C)]`, `Copy`, contain only integers, floats and device addresses,
-/// and match the layout of the kernel's parameter struct field for field.
-pub unsafe trait KernelArgs: Copy {}
-
-/// Which vendor's runtime drives the GPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Vendor {
-    /// CUDA driver API (kernels from nvcc).
-    Nvidia,
-    /// HIP runtime (kernels from hipcc).
-    Amd,
+/// The type must be `#[repr(C)]`, `Copy`, contain only integers, floats and device addresses
+/// and no padding, and match the layout of the kernel parameter struct named [`KernelArgs::NAME`]
+/// (the contract's generated structs do: their layout is asserted on both sides).
+pub(crate) unsafe trait KernelArgs: Copy {
+    /// The struct's name in af_contract.h.
+    const NAME: &'static str;
 }
 
-enum Imp {
-    Cuda(cuda::Gpu),
-    #[cfg(feature = "rocm")]
-    Rocm(rocm::Gpu),
+macro_rules! kernel_args {
+    ($($t:ident),*) => {$(
+        // SAFETY: generated from af_contract.h with its layout asserted against the kernels'
+        // (size, alignment and every offset, no implicit padding).
+        unsafe impl KernelArgs for crate::contract::$t {
+            const NAME: &'static str = stringify!($t);
+        }
+    )*};
+}
+crate::contract::with_param_structs!(kernel_args);
+
+/// The opened device: driver, stream, staging, kernel table. Dropped when the last [`Gpu`] or
+/// [`DeviceBuffer`] that uses it goes.
+struct Inner {
+    drv: Box<dyn Driver>,
+    stream: u64,
+    staging: Staging,
+    kernels: HashMap<Kernel, u64>,
+    device: Device,
 }
 
-/// An opened GPU: one stream, the embedded kernel modules, timing events.
-pub struct Gpu {
-    imp: Imp,
-    /// Device name as the driver reports it.
-    pub name: String,
-    /// Streaming multiprocessors (NVIDIA) or compute units (AMD).
-    pub sm_count: u32,
-    /// Which runtime drives it.
-    pub vendor: Vendor,
-    /// Lanes of a warp (NVIDIA: 32) or wavefront (AMD: 64 on CDNA, 32 on RDNA).
-    pub warp_size: u32,
-    /// Whether the matrix-core kernels run on matrix instructions here: NVIDIA (every embedded
-    /// architecture is sm_80+) and AMD CDNA (wave64: gfx90a is the CDNA target built). RDNA
-    /// (gfx1030, wave32) has no matrix cores; its f16/bf16 attention takes the vector kernels.
-    pub matrix_cores: bool,
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let drained = self.drv.bind().and_then(|_| self.drv.stream_sync(self.stream)).is_ok();
+        self.staging.release(self.drv.as_ref(), drained);
+        if drained {
+            self.drv.stream_destroy(self.stream);
+        }
+    }
+}
+
+/// An opened GPU: one non-blocking stream, the kernel table, pinned staging.
+#[derive(Clone)]
+pub(crate) struct Gpu {
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Gpu({}, {:?}, {} SMs/CUs)", self.name, self.vendor, self.sm_count)
+        let p = self.props();
+        write!(f, "Gpu({}, {}, {} SMs/CUs)", p.name, p.arch, p.sm_count)
     }
-}
-
-#[derive(Debug)]
-enum BufImp {
-    Cuda(cuda::DeviceBuffer),
-    #[cfg(feature = "rocm")]
-    Rocm(rocm::DeviceBuffer),
-}
-
-/// Device memory, freed (stream-ordered) when dropped.
-#[derive(Debug)]
-pub struct DeviceBuffer(BufImp);
-
-impl DeviceBuffer {
-    /// Device address of the first byte.
-    pub fn addr(&self) -> u64 {
-        match &self.0 {
-            BufImp::Cuda(b) => b.addr(),
-            #[cfg(feature = "rocm")]
-            BufImp::Rocm(b) => b.addr(),
-        }
-    }
-    /// Size in bytes.
-    pub fn len(&self) -> usize {
-        match &self.0 {
-            BufImp::Cuda(b) => b.len(),
-            #[cfg(feature = "rocm")]
-            BufImp::Rocm(b) => b.len(),
-        }
-    }
-    /// True for a zero-byte buffer.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-fn foreign_buffer() -> Error {
-    Error::Device { code: -1, message: "a device buffer of another runtime was passed to this GPU".into() }
-}
-
-/// Dispatches to the vendor runtime, mapping buffers in and out.
-macro_rules! with_imp {
-    ($self:ident, $g:ident => $body:expr) => {
-        match &$self.imp {
-            Imp::Cuda($g) => $body,
-            #[cfg(feature = "rocm")]
-            Imp::Rocm($g) => $body,
-        }
-    };
 }
 
 impl Gpu {
@@ -115,19 +178,13 @@ impl Gpu {
     /// with the `rocm` feature), or says why none could: no kernels built, no driver, no device.
     pub fn open(ordinal: usize) -> std::result::Result<Gpu, String> {
         let mut why = Vec::new();
-        match cuda::Gpu::open(ordinal) {
-            Ok(g) => {
-                let (name, sm_count) = (g.name.clone(), g.sm_count);
-                return Ok(Gpu { imp: Imp::Cuda(g), name, sm_count, vendor: Vendor::Nvidia, warp_size: 32, matrix_cores: true });
-            }
+        match cuda::CudaDriver::open(ordinal) {
+            Ok(d) => return Gpu::with_driver(Box::new(d), crate::kernels::NVIDIA.unwrap_or(&[])),
             Err(e) => why.push(format!("NVIDIA: {e}")),
         }
         #[cfg(feature = "rocm")]
-        match rocm::Gpu::open(ordinal) {
-            Ok(g) => {
-                let (name, sm_count, warp_size) = (g.name.clone(), g.sm_count, g.warp_size);
-                return Ok(Gpu { imp: Imp::Rocm(g), name, sm_count, vendor: Vendor::Amd, warp_size, matrix_cores: warp_size == 64 });
-            }
+        match rocm::HipDriver::open(ordinal) {
+            Ok(d) => return Gpu::with_driver(Box::new(d), crate::kernels::AMD.unwrap_or(&[])),
             Err(e) => why.push(format!("AMD: {e}")),
         }
         #[cfg(not(feature = "rocm"))]
@@ -135,107 +192,324 @@ impl Gpu {
         Err(why.join("; "))
     }
 
-    /// The API's device id for this GPU.
+    /// A GPU on `drv`: a stream, staging, and every kernel of [`Kernel::all`] resolved once from
+    /// `images` (module name, code object) into the kernel table. A missing kernel is an error
+    /// naming it (a build that does not match this crate), never a lookup at launch time.
+    pub(crate) fn with_driver(drv: Box<dyn Driver>, images: &[(&str, &[u8])]) -> std::result::Result<Gpu, String> {
+        let s = |e: Error| e.to_string();
+        drv.bind().map_err(s)?;
+        let mut modules = HashMap::new();
+        for (name, image) in images {
+            modules.insert(*name, drv.module_load(name, image).map_err(s)?);
+        }
+        let mut kernels = HashMap::new();
+        for k in Kernel::all() {
+            let sym = k.symbol();
+            let m = modules.get(k.module()).ok_or_else(|| format!("kernel module {} is not embedded in this build", k.module()))?;
+            let f = drv.function(*m, &sym).map_err(|e| format!("kernel {sym} is missing from module {} ({e}): the embedded kernels do not match this build", k.module()))?;
+            if k.dynamic_shared() {
+                drv.allow_dynamic_shared(f, drv.props().smem_per_block_optin).map_err(s)?;
+            }
+            kernels.insert(k, f);
+        }
+        let stream = drv.stream_create().map_err(s)?;
+        let staging = match Staging::new(drv.as_ref()) {
+            Ok(st) => st,
+            Err(e) => {
+                drv.stream_destroy(stream);
+                return Err(e.to_string());
+            }
+        };
+        let device = match drv.props().vendor {
+            Vendor::Nvidia => Device::cuda(drv.ordinal()),
+            Vendor::Amd => Device::rocm(drv.ordinal()),
+        };
+        Ok(Gpu { inner: Arc::new(Inner { drv, stream, staging, kernels, device }) })
+    }
+
+    /// The API's device id.
     pub fn device(&self) -> Device {
-        match &self.imp {
-            Imp::Cuda(g) => Device::cuda(g.ordinal()),
-            #[cfg(feature = "rocm")]
-            Imp::Rocm(g) => Device::rocm(g.ordinal()),
-        }
+        self.inner.device
     }
 
-    /// `bytes` of uninitialised device memory (at least one byte is allocated).
+    /// What the device can do.
+    pub fn props(&self) -> &DeviceProps {
+        self.inner.drv.props()
+    }
+
+    fn drv(&self) -> Result<&dyn Driver> {
+        self.inner.drv.bind()?;
+        Ok(self.inner.drv.as_ref())
+    }
+
+    /// `bytes` of device memory, zero-filled (in stream order: before any later work).
     pub fn alloc(&self, bytes: usize) -> Result<DeviceBuffer> {
-        match &self.imp {
-            Imp::Cuda(g) => g.alloc(bytes).map(|b| DeviceBuffer(BufImp::Cuda(b))),
-            #[cfg(feature = "rocm")]
-            Imp::Rocm(g) => g.alloc(bytes).map(|b| DeviceBuffer(BufImp::Rocm(b))),
-        }
+        let b = self.alloc_uninit(bytes)?;
+        // SAFETY: the range is the allocation just made.
+        unsafe { self.inner.drv.memset(b.ptr, 0, b.len, self.inner.stream) }?;
+        Ok(b)
     }
 
-    /// A new buffer holding `data`. Small uploads (per-call metadata) go through pinned staging
-    /// and do not wait for queued work.
+    /// `bytes` of uninitialised device memory, for scratch every kernel writes before reading
+    /// (crate-internal: the API's allocations are zero-filled).
+    pub(crate) fn alloc_uninit(&self, bytes: usize) -> Result<DeviceBuffer> {
+        let drv = self.drv()?;
+        let len = bytes.max(1);
+        // SAFETY: the stream is live as long as `inner`, which the buffer keeps.
+        let ptr = unsafe { drv.malloc(len, self.inner.stream) }?;
+        Ok(DeviceBuffer { ptr, len, owner: self.inner.clone() })
+    }
+
+    /// A new zero-padded buffer holding `data` (through pinned staging: returns once the bytes
+    /// are staged; the copy is ordered before any later work).
     pub fn upload(&self, data: &[u8]) -> Result<DeviceBuffer> {
-        match &self.imp {
-            Imp::Cuda(g) => g.upload(data).map(|b| DeviceBuffer(BufImp::Cuda(b))),
-            #[cfg(feature = "rocm")]
-            Imp::Rocm(g) => g.upload(data).map(|b| DeviceBuffer(BufImp::Rocm(b))),
+        let b = self.alloc_uninit(data.len())?;
+        let n = data.len();
+        self.inner.staging.upload(self.drv()?, self.inner.stream, b.ptr, data)?;
+        if n < b.len {
+            // SAFETY: the tail of the allocation just made.
+            unsafe { self.inner.drv.memset(b.ptr + n as u64, 0, b.len - n, self.inner.stream) }?;
         }
+        Ok(b)
     }
 
-    /// Copies `data` to `buf` at byte `offset`.
-    pub fn write(&self, buf: &mut DeviceBuffer, offset: usize, data: &[u8]) -> Result<()> {
-        match (&self.imp, &mut buf.0) {
-            (Imp::Cuda(g), BufImp::Cuda(b)) => g.write(b, offset, data),
-            #[cfg(feature = "rocm")]
-            (Imp::Rocm(g), BufImp::Rocm(b)) => g.write(b, offset, data),
-            #[allow(unreachable_patterns)]
-            _ => Err(foreign_buffer()),
+    /// Int32 metadata in one upload, each part summarised (length, smallest and largest value)
+    /// so launchers can check what a kernel will index with it.
+    pub fn upload_meta(&self, parts: &[&[i32]]) -> Result<Meta> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut bytes = try_vec(0, 0u8, "kernel metadata")?;
+        bytes.try_reserve_exact(4 * total).map_err(|_| Error::OutOfMemory { what: "kernel metadata (host)".into(), bytes: 4 * total })?;
+        let mut summary = Vec::with_capacity(parts.len());
+        for p in parts {
+            summary.push(MetaPart { offset: bytes.len(), len: p.len(), min: p.iter().copied().min().unwrap_or(0), max: p.iter().copied().max().unwrap_or(-1) });
+            bytes.extend(p.iter().flat_map(|x| x.to_le_bytes()));
         }
+        Ok(Meta { buf: self.upload(&bytes)?, parts: summary })
     }
 
-    /// The first `len` bytes of the buffer on the host (waits for queued work).
-    pub fn read(&self, buf: &DeviceBuffer, len: usize) -> Result<Vec<u8>> {
-        match (&self.imp, &buf.0) {
-            (Imp::Cuda(g), BufImp::Cuda(b)) => g.read(b, len),
-            #[cfg(feature = "rocm")]
-            (Imp::Rocm(g), BufImp::Rocm(b)) => g.read(b, len),
-            #[allow(unreachable_patterns)]
-            _ => Err(foreign_buffer()),
+    /// Copies `data` into `dst` at byte `offset` (stream-ordered, through pinned staging).
+    pub fn write(&self, dst: DevMut<'_>, offset: usize, data: &[u8]) -> Result<()> {
+        self.check_view("destination", dst.device)?;
+        if offset.checked_add(data.len()).is_none_or(|end| end > dst.bytes) {
+            return Err(Error::InvalidArgument(format!("device write of {} bytes at {offset} into {} bytes", data.len(), dst.bytes)));
         }
+        self.inner.staging.upload(self.drv()?, self.inner.stream, dst.addr + offset as u64, data)
+    }
+
+    /// The first `len` bytes of `src` on the host. Waits for the work queued before it (reading
+    /// is the one operation that synchronises: its result must be on the host).
+    pub fn read(&self, src: DevRef<'_>, len: usize) -> Result<Vec<u8>> {
+        self.check_view("source", src.device)?;
+        if len > src.bytes {
+            return Err(Error::InvalidArgument(format!("device read of {len} bytes from {} bytes", src.bytes)));
+        }
+        let mut out = try_vec(len, 0u8, "device read")?;
+        self.inner.staging.download(self.drv()?, self.inner.stream, src.addr, &mut out)?;
+        Ok(out)
     }
 
     /// Device-to-device copy of `bytes` (the bandwidth ceiling benchmarks compare against).
-    pub fn copy(&self, dst: &mut DeviceBuffer, src: &DeviceBuffer, bytes: usize) -> Result<()> {
-        if bytes > dst.len() || bytes > src.len() {
-            return Err(Error::InvalidArgument(format!("device copy of {bytes} bytes between buffers of {} and {}", src.len(), dst.len())));
+    pub fn copy(&self, dst: DevMut<'_>, src: DevRef<'_>, bytes: usize) -> Result<()> {
+        self.check_view("destination", dst.device)?;
+        self.check_view("source", src.device)?;
+        if bytes > dst.bytes || bytes > src.bytes {
+            return Err(Error::InvalidArgument(format!("device copy of {bytes} bytes between buffers of {} and {}", src.bytes, dst.bytes)));
         }
-        match (&self.imp, &mut dst.0, &src.0) {
-            (Imp::Cuda(g), BufImp::Cuda(d), BufImp::Cuda(s)) => g.copy(d, s, bytes),
-            #[cfg(feature = "rocm")]
-            (Imp::Rocm(g), BufImp::Rocm(d), BufImp::Rocm(s)) => g.copy(d, s, bytes),
-            #[allow(unreachable_patterns)]
-            _ => Err(foreign_buffer()),
-        }
+        let drv = self.drv()?;
+        // SAFETY: both ranges were checked against live views of this device.
+        unsafe { drv.dtod(dst.addr, src.addr, bytes, self.inner.stream) }
     }
 
     /// Waits for queued work; surfaces asynchronous kernel errors.
     pub fn synchronize(&self) -> Result<()> {
-        with_imp!(self, g => g.synchronize())
+        self.drv()?.stream_sync(self.inner.stream)
     }
 
-    /// Launches kernel `name` with one by-value parameter struct.
-    pub fn launch<P: KernelArgs>(&self, name: &str, grid: (u32, u32, u32), block: u32, params: P) -> Result<()> {
-        self.launch_shared(name, grid, block, 0, params)
+    /// Runs `f` `reps` times between two device events on this stream; milliseconds per run.
+    pub fn time(&self, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+        let drv = self.drv()?;
+        let (start, end) = (drv.event_create(true)?, drv.event_create(true)?);
+        let r = (|| {
+            drv.event_record(start, self.inner.stream)?;
+            for _ in 0..reps {
+                f()?;
+            }
+            self.drv()?.event_record(end, self.inner.stream)?;
+            drv.event_sync(end)?;
+            Ok(drv.event_elapsed_ms(start, end)? as f64 / reps.max(1) as f64)
+        })();
+        drv.event_destroy(start);
+        drv.event_destroy(end);
+        r
     }
 
-    /// [`Gpu::launch`] with `shared` bytes of dynamic shared memory (past 48 KiB the kernel is
-    /// opted in on NVIDIA; AMD allows 64 KiB per block).
-    pub fn launch_shared<P: KernelArgs>(&self, name: &str, grid: (u32, u32, u32), block: u32, shared: u32, params: P) -> Result<()> {
-        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+    pub(crate) fn check_view(&self, what: &str, device: Device) -> Result<()> {
+        if device != self.inner.device {
+            return Err(Error::Device { code: -1, message: format!("{what} memory lives on {device}, this GPU is {}", self.inner.device) });
+        }
+        Ok(())
+    }
+
+    /// Launches `kernel` with `params` on this GPU's stream. Checks the launch shape against the
+    /// device (grid, block, shared memory) and that `P` is the kernel's parameter struct;
+    /// anything the shape leaves empty launches nothing.
+    ///
+    /// # Safety
+    /// Every device address in `params` must point into memory that stays allocated until the
+    /// kernel completes in stream order, and hold every byte the kernel can touch given the
+    /// other fields and the contents of the metadata it reads (the typed launchers in `launch/`
+    /// establish this from views and checked metadata).
+    pub(crate) unsafe fn launch<P: KernelArgs>(&self, kernel: Kernel, grid: [u64; 3], block: usize, shared: usize, params: &P) -> Result<()> {
+        if P::NAME != kernel.params() {
+            return Err(Error::Device { code: -1, message: format!("{} takes {}, not {}", kernel.symbol(), kernel.params(), P::NAME) });
+        }
+        if grid.contains(&0) {
             return Ok(());
         }
-        with_imp!(self, g => g.launch(name, grid, block, shared, params))
-    }
-
-    /// Runs `f` `reps` times between two device events; milliseconds per run.
-    pub fn time(&self, reps: usize, f: impl FnMut() -> Result<()>) -> Result<f64> {
-        with_imp!(self, g => g.time(reps, f))
+        let p = self.props();
+        if grid.iter().zip(p.max_grid).any(|(&g, m)| g > m) || block > p.max_threads_per_block || shared > p.smem_per_block_optin {
+            return Err(Error::Device {
+                code: -1,
+                message: format!(
+                    "launch of {} with grid {grid:?}, block {block}, {shared} B shared exceeds {} (grid {:?}, {} threads, {} B): the plan should have refused it",
+                    kernel.symbol(),
+                    p.name,
+                    p.max_grid,
+                    p.max_threads_per_block,
+                    p.smem_per_block_optin
+                ),
+            });
+        }
+        let f = *self.inner.kernels.get(&kernel).ok_or_else(|| Error::Device { code: -1, message: format!("kernel {} is not loaded", kernel.symbol()) })?;
+        let drv = self.drv()?;
+        let mut arg = *params;
+        let grid = [grid[0] as u32, grid[1] as u32, grid[2] as u32];
+        // SAFETY: `f` takes one parameter of P's layout (KernelArgs, and its name checked
+        // above); the caller guarantees the addresses in it.
+        unsafe { drv.launch(f, grid, block as u32, shared as u32, self.inner.stream, &mut arg as *mut P as *mut c_void, std::mem::size_of::<P>()) }
     }
 }
 
-/// Declares parameter structs as kernel arguments (see [`KernelArgs`] for the contract).
-macro_rules! kernel_args {
-    ($($t:ty),*) => {$(
-        // SAFETY: #[repr(C)] plain data mirroring the kernel's parameter struct (see its file).
-        unsafe impl KernelArgs for $t {}
-    )*};
+/// Device memory, freed (stream-ordered) when dropped.
+pub(crate) struct DeviceBuffer {
+    ptr: u64,
+    len: usize,
+    owner: Arc<Inner>,
 }
-kernel_args!(
-    crate::ops::rope::RopeParams,
-    crate::ops::kv_append::AppendParams,
-    crate::ops::kv_append::FillParams,
-    crate::ops::attention::AttnParams,
-    crate::ops::attention::MergeParams,
-    crate::ops::attention::SepParams
-);
+
+impl std::fmt::Debug for DeviceBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceBuffer({} bytes on {})", self.len, self.owner.device)
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        // A failed bind leaks the memory rather than free it on another device's context.
+        if self.owner.drv.bind().is_ok() {
+            // SAFETY: allocated by this driver on this stream, freed once; queued users are
+            // ordered before the free.
+            unsafe { self.owner.drv.free(self.ptr, self.owner.stream) };
+        }
+    }
+}
+
+impl DeviceBuffer {
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// The device it lives on.
+    pub fn device(&self) -> Device {
+        self.owner.device
+    }
+    /// A read-only view of all of it.
+    pub fn view(&self) -> DevRef<'_> {
+        DevRef { addr: self.ptr, bytes: self.len, device: self.owner.device, _l: PhantomData }
+    }
+    /// A writable view of all of it.
+    pub fn view_mut(&mut self) -> DevMut<'_> {
+        DevMut { addr: self.ptr, bytes: self.len, device: self.owner.device, _l: PhantomData }
+    }
+}
+
+/// Read-only device memory borrowed for `'a`: an address only this module can read, its length
+/// and its device.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DevRef<'a> {
+    addr: u64,
+    bytes: usize,
+    device: Device,
+    _l: PhantomData<&'a ()>,
+}
+
+/// Writable device memory borrowed exclusively for `'a`.
+#[derive(Debug)]
+pub(crate) struct DevMut<'a> {
+    addr: u64,
+    bytes: usize,
+    device: Device,
+    _l: PhantomData<&'a mut ()>,
+}
+
+impl DevRef<'_> {
+    /// Bytes viewed.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl DevMut<'_> {
+    /// Bytes viewed.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct MetaPart {
+    offset: usize,
+    len: usize,
+    min: i32,
+    max: i32,
+}
+
+/// Int32 metadata on the device ([`Gpu::upload_meta`]) with what each part holds.
+#[derive(Debug)]
+pub(crate) struct Meta {
+    buf: DeviceBuffer,
+    parts: Vec<MetaPart>,
+}
+
+impl Meta {
+    /// Part `i`.
+    pub fn part(&self, i: usize) -> MetaRef<'_> {
+        let p = self.parts[i];
+        MetaRef { addr: self.buf.ptr + p.offset as u64, len: p.len, min: p.min, max: p.max, device: self.buf.device(), _l: PhantomData }
+    }
+}
+
+/// One int32 array of a [`Meta`]: its length and the range of its values.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MetaRef<'a> {
+    addr: u64,
+    len: usize,
+    min: i32,
+    max: i32,
+    device: Device,
+    _l: PhantomData<&'a ()>,
+}
+
+impl MetaRef<'_> {
+    /// Entries.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether every value lies in `lo..hi`.
+    pub fn within(&self, lo: i64, hi: i64) -> bool {
+        self.len == 0 || (self.min as i64 >= lo && (self.max as i64) < hi)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,429 @@
+//! The benchmark binary's body (`cargo run -p backend-hip --release --bin bench`), inside the
+//! crate because it times with device events on the backend's stream and launches the fused
+//! RoPE + append kernel alone; it uses nothing that takes a device address.
+//!
+//! Benchmarks of the hip-* backends on the GPU, timed with device events: warm-up, then the
+//! median of several timed batches. Problems are larger than L2 (50 MB on the H100), so repeated
+//! runs do not measure the cache. Prints a table and writes JSON (`--json FILE`).
+//!
+//! ```text
+//! cargo run -p backend-hip --release --bin bench -- [--json bench.json] [--quick] [--only-strategies] [--mma]
+//! ```
+//!
+//! `--profile-mma`: for a kernel profiler, runs twice each, untimed: the matrix-core prefill
+//! (bf16, B=1, GQA 32/8, S=4096, D=128) as hip-flash's attention and inside hip-flash's and
+//! hip-hybrid's steps (hip-hybrid's kernel rotates Q inside), and decode bf16 B=16 L=8192.
+//!
+//! `--mma`: only the matrix-core shapes (the device copy, then causal prefill f16/bf16 at
+//! D=64/128, S=1024/4096/16384, B=1/4, GQA 32/8 and MHA 32/32; decode bf16 at B=1/16/64,
+//! L=4096/8192/131072); `bench/torch_baseline.py --mma` times the same with PyTorch.
+//!
+//! The second part times the composite step (RoPE + append + attention) of each fusion
+//! strategy: hip-separate, hip-fused, hip-hybrid, hip-flash.
+use std::fmt::Write as _;
+
+use backend_api::*;
+
+use crate::plan::{plan, OpPlan, Strategy as Variant};
+use crate::runtime::launch::rope::{into_cache, RopeShape, RopeTable};
+use crate::runtime::launch::PoolMut;
+use crate::runtime::Gpu;
+use crate::storage::{cache_mut, tensor, tensor_mut};
+use crate::HipBackend;
+
+struct Row {
+    name: String,
+    dtype: DType,
+    ms: f64,
+    bytes: f64,
+    flops: f64,
+}
+
+/// `--profile NAME`: run each strategy problem of NAME twice, untimed, for a kernel profiler
+/// (`ncu --metrics gpu__time_duration.sum ... bench --profile hip-hybrid`).
+static PROFILE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+fn profiling() -> bool {
+    PROFILE.get().is_some_and(|p| p.is_some())
+}
+
+fn run_twice(be: &HipBackend, f: &mut impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    f()?;
+    be.gpu.synchronize()?;
+    Ok(f64::NAN)
+}
+
+fn median_ms(be: &HipBackend, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    if profiling() {
+        return run_twice(be, &mut f);
+    }
+    for _ in 0..3 {
+        f()?;
+    }
+    be.gpu.synchronize()?;
+    let mut v = Vec::new();
+    for _ in 0..9 {
+        v.push(be.gpu.time(5, &mut f)?);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v[v.len() / 2])
+}
+
+/// Fewer repetitions, for the slow strategies (median of 3 batches of 2 after 1 warm-up).
+fn median_ms_few(be: &HipBackend, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    if profiling() {
+        return run_twice(be, &mut f);
+    }
+    f()?;
+    be.gpu.synchronize()?;
+    let mut v = Vec::new();
+    for _ in 0..3 {
+        v.push(be.gpu.time(2, &mut f)?);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v[1])
+}
+
+fn randn(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.4
+        })
+        .collect()
+}
+
+/// Runs the benchmark with the process's arguments (see the module docs).
+pub fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let json = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
+    let quick = args.iter().any(|a| a == "--quick");
+    let be = match HipBackend::open("hip-flash", Variant::Flash) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("bench: no GPU backend here: {e}");
+            std::process::exit(2);
+        }
+    };
+    let h = Backend::new(std::sync::Arc::new(HipBackend::open("hip-flash", Variant::Flash).unwrap()));
+    let profile = args.iter().position(|a| a == "--profile").and_then(|i| args.get(i + 1)).cloned();
+    let only_strategies = profile.is_some() || args.iter().any(|a| a == "--only-strategies");
+    PROFILE.set(profile).expect("set once");
+    let mut rows = Vec::new();
+    let r = if args.iter().any(|a| a == "--profile-mma") {
+        profile_mma(&h)
+    } else if args.iter().any(|a| a == "--mma") {
+        copy_row(&be, &mut rows).and_then(|_| mma_shapes(&be, &h, &mut rows))
+    } else if only_strategies {
+        strategies(&be, &mut rows)
+    } else {
+        run(&be, &h, quick, &mut rows).and_then(|_| strategies(&be, &mut rows))
+    };
+    if let Err(e) = r {
+        eprintln!("bench: {e}");
+        std::process::exit(1);
+    }
+    let copy_bw = rows.iter().find(|r| r.name.starts_with("device copy")).map(|r| r.bytes / r.ms / 1e9).unwrap_or(f64::NAN);
+    let mut out = format!("device: {} ({}, {} SMs)\n", be.gpu.props().name, be.gpu.props().arch, be.gpu.props().sm_count);
+    let _ = writeln!(out, "{:<58} {:<5} {:>9} {:>8} {:>7} {:>9}", "op", "dtype", "ms", "TB/s", "% copy", "TFLOP/s");
+    let mut js = String::from("[\n");
+    for (i, r) in rows.iter().enumerate() {
+        let tbs = r.bytes / r.ms / 1e9;
+        let _ = writeln!(out, "{:<58} {:<5} {:>9.4} {:>8.3} {:>6.1}% {:>9.2}", r.name, r.dtype, r.ms, tbs, 100.0 * tbs / copy_bw, r.flops / r.ms / 1e9);
+        let _ = write!(js, "  {{\"op\": {:?}, \"dtype\": \"{}\", \"ms\": {}, \"bytes\": {}, \"flops\": {}}}{}\n", r.name, r.dtype, r.ms, r.bytes, r.flops, if i + 1 < rows.len() { "," } else { "" });
+    }
+    js.push(']');
+    print!("{out}");
+    if let Some(p) = json {
+        std::fs::write(p, js).expect("writing the JSON");
+    }
+}
+
+/// Ceiling: a 1 GiB device-to-device copy, bytes read + written.
+fn copy_row(be: &HipBackend, rows: &mut Vec<Row>) -> Result<()> {
+    let n = 1usize << 30;
+    let gpu: &Gpu = &be.gpu;
+    let src = gpu.alloc(n)?;
+    let mut dst = gpu.alloc(n)?;
+    let ms = median_ms(be, || gpu.copy(dst.view_mut(), src.view(), n))?;
+    rows.push(Row { name: "device copy 1 GiB (read + write)".into(), dtype: DType::F32, ms, bytes: 2.0 * n as f64, flops: 0.0 });
+    Ok(())
+}
+
+/// `--profile-mma`: one prefill and one decode, twice each, and the two steps.
+fn profile_mma(h: &Backend) -> Result<()> {
+    let (hq, hk, d, s, dt) = (32usize, 8usize, 128usize, 4096usize, DType::BF16);
+    let q = h.upload(&randn(s * hq * d, 50), &[s, hq, d], dt)?;
+    let k = h.upload(&randn(s * hk * d, 51), &[s, hk, d], dt)?;
+    let v = h.upload(&randn(s * hk * d, 52), &[s, hk, d], dt)?;
+    let mut out = h.alloc(&[s, hq, d], dt)?;
+    let pb = PlainBatch::new(vec![s], vec![s])?;
+    for _ in 0..2 {
+        h.attention_plain(&q, &k, &v, &pb, AttentionParams::causal(d), &mut out)?;
+    }
+    let rope = RopeConfig { theta: 500000.0, ..RopeConfig::new(d, 10000.0, 131072) };
+    let positions: Vec<u32> = (0..s as u32).collect();
+    for (name, variant) in [("hip-flash", Variant::Flash), ("hip-hybrid", Variant::Hybrid)] {
+        let be = Backend::new(std::sync::Arc::new(HipBackend::open(name, variant).expect("GPU opened above")));
+        let mut q = be.upload(&randn(s * hq * d, 53), &[s, hq, d], dt)?;
+        let mut k = be.upload(&randn(s * hk * d, 54), &[s, hk, d], dt)?;
+        let mut cache = be.create_kv_cache(&KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: s } })?;
+        let batch = Batch::uniform(1, s)?;
+        for _ in 0..2 {
+            cache.reset(0)?;
+            be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params: AttentionParams::causal(d), out: &mut out })?;
+        }
+    }
+    let b = 16usize;
+    let cache = filled_cache(h, b, 8192, hk, d, dt)?;
+    let q1 = h.upload(&randn(b * hq * d, 56), &[b, hq, d], dt)?;
+    let mut o1 = h.alloc(&[b, hq, d], dt)?;
+    for _ in 0..2 {
+        h.attention(&q1, &cache, &Batch::uniform(b, 1)?, AttentionParams::causal(d), &mut o1)?;
+    }
+    h.synchronize()
+}
+
+/// A contiguous cache of `b` sequences holding `l` random tokens each (K = V), filled by
+/// appending one random chunk repeatedly, then a random tail: host memory stays small at
+/// B=64, L=131072 (34 GB of cache).
+fn filled_cache(h: &Backend, b: usize, l: usize, hk: usize, d: usize, dt: DType) -> Result<KvCache> {
+    let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: l } };
+    let mut cache = h.create_kv_cache(&spec)?;
+    let chunk = 1024usize.min(l);
+    let src = h.upload(&randn(b * chunk * hk * d, 43), &[b * chunk, hk, d], dt)?;
+    let mut have = 0;
+    while have + chunk < l {
+        h.kv_append(&mut cache, &src, &src, &Batch::uniform(b, chunk)?)?;
+        have += chunk;
+    }
+    let rest = l - have;
+    let tail = h.upload(&randn(b * rest * hk * d, 44), &[b * rest, hk, d], dt)?;
+    h.kv_append(&mut cache, &tail, &tail, &Batch::uniform(b, rest)?)?;
+    Ok(cache)
+}
+
+/// The matrix-core issue's shapes (hip-flash).
+fn mma_shapes(be: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()> {
+    let hq = 32usize;
+    for dt in [DType::F16, DType::BF16] {
+        let es = dt.size() as f64;
+        for d in [64usize, 128] {
+            for s in [1024usize, 4096, 16384] {
+                for b in [1usize, 4] {
+                    for hk in [8usize, 32] {
+                        let q = h.upload(&randn(b * s * hq * d, 40), &[b * s, hq, d], dt)?;
+                        let k = h.upload(&randn(b * s * hk * d, 41), &[b * s, hk, d], dt)?;
+                        let v = h.upload(&randn(b * s * hk * d, 42), &[b * s, hk, d], dt)?;
+                        let mut out = h.alloc(&[b * s, hq, d], dt)?;
+                        let pb = PlainBatch::new(vec![s; b], vec![s; b])?;
+                        let ms = median_ms(be, || h.attention_plain(&q, &k, &v, &pb, AttentionParams::causal(d), &mut out))?;
+                        let flops = 4.0 * (b * hq * d) as f64 * (s * (s + 1) / 2) as f64;
+                        let bytes = (2 * b * s * hq * d + 2 * b * s * hk * d) as f64 * es;
+                        rows.push(Row { name: format!("mma prefill causal B={b} H={hq}/{hk} S={s} D={d}"), dtype: dt, ms, bytes, flops });
+                    }
+                }
+            }
+        }
+    }
+    // Decode: bf16, GQA 32/8, D=128, one new token over L cached ones.
+    let (hk, d, dt) = (8usize, 128usize, DType::BF16);
+    let es = dt.size() as f64;
+    for b in [1usize, 16, 64] {
+        for l in [4096usize, 8192, 131072] {
+            let cache = filled_cache(h, b, l, hk, d, dt)?;
+            let q = h.upload(&randn(b * hq * d, 45), &[b, hq, d], dt)?;
+            let mut out = h.alloc(&[b, hq, d], dt)?;
+            // One query per sequence, the last of its L cached tokens: it attends to all of them.
+            let batch = Batch::uniform(b, 1)?;
+            let ms = median_ms(be, || h.attention(&q, &cache, &batch, AttentionParams::causal(d), &mut out))?;
+            let bytes = (2 * b * l * hk * d + 2 * b * hq * d) as f64 * es;
+            rows.push(Row { name: format!("mma decode B={b} L={l} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes, flops: 4.0 * (b * l * hq * d) as f64 });
+        }
+    }
+    Ok(())
+}
+
+fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result<()> {
+    copy_row(be, rows)?;
+    let dtypes = [DType::F32, DType::F16, DType::BF16];
+    // RoPE and fused RoPE + append: T = 32768 tokens, 32 query / 8 kv heads, D = 128.
+    let (t, hq, hk, d) = (if quick { 8192 } else { 32768 }, 32, 8, 128);
+    let rope = RopeConfig { theta: 500000.0, ..RopeConfig::new(d, 10000.0, 131072) };
+    let positions: Vec<u32> = (0..t as u32).collect();
+    for dt in dtypes {
+        let es = dt.size() as f64;
+        let mut q = h.upload(&randn(t * hq * d, 1), &[t, hq, d], dt)?;
+        let mut k = h.upload(&randn(t * hk * d, 2), &[t, hk, d], dt)?;
+        let v = h.upload(&randn(t * hk * d, 3), &[t, hk, d], dt)?;
+        let ms = median_ms(be, || h.rope(&mut q, &mut k, &positions, &rope))?;
+        rows.push(Row { name: format!("rope q+k T={t} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes: 2.0 * (t * (hq + hk) * d) as f64 * es, flops: 0.0 });
+        // Fused: Q rotated in place, rotated K and V written into a contiguous cache (the first
+        // kernel of hip-flash's step, alone).
+        let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: t } };
+        let mut cache = h.create_kv_cache(&spec)?;
+        let desc = ProblemDesc { dtype: dt, num_heads: hq, num_kv_heads: hk, head_dim: d, rope: Some(rope.clone()), layout: Some(spec.layout), causal: true, batch_size: 1, max_q_len: t, max_kv_len: t };
+        let Ok(OpPlan::Step { rope: Some(launch), .. }) = plan(be.gpu.props(), Variant::Flash, Op::Step, &desc) else {
+            return Err(Error::Device { code: -1, message: "no fused RoPE + append plan".into() });
+        };
+        let slots: Vec<i32> = (0..t as i32).collect();
+        let freqs = rope.frequencies(t - 1)?;
+        let table = be.tables.get(&be.gpu, &freqs)?;
+        let meta = be.gpu.upload_meta(&[&positions.iter().map(|&p| p as i32).collect::<Vec<_>>(), &slots])?;
+        let dev = h.device();
+        let ms = median_ms(be, || {
+            let (kv, vv) = (tensor(&k, "k", "bench", dev)?.buf.view(), tensor(&v, "v", "bench", dev)?.buf.view());
+            let qv = tensor_mut(&mut q, "q", "bench", dev)?.buf.view_mut();
+            let pools = cache_mut(&mut cache, "bench", dev)?;
+            let pool = PoolMut { k: pools.k.view_mut(), v: pools.v.view_mut(), pos: None, slots: t };
+            let s = RopeShape { tokens: t, q_heads: hq, k_heads: hk, head_dim: d };
+            let tb = RopeTable { inv_freq: table.view(), rotary_dim: d, factor: 1.0 };
+            into_cache(&be.gpu, &launch, s, Some(qv), kv, vv, pool, meta.part(0), meta.part(1), tb)
+        })?;
+        // Q read + written, K read, V read, K and V written to the cache.
+        let bytes = (2 * t * hq * d + 4 * t * hk * d) as f64 * es;
+        rows.push(Row { name: format!("fused rope+append T={t} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes, flops: 0.0 });
+    }
+    // Decode: GQA 32/8, D = 128, one new token per sequence over L cached tokens.
+    for &(b, l) in &[(16usize, 8192usize), (1, 8192)] {
+        for dt in dtypes {
+            let es = dt.size() as f64;
+            let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: l } };
+            let mut cache = h.create_kv_cache(&spec)?;
+            let kv = randn(b * (l - 1) * hk * d, 4);
+            let kt = h.upload(&kv, &[b * (l - 1), hk, d], dt)?;
+            h.kv_append(&mut cache, &kt, &kt, &Batch::uniform(b, l - 1)?)?;
+            let k1 = h.upload(&randn(b * hk * d, 5), &[b, hk, d], dt)?;
+            let batch = Batch::uniform(b, 1)?;
+            h.kv_append(&mut cache, &k1, &k1, &batch)?;
+            let q = h.upload(&randn(b * hq * d, 6), &[b, hq, d], dt)?;
+            let mut out = h.alloc(&[b, hq, d], dt)?;
+            let ms = median_ms(be, || h.attention(&q, &cache, &batch, AttentionParams::causal(d), &mut out))?;
+            let bytes = (2 * b * l * hk * d + 2 * b * hq * d) as f64 * es;
+            rows.push(Row { name: format!("decode B={b} L={l} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes, flops: 4.0 * (b * l * hq * d) as f64 });
+        }
+    }
+    // Prefill: causal, B = 8, H = 32 (MHA), S = 1024, D = 64, plain attention.
+    for dt in dtypes {
+        let (b, hh, s, dd) = (8usize, 32usize, 1024usize, 64usize);
+        let es = dt.size() as f64;
+        let n = b * s * hh * dd;
+        let q = h.upload(&randn(n, 7), &[b * s, hh, dd], dt)?;
+        let k = h.upload(&randn(n, 8), &[b * s, hh, dd], dt)?;
+        let v = h.upload(&randn(n, 9), &[b * s, hh, dd], dt)?;
+        let mut out = h.alloc(&[b * s, hh, dd], dt)?;
+        let pb = PlainBatch::new(vec![s; b], vec![s; b])?;
+        let ms = median_ms(be, || h.attention_plain(&q, &k, &v, &pb, AttentionParams::causal(dd), &mut out))?;
+        let flops = 4.0 * (b * hh * dd) as f64 * (s * (s + 1) / 2) as f64;
+        rows.push(Row { name: format!("prefill causal B={b} H={hh} S={s} D={dd}"), dtype: dt, ms, bytes: 4.0 * n as f64 * es, flops });
+    }
+    // Prefill at the tensor-core issue's shapes: B=1, GQA 32/8, D=128, S=4096 (every dtype) and
+    // S=16384 (f16/bf16: the f32 kernel would take seconds per batch).
+    let long = [(4096usize, DType::F32), (4096, DType::F16), (4096, DType::BF16), (16384, DType::F16), (16384, DType::BF16)];
+    for (s, dt) in long {
+        if quick && s > 4096 {
+            continue;
+        }
+        let dd = 128usize;
+        let es = dt.size() as f64;
+        let q = h.upload(&randn(s * hq * dd, 10), &[s, hq, dd], dt)?;
+        let k = h.upload(&randn(s * hk * dd, 11), &[s, hk, dd], dt)?;
+        let mut out = h.alloc(&[s, hq, dd], dt)?;
+        let pb = PlainBatch::new(vec![s], vec![s])?;
+        let ms = median_ms(be, || h.attention_plain(&q, &k, &k, &pb, AttentionParams::causal(dd), &mut out))?;
+        let flops = 4.0 * (hq * dd) as f64 * (s * (s + 1) / 2) as f64;
+        rows.push(Row { name: format!("prefill causal B=1 H={hq}/{hk} S={s} D={dd}"), dtype: dt, ms, bytes: (2 * s * hq * dd + 2 * s * hk * dd) as f64 * es, flops });
+    }
+    Ok(())
+}
+
+const STRATEGIES: [(&str, Variant); 4] =
+    [("hip-separate", Variant::Separate), ("hip-fused", Variant::Fused), ("hip-hybrid", Variant::Hybrid), ("hip-flash", Variant::Flash)];
+
+/// The composite step of each strategy: the study's shapes (f32, one head, 64 new tokens into an
+/// empty cache, so 64 queries x 64 keys, not causal) and realistic ones (prefill B=1 S=4096, decode
+/// B=16 and B=1 over L=8192, GQA 32/8, D=128, f32 and bf16).
+fn strategies(timer: &HipBackend, rows: &mut Vec<Row>) -> Result<()> {
+    let handles: Vec<(&str, Backend)> = STRATEGIES
+        .iter()
+        .filter(|(n, _)| PROFILE.get().and_then(|p| p.as_deref()).is_none_or(|p| p == *n))
+        .map(|&(n, v)| (n, Backend::new(std::sync::Arc::new(HipBackend::open(n, v).expect("GPU opened above")))))
+        .collect();
+    // The study: one head, 64 x 64, head_dim / rotary_dim 128/64, 512/128, 2048/128.
+    for &(d, rot) in &[(128usize, 64usize), (512, 128), (2048, 128)] {
+        let n = 64usize;
+        let rope = RopeConfig { rotary_dim: rot, ..RopeConfig::new(d, 10000.0, 4096) };
+        let positions: Vec<u32> = (0..n as u32).collect();
+        for (name, h) in &handles {
+            let dt = DType::F32;
+            let mut q = h.upload(&randn(n * d, 20), &[n, 1, d], dt)?;
+            let mut k = h.upload(&randn(n * d, 21), &[n, 1, d], dt)?;
+            let v = h.upload(&randn(n * d, 22), &[n, 1, d], dt)?;
+            let mut out = h.alloc(&[n, 1, d], dt)?;
+            let mut cache = h.create_kv_cache(&KvCacheSpec { num_seqs: 1, num_kv_heads: 1, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: n } })?;
+            let batch = Batch::uniform(1, n)?;
+            let params = AttentionParams { causal: false, scale: 1.0 / (d as f32).sqrt() };
+            let ms = median_ms(timer, || {
+                cache.reset(0)?;
+                h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params, out: &mut out })
+            })?;
+            let flops = 4.0 * (n * n * d) as f64;
+            rows.push(Row { name: format!("step {name} study 64x64 H=1 D={d} rot={rot}"), dtype: dt, ms, bytes: (5 * n * d) as f64 * 4.0, flops });
+        }
+    }
+    // Realistic shapes.
+    let (hq, hk, d) = (32usize, 8usize, 128usize);
+    let rope = RopeConfig { theta: 500000.0, ..RopeConfig::new(d, 10000.0, 131072) };
+    for dt in [DType::F32, DType::BF16] {
+        let es = dt.size() as f64;
+        for (name, h) in &handles {
+            // Prefill: B=1, S=4096, causal, from an empty cache (not under a profiler: slow there).
+            let s = if profiling() { 256 } else { 4096usize };
+            let positions: Vec<u32> = (0..s as u32).collect();
+            let mut q = h.upload(&randn(s * hq * d, 30), &[s, hq, d], dt)?;
+            let mut k = h.upload(&randn(s * hk * d, 31), &[s, hk, d], dt)?;
+            let v = h.upload(&randn(s * hk * d, 32), &[s, hk, d], dt)?;
+            let mut out = h.alloc(&[s, hq, d], dt)?;
+            let mut cache = h.create_kv_cache(&KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: s } })?;
+            let batch = Batch::uniform(1, s)?;
+            let ms = median_ms_few(timer, || {
+                cache.reset(0)?;
+                h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params: AttentionParams::causal(d), out: &mut out })
+            })?;
+            let flops = 4.0 * (hq * d) as f64 * (s * (s + 1) / 2) as f64;
+            rows.push(Row { name: format!("step {name} prefill B=1 S={s} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes: (2 * s * hq * d + 4 * s * hk * d) as f64 * es, flops });
+            drop((q, k, v, out, cache));
+            // Decode: B sequences of L - 1 cached tokens (hip-fused's slots hold their positions,
+            // as its own step would leave them), one new token each per step.
+            for &b in &[16usize, 1] {
+                let l = 8192usize;
+                let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: l + 64 } };
+                let mut cache = h.create_kv_cache(&spec)?;
+                let kv = h.upload(&randn(b * (l - 1) * hk * d, 33), &[b * (l - 1), hk, d], dt)?;
+                h.kv_append(&mut cache, &kv, &kv, &Batch::uniform(b, l - 1)?)?;
+                drop(kv);
+                if let Some(pos) = cache_mut(&mut cache, name, h.device())?.pos.as_mut() {
+                    let p: Vec<i32> = (0..b).flat_map(|_| (0..(l + 64) as i32).map(|t| t.min(l as i32 - 2).max(0))).collect();
+                    let p: Vec<i32> = p.iter().enumerate().map(|(i, &x)| if i % (l + 64) < l - 1 { x } else { i32::MIN }).collect();
+                    timer.gpu.write(pos.view_mut(), 0, &crate::storage::i32_bytes(&p))?;
+                }
+                let batch = Batch::uniform(b, 1)?;
+                let mut q = h.upload(&randn(b * hq * d, 34), &[b, hq, d], dt)?;
+                let mut k = h.upload(&randn(b * hk * d, 35), &[b, hk, d], dt)?;
+                let v = h.upload(&randn(b * hk * d, 36), &[b, hk, d], dt)?;
+                let mut out = h.alloc(&[b, hq, d], dt)?;
+                let positions: Vec<u32> = vec![l as u32 - 1; b];
+                let ms = median_ms_few(timer, || {
+                    h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params: AttentionParams::causal(d), out: &mut out })
+                })?;
+                let bytes = (2 * b * l * hk * d + 2 * b * hq * d) as f64 * es;
+                rows.push(Row { name: format!("step {name} decode B={b} L={l} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes, flops: 4.0 * (b * l * hq * d) as f64 });
+            }
+        }
+    }
+    Ok(())
+}

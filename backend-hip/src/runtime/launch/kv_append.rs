@@ -1,0 +1,69 @@
+//! KV append (rows into pool slots through a slot mapping) and fill (kernels/kv_append.hip).
+
+use backend_api::{DType, Error, Result};
+
+use super::{bytes_of, i32_of, need_meta, need_mut, need_ref, PoolMut};
+use crate::contract::{AppendParams, FillParams, Kernel, APPEND_THREADS, CHUNK_BYTES, FILL_THREADS};
+use crate::runtime::{DevMut, DevRef, Gpu, MetaRef};
+
+/// Copies `tokens` rows of K and V (`[tokens, k_heads, head_dim]`) into pool slots `slots[t]`.
+/// A hip-fused pool also records each slot's position: `positions[t]` for unrotated keys, or
+/// "stored rotated" when `positions` is None.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn append(
+    gpu: &Gpu,
+    kernel: Kernel,
+    tokens: usize,
+    k_heads: usize,
+    head_dim: usize,
+    k: DevRef<'_>,
+    v: DevRef<'_>,
+    pool: PoolMut<'_>,
+    slots: MetaRef<'_>,
+    positions: Option<MetaRef<'_>>,
+) -> Result<()> {
+    let Kernel::KvAppend { dtype } = kernel else {
+        return Err(Error::Device { code: -1, message: format!("{} is not the append kernel", kernel.symbol()) });
+    };
+    let chunk = CHUNK_BYTES / dtype.size();
+    if head_dim % chunk != 0 {
+        return Err(Error::InvalidArgument(format!("kv_append: head_dim {head_dim} is not a multiple of {chunk}")));
+    }
+    let rows = bytes_of("k", &[tokens, k_heads, head_dim], dtype.size())?;
+    need_ref(gpu, "k", &k, rows)?;
+    need_ref(gpu, "v", &v, rows)?;
+    pool.check(gpu, k_heads, head_dim, dtype)?;
+    need_meta(gpu, "slot mapping", &slots, tokens, 0, pool.slots as i64)?;
+    let mut p = AppendParams {
+        k: k.addr,
+        v: v.addr,
+        k_cache: pool.k.addr,
+        v_cache: pool.v.addr,
+        slots: slots.addr,
+        tokens: i32_of(tokens, "tokens")?,
+        k_heads: i32_of(k_heads, "key heads")?,
+        head_dim: i32_of(head_dim, "head_dim")?,
+        ..Default::default()
+    };
+    if let Some(pos) = &pool.pos {
+        p.k_pos = pos.addr;
+        if let Some(positions) = positions {
+            need_meta(gpu, "positions", &positions, tokens, i32::MIN as i64 + 1, i32::MAX as i64 + 1)?;
+            p.positions = positions.addr;
+        }
+    }
+    let threads = (tokens * k_heads * (head_dim / chunk)) as u64;
+    // SAFETY: every slot is inside both pools (and the position array), k and v hold `tokens`
+    // rows, positions one entry per token.
+    unsafe { gpu.launch(kernel, [threads.div_ceil(APPEND_THREADS as u64), 1, 1], APPEND_THREADS, 0, &p) }
+}
+
+/// Sets the first `n` elements of `dst` to `value`.
+pub(crate) fn fill(gpu: &Gpu, dtype: DType, dst: DevMut<'_>, n: usize, value: f32) -> Result<()> {
+    need_mut(gpu, "fill destination", &dst, bytes_of("fill", &[n], dtype.size())?)?;
+    let p = FillParams { dst: dst.addr, n: n as i64, value, pad: 0 };
+    // Grid-stride kernel: a grid within the device's x limit covers any n.
+    let blocks = (n as u64).div_ceil(FILL_THREADS as u64).clamp(1, gpu.props().max_grid[0].min(1 << 20));
+    // SAFETY: dst holds n elements (checked).
+    unsafe { gpu.launch(Kernel::Fill { dtype }, [blocks, 1, 1], FILL_THREADS, 0, &p) }
+}

@@ -1,0 +1,135 @@
+//! RoPE launches (kernels/rope.hip): Q and K in place, fused RoPE + append (rotated K and V into
+//! their pool slots), and the context shift (pool rows rotated by a delta, or hip-fused slot
+//! positions moved).
+
+use backend_api::{DType, Error, Result};
+
+use super::{bytes_of, i32_of, need_meta, need_mut, need_ref, PoolMut};
+use crate::contract::{Kernel, RopeParams, CHUNK_BYTES, ROPE_THREADS};
+use crate::runtime::{DevMut, DevRef, Gpu, MetaRef};
+
+/// The rope kernel a plan chose (`Kernel::Rope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RopeLaunch {
+    pub kernel: Kernel,
+}
+
+/// A frequency table on the device and how it rotates.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RopeTable<'a> {
+    /// f64 `[rotary_dim / 2]`.
+    pub inv_freq: DevRef<'a>,
+    pub rotary_dim: usize,
+    /// cos/sin multiplier.
+    pub factor: f32,
+}
+
+/// Rows rotated: `tokens` rows of `q_heads` query and `k_heads` key heads of `head_dim`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RopeShape {
+    pub tokens: usize,
+    pub q_heads: usize,
+    pub k_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Checks the shape against the kernel and the table; the params' common fields.
+fn base(gpu: &Gpu, l: &RopeLaunch, s: &RopeShape, table: &RopeTable<'_>, positions: &MetaRef<'_>) -> Result<(DType, RopeParams)> {
+    let Kernel::Rope { vp, interleaved, dtype } = l.kernel else {
+        return Err(Error::Device { code: -1, message: format!("{} is not a rope kernel", l.kernel.symbol()) });
+    };
+    let half = table.rotary_dim / 2;
+    let chunk = CHUNK_BYTES / dtype.size();
+    if table.rotary_dim == 0 || table.rotary_dim % 2 != 0 || table.rotary_dim > s.head_dim || half % vp as usize != 0 || s.head_dim % chunk != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "{}: rotary_dim {} / head_dim {} do not fit (pairs per thread {vp}, chunks of {chunk})",
+            l.kernel.symbol(),
+            table.rotary_dim,
+            s.head_dim
+        )));
+    }
+    need_ref(gpu, "RoPE table", &table.inv_freq, 8 * half)?;
+    need_meta(gpu, "positions", positions, s.tokens, i32::MIN as i64, i32::MAX as i64 + 1)?;
+    let p = RopeParams {
+        positions: positions.addr,
+        inv_freq: table.inv_freq.addr,
+        tokens: i32_of(s.tokens, "tokens")?,
+        q_heads: i32_of(s.q_heads, "query heads")?,
+        k_heads: i32_of(s.k_heads, "key heads")?,
+        head_dim: i32_of(s.head_dim, "head_dim")?,
+        rotary_dim: table.rotary_dim as i32,
+        interleaved: interleaved as i32,
+        vp: vp as i32,
+        attention_factor: table.factor,
+        ..Default::default()
+    };
+    Ok((dtype, p))
+}
+
+/// Grid of the rope kernel: one thread per (token, unit), a unit being `vp` rotary pairs or one
+/// 16-byte chunk, whichever is more (the kernel computes the same).
+fn grid(p: &RopeParams, dtype: DType) -> [u64; 3] {
+    let units = ((p.rotary_dim / 2 / p.vp) as u64).max(p.head_dim as u64 / (CHUNK_BYTES / dtype.size()) as u64);
+    [(p.tokens as u64 * units).div_ceil(ROPE_THREADS as u64), 1, 1]
+}
+
+/// Rotates Q (when given) and K in place, token `t` at `positions[t]`.
+pub(crate) fn in_place(gpu: &Gpu, l: &RopeLaunch, s: RopeShape, q: Option<DevMut<'_>>, k: DevMut<'_>, positions: MetaRef<'_>, table: RopeTable<'_>) -> Result<()> {
+    let (dtype, mut p) = base(gpu, l, &s, &table, &positions)?;
+    if let Some(q) = &q {
+        need_mut(gpu, "q", q, bytes_of("q", &[s.tokens, s.q_heads, s.head_dim], dtype.size())?)?;
+        p.q = q.addr;
+    }
+    need_mut(gpu, "k", &k, bytes_of("k", &[s.tokens, s.k_heads, s.head_dim], dtype.size())?)?;
+    p.k = k.addr;
+    // SAFETY: q and k hold every row the kernel rotates (checked above), positions has one entry
+    // per token and the table rotary_dim / 2 entries; no cache pointer is set.
+    unsafe { gpu.launch(l.kernel, grid(&p, dtype), ROPE_THREADS, 0, &p) }
+}
+
+/// Fused RoPE + append: K rotated into the K pool and V copied into the V pool at each token's
+/// slot (Q rotated in place too when given; K itself is only read).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn into_cache(
+    gpu: &Gpu,
+    l: &RopeLaunch,
+    s: RopeShape,
+    q: Option<DevMut<'_>>,
+    k: DevRef<'_>,
+    v: DevRef<'_>,
+    pool: PoolMut<'_>,
+    positions: MetaRef<'_>,
+    slots: MetaRef<'_>,
+    table: RopeTable<'_>,
+) -> Result<()> {
+    let (dtype, mut p) = base(gpu, l, &s, &table, &positions)?;
+    if let Some(q) = &q {
+        need_mut(gpu, "q", q, bytes_of("q", &[s.tokens, s.q_heads, s.head_dim], dtype.size())?)?;
+        p.q = q.addr;
+    }
+    let rows = bytes_of("k", &[s.tokens, s.k_heads, s.head_dim], dtype.size())?;
+    need_ref(gpu, "k", &k, rows)?;
+    need_ref(gpu, "v", &v, rows)?;
+    pool.check(gpu, s.k_heads, s.head_dim, dtype)?;
+    need_meta(gpu, "slot mapping", &slots, s.tokens, 0, pool.slots as i64)?;
+    (p.k, p.v, p.k_cache, p.v_cache, p.slots) = (k.addr, v.addr, pool.k.addr, pool.v.addr, slots.addr);
+    // SAFETY: every slot is inside both pools (checked), k/v/q hold `tokens` rows, positions and
+    // the table are sized as the kernel reads them.
+    unsafe { gpu.launch(l.kernel, grid(&p, dtype), ROPE_THREADS, 0, &p) }
+}
+
+/// Context shift: pool rows `slots[t]` rotated in place by `deltas[t]` positions (multiplier 1
+/// in the table); a hip-fused cache's slots that hold a position only move it.
+pub(crate) fn shift(gpu: &Gpu, l: &RopeLaunch, s: RopeShape, pool: PoolMut<'_>, deltas: MetaRef<'_>, slots: MetaRef<'_>, table: RopeTable<'_>) -> Result<()> {
+    let (dtype, mut p) = base(gpu, l, &s, &table, &deltas)?;
+    pool.check(gpu, s.k_heads, s.head_dim, dtype)?;
+    need_meta(gpu, "shifted slots", &slots, s.tokens, 0, pool.slots as i64)?;
+    (p.k, p.slots, p.gather) = (pool.k.addr, slots.addr, 1);
+    p.q_heads = 0;
+    if let Some(pos) = &pool.pos {
+        p.k_pos = pos.addr;
+    }
+    // SAFETY: every slot is inside the pool (and its position array), deltas has one entry per
+    // token, the table rotary_dim / 2 entries.
+    unsafe { gpu.launch(l.kernel, grid(&p, dtype), ROPE_THREADS, 0, &p) }
+}

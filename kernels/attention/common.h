@@ -1,0 +1,69 @@
+// Attention helpers shared by every attention kernel (vector units, matrix cores, hip-separate):
+// K/V row addressing and RoPE inside attention. Parameters: AttnParams (af_contract.h).
+//
+// The K/V source is either a KV cache (contiguous or paged) or plain K/V tensors: `kv_row` turns
+// (batch entry, token) into a row of the [rows, Hk, D] K/V array, so one kernel serves both.
+// GQA by indexing: query head h reads kv head h / (H / Hk); nothing is replicated.
+//
+// RoPE inside attention (hip-hybrid, hip-fused): `q_pos` (non-zero) rotates each query as it is
+// loaded, and `k_pos` (non-zero, one int per pool slot) rotates each cached key whose slot holds
+// a position (AF_ROTATED: stored rotated already).
+#pragma once
+#include "../include/af_common.h"
+
+// Element d of a row rotated for position `pos`: x' = x cos + sign * partner * sin (the
+// reference's pairing, rope.hip's angle). Dims >= rotary_dim pass through.
+template <typename T>
+AF_DEVICE float rope_elem(const AttnParams& p, const T* row, int d, float x, int pos) {
+    if (d >= p.rotary_dim) return x;
+    int pair, partner;
+    float sign;
+    if (p.rope_inter) {
+        pair = d >> 1;
+        partner = d ^ 1;
+        sign = (d & 1) ? 1.f : -1.f;
+    } else {
+        const int half = p.rotary_dim >> 1;
+        pair = d < half ? d : d - half;
+        partner = d < half ? d + half : d - half;
+        sign = d < half ? -1.f : 1.f;
+    }
+    float c, s;
+    af_rope_cs((double)pos, reinterpret_cast<const double*>(p.inv_freq)[pair], p.rope_factor, &c, &s);
+    return x * c + sign * af_to_float(row[partner]) * s;
+}
+
+// Rotates `rows` rows cooperatively: one cos/sin per (row, pair), both elements of the pair
+// emitted by the thread that computed it (rope_elem computes each angle twice, and once more per
+// thread that holds a copy of the row). Work item i < rows * D / 2 is pair i % (D / 2) of row
+// i / (D / 2); items past rotary_dim / 2 copy two pass-through dims. `src(r)` is row r,
+// `pos(r)` its position, `emit(r, d, x)` takes rotated element d (src and emit may be the same
+// place: a pair is read before it is written, by one thread). Same arithmetic as rope_elem; FAST
+// (f16/bf16 matrix-core kernels) takes sin/cos on the hardware path after the same f64 reduction.
+template <typename T, bool FAST = false, typename Src, typename Pos, typename Emit>
+AF_DEVICE void rope_rows(const AttnParams& p, int rows, int D, int tid, int nthreads, Src src, Pos pos, Emit emit) {
+    const int half_d = D >> 1, half_r = p.rotary_dim >> 1;
+    for (int i = tid; i < rows * half_d; i += nthreads) {
+        const int r = i / half_d, k = i % half_d;
+        const T* row = src(r);
+        const bool rot = k < half_r;
+        const int d0 = rot ? (p.rope_inter ? 2 * k : k) : p.rotary_dim + 2 * (k - half_r);
+        const int d1 = rot ? (p.rope_inter ? 2 * k + 1 : k + half_r) : d0 + 1;
+        const float x0 = af_to_float(row[d0]), x1 = af_to_float(row[d1]);
+        if (rot) {
+            float c, s;
+            af_rope_cs<FAST>((double)pos(r), reinterpret_cast<const double*>(p.inv_freq)[k], p.rope_factor, &c, &s);
+            emit(r, d0, x0 * c + (-1.f) * x1 * s);
+            emit(r, d1, x1 * c + 1.f * x0 * s);
+        } else {
+            emit(r, d0, x0);
+            emit(r, d1, x1);
+        }
+    }
+}
+
+AF_DEVICE long kv_row(const AttnParams& p, int b, int t) {
+    if (p.page_size == 0) return (long)reinterpret_cast<const int*>(p.kv_base)[b] + t;
+    const int* bt = reinterpret_cast<const int*>(p.block_table);
+    return (long)bt[(long)b * p.max_pages + t / p.page_size] * p.page_size + t % p.page_size;
+}

@@ -1,0 +1,163 @@
+// attnforge: the contract between backend-hip (Rust) and the kernels. The one source of truth
+// for every parameter struct passed to a kernel, every limit both sides depend on, and every
+// list of compiled instantiations. backend-hip/build.rs reads this file and generates the Rust
+// side (OUT_DIR/contract.rs: constants, #[repr(C)] structs, instantiation lists) together with
+// OUT_DIR/af_layout.h, the size and offset of every struct and field as build.rs computed them
+// from the C layout rules. Kernels compiled by build.rs (AF_LAYOUT_CHECK) static_assert their
+// layout against those numbers, and the Rust side asserts the same numbers at compile time, so
+// a field added, removed, reordered or retyped on one side cannot compile.
+//
+// What build.rs reads, one item per line (everything else is ignored):
+//   AF_LIMIT(NAME, value)                 // doc    -> constexpr int NAME / pub const NAME: usize
+//   AF_LIMIT_VENDOR(NAME, nvidia, amd)    // doc    -> per-vendor value (Rust: Vendored)
+//   AF_STRUCT(Name)                       // doc    -> struct / #[repr(C)] struct, then
+//   AF_FIELD(type, name)                  // doc       fields of af_ptr (u64), int (i32),
+//   AF_END(Name)                                       float (f32), af_i64 (i64) or an earlier struct
+//   #define AF_NAME(X) X(a) X(b, c) ...   // doc    -> an instantiation list (Rust: NAME, a slice)
+// Structs may not contain implicit padding (build.rs refuses it: Rust would pass the padding
+// bytes uninitialised); add an explicit `pad` field.
+#pragma once
+#include "af_vendor.h"
+
+#define AF_LIMIT(NAME, VALUE) constexpr int NAME = VALUE;
+#if defined(AF_AMD)
+#define AF_LIMIT_VENDOR(NAME, NVIDIA, AMD) constexpr int NAME = AMD;
+#else
+#define AF_LIMIT_VENDOR(NAME, NVIDIA, AMD) constexpr int NAME = NVIDIA;
+#endif
+#define AF_STRUCT(NAME) struct NAME {
+#define AF_FIELD(TYPE, NAME) TYPE NAME;
+#define AF_END(NAME) };
+
+typedef unsigned long long af_ptr;  // a device address
+typedef long long af_i64;
+
+// ------------------------------------------------------------------ limits
+AF_LIMIT(HEAD_DIM_MULTIPLE, 16)      // head_dim must be a multiple of this: rows move in 16-byte chunks
+AF_LIMIT(CHUNK_BYTES, 16)            // bytes one thread moves per load or store in copies and RoPE
+AF_LIMIT(ROPE_THREADS, 256)          // block of the rope kernels
+AF_LIMIT(APPEND_THREADS, 256)        // block of kv_append
+AF_LIMIT(FILL_THREADS, 256)          // block of fill
+AF_LIMIT(PF_THREADS, 256)            // block of the vector-unit prefill
+AF_LIMIT(PF_BR, 64)                  // query rows of a vector-unit prefill tile
+AF_LIMIT(PF_BC, 64)                  // keys of a vector-unit prefill tile
+AF_LIMIT(DC_THREADS, 128)            // block of the vector-unit decode
+AF_LIMIT(DC_MAXK, 1024)              // keys one vector-unit decode split holds in shared memory, at most
+AF_LIMIT(DECODE_MAX_Q, 4)            // longest q_len that takes the decode kernels (prefill beyond)
+AF_LIMIT(WIDE_THREADS, 256)          // block of the wide-head kernel
+AF_LIMIT(WIDE_DMAX, 4096)            // largest head_dim of the wide-head kernel (a query row in shared memory)
+AF_LIMIT(TILED_DMAX, 256)            // largest head_dim of the tiled prefill and split-K decode
+AF_LIMIT(MERGE_THREADS, 128)         // block of the split-K merge
+AF_LIMIT(SEP_THREADS, 128)           // block of hip-separate's scores and P.V kernels
+AF_LIMIT(SEP_SOFTMAX_THREADS, 256)   // block of hip-separate's softmax
+AF_LIMIT(SEP_DMAX, 4096)             // largest head_dim of hip-separate (a query row in shared memory)
+AF_LIMIT(MMA_GROUPS, 4)              // warps (wavefronts) of a matrix-core block
+AF_LIMIT(MMA_PAD, 8)                 // 16-bit elements of padding per shared-memory row (conflict-free ldmatrix)
+AF_LIMIT(MMA_PF_MT_D64, 2)           // 16-row query tiles per warp, matrix-core prefill, head_dim 64
+AF_LIMIT(MMA_PF_MT_D128, 2)          // ... head_dim 128 (register blocking: one K/V fragment serves two tiles)
+AF_LIMIT(MMA_PF_MT_D256, 1)          // ... head_dim 256 (two would not fit in registers)
+AF_LIMIT_VENDOR(MMA_PF_BC_D64, 64, 64)   // keys per matrix-core prefill tile, head_dim 64 (AMD: 64 KiB of LDS)
+AF_LIMIT_VENDOR(MMA_PF_BC_D128, 64, 32)  // ... head_dim 128
+AF_LIMIT_VENDOR(MMA_PF_BC_D256, 32, 16)  // ... head_dim 256
+AF_LIMIT(MMA_DC_BC, 64)              // keys per matrix-core decode tile (16 per warp)
+AF_LIMIT(MMA_DC_MAX_STAGES, 3)       // deepest K/V pipeline of the matrix-core decode (the plan picks 1..3)
+
+// ------------------------------------------------------------------ parameter structs
+AF_STRUCT(RopeParams)                // rope.hip: RoPE in place, fused RoPE + append, context shift
+AF_FIELD(af_ptr, q)                  // [T, Hq, D], rotated in place; 0: rotate K only
+AF_FIELD(af_ptr, k)                  // [T, Hk, D]; with gather, the K pool [slots, Hk, D]
+AF_FIELD(af_ptr, positions)          // int32 [T]: position (shift: delta) of each token
+AF_FIELD(af_ptr, inv_freq)           // double [rotary_dim / 2]
+AF_FIELD(af_ptr, k_cache)            // fused: K pool receiving rotated K (0: rotate k in place)
+AF_FIELD(af_ptr, v_cache)            // fused: V pool receiving V
+AF_FIELD(af_ptr, v)                  // fused: [T, Hk, D]
+AF_FIELD(af_ptr, slots)              // fused / gather: int32 [T] pool slot of each token
+AF_FIELD(int, tokens)                // T
+AF_FIELD(int, q_heads)               // Hq
+AF_FIELD(int, k_heads)               // Hk
+AF_FIELD(int, head_dim)              // D
+AF_FIELD(int, rotary_dim)            // dims that rotate (the rest pass through)
+AF_FIELD(int, interleaved)           // 1: pairs (2i, 2i+1); 0: (i, i + rotary_dim / 2)
+AF_FIELD(int, vp)                    // rotary pairs per thread (one of ROPE_VPS)
+AF_FIELD(float, attention_factor)    // cos/sin multiplier
+AF_FIELD(af_ptr, k_pos)              // shift on a hip-fused cache: int32 [slots] (0: none)
+AF_FIELD(int, gather)                // 1: shift: K rows are pool slots `slots[t]`, rotated in place
+AF_FIELD(int, pad)
+AF_END(RopeParams)
+
+AF_STRUCT(AppendParams)              // kv_append.hip: new K/V rows into their pool slots
+AF_FIELD(af_ptr, k)                  // [T, Hk, D]
+AF_FIELD(af_ptr, v)                  // [T, Hk, D]
+AF_FIELD(af_ptr, k_cache)            // K pool [slots, Hk, D]
+AF_FIELD(af_ptr, v_cache)            // V pool
+AF_FIELD(af_ptr, slots)              // int32 [T]
+AF_FIELD(int, tokens)                // T
+AF_FIELD(int, k_heads)               // Hk
+AF_FIELD(int, head_dim)              // D
+AF_FIELD(int, pad)
+AF_FIELD(af_ptr, k_pos)              // hip-fused: int32 [slots] position of each slot's key (0: none)
+AF_FIELD(af_ptr, positions)          // int32 [T] positions of unrotated keys (0: keys arrive rotated)
+AF_END(AppendParams)
+
+AF_STRUCT(FillParams)                // kv_append.hip: every element of a buffer set to one value
+AF_FIELD(af_ptr, dst)
+AF_FIELD(af_i64, n)                  // elements
+AF_FIELD(float, value)
+AF_FIELD(int, pad)
+AF_END(FillParams)
+
+AF_STRUCT(AttnParams)                // attention*.hip, separate.hip
+AF_FIELD(af_ptr, q)                  // [Tq, H, D]
+AF_FIELD(af_ptr, k)                  // [rows, Hk, D]: a pool or plain K
+AF_FIELD(af_ptr, v)                  // [rows, Hk, D]
+AF_FIELD(af_ptr, out)                // [Tq, H, D]
+AF_FIELD(af_ptr, q_off)              // int32 [B + 1] query row offsets
+AF_FIELD(af_ptr, kv_len)             // int32 [B]
+AF_FIELD(af_ptr, kv_base)            // int32 [B] first K/V row of entry b (page_size == 0)
+AF_FIELD(af_ptr, block_table)        // int32 [B, max_pages] (page_size > 0)
+AF_FIELD(af_ptr, tiles)              // prefill: int32 [tiles, 2] (entry, first query); wide: int32 [Tq] entry
+AF_FIELD(af_ptr, part)               // split-K partials f32 [Tq, H, splits, D + 2]; separate: scores
+AF_FIELD(int, heads)                 // H
+AF_FIELD(int, kv_heads)              // Hk
+AF_FIELD(int, head_dim)              // D
+AF_FIELD(int, page_size)             // 0: contiguous rows
+AF_FIELD(int, max_pages)             // columns of block_table
+AF_FIELD(int, causal)
+AF_FIELD(int, splits)                // split-K splits of the decode
+AF_FIELD(int, rows_per_block)        // decode: (query, head) rows per block
+AF_FIELD(float, scale_log2)          // softmax scale * log2(e)
+AF_FIELD(int, stages)                // matrix-core decode: K/V pipeline depth (1..MMA_DC_MAX_STAGES)
+AF_FIELD(af_ptr, q_pos)              // RoPE inside: int32 [Tq] position of each query (0: Q as given)
+AF_FIELD(af_ptr, k_pos)              // RoPE inside: int32 [slots] position of each cached key (0: K as given)
+AF_FIELD(af_ptr, inv_freq)           // RoPE inside: double [rotary_dim / 2]
+AF_FIELD(int, rotary_dim)
+AF_FIELD(int, rope_inter)            // 1: interleaved pairs
+AF_FIELD(float, rope_factor)         // cos/sin multiplier
+AF_FIELD(int, pad)
+AF_END(AttnParams)
+
+AF_STRUCT(SepParams)                 // separate.hip: scores, softmax, P.V over a score buffer
+AF_FIELD(AttnParams, a)              // a.part: scores f32, [q_len, H, kv_len] per entry
+AF_FIELD(af_ptr, row_entry)          // int32 [Tq] batch entry of each query row
+AF_FIELD(af_ptr, s_off)              // int64 [B] first score of each entry
+AF_END(SepParams)
+
+AF_STRUCT(MergeParams)               // attention.hip: split-K partials into the output
+AF_FIELD(af_ptr, part)               // f32 [rows, splits, D + 2]
+AF_FIELD(af_ptr, out)                // [rows, D]
+AF_FIELD(int, rows)
+AF_FIELD(int, splits)
+AF_FIELD(int, head_dim)
+AF_FIELD(int, pad)
+AF_END(MergeParams)
+
+// ------------------------------------------------------------------ instantiations
+#define AF_ROPE_VPS(X) X(1) X(2) X(4) X(8)                                                     // rope: pairs per thread
+#define AF_PREFILL_DIMS(X) X(64) X(128) X(256)                                                 // vector prefill: head-dim buckets
+#define AF_DECODE_SHAPES(X) X(64, 1) X(64, 4) X(64, 8) X(128, 1) X(128, 4) X(128, 8) X(256, 1) X(256, 4) // vector decode: (head-dim bucket, rows per block)
+#define AF_MMA_PREFILL_DIMS(X) X(64) X(128) X(256)                                             // matrix-core prefill: exact head dims
+#define AF_MMA_DECODE_DIMS(X) X(64) X(128)                                                     // matrix-core decode: exact head dims
+
+#if defined(AF_LAYOUT_CHECK)
+#include "af_layout.h"  // generated by build.rs: static_asserts of every size and offset
+#endif
