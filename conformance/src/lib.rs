@@ -192,19 +192,22 @@ fn run_cell(be: &Backend, rf: &Backend, cfg: &Config, op: Option<Op>, dtype: DTy
             }
         })
         .map_or_else(|e| shrunk::<case::Case>(Err(e), cfg.seed), |_| None),
-        None => r.run(&(cases(gen), invalid::corruptions()), |(case, c)| match invalid::check(be, rf, &case, c) {
-            Ok(_) => {
-                if !failed_once.get() {
-                    passed.set(passed.get() + 1);
+        // Every corruption kind on every drawn case: each kind is compared with the reference
+        // in every run, whatever the case count.
+        None => r
+            .run(&cases(gen), |case| match invalid::check_all(be, rf, &case) {
+                Ok(_) => {
+                    if !failed_once.get() {
+                        passed.set(passed.get() + 1);
+                    }
+                    Ok(())
                 }
-                Ok(())
-            }
-            Err(msg) => {
-                failed_once.set(true);
-                Err(TestCaseError::fail(msg))
-            }
-        })
-        .map_or_else(|e| shrunk::<(case::Case, invalid::Corruption)>(Err(e), cfg.seed), |_| None),
+                Err(msg) => {
+                    failed_once.set(true);
+                    Err(TestCaseError::fail(msg))
+                }
+            })
+            .map_or_else(|e| shrunk::<case::Case>(Err(e), cfg.seed), |_| None),
     };
     let name = op.map(|o| o.name()).unwrap_or("errors");
     progress(&format!("{:<28} {:<16} {:<5} {:>4} passed {:>4} unsupported {}", be.name(), name, dtype.name(), passed.get(), unsupported.get(), if failure.is_some() { "FAILED" } else { "ok" }));

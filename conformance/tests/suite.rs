@@ -32,3 +32,21 @@ fn registered_backends_conform_or_are_skipped_visibly() {
         assert!(!why.is_empty(), "{name} skipped without a reason");
     }
 }
+
+#[test]
+fn every_corruption_kind_is_an_error_of_the_reference() {
+    use conformance::case::{cases, GenConfig};
+    use conformance::invalid::{check_all, Corruption};
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::TestRunner;
+    assert!(Corruption::ALL.len() >= 25, "the issue asks for at least 25 kinds of invalid input");
+    let cpu = backend_cpu::CpuBackend::handle();
+    let mut runner = TestRunner::deterministic();
+    for dtype in DType::ALL {
+        for _ in 0..8 {
+            let case = cases(GenConfig::new(dtype)).new_tree(&mut runner).unwrap().current();
+            // Every kind but the foreign-device one (the reference against itself is one device).
+            assert_eq!(check_all(&cpu, &cpu, &case), Ok(Corruption::ALL.len() - 1), "{case:?}");
+        }
+    }
+}

@@ -7,7 +7,7 @@
 // One block of MMA_GROUPS groups (warps / wavefronts: 4 * AF_WARP threads) per (query tile,
 // head), from the host's tile list `p.tiles` (heaviest causal tiles first). A tile has BR = 128
 // rows up to head_dim 128 (64 at 256); group w owns rows 16 MT w .. 16 MT (w + 1) - 1 (MmaTile).
-// Dynamic shared memory (bytes: mma_shared_bytes in ops/attention.rs):
+// Dynamic shared memory (bytes: mma_prefill_shared_bytes in backend-hip/src/plan.rs):
 //   sQ [BR][LD]   the query tile (hip-hybrid: rotated here, once per block)
 //   sK [BC][LD]   one key tile        sV [BC][LD]   one value tile      (LD = DM + 8)
 // Loads are asynchronous (cp.async on NVIDIA) and overlap compute as in FlashAttention-2: the

@@ -100,7 +100,7 @@ AF_DEVICE unsigned int af_f2bf2(float lo, float hi) {
 //   Other AMD targets (gfx1030, wave32; no matrix cores): NVIDIA's layout, fragments by plain
 //       shared-memory loads, af_mma16816 emulated with shuffles and FMAs. This keeps the one
 //       source compiling for every target, but it spills heavily there, so the host does not
-//       launch it: without matrix cores (`Gpu::matrix_cores`) f16/bf16 take the vector kernels.
+//       launch it: without matrix cores (`DeviceProps::matrix_cores`) f16/bf16 take the vector kernels.
 // AF_MMA_NATIVE says whether matrix instructions run (1) or the emulation (0).
 #if defined(AF_AMD) && defined(__gfx90a__)
 #define AF_MFMA 1
