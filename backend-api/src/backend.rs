@@ -128,11 +128,19 @@ impl Backend {
     /// description is refused first with its typed error ([`ProblemDesc::validate`]).
     pub fn supports(&self, op: Op, problem: &ProblemDesc) -> Result<()> {
         problem.validate()?;
-        self.inner.supports(op, problem).map_err(|reasons| Error::Unsupported {
-            backend: self.name().to_string(),
-            op: op.name().to_string(),
-            reasons,
-        })
+        self.inner.supports(op, problem).map_err(|reasons| self.unsupported(op, reasons))
+    }
+
+    /// The ops' check: `desc` was built from checked arguments and the op computes (and
+    /// checks) the one RoPE table it uses, so the tables at both ends of the position range
+    /// are not built on every call (host cost per call stays that of the launches).
+    fn supports_call(&self, op: Op, desc: &ProblemDesc) -> Result<()> {
+        desc.validate_call()?;
+        self.inner.supports(op, desc).map_err(|reasons| self.unsupported(op, reasons))
+    }
+
+    fn unsupported(&self, op: Op, reasons: Vec<String>) -> Error {
+        Error::Unsupported { backend: self.name().to_string(), op: op.name().to_string(), reasons }
     }
 
     /// `Ok` if every op of `problem` (see [`ProblemDesc::ops`]) is supported, else the reasons
@@ -269,7 +277,7 @@ impl Backend {
     pub fn rope(&self, q: &mut Tensor, k: &mut Tensor, positions: &[u32], config: &RopeConfig) -> Result<()> {
         let _span = tracing::debug_span!("rope", backend = self.name()).entered();
         let desc = self.check_rope(q, k, positions, config)?;
-        self.supports(Op::Rope, &desc)?;
+        self.supports_call(Op::Rope, &desc)?;
         let freqs = config.frequencies(max_position(positions))?;
         self.inner.rope(RopeArgs { q, k, positions, config, freqs, desc, validated: Validated(()) })
     }
@@ -279,7 +287,7 @@ impl Backend {
         let _span = tracing::debug_span!("kv_append", backend = self.name()).entered();
         let (start, mut desc) = self.check_append(cache, k, v, batch)?;
         desc.max_kv_len = batch.seq_ids().iter().zip(batch.q_lens()).map(|(&s, q)| cache.seq_len(s) + q).max().unwrap_or(0);
-        self.supports(Op::KvAppend, &desc)?;
+        self.supports_call(Op::KvAppend, &desc)?;
         let new_lens: Vec<usize> = start.iter().zip(batch.q_lens()).map(|(s, q)| s + q).collect();
         self.inner.kv_append(AppendArgs { cache, k, v, batch, start, desc, validated: Validated(()) })?;
         for (&s, &len) in batch.seq_ids().iter().zip(&new_lens) {
@@ -293,7 +301,7 @@ impl Backend {
         let _span = tracing::debug_span!("attention", backend = self.name()).entered();
         let kv_lens: Vec<usize> = batch.seq_ids().iter().map(|&s| cache.seq_len(s)).collect();
         let desc = self.check_attention(q, cache, batch, &kv_lens, params, out)?;
-        self.supports(Op::Attention, &desc)?;
+        self.supports_call(Op::Attention, &desc)?;
         self.inner.attention(AttentionArgs { q, cache, batch, kv_lens, params, out, desc, validated: Validated(()) })
     }
 
@@ -309,7 +317,7 @@ impl Backend {
     ) -> Result<()> {
         let _span = tracing::debug_span!("attention_plain", backend = self.name()).entered();
         let desc = self.check_plain(q, k, v, batch, params, out)?;
-        self.supports(Op::AttentionPlain, &desc)?;
+        self.supports_call(Op::AttentionPlain, &desc)?;
         self.inner.attention_plain(PlainAttentionArgs { q, k, v, batch, params, out, desc, validated: Validated(()) })
     }
 
@@ -323,8 +331,9 @@ impl Backend {
         let kv_lens: Vec<usize> = start.iter().zip(batch.q_lens()).map(|(s, q)| s + q).collect();
         let mut desc = self.check_attention(q, cache, batch, &kv_lens, params, out)?;
         desc.rope = rope_desc.rope;
+        desc.validate_call()?;
         for op in [Op::Rope, Op::KvAppend, Op::Attention, Op::Step] {
-            self.supports(op, &desc)?;
+            self.inner.supports(op, &desc).map_err(|reasons| self.unsupported(op, reasons))?;
         }
         let freqs = rope.frequencies(max_position(positions))?;
         let new_lens = kv_lens.clone();
@@ -359,7 +368,7 @@ impl Backend {
     pub fn shift_positions(&self, cache: &mut KvCache, seq: usize, tokens: std::ops::Range<usize>, delta: i64, rope: &RopeConfig) -> Result<()> {
         let _span = tracing::debug_span!("shift_positions", backend = self.name()).entered();
         self.check_cache(cache)?;
-        rope.validate()?;
+        rope.validate_params()?;
         let spec = cache.spec().clone();
         if rope.head_dim != spec.head_dim {
             // The variant the composite step reports for the same mismatch (its K against the cache).
@@ -396,7 +405,7 @@ impl Backend {
             max_q_len: tokens.len(),
             max_kv_len: len,
         };
-        self.supports(Op::Shift, &desc)?;
+        self.supports_call(Op::Shift, &desc)?;
         let freqs = rope.frequencies(0)?;
         self.inner.shift_positions(ShiftArgs { cache, seq, tokens, delta, config: rope, freqs, desc, validated: Validated(()) })
     }
@@ -465,7 +474,7 @@ impl Backend {
     }
 
     fn check_rope(&self, q: &Tensor, k: &Tensor, positions: &[u32], config: &RopeConfig) -> Result<ProblemDesc> {
-        config.validate()?;
+        config.validate_params()?;
         let (t, h, d) = self.check_heads_tensor("q", q, Some(config.head_dim))?;
         let (tk, hk, _) = self.check_heads_tensor("k", k, Some(d))?;
         if tk != t {

@@ -269,6 +269,16 @@ impl ProblemDesc {
     /// [`crate::Backend::supports`] and [`crate::Backend::supports_problem`] call it before
     /// asking any backend, so every backend sees only valid descriptions.
     pub fn validate(&self) -> Result<()> {
+        self.validate_with(true)
+    }
+
+    /// [`ProblemDesc::validate`] for a description built by an op from its arguments: the RoPE
+    /// tables are left to the op, which computes and checks the one table it uses.
+    pub(crate) fn validate_call(&self) -> Result<()> {
+        self.validate_with(false)
+    }
+
+    fn validate_with(&self, tables: bool) -> Result<()> {
         if self.head_dim == 0 || self.head_dim % 2 != 0 {
             return Err(Error::OddHeadDim { head_dim: self.head_dim });
         }
@@ -276,7 +286,11 @@ impl ProblemDesc {
             return Err(Error::HeadsNotDivisible { num_heads: self.num_heads, num_kv_heads: self.num_kv_heads });
         }
         if let Some(r) = &self.rope {
-            r.validate()?;
+            if tables {
+                r.validate()?;
+            } else {
+                r.validate_params()?;
+            }
             if r.head_dim != self.head_dim {
                 return Err(Error::ShapeMismatch { what: "RoPE head_dim of the problem".into(), expected: vec![self.head_dim], got: vec![r.head_dim] });
             }

@@ -139,8 +139,25 @@ impl RopeConfig {
         matches!(self.scaling, RopeScaling::DynamicNtk { .. } | RopeScaling::LongRope { .. })
     }
 
-    /// Checks the configuration; every op that takes a RoPE config calls this first.
+    /// Checks the configuration: parameters, then the frequency tables (at position 0, and at
+    /// `max_position - 1` for length-dependent scalings). `select` and `supports` run all of it;
+    /// the ops check the parameters and the one table each call computes.
     pub fn validate(&self) -> Result<()> {
+        self.validate_params()?;
+        // The tables at both ends of the position range (length-dependent scalings change
+        // monotonically in between; the others have one table): finite and positive, or the
+        // error says which entry.
+        self.frequencies(0)?;
+        if self.is_length_dependent() {
+            self.frequencies(self.max_position - 1)?;
+        }
+        Ok(())
+    }
+
+    /// [`RopeConfig::validate`] without the tables: the ops run this, then compute and check
+    /// the one table the call uses ([`RopeConfig::frequencies`]), so a call builds one table,
+    /// not three.
+    pub(crate) fn validate_params(&self) -> Result<()> {
         if self.head_dim == 0 || self.head_dim % 2 != 0 {
             return Err(Error::OddHeadDim { head_dim: self.head_dim });
         }
@@ -229,12 +246,7 @@ impl RopeConfig {
                 positive("attention_factor", *attention_factor)
             }
         };
-        params?;
-        // The tables at both ends of the position range (length-dependent scalings change
-        // monotonically in between): finite and positive, or the error says which entry.
-        self.frequencies(0)?;
-        self.frequencies(self.max_position - 1)?;
-        Ok(())
+        params
     }
 
     /// The frequency table for a call whose largest position id is `max_pos_in_call`. Only

@@ -36,15 +36,15 @@ fn hip_flash_passes_conformance() {
 #[serial]
 fn unsupported_problems_say_why() {
     let Some(be) = gpu_backend("hip-flash") else { return };
-    let mut p = backend_api::ProblemDesc::step(DType::BF16, 8, 8, backend_api::RopeConfig::new(8192, 1e4, 64), backend_api::CacheLayout::Contiguous { capacity: 8 });
-    let e = be.supports(Op::Attention, &p).unwrap_err();
+    // The RoPE config's head_dim must match the problem's (ProblemDesc::validate checks it).
+    let problem = |d: usize| backend_api::ProblemDesc::step(DType::BF16, 8, 8, backend_api::RopeConfig::new(d, 1e4, 64), backend_api::CacheLayout::Contiguous { capacity: 8 });
+    let e = be.supports(Op::Attention, &problem(8192)).unwrap_err();
     assert!(e.to_string().contains("head_dim 8192 > 4096"), "{e}");
-    p.head_dim = 512;
-    assert!(be.supports(Op::Attention, &p).is_ok(), "head_dim 512 runs on the wide-head kernel");
-    p.head_dim = 72;
+    assert!(be.supports(Op::Attention, &problem(512)).is_ok(), "head_dim 512 runs on the wide-head kernel");
+    let p = problem(72);
     let e = be.supports(Op::Attention, &p).unwrap_err();
     assert!(e.to_string().contains("multiple of 16"), "{e}");
-    assert!(be.supports(Op::Rope, &backend_api::ProblemDesc { head_dim: 512, ..p.clone() }).is_ok());
+    assert!(be.supports(Op::Rope, &problem(512)).is_ok());
 }
 
 #[test]

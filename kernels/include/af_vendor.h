@@ -9,7 +9,7 @@
 // What the kernels may use: AF_DEVICE, AF_WARP, af_shfl_xor (within a warp, offsets < 16 are
 // safe on every target), af_h2f / af_f2h (f16), af_bf2f / af_f2bf (bf16), af_f2h2 / af_f2bf2
 // (two floats to a packed pair, low element first), af_sincos, af_sincos_fast, af_cp_async16
-// (global to shared) with af_cp_async_commit / _wait_all / _wait<N> / _wait_n(n), and the
+// (global to shared) with af_cp_async_commit / _wait_all / _wait<N>, and the
 // matrix-core fragment operations af_mma_* (see below).
 #pragma once
 
@@ -139,12 +139,6 @@ AF_DEVICE void af_cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 AF_DEVICE void af_cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 // Waits until at most N committed groups are still in flight (N-deep pipelines).
 template <int N> AF_DEVICE void af_cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
-// The same with a run-time depth n (0..2; the instruction takes an immediate).
-AF_DEVICE void af_cp_async_wait_n(int n) {
-    if (n >= 2) af_cp_async_wait<2>();
-    else if (n == 1) af_cp_async_wait<1>();
-    else af_cp_async_wait<0>();
-}
 #else
 AF_DEVICE void af_cp_async16(void* dst, const void* src, bool valid) {
     *reinterpret_cast<uint4*>(dst) = valid ? *reinterpret_cast<const uint4*>(src) : make_uint4(0u, 0u, 0u, 0u);
@@ -152,7 +146,6 @@ AF_DEVICE void af_cp_async16(void* dst, const void* src, bool valid) {
 AF_DEVICE void af_cp_async_commit() {}
 AF_DEVICE void af_cp_async_wait_all() {}
 template <int N> AF_DEVICE void af_cp_async_wait() {}
-AF_DEVICE void af_cp_async_wait_n(int) {}
 #endif
 
 #if defined(AF_MFMA)

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# GPU acceptance run for the HIP backends, on a machine with a GPU and no Rust toolchain.
+#
+# Build here (no GPU needed):
+#   DEVICE_BUNDLE_EXTRA="bench conformance quickstart select_backend" \
+#     ../shared/tools/device-bundle --workspace
+# then, on the GPU machine, from the repository root:
+#   bash scripts/gpu-acceptance.sh [LOGDIR]
+#
+# What it runs, in parallel where the GPU allows (correctness runs only; timings come from the
+# bench binary alone on a quiet GPU):
+#   1. conformance, CASES (300) cases per op and dtype, for each of the four HIP backends;
+#   2. the bundled test binaries (backend-hip/tests/gpu.rs and the rest of the workspace);
+#   3. compute-sanitizer with default settings for each tool (memcheck, racecheck, synccheck,
+#      initcheck) over the conformance suite (SAN_CASES cases; racecheck RACE_CASES) for each
+#      backend, and memcheck over the long-problem GPU test;
+#   4. quickstart and select_backend.
+# Every log goes to LOGDIR; the last lines printed are one summary line per run.
+set -uo pipefail
+B=${BUNDLE:-.device-bundle}
+LOG=${1:-gpu-logs}
+CASES=${CASES:-300}
+SAN_CASES=${SAN_CASES:-20}
+RACE_CASES=${RACE_CASES:-4}
+LIMIT=${LIMIT:-480}
+BACKENDS=${BACKENDS:-"hip-flash hip-hybrid hip-fused hip-separate"}
+mkdir -p "$LOG"
+for f in "$B"/bin/*.xz "$B"/test/*.xz; do [ -e "$f" ] && xz -d -f -T0 "$f"; done
+chmod +x "$B"/bin/* "$B"/test/* 2>/dev/null
+gputest=$(ls "$B"/test/gpu-* 2>/dev/null | grep -v '\.dir$' | head -1)
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$LOG/device.txt" 2>&1
+compute-sanitizer --version > "$LOG/sanitizer-version.txt" 2>&1
+
+pids=()
+LOG=$(cd "$LOG" && pwd)
+run_in() { # dir, name, command...
+  local dir=$1 name=$2; shift 2
+  ( cd "$dir" && timeout "$LIMIT" "$@" > "$LOG/$name.log" 2>&1; echo $? > "$LOG/$name.rc" ) &
+  pids+=($!)
+}
+run() { run_in . "$@"; }
+for b in $BACKENDS; do
+  run "conformance-$b" "$B/bin/conformance" --backend "$b" --cases "$CASES" --report "$LOG/conformance-$b.md"
+  run "memcheck-$b" compute-sanitizer "$B/bin/conformance" --backend "$b" --cases "$SAN_CASES"
+  run "initcheck-$b" compute-sanitizer --tool initcheck "$B/bin/conformance" --backend "$b" --cases "$SAN_CASES"
+  run "synccheck-$b" compute-sanitizer --tool synccheck "$B/bin/conformance" --backend "$b" --cases "$SAN_CASES"
+  run "racecheck-$b" compute-sanitizer --tool racecheck "$B/bin/conformance" --backend "$b" --cases "$RACE_CASES"
+done
+if [ -n "$gputest" ]; then
+  run_in backend-hip memcheck-long-problems compute-sanitizer "$PWD/$gputest" --exact long_problems_match_the_reference --test-threads 1
+fi
+run tests bash "$B/run"
+run quickstart "$B/bin/quickstart"
+run select-backend "$B/bin/select_backend" --backend hip-hybrid
+wait "${pids[@]}"
+
+for rc in "$LOG"/*.rc; do
+  n=$(basename "$rc" .rc)
+  s=$(grep -h "ERROR SUMMARY" "$LOG/$n.log" | tail -1)
+  r=$(grep -hE "^test result|cases|passed|FAILED" "$LOG/$n.log" | tail -1)
+  printf '%-28s exit %-3s %s %s\n' "$n" "$(cat "$rc")" "${s:-}" "${s:+|} ${r:-}"
+done | tee "$LOG/summary.txt"
