@@ -9,6 +9,7 @@
 //!      `OUT_DIR/ptxas-<module>.txt`, and the entry points it names per architecture are embedded
 //!      (`NVIDIA_ENTRIES`) so a test can check every kernel a plan can choose;
 //!    - AMD: `hipcc --genco` with HIP_PLATFORM=amd for gfx90a and gfx1030 (`ATTNFORGE_AMD_ARCHS`).
+//!
 //!    `none` as an arch list skips that vendor. Compilers come from ATTNFORGE_NVCC /
 //!    ATTNFORGE_HIPCC, then the project's own toolchain folder (`scripts/install-toolchains.sh`
 //!    puts nvcc in .toolchain/), then PATH. A missing compiler is one cargo warning and a reason
@@ -65,11 +66,11 @@ fn parse_contract(text: &str) -> Contract {
         if let Some(rest) = line.strip_prefix("AF_LIMIT_VENDOR") {
             let (a, doc) = call_args(rest);
             assert_eq!(a.len(), 3, "{}", at("AF_LIMIT_VENDOR(NAME, nvidia, amd)"));
-            c.limits.push((a[0].clone(), Limit::Vendor(a[1].parse().expect(&at("integer")), a[2].parse().expect(&at("integer"))), doc));
+            c.limits.push((a[0].clone(), Limit::Vendor(a[1].parse().unwrap_or_else(|_| panic!("{}", at("integer"))), a[2].parse().unwrap_or_else(|_| panic!("{}", at("integer")))), doc));
         } else if let Some(rest) = line.strip_prefix("AF_LIMIT") {
             let (a, doc) = call_args(rest);
             assert_eq!(a.len(), 2, "{}", at("AF_LIMIT(NAME, value)"));
-            c.limits.push((a[0].clone(), Limit::One(a[1].parse().expect(&at("integer"))), doc));
+            c.limits.push((a[0].clone(), Limit::One(a[1].parse().unwrap_or_else(|_| panic!("{}", at("integer")))), doc));
         } else if let Some(rest) = line.strip_prefix("AF_STRUCT") {
             assert!(open.is_none(), "{}", at("AF_STRUCT inside a struct"));
             let (a, doc) = call_args(rest);
@@ -90,7 +91,7 @@ fn parse_contract(text: &str) -> Contract {
             let items: Vec<Vec<i64>> = body
                 .split("X(")
                 .skip(1)
-                .map(|it| it.split(')').next().unwrap().split(',').map(|v| v.trim().parse().expect(&at("integer list item"))).collect())
+                .map(|it| it.split(')').next().unwrap().split(',').map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{}", at("integer list item")))).collect())
                 .collect();
             assert!(!items.is_empty(), "{}", at("empty list"));
             c.lists.push((head.to_string(), items, doc));

@@ -454,7 +454,7 @@ impl Backend {
                 return Err(Error::shape(what, &[s[0], s[1], d], s));
             }
         }
-        if s[2] == 0 || s[2] % 2 != 0 {
+        if s[2] == 0 || !s[2].is_multiple_of(2) {
             return Err(Error::OddHeadDim { head_dim: s[2] });
         }
         if s[0] == 0 {
@@ -467,7 +467,7 @@ impl Backend {
     }
 
     fn check_heads(num_heads: usize, num_kv_heads: usize) -> Result<()> {
-        if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+        if num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
             return Err(Error::HeadsNotDivisible { num_heads, num_kv_heads });
         }
         Ok(())

@@ -56,7 +56,7 @@ pub struct KvCacheSpec {
 impl KvCacheSpec {
     /// Checks the spec; [`crate::Backend::create_kv_cache`] calls it.
     pub fn validate(&self) -> Result<()> {
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return Err(Error::OddHeadDim { head_dim: self.head_dim });
         }
         if self.num_seqs == 0 {

@@ -279,10 +279,10 @@ impl ProblemDesc {
     }
 
     fn validate_with(&self, tables: bool) -> Result<()> {
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return Err(Error::OddHeadDim { head_dim: self.head_dim });
         }
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(Error::HeadsNotDivisible { num_heads: self.num_heads, num_kv_heads: self.num_kv_heads });
         }
         if let Some(r) = &self.rope {

@@ -158,10 +158,10 @@ impl RopeConfig {
     /// the one table the call uses ([`RopeConfig::frequencies`]), so a call builds one table,
     /// not three.
     pub(crate) fn validate_params(&self) -> Result<()> {
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return Err(Error::OddHeadDim { head_dim: self.head_dim });
         }
-        if self.rotary_dim == 0 || self.rotary_dim % 2 != 0 || self.rotary_dim > self.head_dim {
+        if self.rotary_dim == 0 || !self.rotary_dim.is_multiple_of(2) || self.rotary_dim > self.head_dim {
             return Err(Error::InvalidRotaryDim { rotary_dim: self.rotary_dim, head_dim: self.head_dim });
         }
         if !(self.theta.is_finite() && self.theta > 1.0) {

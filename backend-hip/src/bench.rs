@@ -134,7 +134,7 @@ pub fn main() {
     for (i, r) in rows.iter().enumerate() {
         let tbs = r.bytes / r.ms / 1e9;
         let _ = writeln!(out, "{:<58} {:<5} {:>9.4} {:>8.3} {:>6.1}% {:>9.2}", r.name, r.dtype, r.ms, tbs, 100.0 * tbs / copy_bw, r.flops / r.ms / 1e9);
-        let _ = write!(js, "  {{\"op\": {:?}, \"dtype\": \"{}\", \"ms\": {}, \"bytes\": {}, \"flops\": {}}}{}\n", r.name, r.dtype, r.ms, r.bytes, r.flops, if i + 1 < rows.len() { "," } else { "" });
+        let _ = writeln!(js, "  {{\"op\": {:?}, \"dtype\": \"{}\", \"ms\": {}, \"bytes\": {}, \"flops\": {}}}{}", r.name, r.dtype, r.ms, r.bytes, r.flops, if i + 1 < rows.len() { "," } else { "" });
     }
     js.push(']');
     print!("{out}");

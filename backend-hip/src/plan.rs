@@ -124,7 +124,7 @@ pub fn plan(props: &DeviceProps, strategy: Strategy, op: Op, problem: &ProblemDe
 fn common_reasons(p: &ProblemDesc, strategy: Strategy, op: Op) -> Vec<Reason> {
     let mut r = Vec::new();
     let any_even = strategy == Strategy::Separate && matches!(op, Op::Attention | Op::AttentionPlain);
-    if p.head_dim % HEAD_DIM_MULTIPLE != 0 && !any_even {
+    if !p.head_dim.is_multiple_of(HEAD_DIM_MULTIPLE) && !any_even {
         r.push(Reason::HeadDimMultiple { head_dim: p.head_dim });
     }
     let rows = p.batch_size.saturating_mul(p.max_q_len.max(p.max_kv_len));

@@ -115,6 +115,7 @@ pub(crate) trait Driver: Send + Sync {
     /// `f` is a function of this driver whose only parameter has the layout of the `size` bytes
     /// at `params`, and every device address in them satisfies the kernel's contract (see
     /// [`Gpu::launch`]).
+    #[allow(clippy::too_many_arguments)] // the driver call's own arguments
     unsafe fn launch(&self, f: u64, grid: [u32; 3], block: u32, shared: u32, s: u64, params: *mut c_void, size: usize) -> Result<()>;
 }
 

@@ -112,7 +112,7 @@ pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()
     if c.rope.is_some() && !rotates(main) {
         return Err(Error::Device { code: -1, message: format!("{} does not rotate; RoPE inside attention was asked for", main.symbol()) });
     }
-    if b == 0 || c.kv_lens.len() != b || c.kv.kv_heads == 0 || c.heads % c.kv.kv_heads != 0 {
+    if b == 0 || c.kv_lens.len() != b || c.kv.kv_heads == 0 || !c.heads.is_multiple_of(c.kv.kv_heads) {
         return Err(Error::InvalidArgument(format!("attention: {b} query lengths, {} key lengths, {} heads over {} kv heads", c.kv_lens.len(), c.heads, c.kv.kv_heads)));
     }
     let total_q: usize = c.q_lens.iter().try_fold(0usize, |a, &x| a.checked_add(x)).ok_or_else(|| Error::InvalidArgument("query rows overflow".into()))?;
@@ -154,7 +154,7 @@ pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()
         }
         KvAddressing::Pages { page_size: ps, tables } => {
             let ps = *ps;
-            if ps == 0 || tables.len() != b || c.kv.rows % ps != 0 {
+            if ps == 0 || tables.len() != b || !c.kv.rows.is_multiple_of(ps) {
                 return Err(Error::InvalidArgument(format!("attention: page size {ps}, {} page tables for {b} entries, {} rows", tables.len(), c.kv.rows)));
             }
             let pages = c.kv.rows / ps;

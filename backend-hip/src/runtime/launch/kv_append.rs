@@ -26,7 +26,7 @@ pub(crate) fn append(
         return Err(Error::Device { code: -1, message: format!("{} is not the append kernel", kernel.symbol()) });
     };
     let chunk = CHUNK_BYTES / dtype.size();
-    if head_dim % chunk != 0 {
+    if !head_dim.is_multiple_of(chunk) {
         return Err(Error::InvalidArgument(format!("kv_append: head_dim {head_dim} is not a multiple of {chunk}")));
     }
     let rows = bytes_of("k", &[tokens, k_heads, head_dim], dtype.size())?;

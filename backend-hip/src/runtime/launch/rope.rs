@@ -40,7 +40,7 @@ fn base(gpu: &Gpu, l: &RopeLaunch, s: &RopeShape, table: &RopeTable<'_>, positio
     };
     let half = table.rotary_dim / 2;
     let chunk = CHUNK_BYTES / dtype.size();
-    if table.rotary_dim == 0 || table.rotary_dim % 2 != 0 || table.rotary_dim > s.head_dim || half % vp as usize != 0 || s.head_dim % chunk != 0 {
+    if table.rotary_dim == 0 || !table.rotary_dim.is_multiple_of(2) || table.rotary_dim > s.head_dim || !half.is_multiple_of(vp as usize) || !s.head_dim.is_multiple_of(chunk) {
         return Err(Error::InvalidArgument(format!(
             "{}: rotary_dim {} / head_dim {} do not fit (pairs per thread {vp}, chunks of {chunk})",
             l.kernel.symbol(),
