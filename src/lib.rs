@@ -45,7 +45,7 @@ pub use backend_hip;
 /// The backend registry, with every backend crate of this build linked in. See
 /// [`backend_api::registry`] for the semantics.
 pub mod registry {
-    pub use backend_api::registry::{BackendEntry, BackendInfo, Selection, BACKEND_ENV};
+    pub use backend_api::registry::{BackendEntry, BackendInfo, Constructor, DeviceBackendEntry, DeviceConstructor, Selection, BACKEND_ENV};
     use backend_api::{Backend, ProblemDesc, Result};
 
     /// Names of the backends this build links (every name each linked crate registers),
@@ -79,6 +79,27 @@ pub mod registry {
     pub fn get(name: &str) -> Result<Backend> {
         crate::link_backends();
         backend_api::registry::get(name)
+    }
+
+    /// Devices backend `name` can run on (1 for host backends, 0 for a GPU backend without a
+    /// GPU).
+    pub fn device_count(name: &str) -> Result<usize> {
+        crate::link_backends();
+        backend_api::registry::device_count(name)
+    }
+
+    /// The shared instance of backend `name` on device `ordinal` (see
+    /// [`backend_api::registry::get_on`]).
+    pub fn get_on(name: &str, ordinal: usize) -> Result<Backend> {
+        crate::link_backends();
+        backend_api::registry::get_on(name, ordinal)
+    }
+
+    /// A new instance of backend `name` on device `ordinal`, with its own stream (see
+    /// [`backend_api::registry::create_on`]).
+    pub fn create_on(name: &str, ordinal: usize) -> Result<Backend> {
+        crate::link_backends();
+        backend_api::registry::create_on(name, ordinal)
     }
 
     /// Picks a backend for `problem` (`ATTNFORGE_BACKEND` overrides).

@@ -148,3 +148,47 @@ fn linked_lists_every_backend_the_facade_links() {
         assert!(names.contains(&n.to_string()), "{n} is linked but not registered");
     }
 }
+
+/// A test backend on three "devices": a wrapper of cpu per ordinal, counting constructions.
+static MADE_ON: std::sync::Mutex<Vec<(usize, bool)>> = std::sync::Mutex::new(Vec::new());
+
+fn made_on(ordinal: usize, own: bool) -> std::result::Result<Arc<dyn AttentionBackend>, String> {
+    MADE_ON.lock().unwrap().push((ordinal, own));
+    wrap("cpu", "test-multi")
+}
+
+inventory::submit! {
+    BackendEntry { name: "test-multi", description: "test: three devices", priority: -12, create: || made_on(0, false) }
+}
+inventory::submit! {
+    registry::DeviceBackendEntry { name: "test-multi", device_count: || 3, create_on: made_on }
+}
+
+#[test]
+fn instances_per_device_and_typed_errors_for_missing_devices() {
+    // Host backends run on one device.
+    assert_eq!(registry::device_count("cpu").unwrap(), 1);
+    let e = registry::get_on("cpu", 1).unwrap_err();
+    assert_eq!(e.kind(), "NoSuchDevice");
+    assert!(e.to_string().contains("no device 1") && e.to_string().contains("sees 1"), "{e}");
+    assert_eq!(registry::create_on("cpu", 2).unwrap_err().kind(), "NoSuchDevice");
+    assert_eq!(registry::get_on("nosuch", 0).unwrap_err().kind(), "UnknownBackend");
+    // A fresh cpu instance is not the shared one.
+    let shared = registry::get("cpu").unwrap();
+    let fresh = registry::create_on("cpu", 0).unwrap();
+    assert!(!std::ptr::addr_eq(shared.inner(), fresh.inner()), "create_on makes a new instance");
+
+    // A backend with a device entry: shared instances once per ordinal on the device's shared
+    // stream, fresh ones with their own, ordinals past the count refused.
+    assert_eq!(registry::device_count("test-multi").unwrap(), 3);
+    let a = registry::get_on("test-multi", 2).unwrap();
+    let b = registry::get_on("test-multi", 2).unwrap();
+    assert!(std::ptr::addr_eq(a.inner(), b.inner()), "get_on shares its instance");
+    let c = registry::create_on("test-multi", 2).unwrap();
+    assert!(!std::ptr::addr_eq(a.inner(), c.inner()), "create_on makes a new one");
+    let e = registry::get_on("test-multi", 3).unwrap_err();
+    assert_eq!((e.kind(), e.to_string().contains("sees 3")), ("NoSuchDevice", true), "{e}");
+    let made = MADE_ON.lock().unwrap().clone();
+    assert!(made.contains(&(2, false)) && made.contains(&(2, true)), "{made:?}");
+    assert_eq!(made.iter().filter(|m| **m == (2, false)).count(), 1, "the shared instance is made once: {made:?}");
+}

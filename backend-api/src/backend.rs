@@ -64,6 +64,11 @@ pub trait AttentionBackend: Send + Sync {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+    /// (optional) The device's memory as its driver reports it, for every process: `(in use,
+    /// total)` bytes; `None` for host backends (the default).
+    fn memory_info(&self) -> Result<Option<(usize, usize)>> {
+        Ok(None)
+    }
 }
 
 /// What a caller must pass to [`Backend::rope_append_attend`].
@@ -224,6 +229,12 @@ impl Backend {
     /// Waits for queued device work.
     pub fn synchronize(&self) -> Result<()> {
         self.inner.synchronize()
+    }
+
+    /// The device's memory `(in use, total)` in bytes as the driver reports it (all processes),
+    /// `None` on the host: an engine sizes its KV pool from it; tests check for leaks with it.
+    pub fn memory_info(&self) -> Result<Option<(usize, usize)>> {
+        self.inner.memory_info()
     }
 
     /// A new, empty KV cache (pools zero-filled).

@@ -142,6 +142,26 @@ pub enum Error {
         /// Every registered name.
         known: Vec<String>,
     },
+    /// A device ordinal past the devices a backend sees ([`crate::registry::get_on`],
+    /// [`crate::registry::create_on`]).
+    #[error("backend `{backend}` has no device {ordinal}: it sees {count}")]
+    NoSuchDevice {
+        /// The backend asked for.
+        backend: String,
+        /// The ordinal asked for.
+        ordinal: usize,
+        /// Devices it sees.
+        count: usize,
+    },
+    /// A GPU tensor or cache made by another instance of a backend on the same device, which
+    /// runs on another stream: work on it would not be ordered ([`crate::registry::create_on`]).
+    #[error("{what} was made by another instance of a GPU backend on this device (another stream); backend `{backend}` orders its work on its own stream: make it with this instance")]
+    WrongInstance {
+        /// Which argument.
+        what: String,
+        /// The backend asked to use it.
+        backend: String,
+    },
     /// A tensor's or cache's storage holds fewer bytes than its shape and dtype need (a tensor
     /// assembled from another tensor's storage, say). Nothing was read or written.
     #[error("storage of {what} holds {got} bytes, its shape and dtype need {needed}")]
@@ -190,6 +210,8 @@ impl Error {
             Error::Unsupported { .. } => "Unsupported",
             Error::BackendUnavailable { .. } => "BackendUnavailable",
             Error::UnknownBackend { .. } => "UnknownBackend",
+            Error::NoSuchDevice { .. } => "NoSuchDevice",
+            Error::WrongInstance { .. } => "WrongInstance",
             Error::StorageTooSmall { .. } => "StorageTooSmall",
             Error::OutOfMemory { .. } => "OutOfMemory",
             Error::Device { .. } => "Device",

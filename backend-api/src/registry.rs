@@ -39,6 +39,26 @@ pub struct BackendEntry {
 
 inventory::collect!(BackendEntry);
 
+/// Per-device constructor of a backend: a new instance on device `ordinal`, or why it cannot be
+/// created there. `own_stream`: the instance gets a stream of its own ([`create_on`]); else it
+/// shares the device's default stream with the other shared instances on that device ([`get`],
+/// [`get_on`]), so their tensors can be passed between them.
+pub type DeviceConstructor = fn(ordinal: usize, own_stream: bool) -> std::result::Result<Arc<dyn AttentionBackend>, String>;
+
+/// The per-device side of a registered backend, submitted next to its [`BackendEntry`] (same
+/// name) by backends that run on one of several devices. A backend without one runs on one
+/// device (ordinal 0): [`get_on`] and [`create_on`] use its [`BackendEntry::create`].
+pub struct DeviceBackendEntry {
+    /// The name of its [`BackendEntry`].
+    pub name: &'static str,
+    /// Devices visible to the backend (0 when none is: no driver, no GPU).
+    pub device_count: fn() -> usize,
+    /// Creates an instance on one of them.
+    pub create_on: DeviceConstructor,
+}
+
+inventory::collect!(DeviceBackendEntry);
+
 /// A backend as [`list`] shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendInfo {
@@ -72,35 +92,90 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "(no message)".into())
 }
 
+/// Runs constructor `f` of backend `name` (`ordinal` for messages) under the construction
+/// rules: one outermost construction at a time, cycles refused, panics caught.
+fn construct(name: &'static str, f: impl FnOnce() -> std::result::Result<Arc<dyn AttentionBackend>, String> + std::panic::UnwindSafe) -> std::result::Result<Backend, String> {
+    if BUILDING.with(|b| b.borrow().contains(&name)) {
+        let chain = BUILDING.with(|b| b.borrow().join(" -> "));
+        return Err(format!("`{name}` was asked for while it is being created ({chain} -> {name}): constructors must not depend on themselves"));
+    }
+    BUILDING.with(|b| b.borrow_mut().push(name));
+    let made = {
+        let _span = tracing::debug_span!("create_backend", name).entered();
+        std::panic::catch_unwind(f).map_err(|p| format!("its constructor panicked: {}", panic_message(p.as_ref()))).and_then(|r| r.map(Backend::new))
+    };
+    BUILDING.with(|b| b.borrow_mut().pop());
+    made
+}
+
+/// `cell`'s backend, made by `f` once (under the construction lock; see [`construct`]).
+fn once(
+    name: &'static str,
+    cell: &OnceLock<std::result::Result<Backend, String>>,
+    f: impl FnOnce() -> std::result::Result<Arc<dyn AttentionBackend>, String> + std::panic::UnwindSafe,
+) -> std::result::Result<Backend, String> {
+    if let Some(done) = cell.get() {
+        return done.clone();
+    }
+    if BUILDING.with(|b| b.borrow().contains(&name)) {
+        return construct(name, f); // the cycle error
+    }
+    let outermost = BUILDING.with(|b| b.borrow().is_empty());
+    // A constructor that panicked while holding the lock poisons it; the lock guards no data.
+    let _guard = outermost.then(|| CONSTRUCTION.lock().unwrap_or_else(|e| e.into_inner()));
+    if let Some(done) = cell.get() {
+        return done.clone(); // another thread created it while this one waited
+    }
+    let made = construct(name, f);
+    // Only this thread constructs (the lock), so nobody set it meanwhile.
+    cell.get_or_init(|| made).clone()
+}
+
 impl Slot {
     fn instance(&self) -> std::result::Result<Backend, String> {
         let name = self.entry.name;
         if self.duplicate {
             return Err(format!("the name `{name}` is registered by more than one backend; refusing both"));
         }
-        if let Some(done) = self.instance.get() {
-            return done.clone();
+        once(name, &self.instance, self.entry.create)
+    }
+
+    /// The per-device constructor of this backend, if it registered one.
+    fn on_device(&self) -> Option<&'static DeviceBackendEntry> {
+        inventory::iter::<DeviceBackendEntry>.into_iter().find(|d| d.name == self.entry.name)
+    }
+
+    /// Devices this backend can run on: its device entry's count, else one (host backends).
+    fn device_count(&self) -> usize {
+        self.on_device().map_or(1, |d| (d.device_count)())
+    }
+
+    /// A new instance on device `ordinal` (checked against the count).
+    fn create_on(&self, ordinal: usize) -> Result<Backend> {
+        let name = self.entry.name;
+        if self.duplicate {
+            return self.instance().map_err(|reason| Error::BackendUnavailable { backend: name.into(), reason });
         }
-        if BUILDING.with(|b| b.borrow().contains(&name)) {
-            let chain = BUILDING.with(|b| b.borrow().join(" -> "));
-            return Err(format!("`{name}` was asked for while it is being created ({chain} -> {name}): constructors must not depend on themselves"));
+        let count = self.device_count();
+        if count == 0 {
+            // No device at all: the constructor's own reason (no driver, no kernels).
+            return self.instance().and_then(|_| Err("it sees no device".into())).map_err(|reason| Error::BackendUnavailable { backend: name.into(), reason });
         }
-        let outermost = BUILDING.with(|b| b.borrow().is_empty());
-        // A constructor that panicked while holding the lock poisons it; the lock guards no data.
-        let _guard = outermost.then(|| CONSTRUCTION.lock().unwrap_or_else(|e| e.into_inner()));
-        if let Some(done) = self.instance.get() {
-            return done.clone(); // another thread created it while this one waited
+        if ordinal >= count {
+            return Err(Error::NoSuchDevice { backend: name.into(), ordinal, count });
         }
-        BUILDING.with(|b| b.borrow_mut().push(name));
-        let made = {
-            let _span = tracing::debug_span!("create_backend", name).entered();
-            std::panic::catch_unwind(self.entry.create)
-                .map_err(|p| format!("its constructor panicked: {}", panic_message(p.as_ref())))
-                .and_then(|r| r.map(Backend::new))
+        let made = match self.on_device() {
+            Some(d) => {
+                let f = d.create_on;
+                let _guard = BUILDING.with(|b| b.borrow().is_empty()).then(|| CONSTRUCTION.lock().unwrap_or_else(|e| e.into_inner()));
+                construct(name, move || f(ordinal, true))
+            }
+            None => {
+                let _guard = BUILDING.with(|b| b.borrow().is_empty()).then(|| CONSTRUCTION.lock().unwrap_or_else(|e| e.into_inner()));
+                construct(name, self.entry.create)
+            }
         };
-        BUILDING.with(|b| b.borrow_mut().pop());
-        // Only this thread constructs (the lock), so nobody set it meanwhile.
-        self.instance.get_or_init(|| made).clone()
+        made.map_err(|reason| Error::BackendUnavailable { backend: name.into(), reason })
     }
 }
 
@@ -142,6 +217,49 @@ pub fn list() -> Vec<BackendInfo> {
 pub fn get(name: &str) -> Result<Backend> {
     let slot = REGISTRY.get(name).ok_or_else(|| Error::UnknownBackend { name: name.to_string(), known: names() })?;
     slot.instance().map_err(|reason| Error::BackendUnavailable { backend: name.to_string(), reason })
+}
+
+/// Devices backend `name` can run on (1 for host backends; 0 for a GPU backend when no GPU is
+/// visible).
+pub fn device_count(name: &str) -> Result<usize> {
+    let slot = REGISTRY.get(name).ok_or_else(|| Error::UnknownBackend { name: name.to_string(), known: names() })?;
+    Ok(slot.device_count())
+}
+
+/// The shared instance of backend `name` on device `ordinal`, created on first use (ordinal 0
+/// is [`get`]'s instance). Shared instances of GPU backends on one device share that device's
+/// default stream (never the legacy NULL stream); an engine running tensor parallelism takes
+/// one instance per device and drives each from its own thread. An ordinal past the devices
+/// the backend sees is [`Error::NoSuchDevice`].
+pub fn get_on(name: &str, ordinal: usize) -> Result<Backend> {
+    let slot = REGISTRY.get(name).ok_or_else(|| Error::UnknownBackend { name: name.to_string(), known: names() })?;
+    if ordinal == 0 {
+        return get(name); // also says why, when the backend is unavailable altogether
+    }
+    let count = slot.device_count();
+    if ordinal >= count {
+        return Err(Error::NoSuchDevice { backend: slot.entry.name.into(), ordinal, count });
+    }
+    type Cells = Mutex<BTreeMap<(&'static str, usize), Arc<OnceLock<std::result::Result<Backend, String>>>>>;
+    static ON_DEVICE: LazyLock<Cells> = LazyLock::new(|| Mutex::new(BTreeMap::new()));
+    let cell = ON_DEVICE.lock().unwrap_or_else(|e| e.into_inner()).entry((slot.entry.name, ordinal)).or_default().clone();
+    let made = match slot.on_device() {
+        Some(d) => {
+            let f = d.create_on;
+            once(slot.entry.name, &cell, move || f(ordinal, false))
+        }
+        None => once(slot.entry.name, &cell, slot.entry.create),
+    };
+    made.map_err(|reason| Error::BackendUnavailable { backend: name.to_string(), reason })
+}
+
+/// A new instance of backend `name` on device `ordinal`, not shared: its own stream (GPU
+/// backends) and its own caches. Two instances on one GPU driven from two threads at once
+/// compute what one would. Tensors and caches stay with the instance that made them (another
+/// instance refuses them with [`Error::WrongInstance`]: their work is ordered on its stream).
+pub fn create_on(name: &str, ordinal: usize) -> Result<Backend> {
+    let slot = REGISTRY.get(name).ok_or_else(|| Error::UnknownBackend { name: name.to_string(), known: names() })?;
+    slot.create_on(ordinal)
 }
 
 /// The outcome of [`select`]: the backend, why it was chosen, and why each other one was not.

@@ -102,14 +102,17 @@ pub fn main() {
     let args: Vec<String> = std::env::args().collect();
     let json = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
     let quick = args.iter().any(|a| a == "--quick");
-    let be = match HipBackend::open("hip-flash", Variant::Flash) {
-        Ok(b) => b,
+    // One instance: the events that time a call must be on the stream the call runs on (every
+    // instance has its own).
+    let hb = match HipBackend::open("hip-flash", Variant::Flash) {
+        Ok(b) => std::sync::Arc::new(b),
         Err(e) => {
             eprintln!("bench: no GPU backend here: {e}");
             std::process::exit(2);
         }
     };
-    let h = Backend::new(std::sync::Arc::new(HipBackend::open("hip-flash", Variant::Flash).unwrap()));
+    let be: &HipBackend = &hb;
+    let h = Backend::new(hb.clone());
     let profile = args.iter().position(|a| a == "--profile").and_then(|i| args.get(i + 1)).cloned();
     let only_strategies = profile.is_some() || args.iter().any(|a| a == "--only-strategies");
     PROFILE.set(profile).expect("set once");
@@ -117,11 +120,11 @@ pub fn main() {
     let r = if args.iter().any(|a| a == "--profile-mma") {
         profile_mma(&h)
     } else if args.iter().any(|a| a == "--mma") {
-        copy_row(&be, &mut rows).and_then(|_| mma_shapes(&be, &h, &mut rows))
+        copy_row(be, &mut rows).and_then(|_| mma_shapes(be, &h, &mut rows))
     } else if only_strategies {
-        strategies(&be, &mut rows)
+        strategies(&mut rows)
     } else {
-        run(&be, &h, quick, &mut rows).and_then(|_| strategies(&be, &mut rows))
+        run(be, &h, quick, &mut rows).and_then(|_| strategies(&mut rows))
     };
     if let Err(e) = r {
         eprintln!("bench: {e}");
@@ -274,11 +277,10 @@ fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result
         let freqs = rope.frequencies(t - 1)?;
         let table = be.tables.get(&be.gpu, &freqs)?;
         let meta = be.gpu.upload_meta(&[&positions.iter().map(|&p| p as i32).collect::<Vec<_>>(), &slots])?;
-        let dev = h.device();
         let ms = median_ms(be, || {
-            let (kv, vv) = (tensor(&k, "k", "bench", dev)?.buf.view(), tensor(&v, "v", "bench", dev)?.buf.view());
-            let qv = tensor_mut(&mut q, "q", "bench", dev)?.buf.view_mut();
-            let pools = cache_mut(&mut cache, "bench", dev)?;
+            let (kv, vv) = (tensor(&k, "k", "bench", &be.gpu)?.buf.view(), tensor(&v, "v", "bench", &be.gpu)?.buf.view());
+            let qv = tensor_mut(&mut q, "q", "bench", &be.gpu)?.buf.view_mut();
+            let pools = cache_mut(&mut cache, "bench", &be.gpu)?;
             let pool = PoolMut { k: pools.k.view_mut(), v: pools.v.view_mut(), pos: None, slots: t };
             let s = RopeShape { tokens: t, q_heads: hq, k_heads: hk, head_dim: d };
             let tb = RopeTable { inv_freq: table.view(), rotary_dim: d, factor: 1.0 };
@@ -347,18 +349,22 @@ const STRATEGIES: [(&str, Variant); 4] =
 /// The composite step of each strategy: the study's shapes (f32, one head, 64 new tokens into an
 /// empty cache, so 64 queries x 64 keys, not causal) and realistic ones (prefill B=1 S=4096, decode
 /// B=16 and B=1 over L=8192, GQA 32/8, D=128, f32 and bf16).
-fn strategies(timer: &HipBackend, rows: &mut Vec<Row>) -> Result<()> {
-    let handles: Vec<(&str, Backend)> = STRATEGIES
+fn strategies(rows: &mut Vec<Row>) -> Result<()> {
+    // Each strategy's instance times itself (its own stream).
+    let handles: Vec<(&str, std::sync::Arc<HipBackend>, Backend)> = STRATEGIES
         .iter()
         .filter(|(n, _)| PROFILE.get().and_then(|p| p.as_deref()).is_none_or(|p| p == *n))
-        .map(|&(n, v)| (n, Backend::new(std::sync::Arc::new(HipBackend::open(n, v).expect("GPU opened above")))))
+        .map(|&(n, v)| {
+            let hb = std::sync::Arc::new(HipBackend::open(n, v).expect("GPU opened above"));
+            (n, hb.clone(), Backend::new(hb))
+        })
         .collect();
     // The study: one head, 64 x 64, head_dim / rotary_dim 128/64, 512/128, 2048/128.
     for &(d, rot) in &[(128usize, 64usize), (512, 128), (2048, 128)] {
         let n = 64usize;
         let rope = RopeConfig { rotary_dim: rot, ..RopeConfig::new(d, 10000.0, 4096) };
         let positions: Vec<u32> = (0..n as u32).collect();
-        for (name, h) in &handles {
+        for (name, timer, h) in &handles {
             let dt = DType::F32;
             let mut q = h.upload(&randn(n * d, 20), &[n, 1, d], dt)?;
             let mut k = h.upload(&randn(n * d, 21), &[n, 1, d], dt)?;
@@ -380,7 +386,7 @@ fn strategies(timer: &HipBackend, rows: &mut Vec<Row>) -> Result<()> {
     let rope = RopeConfig { theta: 500000.0, ..RopeConfig::new(d, 10000.0, 131072) };
     for dt in [DType::F32, DType::BF16] {
         let es = dt.size() as f64;
-        for (name, h) in &handles {
+        for (name, timer, h) in &handles {
             // Prefill: B=1, S=4096, causal, from an empty cache (not under a profiler: slow there).
             let s = if profiling() { 256 } else { 4096usize };
             let positions: Vec<u32> = (0..s as u32).collect();
@@ -406,7 +412,7 @@ fn strategies(timer: &HipBackend, rows: &mut Vec<Row>) -> Result<()> {
                 let kv = h.upload(&randn(b * (l - 1) * hk * d, 33), &[b * (l - 1), hk, d], dt)?;
                 h.kv_append(&mut cache, &kv, &kv, &Batch::uniform(b, l - 1)?)?;
                 drop(kv);
-                if let Some(pos) = cache_mut(&mut cache, name, h.device())?.pos.as_mut() {
+                if let Some(pos) = cache_mut(&mut cache, name, &timer.gpu)?.pos.as_mut() {
                     let p: Vec<i32> = (0..b).flat_map(|_| (0..(l + 64) as i32).map(|t| t.min(l as i32 - 2).max(0))).collect();
                     let p: Vec<i32> = p.iter().enumerate().map(|(i, &x)| if i % (l + 64) < l - 1 { x } else { i32::MIN }).collect();
                     timer.gpu.write(pos.view_mut(), 0, &crate::storage::i32_bytes(&p))?;

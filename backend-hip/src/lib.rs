@@ -65,7 +65,7 @@ pub use plan::Strategy;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use backend_api::registry::BackendEntry;
+use backend_api::registry::{BackendEntry, DeviceBackendEntry};
 use backend_api::*;
 
 use plan::{plan, OpPlan};
@@ -88,17 +88,38 @@ impl std::fmt::Debug for HipBackend {
     }
 }
 
-/// The process's GPUs, opened once per ordinal (or the reason one cannot be).
-fn shared_gpu(ordinal: usize) -> std::result::Result<Gpu, String> {
-    static GPUS: Mutex<Option<HashMap<usize, std::result::Result<Gpu, String>>>> = Mutex::new(None);
-    let mut gpus = GPUS.lock().unwrap_or_else(|e| e.into_inner());
-    gpus.get_or_insert_with(HashMap::new).entry(ordinal).or_insert_with(|| Gpu::open(ordinal)).clone()
+/// The process's GPUs with their kernels loaded, once per ordinal, with the device's default
+/// stream (or the reason it cannot be opened): every backend instance on a device shares its
+/// modules; shared instances share the default stream, others open their own.
+fn device(ordinal: usize) -> std::result::Result<Gpu, String> {
+    static DEVICES: Mutex<Option<HashMap<usize, std::result::Result<Gpu, String>>>> = Mutex::new(None);
+    let mut gpus = DEVICES.lock().unwrap_or_else(|e| e.into_inner());
+    gpus.get_or_insert_with(HashMap::new).entry(ordinal).or_insert_with(|| Gpu::on(&Gpu::load(ordinal)?).map_err(|e| e.to_string())).clone()
+}
+
+/// GPUs the HIP backends can run on (0 without a driver, a GPU or kernels for it).
+pub fn device_count() -> usize {
+    runtime::device_count()
 }
 
 impl HipBackend {
     /// Opens backend `name` with `strategy` on GPU 0, or says why it is unavailable here.
     pub fn open(name: &'static str, strategy: Strategy) -> std::result::Result<Self, String> {
-        Ok(HipBackend { name, strategy, gpu: shared_gpu(0)?, tables: RopeTables::default() })
+        Self::open_on(name, strategy, 0)
+    }
+
+    /// Opens backend `name` with `strategy` on GPU `ordinal`, on the device's default stream
+    /// (a non-blocking stream shared by the instances opened this way; the device's kernels are
+    /// loaded once per process), or says why it cannot.
+    pub fn open_on(name: &'static str, strategy: Strategy, ordinal: usize) -> std::result::Result<Self, String> {
+        Ok(HipBackend { name, strategy, gpu: device(ordinal)?, tables: RopeTables::default() })
+    }
+
+    /// [`HipBackend::open_on`] with a new non-blocking stream of its own: tensors and caches it
+    /// makes stay with it (other instances refuse them).
+    pub fn open_with_own_stream(name: &'static str, strategy: Strategy, ordinal: usize) -> std::result::Result<Self, String> {
+        let gpu = Gpu::on(device(ordinal)?.loaded()).map_err(|e| e.to_string())?;
+        Ok(HipBackend { name, strategy, gpu, tables: RopeTables::default() })
     }
 
     /// The fusion strategy.
@@ -144,18 +165,18 @@ impl AttentionBackend for HipBackend {
 
     fn write(&self, dst: &mut Tensor, src: &[f32]) -> Result<()> {
         let dtype = dst.dtype();
-        let t = tensor_mut(dst, "destination tensor", self.name, self.gpu.device())?;
+        let t = tensor_mut(dst, "destination tensor", self.name, &self.gpu)?;
         self.gpu.write(t.buf.view_mut(), 0, &encode(src, dtype))
     }
 
     fn read(&self, src: &Tensor) -> Result<Vec<f32>> {
-        let t = tensor(src, "tensor", self.name, self.gpu.device())?;
+        let t = tensor(src, "tensor", self.name, &self.gpu)?;
         Ok(decode(&self.gpu.read(t.buf.view(), src.byte_len())?, src.dtype()))
     }
 
     fn fill(&self, dst: &mut Tensor, value: f32) -> Result<()> {
         let (n, dtype) = (dst.numel(), dst.dtype());
-        let t = tensor_mut(dst, "tensor", self.name, self.gpu.device())?;
+        let t = tensor_mut(dst, "tensor", self.name, &self.gpu)?;
         runtime::launch::kv_append::fill(&self.gpu, dtype, t.buf.view_mut(), n, value)
     }
 
@@ -174,13 +195,13 @@ impl AttentionBackend for HipBackend {
 
     fn read_kv_pool(&self, c: &KvCache) -> Result<KvPool> {
         let (n, dtype) = (c.spec().pool_bytes(), c.spec().dtype);
-        let p = cache(c, self.name, self.gpu.device())?;
+        let p = cache(c, self.name, &self.gpu)?;
         Ok(KvPool { k: decode(&self.gpu.read(p.k.view(), n)?, dtype), v: decode(&self.gpu.read(p.v.view(), n)?, dtype) })
     }
 
     fn write_kv_pool(&self, c: &mut KvCache, pool: &KvPool) -> Result<()> {
         let dtype = c.spec().dtype;
-        let p = cache_mut(c, self.name, self.gpu.device())?;
+        let p = cache_mut(c, self.name, &self.gpu)?;
         self.gpu.write(p.k.view_mut(), 0, &encode(&pool.k, dtype))?;
         self.gpu.write(p.v.view_mut(), 0, &encode(&pool.v, dtype))
     }
@@ -238,10 +259,19 @@ impl AttentionBackend for HipBackend {
     fn synchronize(&self) -> Result<()> {
         self.gpu.synchronize()
     }
+
+    fn memory_info(&self) -> Result<Option<(usize, usize)>> {
+        self.gpu.memory_info().map(Some)
+    }
 }
 
 fn create(name: &'static str, strategy: Strategy) -> std::result::Result<Arc<dyn AttentionBackend>, String> {
-    HipBackend::open(name, strategy).map(|b| Arc::new(b) as Arc<dyn AttentionBackend>)
+    create_on(name, strategy, 0, false)
+}
+
+fn create_on(name: &'static str, strategy: Strategy, ordinal: usize, own_stream: bool) -> std::result::Result<Arc<dyn AttentionBackend>, String> {
+    let b = if own_stream { HipBackend::open_with_own_stream(name, strategy, ordinal) } else { HipBackend::open_on(name, strategy, ordinal) };
+    b.map(|b| Arc::new(b) as Arc<dyn AttentionBackend>)
 }
 
 /// Registry priorities (higher wins automatic selection), from the benchmark in
@@ -277,12 +307,20 @@ inventory::submit! {
 }
 
 inventory::submit! {
+    DeviceBackendEntry { name: FLASH, device_count, create_on: |ordinal, own| create_on(FLASH, Strategy::Flash, ordinal, own) }
+}
+
+inventory::submit! {
     BackendEntry {
         name: HYBRID,
         description: "GPU: K rotated once by fused RoPE+append, Q rotated inside attention as it is loaded (no Q pass)",
         priority: priority::HYBRID,
         create: || create(HYBRID, Strategy::Hybrid),
     }
+}
+
+inventory::submit! {
+    DeviceBackendEntry { name: HYBRID, device_count, create_on: |ordinal, own| create_on(HYBRID, Strategy::Hybrid, ordinal, own) }
 }
 
 inventory::submit! {
@@ -295,6 +333,10 @@ inventory::submit! {
 }
 
 inventory::submit! {
+    DeviceBackendEntry { name: FUSED, device_count, create_on: |ordinal, own| create_on(FUSED, Strategy::Fused, ordinal, own) }
+}
+
+inventory::submit! {
     BackendEntry {
         name: SEPARATE,
         description: "GPU baseline: RoPE, append, then scores / softmax / P.V kernels over a score buffer; head_dim up to 4096",
@@ -303,6 +345,47 @@ inventory::submit! {
     }
 }
 
+inventory::submit! {
+    DeviceBackendEntry { name: SEPARATE, device_count, create_on: |ordinal, own| create_on(SEPARATE, Strategy::Separate, ordinal, own) }
+}
+
 /// Referenced by the facade so the linker keeps this crate's registrations.
 #[inline(never)]
 pub fn link() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runtime::fake::{fake_images, h100_props, FakeDriver};
+
+    /// Two instances on one (fake) device: modules loaded once, a stream each, and tensors that
+    /// stay with the instance that made them.
+    #[test]
+    fn instances_on_one_device_keep_their_own_streams_and_tensors() {
+        let fake = FakeDriver::new(0, h100_props());
+        let first = Gpu::with_driver(Box::new(fake.clone()), &fake_images()).unwrap();
+        let second = Gpu::on(first.loaded()).unwrap();
+        assert!(Arc::ptr_eq(first.loaded(), second.loaded()));
+        let make = |gpu: Gpu| Backend::new(Arc::new(HipBackend { name: FLASH, strategy: Strategy::Flash, gpu, tables: RopeTables::default() }));
+        let (a, b) = (make(first), make(second));
+        let rope = RopeConfig::new(64, 10000.0, 64);
+        let mut qa = a.upload(&[0.5; 2 * 4 * 64], &[2, 4, 64], DType::F16).unwrap();
+        let mut ka = a.upload(&[0.5; 2 * 2 * 64], &[2, 2, 64], DType::F16).unwrap();
+        let mut qb = b.upload(&[0.5; 2 * 4 * 64], &[2, 4, 64], DType::F16).unwrap();
+        let mut kb = b.upload(&[0.5; 2 * 2 * 64], &[2, 2, 64], DType::F16).unwrap();
+        let before = fake.launches().len();
+        let e = b.rope(&mut qa, &mut kb, &[0, 1], &rope).unwrap_err();
+        assert_eq!(e.kind(), "WrongInstance", "{e}");
+        let e = b.rope(&mut qb, &mut ka, &[0, 1], &rope).unwrap_err();
+        assert_eq!(e.kind(), "WrongInstance", "{e}");
+        let mut cache = a.create_kv_cache(&KvCacheSpec { num_seqs: 1, num_kv_heads: 2, head_dim: 64, dtype: DType::F16, layout: CacheLayout::Contiguous { capacity: 4 } }).unwrap();
+        let e = b.kv_append(&mut cache, &kb, &kb, &Batch::uniform(1, 2).unwrap()).unwrap_err();
+        assert_eq!(e.kind(), "WrongInstance", "{e}");
+        assert_eq!(fake.launches().len(), before, "a refused op launched something");
+        // Each instance runs on what it made.
+        b.rope(&mut qb, &mut kb, &[0, 1], &rope).unwrap();
+        a.rope(&mut qa, &mut ka, &[0, 1], &rope).unwrap();
+        assert_eq!(fake.launches().len(), before + 2);
+        assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+    }
+}

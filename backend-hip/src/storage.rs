@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use backend_api::{DType, Device, Error, KvCache, Result, Storage, Tensor};
 
-use crate::runtime::DeviceBuffer;
+use crate::runtime::{DeviceBuffer, Gpu};
 
 /// A tensor's device memory and the dtype it was allocated for.
 #[derive(Debug)]
@@ -78,31 +78,44 @@ fn foreign(what: &str, backend: &str, expected: Device, got: Device) -> Error {
     Error::WrongDevice { what: what.into(), backend: backend.into(), expected, got }
 }
 
-/// The storage of a tensor made by a backend on `dev`, or `WrongDevice`.
-pub(crate) fn tensor<'a>(t: &'a Tensor, what: &str, backend: &str, dev: Device) -> Result<&'a GpuTensor> {
+/// Storage of `what` made by `gpu`'s stream: another device is `WrongDevice`, another instance
+/// on this device (another stream) `WrongInstance`.
+fn owned<'a, S>(what: &str, backend: &str, gpu: &Gpu, got: Device, s: Option<&'a S>, buf: impl Fn(&S) -> &DeviceBuffer) -> Result<&'a S> {
+    let dev = gpu.device();
+    match s {
+        Some(s) if got == dev && buf(s).device() == dev => {
+            if gpu.owns(buf(s)) {
+                Ok(s)
+            } else {
+                Err(Error::WrongInstance { what: what.into(), backend: backend.into() })
+            }
+        }
+        _ => Err(foreign(what, backend, dev, got)),
+    }
+}
+
+pub(crate) fn tensor<'a>(t: &'a Tensor, what: &str, backend: &str, gpu: &Gpu) -> Result<&'a GpuTensor> {
     let got = t.device();
-    t.storage().as_any().downcast_ref::<GpuTensor>().filter(|g| got == dev && g.buf.device() == dev).ok_or_else(|| foreign(what, backend, dev, got))
+    owned(what, backend, gpu, got, t.storage().as_any().downcast_ref::<GpuTensor>(), |g| &g.buf)
 }
 
-/// Mutable [`tensor`].
-pub(crate) fn tensor_mut<'a>(t: &'a mut Tensor, what: &str, backend: &str, dev: Device) -> Result<&'a mut GpuTensor> {
+pub(crate) fn tensor_mut<'a>(t: &'a mut Tensor, what: &str, backend: &str, gpu: &Gpu) -> Result<&'a mut GpuTensor> {
     let got = t.device();
-    t.storage_mut().as_any_mut().downcast_mut::<GpuTensor>().filter(|g| got == dev && g.buf.device() == dev).ok_or_else(|| foreign(what, backend, dev, got))
+    owned(what, backend, gpu, got, t.storage().as_any().downcast_ref::<GpuTensor>(), |g| &g.buf)?;
+    Ok(t.storage_mut().as_any_mut().downcast_mut::<GpuTensor>().expect("checked above"))
 }
 
-/// The pools of a cache made by a backend on `dev`.
-pub(crate) fn cache<'a>(c: &'a KvCache, backend: &str, dev: Device) -> Result<&'a GpuCache> {
+pub(crate) fn cache<'a>(c: &'a KvCache, backend: &str, gpu: &Gpu) -> Result<&'a GpuCache> {
     let got = c.device();
-    c.storage().as_any().downcast_ref::<GpuCache>().filter(|g| got == dev && g.k.device() == dev).ok_or_else(|| foreign("KV cache", backend, dev, got))
+    owned("KV cache", backend, gpu, got, c.storage().as_any().downcast_ref::<GpuCache>(), |g| &g.k)
 }
 
-/// Mutable [`cache`].
-pub(crate) fn cache_mut<'a>(c: &'a mut KvCache, backend: &str, dev: Device) -> Result<&'a mut GpuCache> {
+pub(crate) fn cache_mut<'a>(c: &'a mut KvCache, backend: &str, gpu: &Gpu) -> Result<&'a mut GpuCache> {
     let got = c.device();
-    c.storage_mut().as_any_mut().downcast_mut::<GpuCache>().filter(|g| got == dev && g.k.device() == dev).ok_or_else(|| foreign("KV cache", backend, dev, got))
+    owned("KV cache", backend, gpu, got, c.storage().as_any().downcast_ref::<GpuCache>(), |g| &g.k)?;
+    Ok(c.storage_mut().as_any_mut().downcast_mut::<GpuCache>().expect("checked above"))
 }
 
-/// f32 host values to the dtype's little-endian bytes (round to nearest even).
 pub(crate) fn encode(src: &[f32], dtype: DType) -> Vec<u8> {
     let mut out = Vec::with_capacity(src.len() * dtype.size());
     match dtype {

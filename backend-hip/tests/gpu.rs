@@ -162,3 +162,49 @@ fn device_memory_starts_zeroed() {
         assert!(pool.k.iter().chain(&pool.v).all(|&x| x == 0.0), "{name}");
     }
 }
+
+/// Tensor parallelism on every visible GPU (one instance per device, one thread each; N = 1 on
+/// a single-GPU machine runs the same code path), for f32 and bf16.
+#[test]
+#[serial]
+fn sharded_over_every_gpu_matches_the_reference() {
+    let Some(_) = gpu_backend("hip-flash") else { return };
+    let n = registry::device_count("hip-flash").unwrap();
+    let reference = registry::get("cpu").unwrap();
+    for name in ["hip-flash", "hip-hybrid"] {
+        let shards: Vec<_> = (0..n).map(|i| registry::get_on(name, i).unwrap()).collect();
+        for dtype in [DType::F32, DType::BF16] {
+            let p = conformance::sharded::ShardProblem { dtype, ..Default::default() };
+            let r = conformance::sharded::check_sharded(&shards, &reference, &p).unwrap_or_else(|e| panic!("{name} {dtype}: {e}"));
+            println!("{name} {dtype}: {n} GPU(s), {} steps, max |err| {:.3e}", r.steps, r.max_abs_err);
+        }
+    }
+    let e = registry::get_on("hip-flash", n).unwrap_err();
+    assert_eq!(e.kind(), "NoSuchDevice", "{e}");
+}
+
+/// Two instances on one GPU, each with its own stream, driven from two threads at once,
+/// compute the same bits as one instance alone; split over the two (as two shards) they match
+/// the reference.
+#[test]
+#[serial]
+fn two_instances_on_one_gpu_from_two_threads_match_one() {
+    let Some(one) = gpu_backend("hip-flash") else { return };
+    let p = conformance::sharded::ShardProblem { dtype: DType::BF16, decode_steps: 16, ..Default::default() };
+    let alone = conformance::sharded::run_all_heads(&one, &p).unwrap();
+    let (a, b) = (registry::create_on("hip-flash", 0).unwrap(), registry::create_on("hip-flash", 0).unwrap());
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| conformance::sharded::run_all_heads(&a, &p));
+        let tb = s.spawn(|| conformance::sharded::run_all_heads(&b, &p));
+        (ta.join().unwrap().unwrap(), tb.join().unwrap().unwrap())
+    });
+    for (step, ((x, y), z)) in ra.iter().zip(&rb).zip(&alone).enumerate() {
+        conformance::tolerance::exact(&format!("instance A, step {step}"), x, z).unwrap();
+        conformance::tolerance::exact(&format!("instance B, step {step}"), y, z).unwrap();
+    }
+    // A tensor of one instance is refused by the other (its work is ordered on another stream).
+    let t = a.alloc(&[1, 8, 64], DType::BF16).unwrap();
+    assert_eq!(b.download(&t).unwrap_err().kind(), "WrongInstance");
+    let reference = registry::get("cpu").unwrap();
+    conformance::sharded::check_sharded(&[a, b], &reference, &p).unwrap();
+}

@@ -34,6 +34,7 @@ pub mod ops;
 pub mod perf;
 pub mod rng;
 pub mod setup;
+pub mod sharded;
 pub mod tolerance;
 
 use std::cell::{Cell, RefCell};

@@ -38,6 +38,15 @@ pub(super) struct CudaDriver {
 impl CudaDriver {
     /// Opens NVIDIA GPU `ordinal`, or says why it cannot: no kernels built, no driver, no
     /// device, or a device older than the embedded code.
+    /// NVIDIA GPUs visible (0 without kernels for them, a driver, or a device).
+    pub fn device_count() -> usize {
+        // SAFETY: only tries to dlopen libcuda; no symbol is used.
+        if crate::kernels::NVIDIA.is_none() || !unsafe { sys::is_culib_present() } {
+            return 0;
+        }
+        CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+    }
+
     pub fn open(ordinal: usize) -> std::result::Result<CudaDriver, String> {
         if crate::kernels::NVIDIA.is_none() {
             return Err(crate::kernels::NVIDIA_MISSING.to_string());
@@ -180,6 +189,10 @@ impl Driver for CudaDriver {
     fn event_sync(&self, e: u64) -> Result<()> {
         // SAFETY: a live event of this driver.
         unsafe { result::event::synchronize(event(e)) }.map_err(dev("cuEventSynchronize"))
+    }
+
+    fn mem_info(&self) -> Result<(usize, usize)> {
+        result::mem_get_info().map_err(dev("cuMemGetInfo"))
     }
 
     fn event_elapsed_ms(&self, start: u64, end: u64) -> Result<f32> {

@@ -324,6 +324,13 @@ impl Driver for FakeDriver {
         Ok(())
     }
 
+    fn mem_info(&self) -> Result<(usize, usize)> {
+        let st = self.enter("mem_info")?;
+        let used: usize = st.memory.values().map(|m| m.len()).sum();
+        let total = 80usize << 30;
+        Ok((total - used.min(total), total))
+    }
+
     fn event_elapsed_ms(&self, _start: u64, _end: u64) -> Result<f32> {
         drop(self.enter("event_elapsed")?);
         Ok(1.0)

@@ -100,6 +100,8 @@ pub(crate) trait Driver: Send + Sync {
     /// # Safety
     /// `p` came from [`Driver::pinned_alloc`], is freed once, and no copy can still target it.
     unsafe fn pinned_free(&self, p: *mut u8);
+    /// Free and total bytes of the device.
+    fn mem_info(&self) -> Result<(usize, usize)>;
     fn event_create(&self, timing: bool) -> Result<u64>;
     fn event_destroy(&self, e: u64);
     fn event_record(&self, e: u64, s: u64) -> Result<()>;
@@ -141,27 +143,41 @@ macro_rules! kernel_args {
 }
 crate::contract::with_param_structs!(kernel_args);
 
-/// The opened device: driver, stream, staging, kernel table. Dropped when the last [`Gpu`] or
-/// [`DeviceBuffer`] that uses it goes.
-struct Inner {
+/// A device with its kernels loaded: the driver and the kernel table, shared by every stream
+/// ([`Gpu`]) opened on it, so modules are loaded once per device.
+pub(crate) struct Loaded {
     drv: Box<dyn Driver>,
-    stream: u64,
-    staging: Staging,
     kernels: HashMap<Kernel, u64>,
     device: Device,
 }
 
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Loaded({})", self.device)
+    }
+}
+
+/// One stream on a loaded device, with its pinned staging. Dropped when the last [`Gpu`] or
+/// [`DeviceBuffer`] that uses it goes.
+struct Inner {
+    dev: Arc<Loaded>,
+    stream: u64,
+    staging: Staging,
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
-        let drained = self.drv.bind().and_then(|_| self.drv.stream_sync(self.stream)).is_ok();
-        self.staging.release(self.drv.as_ref(), drained);
+        let drv = self.dev.drv.as_ref();
+        let drained = drv.bind().and_then(|_| drv.stream_sync(self.stream)).is_ok();
+        self.staging.release(drv, drained);
         if drained {
-            self.drv.stream_destroy(self.stream);
+            drv.stream_destroy(self.stream);
         }
     }
 }
 
-/// An opened GPU: one non-blocking stream, the kernel table, pinned staging.
+/// A GPU as one backend instance uses it: a loaded device and a non-blocking stream of its own
+/// (never the legacy NULL stream), with pinned staging. Clones share the stream.
 #[derive(Clone)]
 pub(crate) struct Gpu {
     inner: Arc<Inner>,
@@ -174,18 +190,29 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
+/// GPUs visible to the runtimes this build has (NVIDIA, and AMD with the `rocm` feature) and
+/// that have kernels embedded; 0 without a driver.
+pub(crate) fn device_count() -> usize {
+    let n = cuda::CudaDriver::device_count();
+    #[cfg(feature = "rocm")]
+    if n == 0 {
+        return rocm::HipDriver::device_count();
+    }
+    n
+}
+
 impl Gpu {
-    /// Opens GPU `ordinal` with the first runtime that finds one (NVIDIA, then AMD when built
+    /// Loads GPU `ordinal` with the first runtime that finds one (NVIDIA, then AMD when built
     /// with the `rocm` feature), or says why none could: no kernels built, no driver, no device.
-    pub fn open(ordinal: usize) -> std::result::Result<Gpu, String> {
+    pub fn load(ordinal: usize) -> std::result::Result<Arc<Loaded>, String> {
         let mut why = Vec::new();
         match cuda::CudaDriver::open(ordinal) {
-            Ok(d) => return Gpu::with_driver(Box::new(d), crate::kernels::NVIDIA.unwrap_or(&[])),
+            Ok(d) => return Gpu::load_driver(Box::new(d), crate::kernels::NVIDIA.unwrap_or(&[])),
             Err(e) => why.push(format!("NVIDIA: {e}")),
         }
         #[cfg(feature = "rocm")]
         match rocm::HipDriver::open(ordinal) {
-            Ok(d) => return Gpu::with_driver(Box::new(d), crate::kernels::AMD.unwrap_or(&[])),
+            Ok(d) => return Gpu::load_driver(Box::new(d), crate::kernels::AMD.unwrap_or(&[])),
             Err(e) => why.push(format!("AMD: {e}")),
         }
         #[cfg(not(feature = "rocm"))]
@@ -193,10 +220,10 @@ impl Gpu {
         Err(why.join("; "))
     }
 
-    /// A GPU on `drv`: a stream, staging, and every kernel of [`Kernel::all`] resolved once from
-    /// `images` (module name, code object) into the kernel table. A missing kernel is an error
-    /// naming it (a build that does not match this crate), never a lookup at launch time.
-    pub(crate) fn with_driver(drv: Box<dyn Driver>, images: &[(&str, &[u8])]) -> std::result::Result<Gpu, String> {
+    /// Every kernel of [`Kernel::all`] resolved once from `images` (module name, code object)
+    /// into the kernel table. A missing kernel is an error naming it (a build that does not
+    /// match this crate), never a lookup at launch time.
+    pub(crate) fn load_driver(drv: Box<dyn Driver>, images: &[(&str, &[u8])]) -> std::result::Result<Arc<Loaded>, String> {
         let s = |e: Error| e.to_string();
         drv.bind().map_err(s)?;
         let mut modules = HashMap::new();
@@ -213,41 +240,65 @@ impl Gpu {
             }
             kernels.insert(k, f);
         }
-        let stream = drv.stream_create().map_err(s)?;
-        let staging = match Staging::new(drv.as_ref()) {
-            Ok(st) => st,
-            Err(e) => {
-                drv.stream_destroy(stream);
-                return Err(e.to_string());
-            }
-        };
         let device = match drv.props().vendor {
             Vendor::Nvidia => Device::cuda(drv.ordinal()),
             Vendor::Amd => Device::rocm(drv.ordinal()),
         };
-        Ok(Gpu { inner: Arc::new(Inner { drv, stream, staging, kernels, device }) })
+        Ok(Arc::new(Loaded { drv, kernels, device }))
+    }
+
+    /// A new non-blocking stream (with its staging) on a loaded device.
+    pub fn on(dev: &Arc<Loaded>) -> Result<Gpu> {
+        let drv = dev.drv.as_ref();
+        drv.bind()?;
+        let stream = drv.stream_create()?;
+        let staging = match Staging::new(drv) {
+            Ok(st) => st,
+            Err(e) => {
+                drv.stream_destroy(stream);
+                return Err(e);
+            }
+        };
+        Ok(Gpu { inner: Arc::new(Inner { dev: dev.clone(), stream, staging }) })
+    }
+
+    /// The loaded device (to open more streams on it).
+    pub fn loaded(&self) -> &Arc<Loaded> {
+        &self.inner.dev
+    }
+
+    /// Whether `b` was allocated on this stream (its free, and the work on it, are ordered
+    /// here).
+    pub fn owns(&self, b: &DeviceBuffer) -> bool {
+        Arc::ptr_eq(&self.inner, &b.owner)
+    }
+
+    /// Loads `drv` with `images` and opens a stream on it (tests).
+    #[cfg(test)]
+    pub(crate) fn with_driver(drv: Box<dyn Driver>, images: &[(&str, &[u8])]) -> std::result::Result<Gpu, String> {
+        Gpu::on(&Gpu::load_driver(drv, images)?).map_err(|e| e.to_string())
     }
 
     /// The API's device id.
     pub fn device(&self) -> Device {
-        self.inner.device
+        self.inner.dev.device
     }
 
     /// What the device can do.
     pub fn props(&self) -> &DeviceProps {
-        self.inner.drv.props()
+        self.inner.dev.drv.props()
     }
 
     fn drv(&self) -> Result<&dyn Driver> {
-        self.inner.drv.bind()?;
-        Ok(self.inner.drv.as_ref())
+        self.inner.dev.drv.bind()?;
+        Ok(self.inner.dev.drv.as_ref())
     }
 
     /// `bytes` of device memory, zero-filled (in stream order: before any later work).
     pub fn alloc(&self, bytes: usize) -> Result<DeviceBuffer> {
         let b = self.alloc_uninit(bytes)?;
         // SAFETY: the range is the allocation just made.
-        unsafe { self.inner.drv.memset(b.ptr, 0, b.len, self.inner.stream) }?;
+        unsafe { self.inner.dev.drv.memset(b.ptr, 0, b.len, self.inner.stream) }?;
         Ok(b)
     }
 
@@ -269,7 +320,7 @@ impl Gpu {
         self.inner.staging.upload(self.drv()?, self.inner.stream, b.ptr, data)?;
         if n < b.len {
             // SAFETY: the tail of the allocation just made.
-            unsafe { self.inner.drv.memset(b.ptr + n as u64, 0, b.len - n, self.inner.stream) }?;
+            unsafe { self.inner.dev.drv.memset(b.ptr + n as u64, 0, b.len - n, self.inner.stream) }?;
         }
         Ok(b)
     }
@@ -309,6 +360,12 @@ impl Gpu {
         Ok(out)
     }
 
+    /// Device memory `(in use, total)` bytes, every process included.
+    pub fn memory_info(&self) -> Result<(usize, usize)> {
+        let (free, total) = self.drv()?.mem_info()?;
+        Ok((total.saturating_sub(free), total))
+    }
+
     /// Device-to-device copy of `bytes` (the bandwidth ceiling benchmarks compare against).
     pub fn copy(&self, dst: DevMut<'_>, src: DevRef<'_>, bytes: usize) -> Result<()> {
         self.check_view("destination", dst.device)?;
@@ -345,8 +402,8 @@ impl Gpu {
     }
 
     pub(crate) fn check_view(&self, what: &str, device: Device) -> Result<()> {
-        if device != self.inner.device {
-            return Err(Error::Device { code: -1, message: format!("{what} memory lives on {device}, this GPU is {}", self.inner.device) });
+        if device != self.inner.dev.device {
+            return Err(Error::Device { code: -1, message: format!("{what} memory lives on {device}, this GPU is {}", self.inner.dev.device) });
         }
         Ok(())
     }
@@ -381,7 +438,7 @@ impl Gpu {
                 ),
             });
         }
-        let f = *self.inner.kernels.get(&kernel).ok_or_else(|| Error::Device { code: -1, message: format!("kernel {} is not loaded", kernel.symbol()) })?;
+        let f = *self.inner.dev.kernels.get(&kernel).ok_or_else(|| Error::Device { code: -1, message: format!("kernel {} is not loaded", kernel.symbol()) })?;
         let drv = self.drv()?;
         let mut arg = *params;
         let grid = [grid[0] as u32, grid[1] as u32, grid[2] as u32];
@@ -400,17 +457,17 @@ pub(crate) struct DeviceBuffer {
 
 impl std::fmt::Debug for DeviceBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DeviceBuffer({} bytes on {})", self.len, self.owner.device)
+        write!(f, "DeviceBuffer({} bytes on {})", self.len, self.owner.dev.device)
     }
 }
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
         // A failed bind leaks the memory rather than free it on another device's context.
-        if self.owner.drv.bind().is_ok() {
+        if self.owner.dev.drv.bind().is_ok() {
             // SAFETY: allocated by this driver on this stream, freed once; queued users are
             // ordered before the free.
-            unsafe { self.owner.drv.free(self.ptr, self.owner.stream) };
+            unsafe { self.owner.dev.drv.free(self.ptr, self.owner.stream) };
         }
     }
 }
@@ -422,15 +479,15 @@ impl DeviceBuffer {
     }
     /// The device it lives on.
     pub fn device(&self) -> Device {
-        self.owner.device
+        self.owner.dev.device
     }
     /// A read-only view of all of it.
     pub fn view(&self) -> DevRef<'_> {
-        DevRef { addr: self.ptr, bytes: self.len, device: self.owner.device, _l: PhantomData }
+        DevRef { addr: self.ptr, bytes: self.len, device: self.owner.dev.device, _l: PhantomData }
     }
     /// A writable view of all of it.
     pub fn view_mut(&mut self) -> DevMut<'_> {
-        DevMut { addr: self.ptr, bytes: self.len, device: self.owner.device, _l: PhantomData }
+        DevMut { addr: self.ptr, bytes: self.len, device: self.owner.dev.device, _l: PhantomData }
     }
 }
 

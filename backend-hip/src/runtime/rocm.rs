@@ -55,6 +55,21 @@ fn event(e: u64) -> sys::hipEvent_t {
 }
 
 impl HipDriver {
+    /// AMD GPUs visible (0 without kernels for them, a driver, or a device).
+    pub fn device_count() -> usize {
+        if crate::kernels::AMD.is_none() {
+            return 0;
+        }
+        let mut count = 0;
+        // SAFETY: plain FFI calls with a valid out-pointer; statuses checked.
+        unsafe {
+            if sys::hipInit(0) != sys::hipError_t::hipSuccess || sys::hipGetDeviceCount(&mut count) != sys::hipError_t::hipSuccess {
+                return 0;
+            }
+        }
+        count.max(0) as usize
+    }
+
     pub fn open(ordinal: usize) -> std::result::Result<HipDriver, String> {
         if crate::kernels::AMD.is_none() {
             return Err(crate::kernels::AMD_MISSING.to_string());
@@ -225,6 +240,13 @@ impl Driver for HipDriver {
     fn event_sync(&self, e: u64) -> Result<()> {
         // SAFETY: a live event.
         check("hipEventSynchronize", unsafe { sys::hipEventSynchronize(event(e)) })
+    }
+
+    fn mem_info(&self) -> Result<(usize, usize)> {
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: valid out-pointers.
+        check("hipMemGetInfo", unsafe { sys::hipMemGetInfo(&mut free, &mut total) })?;
+        Ok((free, total))
     }
 
     fn event_elapsed_ms(&self, start: u64, end: u64) -> Result<f32> {

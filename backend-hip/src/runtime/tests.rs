@@ -21,7 +21,7 @@ fn every_kernel_is_resolved_once_at_load_without_probing() {
     let fake = FakeDriver::new(0, h100_props());
     let gpu = gpu_on(&fake);
     assert_eq!(fake.lookups_failed(), 0, "a lookup failed while loading: the table probed");
-    assert_eq!(gpu.inner.kernels.len(), Kernel::all().len());
+    assert_eq!(gpu.inner.dev.kernels.len(), Kernel::all().len());
     // A build missing one kernel cannot open, and says which.
     let broken = FakeDriver::new(0, h100_props());
     broken.remove_symbol("attn_merge_bf16");

@@ -17,7 +17,7 @@ fn bind_rope(ctx: &Ctx<'_>, c: &mut KvCache, config: &RopeConfig, freqs: &RopeFr
     let key: Vec<u64> = freqs.inv_freq.iter().map(|f| f.to_bits()).collect();
     let table = ctx.table(freqs)?;
     let want = BoundRope { key, table, rotary_dim: config.rotary_dim, interleaved: config.style == RopeStyle::Interleaved, factor: freqs.attention_factor as f32 };
-    let p = cache_mut(c, ctx.name, ctx.gpu.device())?;
+    let p = cache_mut(c, ctx.name, ctx.gpu)?;
     match &p.rope {
         Some(b) if b.key != want.key || b.rotary_dim != want.rotary_dim || b.interleaved != want.interleaved || b.factor.to_bits() != want.factor.to_bits() => Err(Error::InvalidArgument(format!(
             "{}: this cache holds unrotated keys for another RoPE configuration (rotary_dim {}, {} pairs); one cache serves one configuration",
@@ -41,14 +41,14 @@ pub(crate) fn step(ctx: &Ctx<'_>, append: Kernel, attention: &AttnLaunch, a: Ste
     let spec = cache.spec().clone();
     let (kv, vv) = (ctx.q(k, "k")?, ctx.q(v, "v")?);
     {
-        let pools = cache_mut(cache, ctx.name, ctx.gpu.device())?;
+        let pools = cache_mut(cache, ctx.name, ctx.gpu)?;
         if pools.pos.is_none() {
             return Err(Error::Device { code: -1, message: format!("{}: cache made without slot positions", ctx.name) });
         }
         kv_append::append(ctx.gpu, append, slots.len(), spec.num_kv_heads, spec.head_dim, kv, vv, pool_mut(pools, spec.pool_slots()), meta.part(1), Some(meta.part(0)))?;
     }
     let heads = q.shape()[1];
-    let pos = crate::storage::cache(cache, ctx.name, ctx.gpu.device())?.pos.as_ref().map(|p| p.view());
+    let pos = crate::storage::cache(cache, ctx.name, ctx.gpu)?.pos.as_ref().map(|p| p.view());
     let rope = AttnRope {
         q_pos: Some(meta.part(0)),
         k_pos: pos,

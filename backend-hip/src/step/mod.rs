@@ -33,10 +33,10 @@ impl Ctx<'_> {
         self.tables.get(self.gpu, freqs)
     }
     fn q<'t>(&self, t: &'t backend_api::Tensor, what: &str) -> Result<DevRef<'t>> {
-        Ok(tensor(t, what, self.name, self.gpu.device())?.buf.view())
+        Ok(tensor(t, what, self.name, &self.gpu)?.buf.view())
     }
     fn q_mut<'t>(&self, t: &'t mut backend_api::Tensor, what: &str) -> Result<DevMut<'t>> {
-        Ok(tensor_mut(t, what, self.name, self.gpu.device())?.buf.view_mut())
+        Ok(tensor_mut(t, what, self.name, &self.gpu)?.buf.view_mut())
     }
 }
 
@@ -82,7 +82,7 @@ pub(crate) fn kv_append(ctx: &Ctx<'_>, kernel: Kernel, a: AppendArgs<'_>) -> Res
     let meta = ctx.gpu.upload_meta(&[&slots])?;
     let spec = c.spec().clone();
     let (kv, vv) = (ctx.q(k, "k")?, ctx.q(v, "v")?);
-    let pools = cache_mut(c, ctx.name, ctx.gpu.device())?;
+    let pools = cache_mut(c, ctx.name, ctx.gpu)?;
     kv_append::append(ctx.gpu, kernel, slots.len(), spec.num_kv_heads, spec.head_dim, kv, vv, pool_mut(pools, spec.pool_slots()), meta.part(0), None)
 }
 
@@ -101,7 +101,7 @@ fn addressing<'c>(c: &'c KvCache, batch: &Batch, bases: &'c mut Vec<usize>) -> K
 #[allow(clippy::too_many_arguments)]
 fn cache_attention(ctx: &Ctx<'_>, l: &AttnLaunch, q: DevRef<'_>, heads: usize, c: &KvCache, batch: &Batch, kv_lens: &[usize], params: AttentionParams, out: DevMut<'_>, rope: Option<AttnRope<'_>>) -> Result<()> {
     let spec = c.spec();
-    let pools = cache(c, ctx.name, ctx.gpu.device())?;
+    let pools = cache(c, ctx.name, ctx.gpu)?;
     let mut bases = Vec::new();
     let kv = KvSource { k: pools.k.view(), v: pools.v.view(), rows: spec.pool_slots(), kv_heads: spec.num_kv_heads, at: addressing(c, batch, &mut bases) };
     let call = AttnCall { dtype: spec.dtype, heads, head_dim: spec.head_dim, q, out, q_lens: batch.q_lens(), kv_lens, kv, causal: params.causal, scale: params.scale, rope };
@@ -120,7 +120,7 @@ pub(crate) fn attention(ctx: &Ctx<'_>, l: &AttnLaunch, a: AttentionArgs<'_>) -> 
     let heads = a.q.shape()[1];
     let q = ctx.q(a.q, "q")?;
     let out = ctx.q_mut(a.out, "out")?;
-    let rope = if rotates_keys(l) { cache_key_rope(cache(a.cache, ctx.name, ctx.gpu.device())?) } else { None };
+    let rope = if rotates_keys(l) { cache_key_rope(cache(a.cache, ctx.name, ctx.gpu)?) } else { None };
     cache_attention(ctx, l, q, heads, a.cache, a.batch, &a.kv_lens, a.params, out, rope)
 }
 
@@ -167,7 +167,7 @@ pub(crate) fn shift(ctx: &Ctx<'_>, l: &RopeLaunch, a: ShiftArgs<'_>) -> Result<(
     let meta = ctx.gpu.upload_meta(&[&deltas, &slots])?;
     let table = ctx.table(&freqs)?;
     let spec = c.spec().clone();
-    let pools = cache_mut(c, ctx.name, ctx.gpu.device())?;
+    let pools = cache_mut(c, ctx.name, ctx.gpu)?;
     let s = RopeShape { tokens: n, q_heads: 0, k_heads: spec.num_kv_heads, head_dim: spec.head_dim };
     let t = RopeTable { inv_freq: table.view(), rotary_dim: config.rotary_dim, factor: 1.0 };
     rope::shift(ctx.gpu, l, s, pool_mut(pools, spec.pool_slots()), meta.part(0), meta.part(1), t)
@@ -185,7 +185,7 @@ fn rope_into_cache(ctx: &Ctx<'_>, l: &RopeLaunch, a: &mut StepArgs<'_>, rotate_q
     let t = RopeTable { inv_freq: table.view(), rotary_dim: a.config.rotary_dim, factor: a.freqs.attention_factor as f32 };
     let q = if rotate_q { Some(ctx.q_mut(a.q, "q")?) } else { None };
     let (k, v) = (ctx.q(a.k, "k")?, ctx.q(a.v, "v")?);
-    let pools = cache_mut(a.cache, ctx.name, ctx.gpu.device())?;
+    let pools = cache_mut(a.cache, ctx.name, ctx.gpu)?;
     rope::into_cache(ctx.gpu, l, s, q, k, v, pool_mut(pools, spec.pool_slots()), meta.part(0), meta.part(1), t)?;
     Ok((meta, table))
 }
