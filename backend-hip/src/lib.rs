@@ -61,6 +61,7 @@ pub mod kernels {
 }
 
 pub use plan::Strategy;
+pub use runtime::foreign::{ForeignMemory, ForeignStream};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -120,6 +121,21 @@ impl HipBackend {
     pub fn open_with_own_stream(name: &'static str, strategy: Strategy, ordinal: usize) -> std::result::Result<Self, String> {
         let gpu = Gpu::on(device(ordinal)?.loaded()).map_err(|e| e.to_string())?;
         Ok(HipBackend { name, strategy, gpu, tables: RopeTables::default() })
+    }
+
+    /// Opens backend `name` on GPU `ordinal` on the caller's stream: every op is queued on it,
+    /// ordered with the caller's own work there, and nothing synchronises it behind the
+    /// caller's back (reads to the host wait for it, as they must).
+    pub fn open_on_stream(name: &'static str, strategy: Strategy, ordinal: usize, stream: ForeignStream) -> std::result::Result<Self, String> {
+        let gpu = Gpu::on_foreign(device(ordinal)?.loaded(), stream).map_err(|e| e.to_string())?;
+        Ok(HipBackend { name, strategy, gpu, tables: RopeTables::default() })
+    }
+
+    /// A contiguous tensor of `shape` and `dtype` over caller memory (an engine's buffer),
+    /// without a copy: length, alignment and device are checked; attnforge never frees it.
+    pub fn borrow(&self, mem: ForeignMemory, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let buf = self.gpu.borrow(mem)?;
+        Tensor::from_storage(shape.to_vec(), dtype, self.device(), Box::new(GpuTensor { buf, dtype }))
     }
 
     /// The fusion strategy.
@@ -386,6 +402,33 @@ mod tests {
         b.rope(&mut qb, &mut kb, &[0, 1], &rope).unwrap();
         a.rope(&mut qa, &mut ka, &[0, 1], &rope).unwrap();
         assert_eq!(fake.launches().len(), before + 2);
+        assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+    }
+
+    /// Caller memory: checked (null, alignment, device memory), never freed, usable by any
+    /// instance on its device; too short for its shape is StorageTooSmall.
+    #[test]
+    #[allow(unsafe_code)] // test only: it plays the engine that promises its memory stays allocated
+    fn borrowed_memory_is_checked_and_never_freed() {
+        let fake = FakeDriver::new(0, h100_props());
+        let gpu = Gpu::with_driver(Box::new(fake.clone()), &fake_images()).unwrap();
+        let engine = gpu.alloc(4096).unwrap(); // stands for the engine's own allocation
+        let base = engine.view().addr_for_tests();
+        let hb = HipBackend { name: FLASH, strategy: Strategy::Flash, gpu: Gpu::on(gpu.loaded()).unwrap(), tables: RopeTables::default() };
+        // SAFETY (test): the fake's memory stays allocated (`engine`) for the whole test.
+        let mem = |ptr: u64, len: usize| unsafe { ForeignMemory::from_raw(ptr, len) };
+        assert_eq!(hb.borrow(mem(0, 64), &[16], DType::F32).unwrap_err().kind(), "InvalidArgument");
+        assert_eq!(hb.borrow(mem(base + 4, 64), &[16], DType::F32).unwrap_err().kind(), "InvalidArgument");
+        assert_eq!(hb.borrow(mem(base + (1 << 40), 64), &[16], DType::F32).unwrap_err().kind(), "InvalidArgument");
+        assert_eq!(hb.borrow(mem(base, 1 << 20), &[16], DType::F32).unwrap_err().kind(), "InvalidArgument", "runs past the allocation");
+        assert_eq!(hb.borrow(mem(base, 32), &[16], DType::F32).unwrap_err().kind(), "StorageTooSmall");
+        let t = hb.borrow(mem(base + 1024, 64), &[16], DType::F32).unwrap();
+        let be = Backend::new(Arc::new(hb));
+        be.download(&t).unwrap();
+        drop(t);
+        drop(be);
+        // Still allocated (the view freed nothing): the engine's buffer can be read back.
+        assert_eq!(gpu.read(engine.view(), 4096).unwrap().len(), 4096);
         assert!(fake.violations().is_empty(), "{:?}", fake.violations());
     }
 }

@@ -208,3 +208,66 @@ fn two_instances_on_one_gpu_from_two_threads_match_one() {
     let reference = registry::get("cpu").unwrap();
     conformance::sharded::check_sharded(&[a, b], &reference, &p).unwrap();
 }
+
+/// The engine's stream: an engine (cudarc here) owns Q/K/V and the outputs in its own device
+/// memory and writes new Q/K/V on its own stream every step; attnforge, opened on that stream
+/// and viewing those buffers without copies, rotates, appends and attends on the same stream,
+/// with no synchronisation in between for 40 steps. Every step's output matches the reference.
+#[test]
+#[serial]
+fn engine_stream_orders_engine_writes_and_attnforge_ops() {
+    use backend_api::{AttentionParams, Backend, Batch, CacheLayout, KvCacheSpec, RopeConfig, StepInputs};
+    use backend_hip::{ForeignMemory, ForeignStream, HipBackend, Strategy};
+    use cudarc::driver::{CudaContext, CudaSlice, DevicePtr};
+    use std::sync::Arc;
+    let Some(_) = gpu_backend("hip-flash") else { return };
+    let ctx = CudaContext::new(0).unwrap();
+    let stream = ctx.new_stream().unwrap();
+    // SAFETY: a live stream of GPU 0's primary context; `stream` outlives the backend (dropped
+    // at the end of the test, after `be` and `hb`).
+    let fs = unsafe { ForeignStream::from_raw(stream.cu_stream() as *mut std::ffi::c_void) };
+    let hb = Arc::new(HipBackend::open_on_stream("hip-flash", Strategy::Flash, 0, fs).unwrap());
+    let be = Backend::new(hb.clone());
+    let cpu = registry::get("cpu").unwrap();
+    let (h, hk, d, steps) = (8usize, 2usize, 64usize, 40usize);
+    let rope = RopeConfig::new(d, 10000.0, steps);
+    let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: DType::F32, layout: CacheLayout::Contiguous { capacity: steps } };
+    let (mut cache, mut cpu_cache) = (be.create_kv_cache(&spec).unwrap(), cpu.create_kv_cache(&spec).unwrap());
+    let mut qb = stream.alloc_zeros::<f32>(h * d).unwrap();
+    let mut kb = stream.alloc_zeros::<f32>(hk * d).unwrap();
+    let mut vb = stream.alloc_zeros::<f32>(hk * d).unwrap();
+    let outs: Vec<CudaSlice<f32>> = (0..steps).map(|_| stream.alloc_zeros::<f32>(h * d).unwrap()).collect();
+    let ptr = |s: &CudaSlice<f32>| s.device_ptr(&stream).0;
+    // SAFETY: every buffer is the engine's and outlives the views (all work is synchronised
+    // before they are dropped); they are written only on `stream`.
+    let view = |p: u64, n: usize, shape: &[usize]| hb.borrow(unsafe { ForeignMemory::from_raw(p, 4 * n) }, shape, DType::F32).unwrap();
+    let batch = Batch::uniform(1, 1).unwrap();
+    let mut rng = conformance::rng::Rng::new(77);
+    let mut want = Vec::new();
+    for step in 0..steps {
+        let (qh, kh, vh) = (rng.normals(h * d, 1.0), rng.normals(hk * d, 1.0), rng.normals(hk * d, 1.0));
+        // The engine's writes, queued on its stream (no wait).
+        stream.memcpy_htod(&qh, &mut qb).unwrap();
+        stream.memcpy_htod(&kh, &mut kb).unwrap();
+        stream.memcpy_htod(&vh, &mut vb).unwrap();
+        let (mut q, mut k, v) = (view(ptr(&qb), h * d, &[1, h, d]), view(ptr(&kb), hk * d, &[1, hk, d]), view(ptr(&vb), hk * d, &[1, hk, d]));
+        let mut out = view(ptr(&outs[step]), h * d, &[1, h, d]);
+        let positions = [step as u32];
+        be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params: AttentionParams::causal(d), out: &mut out })
+            .unwrap();
+        // The reference, on the host.
+        let (mut cq, mut ck, cv) = (cpu.upload(&qh, &[1, h, d], DType::F32).unwrap(), cpu.upload(&kh, &[1, hk, d], DType::F32).unwrap(), cpu.upload(&vh, &[1, hk, d], DType::F32).unwrap());
+        let mut co = cpu.alloc(&[1, h, d], DType::F32).unwrap();
+        cpu.rope_append_attend(StepInputs { q: &mut cq, k: &mut ck, v: &cv, positions: &positions, rope: &rope, cache: &mut cpu_cache, batch: &batch, params: AttentionParams::causal(d), out: &mut co })
+            .unwrap();
+        want.push(cpu.download(&co).unwrap());
+    }
+    stream.synchronize().unwrap();
+    for (step, w) in want.iter().enumerate() {
+        let got = stream.clone_dtoh(&outs[step]).unwrap();
+        let golden: Vec<f64> = w.iter().map(|&x| x as f64).collect();
+        conformance::tolerance::compare(&format!("step {step} on the engine's stream"), &got, w, &golden, DType::F32).unwrap();
+    }
+    drop(be);
+    drop(hb);
+}

@@ -191,6 +191,13 @@ impl Driver for CudaDriver {
         unsafe { result::event::synchronize(event(e)) }.map_err(dev("cuEventSynchronize"))
     }
 
+    fn pointer_ordinal(&self, ptr: u64) -> Result<Option<usize>> {
+        let mut ordinal: i32 = -1;
+        // SAFETY: a query with a valid out-pointer of the attribute's type (int).
+        let r = unsafe { sys::cuPointerGetAttribute(&mut ordinal as *mut i32 as *mut c_void, sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, ptr) };
+        Ok((r == sys::CUresult::CUDA_SUCCESS && ordinal >= 0).then_some(ordinal as usize))
+    }
+
     fn mem_info(&self) -> Result<(usize, usize)> {
         result::mem_get_info().map_err(dev("cuMemGetInfo"))
     }

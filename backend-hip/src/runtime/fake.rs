@@ -324,6 +324,12 @@ impl Driver for FakeDriver {
         Ok(())
     }
 
+    fn pointer_ordinal(&self, ptr: u64) -> Result<Option<usize>> {
+        let st = self.enter("pointer_ordinal")?;
+        let inside = st.memory.range(..=ptr).next_back().is_some_and(|(&base, m)| ptr < base + m.len() as u64);
+        Ok(inside.then_some(self.ordinal))
+    }
+
     fn mem_info(&self) -> Result<(usize, usize)> {
         let st = self.enter("mem_info")?;
         let used: usize = st.memory.values().map(|m| m.len()).sum();

@@ -19,6 +19,7 @@
 #![allow(unsafe_code)]
 
 mod cuda;
+pub mod foreign;
 #[cfg(test)]
 pub(crate) mod fake;
 pub(crate) mod launch;
@@ -102,6 +103,9 @@ pub(crate) trait Driver: Send + Sync {
     unsafe fn pinned_free(&self, p: *mut u8);
     /// Free and total bytes of the device.
     fn mem_info(&self) -> Result<(usize, usize)>;
+    /// The device ordinal that device address `ptr` belongs to, if the driver knows it as
+    /// device memory (an engine's allocation handed in as a borrowed view).
+    fn pointer_ordinal(&self, ptr: u64) -> Result<Option<usize>>;
     fn event_create(&self, timing: bool) -> Result<u64>;
     fn event_destroy(&self, e: u64);
     fn event_record(&self, e: u64, s: u64) -> Result<()>;
@@ -162,6 +166,10 @@ impl std::fmt::Debug for Loaded {
 struct Inner {
     dev: Arc<Loaded>,
     stream: u64,
+    /// Created here (destroyed on drop), or the caller's.
+    own_stream: bool,
+    /// What keeps a caller's stream alive (e.g. its cudarc `Arc<CudaStream>`).
+    _keep: Option<Box<dyn std::any::Any + Send + Sync>>,
     staging: Staging,
 }
 
@@ -170,7 +178,7 @@ impl Drop for Inner {
         let drv = self.dev.drv.as_ref();
         let drained = drv.bind().and_then(|_| drv.stream_sync(self.stream)).is_ok();
         self.staging.release(drv, drained);
-        if drained {
+        if drained && self.own_stream {
             drv.stream_destroy(self.stream);
         }
     }
@@ -259,7 +267,43 @@ impl Gpu {
                 return Err(e);
             }
         };
-        Ok(Gpu { inner: Arc::new(Inner { dev: dev.clone(), stream, staging }) })
+        Ok(Gpu { inner: Arc::new(Inner { dev: dev.clone(), stream, own_stream: true, _keep: None, staging }) })
+    }
+
+    /// A `Gpu` on the caller's stream (an engine's stream: every op is queued on it, ordered
+    /// with the engine's own work; dropping the `Gpu` waits for the stream, then leaves it to
+    /// the caller, who also keeps it alive: [`foreign::ForeignStream`]'s contract).
+    pub fn on_foreign(dev: &Arc<Loaded>, stream: foreign::ForeignStream) -> Result<Gpu> {
+        if stream.raw == 0 {
+            return Err(Error::InvalidArgument("the legacy NULL stream is not accepted: pass a stream of your own".into()));
+        }
+        let drv = dev.drv.as_ref();
+        drv.bind()?;
+        let staging = Staging::new(drv)?;
+        Ok(Gpu { inner: Arc::new(Inner { dev: dev.clone(), stream: stream.raw, own_stream: false, _keep: stream.keep, staging }) })
+    }
+
+    /// A view of caller memory (never freed here). Checked: not null, 16-byte aligned (the
+    /// kernels' vector accesses), and device memory of this GPU as far as the driver can tell;
+    /// the rest is [`foreign::ForeignMemory`]'s contract.
+    pub fn borrow(&self, m: foreign::ForeignMemory) -> Result<DeviceBuffer> {
+        let (ptr, len) = (m.ptr, m.len);
+        if ptr == 0 || ptr % 16 != 0 {
+            return Err(Error::InvalidArgument(format!("device pointer {ptr:#x} must be non-null and 16-byte aligned (the kernels load 16 bytes at a time)")));
+        }
+        if ptr.checked_add(len as u64).is_none() {
+            return Err(Error::InvalidArgument(format!("{len} bytes at {ptr:#x} overflow the address space")));
+        }
+        let drv = self.drv()?;
+        let dev = self.inner.dev.device;
+        for at in [ptr, ptr + len.max(1) as u64 - 1] {
+            match drv.pointer_ordinal(at)? {
+                Some(o) if o == dev.ordinal => {}
+                Some(o) => return Err(Error::WrongDevice { what: format!("borrowed memory at {ptr:#x}"), backend: "this GPU".into(), expected: dev, got: Device { ordinal: o, ..dev } }),
+                None => return Err(Error::InvalidArgument(format!("{at:#x} is not device memory the driver knows ({len} bytes at {ptr:#x})"))),
+            }
+        }
+        Ok(DeviceBuffer { ptr, len, owner: self.inner.clone(), borrowed: true })
     }
 
     /// The loaded device (to open more streams on it).
@@ -270,7 +314,8 @@ impl Gpu {
     /// Whether `b` was allocated on this stream (its free, and the work on it, are ordered
     /// here).
     pub fn owns(&self, b: &DeviceBuffer) -> bool {
-        Arc::ptr_eq(&self.inner, &b.owner)
+        // Borrowed memory is the caller's to order; any instance on its device may use it.
+        Arc::ptr_eq(&self.inner, &b.owner) || (b.borrowed && Arc::ptr_eq(&self.inner.dev, &b.owner.dev))
     }
 
     /// Loads `drv` with `images` and opens a stream on it (tests).
@@ -309,7 +354,7 @@ impl Gpu {
         let len = bytes.max(1);
         // SAFETY: the stream is live as long as `inner`, which the buffer keeps.
         let ptr = unsafe { drv.malloc(len, self.inner.stream) }?;
-        Ok(DeviceBuffer { ptr, len, owner: self.inner.clone() })
+        Ok(DeviceBuffer { ptr, len, owner: self.inner.clone(), borrowed: false })
     }
 
     /// A new zero-padded buffer holding `data` (through pinned staging: returns once the bytes
@@ -453,6 +498,8 @@ pub(crate) struct DeviceBuffer {
     ptr: u64,
     len: usize,
     owner: Arc<Inner>,
+    /// Caller memory (never freed here).
+    borrowed: bool,
 }
 
 impl std::fmt::Debug for DeviceBuffer {
@@ -464,7 +511,7 @@ impl std::fmt::Debug for DeviceBuffer {
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
         // A failed bind leaks the memory rather than free it on another device's context.
-        if self.owner.dev.drv.bind().is_ok() {
+        if !self.borrowed && self.owner.dev.drv.bind().is_ok() {
             // SAFETY: allocated by this driver on this stream, freed once; queued users are
             // ordered before the free.
             unsafe { self.owner.dev.drv.free(self.ptr, self.owner.stream) };
@@ -511,6 +558,12 @@ pub(crate) struct DevMut<'a> {
 }
 
 impl DevRef<'_> {
+    /// The address (tests that stand in for an engine handing its memory back in).
+    #[cfg(test)]
+    pub fn addr_for_tests(&self) -> u64 {
+        self.addr
+    }
+
     /// Bytes viewed.
     pub fn bytes(&self) -> usize {
         self.bytes

@@ -242,6 +242,17 @@ impl Driver for HipDriver {
         check("hipEventSynchronize", unsafe { sys::hipEventSynchronize(event(e)) })
     }
 
+    fn pointer_ordinal(&self, ptr: u64) -> Result<Option<usize>> {
+        // SAFETY: a query with a valid out-pointer.
+        unsafe {
+            let mut attr: sys::hipPointerAttribute_t = std::mem::zeroed();
+            if sys::hipPointerGetAttributes(&mut attr, ptr as usize as *const c_void) != sys::hipError_t::hipSuccess {
+                return Ok(None);
+            }
+            Ok((attr.device >= 0).then_some(attr.device as usize))
+        }
+    }
+
     fn mem_info(&self) -> Result<(usize, usize)> {
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: valid out-pointers.
