@@ -108,6 +108,12 @@ pub mod registry {
         backend_api::registry::select(problem)
     }
 
+    /// [`select_with`] on device `ordinal` (see [`backend_api::registry::select_on`]).
+    pub fn select_on(problem: &ProblemDesc, forced: Option<&str>, ordinal: usize) -> Result<Selection> {
+        crate::link_backends();
+        backend_api::registry::select_on(problem, forced, ordinal)
+    }
+
     /// [`select`] with an explicit override instead of the environment.
     pub fn select_with(problem: &ProblemDesc, forced: Option<&str>) -> Result<Selection> {
         crate::link_backends();

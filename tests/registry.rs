@@ -192,3 +192,15 @@ fn instances_per_device_and_typed_errors_for_missing_devices() {
     assert!(made.contains(&(2, false)) && made.contains(&(2, true)), "{made:?}");
     assert_eq!(made.iter().filter(|m| **m == (2, false)).count(), 1, "the shared instance is made once: {made:?}");
 }
+
+#[test]
+fn select_on_a_device_picks_among_the_instances_there() {
+    let problem = ProblemDesc::step(DType::F32, 4, 2, RopeConfig::new(64, 10000.0, 64), CacheLayout::Contiguous { capacity: 8 });
+    // Device 2: only test-multi has one (cpu and the others see one device).
+    let sel = registry::select_on(&problem, None, 2).unwrap();
+    assert_eq!(sel.backend.name(), "test-multi");
+    let cpu_why = sel.rejected.iter().find(|(n, _)| n == "cpu").map(|(_, w)| w.clone()).unwrap();
+    assert!(cpu_why.contains("no device 2"), "{cpu_why}");
+    assert_eq!(registry::select_on(&problem, Some("cpu"), 2).unwrap_err().kind(), "NoSuchDevice");
+    assert_eq!(registry::select_on(&problem, Some("cpu"), 0).unwrap().backend.name(), "cpu");
+}

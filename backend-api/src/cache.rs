@@ -240,6 +240,20 @@ impl KvCache {
         self.storage.as_mut()
     }
 
+    /// Drops the tokens of sequence `seq` from position `len` on: speculative decoding's
+    /// rollback of rejected draft tokens. The next append writes at `len`; pool contents past a
+    /// sequence's length are never read by any op. Growing a sequence this way is an error
+    /// (append instead), as is a sequence outside the cache.
+    pub fn truncate(&mut self, seq: usize, len: usize) -> Result<()> {
+        let n = self.spec.num_seqs;
+        let cur = *self.seq_lens.get(seq).ok_or_else(|| Error::InvalidArgument(format!("sequence {seq} is outside the cache ({n} sequences)")))?;
+        if len > cur {
+            return Err(Error::InvalidArgument(format!("truncate sequence {seq} to {len} tokens: it holds {cur} (truncation only drops tokens)")));
+        }
+        self.seq_lens[seq] = len;
+        Ok(())
+    }
+
     pub(crate) fn set_seq_len(&mut self, seq: usize, len: usize) {
         self.seq_lens[seq] = len;
     }

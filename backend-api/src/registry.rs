@@ -284,12 +284,30 @@ pub fn select(problem: &ProblemDesc) -> Result<Selection> {
 /// [`select`] with the override given explicitly (`Some(name)`, e.g. from a CLI flag) instead of
 /// read from the environment.
 pub fn select_with(problem: &ProblemDesc, forced: Option<&str>) -> Result<Selection> {
-    let _span = tracing::debug_span!("select", forced).entered();
+    select_impl(problem, forced, 0)
+}
+
+/// [`select_with`] among the backends' shared instances on device `ordinal` ([`get_on`]): an
+/// engine picking the backend for each of its GPUs. Backends without that device are rejected
+/// with the reason.
+pub fn select_on(problem: &ProblemDesc, forced: Option<&str>, ordinal: usize) -> Result<Selection> {
+    select_impl(problem, forced, ordinal)
+}
+
+fn select_impl(problem: &ProblemDesc, forced: Option<&str>, ordinal: usize) -> Result<Selection> {
+    let _span = tracing::debug_span!("select", forced, ordinal).entered();
     problem.validate()?;
+    let instance = |slot: &Slot| -> std::result::Result<Backend, String> {
+        if ordinal == 0 {
+            slot.instance()
+        } else {
+            get_on(slot.entry.name, ordinal).map_err(|e| e.to_string())
+        }
+    };
     let mut verdicts: Vec<(&Slot, std::result::Result<Backend, String>)> = REGISTRY
         .values()
         .map(|slot| {
-            let v = slot.instance().and_then(|b| match b.supports_problem(problem) {
+            let v = instance(slot).and_then(|b| match b.supports_problem(problem) {
                 Ok(()) => Ok(b),
                 Err(Error::Unsupported { reasons, .. }) => Err(format!("does not support the problem: {}", reasons.join("; "))),
                 Err(e) => Err(e.to_string()),
@@ -304,7 +322,7 @@ pub fn select_with(problem: &ProblemDesc, forced: Option<&str>) -> Result<Select
             let name = name.trim();
             // The forced backend's own errors: unknown name (listing the known ones), unavailable
             // (with why), or unsupported (every unmet requirement). Never another backend.
-            let b = get(name)?;
+            let b = get_on(name, ordinal)?;
             b.supports_problem(problem)?;
             let i = verdicts.iter().position(|(s, _)| s.entry.name == name).unwrap_or(0);
             (i, format!("forced by {BACKEND_ENV} or the caller"))
