@@ -119,10 +119,18 @@ fn cache_overflow_and_page_tables() {
     let mut p = cache(&be, CacheLayout::Paged { page_size: 2, num_pages: 4 });
     assert_eq!(kind(p.set_page_table(0, &[1, 4])), "PageTableOutOfRange");
     p.set_page_table(0, &[1]).unwrap();
-    assert_eq!(kind(p.set_page_table(1, &[2, 1])), "PageTableOutOfRange"); // page 1 is taken
     assert_eq!(kind(p.set_page_table(1, &[2, 2])), "PageTableOutOfRange"); // twice in one table
     let e = be.kv_append(&mut p, &k, &v, &Batch::new(vec![0], vec![4]).unwrap()).unwrap_err();
     assert_eq!(e, Error::KvCacheOverflow { seq: 0, needed: 4, capacity: 2 }); // out of pages
+    // Page 1 shared by sequences 0 and 1 (prefix caching): both may read it, neither append
+    // into it, and nothing is written by the refused append.
+    p.set_page_table(1, &[1, 2]).unwrap();
+    let (k1, v1) = (t(&be, &[1, 2, 8], DType::F32), t(&be, &[1, 2, 8], DType::F32));
+    let e = be.kv_append(&mut p, &k1, &v1, &Batch::new(vec![0], vec![1]).unwrap()).unwrap_err();
+    assert!(e.kind() == "InvalidArgument" && e.to_string().contains("fork"), "{e}");
+    assert_eq!(p.seq_len(0), 0);
+    p.set_page_table(1, &[2, 3]).unwrap(); // unshared again
+    be.kv_append(&mut p, &k1, &v1, &Batch::new(vec![0], vec![1]).unwrap()).unwrap();
     assert_eq!(kind(p.set_page_table(2, &[0])), "InvalidArgument"); // no sequence 2
     let mut contiguous = cache(&be, CacheLayout::Contiguous { capacity: 3 });
     assert_eq!(kind(contiguous.set_page_table(0, &[0])), "InvalidArgument");

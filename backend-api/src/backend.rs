@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::CacheLayout;
 use crate::args::*;
 use crate::{
     AttentionParams, Batch, CachedSeq, Device, DType, Error, KvCache, KvCacheSpec, KvPool, Op, PlainBatch,
@@ -63,6 +64,23 @@ pub trait AttentionBackend: Send + Sync {
     /// (optional) Waits for queued device work; errors surface here. Default: nothing to wait for.
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+    /// (optional) Copies whole pages of a paged cache's pools (K, V and anything the backend
+    /// keeps per slot), `(from, to)` pairs, for [`Backend::fork_sequence`]. The default goes
+    /// through [`AttentionBackend::read_kv_pool`] / [`AttentionBackend::write_kv_pool`] (a host
+    /// round trip: right for host backends; GPU backends override it with device copies).
+    fn copy_kv_pages(&self, cache: &mut KvCache, pages: &[(u32, u32)]) -> Result<()> {
+        let CacheLayout::Paged { page_size, .. } = cache.spec().layout else {
+            return Err(Error::InvalidArgument("copy_kv_pages on a contiguous KV cache".into()));
+        };
+        let row = page_size * cache.spec().num_kv_heads * cache.spec().head_dim;
+        let mut pool = self.read_kv_pool(cache)?;
+        for &(from, to) in pages {
+            let (f, t) = (from as usize * row, to as usize * row);
+            pool.k.copy_within(f..f + row, t);
+            pool.v.copy_within(f..f + row, t);
+        }
+        self.write_kv_pool(cache, &pool)
     }
     /// (optional) The device's memory as its driver reports it, for every process: `(in use,
     /// total)` bytes; `None` for host backends (the default).
@@ -370,6 +388,44 @@ impl Backend {
         Ok(())
     }
 
+    /// Forks sequence `src` into the empty sequence `dst` of a paged cache (prefix caching, beam
+    /// search, parallel sampling): `dst` reads `src`'s full pages in place (shared, refcounted)
+    /// and gets a copy of its last partial page in `spare_page` (copy-on-write, so both can
+    /// append). `spare_page` must be a page no sequence uses; it is required when `src`'s length
+    /// is not a multiple of the page size. Give `dst` more pages with
+    /// [`KvCache::set_page_table`] (keeping these first) before it grows past them.
+    pub fn fork_sequence(&self, cache: &mut KvCache, src: usize, dst: usize, spare_page: Option<u32>) -> Result<()> {
+        let _span = tracing::debug_span!("fork_sequence", backend = self.name()).entered();
+        self.check_cache(cache)?;
+        let CacheLayout::Paged { page_size, num_pages } = cache.spec().layout else {
+            return Err(Error::InvalidArgument("fork_sequence needs a paged KV cache (a contiguous one has no pages to share)".into()));
+        };
+        let n = cache.spec().num_seqs;
+        if src >= n || dst >= n || src == dst {
+            return Err(Error::InvalidArgument(format!("fork of sequence {src} into {dst}: both must be distinct sequences of the cache ({n})")));
+        }
+        if cache.seq_len(dst) != 0 {
+            return Err(Error::InvalidArgument(format!("fork into sequence {dst}: it holds {} tokens (reset it first)", cache.seq_len(dst))));
+        }
+        let len = cache.seq_len(src);
+        let (full, partial) = (len / page_size, !len.is_multiple_of(page_size));
+        let mut table: Vec<u32> = cache.page_table(src)[..full].to_vec();
+        if partial {
+            let Some(spare) = spare_page else {
+                return Err(Error::InvalidArgument(format!("fork of sequence {src} ({len} tokens, pages of {page_size}): its last page is partial, so a spare page is needed for the copy")));
+            };
+            if spare as usize >= num_pages || cache.page_in_use(spare) {
+                return Err(Error::PageTableOutOfRange { seq: dst, page: spare as usize, num_pages });
+            }
+            let from = cache.page_table(src)[full];
+            self.inner.copy_kv_pages(cache, &[(from, spare)])?;
+            table.push(spare);
+        }
+        cache.set_page_table(dst, &table)?;
+        cache.set_seq_len(dst, len);
+        Ok(())
+    }
+
     /// Context shift: the cached tokens `tokens` of sequence `seq` move by `delta` positions
     /// (llama.cpp's `seq_add`; an engine drops old tokens and shifts the rest back with a
     /// negative `delta`). Every later attention sees those keys as if rotated for their old
@@ -535,6 +591,17 @@ impl Backend {
             let len = cache.seq_len(s);
             if len + q > cache.seq_capacity(s) {
                 return Err(Error::KvCacheOverflow { seq: s, needed: len + q, capacity: cache.seq_capacity(s) });
+            }
+            if let CacheLayout::Paged { page_size, .. } = spec.layout {
+                // Writing into a page another sequence reads would change its keys.
+                let table = cache.page_table(s);
+                for &page in &table[len / page_size..(len + q).div_ceil(page_size)] {
+                    if cache.page_shared(page) {
+                        return Err(Error::InvalidArgument(format!(
+                            "sequence {s} would append into page {page} that another sequence also reads: fork it first (Backend::fork_sequence copies the partial page) or give it a page of its own"
+                        )));
+                    }
+                }
             }
             start.push(len);
         }

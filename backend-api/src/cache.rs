@@ -6,6 +6,12 @@
 //! - paged: K and V each `[num_pages, page_size, num_kv_heads, head_dim]` (vLLM/FlashInfer
 //!   "NHD"); token `t` of sequence `s` lives in page `page_table(s)[t / page_size]`, slot
 //!   `t % page_size`.
+//!
+//! Pages may be shared: several sequences' tables can hold one page (prefix caching, beam
+//! search). Every op reads shared pages; an append that would write into a shared page is
+//! refused (`InvalidArgument`, nothing written). [`crate::Backend::fork_sequence`] forks a
+//! sequence: full pages shared, the partial last page copied (copy-on-write).
+//! [`KvCache::truncate`] rolls a sequence back (speculative decoding).
 
 use crate::tensor::check_storage;
 use crate::{try_vec, DType, Device, Error, Result, Storage};
@@ -111,13 +117,16 @@ impl KvCacheSpec {
 /// A KV cache on a backend's device: K and V pools (backend storage) plus host-side metadata
 /// (sequence lengths, page tables). Created by [`crate::Backend::create_kv_cache`]. Lengths
 /// grow only through appends ([`crate::Backend::kv_append`],
-/// [`crate::Backend::rope_append_attend`]) and [`KvCache::reset`].
+/// [`crate::Backend::rope_append_attend`]) and forks ([`crate::Backend::fork_sequence`]), and
+/// shrink through [`KvCache::truncate`] and [`KvCache::reset`].
 #[derive(Debug)]
 pub struct KvCache {
     spec: KvCacheSpec,
     device: Device,
     seq_lens: Vec<usize>,
     page_tables: Vec<Vec<u32>>,
+    /// Per page, how many sequences' tables hold it (paged caches; empty otherwise).
+    page_refs: Vec<u32>,
     page_table_version: u64,
     storage: Box<dyn Storage>,
 }
@@ -133,7 +142,12 @@ impl KvCache {
         let n = spec.num_seqs;
         let seq_lens = try_vec(n, 0usize, "KV cache sequence lengths")?;
         let page_tables = try_vec(n, Vec::new(), "KV cache page tables")?;
-        Ok(KvCache { spec, device, seq_lens, page_tables, page_table_version: 0, storage })
+        let pages = match spec.layout {
+            CacheLayout::Paged { num_pages, .. } => num_pages,
+            CacheLayout::Contiguous { .. } => 0,
+        };
+        let page_refs = try_vec(pages, 0u32, "KV cache page references")?;
+        Ok(KvCache { spec, device, seq_lens, page_tables, page_refs, page_table_version: 0, storage })
     }
 
     /// Checks the storage against the spec again (ops call this before every use).
@@ -176,7 +190,10 @@ impl KvCache {
     }
 
     /// Sets the pages of sequence `seq` (paged caches only). Every page must be in the pool and
-    /// used by no other sequence, and the table must keep the tokens already stored.
+    /// appear once in the table, and the table must keep the tokens already stored. A page may
+    /// also be in other sequences' tables (prefix caching, beam search): they all read it, and
+    /// appends into a shared page are refused (fork with
+    /// [`crate::Backend::fork_sequence`], which copies the last partial page).
     pub fn set_page_table(&mut self, seq: usize, pages: &[u32]) -> Result<()> {
         let CacheLayout::Paged { page_size, num_pages } = self.spec.layout else {
             return Err(Error::InvalidArgument("set_page_table on a contiguous KV cache".into()));
@@ -184,28 +201,38 @@ impl KvCache {
         if seq >= self.spec.num_seqs {
             return Err(Error::InvalidArgument(format!("sequence {seq} is outside the cache ({} sequences)", self.spec.num_seqs)));
         }
-        let mut used = try_vec(num_pages, false, "page-table check")?;
-        for (s, table) in self.page_tables.iter().enumerate() {
-            if s != seq {
-                for &p in table {
-                    used[p as usize] = true;
-                }
-            }
-        }
+        let mut seen = std::collections::HashSet::new();
         for &p in pages {
-            let p = p as usize;
-            if p >= num_pages || used[p] {
-                return Err(Error::PageTableOutOfRange { seq, page: p, num_pages });
+            if p as usize >= num_pages || !seen.insert(p) {
+                return Err(Error::PageTableOutOfRange { seq, page: p as usize, num_pages });
             }
-            used[p] = true;
         }
         let len = self.seq_lens[seq];
         if pages.len() * page_size < len {
             return Err(Error::KvCacheOverflow { seq, needed: len, capacity: pages.len() * page_size });
         }
-        self.page_tables[seq] = pages.to_vec();
+        let mut table = try_vec(0, 0u32, "page table")?;
+        table.try_reserve_exact(pages.len()).map_err(|_| Error::OutOfMemory { what: "page table".into(), bytes: 4 * pages.len() })?;
+        table.extend_from_slice(pages);
+        for &p in &self.page_tables[seq] {
+            self.page_refs[p as usize] -= 1;
+        }
+        for &p in pages {
+            self.page_refs[p as usize] += 1;
+        }
+        self.page_tables[seq] = table;
         self.page_table_version += 1;
         Ok(())
+    }
+
+    /// Whether page `page` is in more than one sequence's table.
+    pub fn page_shared(&self, page: u32) -> bool {
+        self.page_refs.get(page as usize).is_some_and(|&r| r > 1)
+    }
+
+    /// Whether page `page` is in any sequence's table.
+    pub fn page_in_use(&self, page: u32) -> bool {
+        self.page_refs.get(page as usize).is_some_and(|&r| r > 0)
     }
 
     /// Forgets the tokens of sequence `seq` (length back to 0; pages stay assigned).

@@ -77,8 +77,9 @@ pub enum Error {
         /// Tokens its capacity or page table has room for.
         capacity: usize,
     },
-    /// A page table names a page outside the pool, or a page used twice.
-    #[error("page table of sequence {seq}: page {page} is out of range or already used (pool of {num_pages} pages)")]
+    /// A page table names a page outside the pool or one page twice, or a fork names a spare
+    /// page that is in use.
+    #[error("page table of sequence {seq}: page {page} is out of range, repeated, or (as a fork's spare page) in use (pool of {num_pages} pages)")]
     PageTableOutOfRange {
         /// Sequence index in the cache.
         seq: usize,

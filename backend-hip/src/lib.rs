@@ -276,6 +276,28 @@ impl AttentionBackend for HipBackend {
         self.gpu.synchronize()
     }
 
+    /// Device copies of whole pages (K, V and, for hip-fused, the slots' positions).
+    fn copy_kv_pages(&self, cache: &mut KvCache, pages: &[(u32, u32)]) -> Result<()> {
+        let spec = cache.spec().clone();
+        let CacheLayout::Paged { page_size, num_pages } = spec.layout else {
+            return Err(Error::InvalidArgument("copy_kv_pages on a contiguous KV cache".into()));
+        };
+        if let Some(&(f, t)) = pages.iter().find(|&&(f, t)| f as usize >= num_pages || t as usize >= num_pages || f == t) {
+            return Err(Error::InvalidArgument(format!("copy of page {f} to page {t} in a pool of {num_pages} pages")));
+        }
+        let row = page_size * spec.num_kv_heads * spec.head_dim * spec.dtype.size();
+        let c = cache_mut(cache, self.name, &self.gpu)?;
+        for &(f, t) in pages {
+            let (f, t) = (f as usize, t as usize);
+            self.gpu.copy_within(c.k.view_mut(), f * row, t * row, row)?;
+            self.gpu.copy_within(c.v.view_mut(), f * row, t * row, row)?;
+            if let Some(pos) = c.pos.as_mut() {
+                self.gpu.copy_within(pos.view_mut(), f * page_size * 4, t * page_size * 4, page_size * 4)?;
+            }
+        }
+        Ok(())
+    }
+
     fn memory_info(&self) -> Result<Option<(usize, usize)>> {
         self.gpu.memory_info().map(Some)
     }
@@ -402,6 +424,30 @@ mod tests {
         b.rope(&mut qb, &mut kb, &[0, 1], &rope).unwrap();
         a.rope(&mut qa, &mut ka, &[0, 1], &rope).unwrap();
         assert_eq!(fake.launches().len(), before + 2);
+        assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+    }
+
+    /// Page copies (fork's copy-on-write) are device copies of K, V and hip-fused's positions.
+    #[test]
+    fn pages_are_copied_on_the_device() {
+        let fake = FakeDriver::new(0, h100_props());
+        let gpu = Gpu::with_driver(Box::new(fake.clone()), &fake_images()).unwrap();
+        for strategy in [Strategy::Flash, Strategy::Fused] {
+            let be = Backend::new(Arc::new(HipBackend { name: FLASH, strategy, gpu: gpu.clone(), tables: RopeTables::default() }));
+            let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: 2, head_dim: 16, dtype: DType::F32, layout: CacheLayout::Paged { page_size: 4, num_pages: 4 } };
+            let mut c = be.create_kv_cache(&spec).unwrap();
+            let n = 4 * 4 * 2 * 16;
+            let pool = KvPool { k: (0..n).map(|i| i as f32).collect(), v: (0..n).map(|i| -(i as f32)).collect() };
+            be.write_kv_pool(&mut c, &pool).unwrap();
+            be.inner().copy_kv_pages(&mut c, &[(1, 3)]).unwrap();
+            let got = be.read_kv_pool(&c).unwrap();
+            let row = 4 * 2 * 16;
+            assert_eq!(&got.k[3 * row..4 * row], &pool.k[row..2 * row]);
+            assert_eq!(&got.v[3 * row..4 * row], &pool.v[row..2 * row]);
+            assert_eq!(&got.k[..3 * row], &pool.k[..3 * row], "other pages untouched");
+            assert_eq!(be.inner().copy_kv_pages(&mut c, &[(2, 2)]).unwrap_err().kind(), "InvalidArgument");
+            assert_eq!(be.inner().copy_kv_pages(&mut c, &[(0, 4)]).unwrap_err().kind(), "InvalidArgument");
+        }
         assert!(fake.violations().is_empty(), "{:?}", fake.violations());
     }
 

@@ -244,14 +244,14 @@ fn engine_stream_orders_engine_writes_and_attnforge_ops() {
     let batch = Batch::uniform(1, 1).unwrap();
     let mut rng = conformance::rng::Rng::new(77);
     let mut want = Vec::new();
-    for step in 0..steps {
+    for (step, out_buf) in outs.iter().enumerate() {
         let (qh, kh, vh) = (rng.normals(h * d, 1.0), rng.normals(hk * d, 1.0), rng.normals(hk * d, 1.0));
         // The engine's writes, queued on its stream (no wait).
         stream.memcpy_htod(&qh, &mut qb).unwrap();
         stream.memcpy_htod(&kh, &mut kb).unwrap();
         stream.memcpy_htod(&vh, &mut vb).unwrap();
         let (mut q, mut k, v) = (view(ptr(&qb), h * d, &[1, h, d]), view(ptr(&kb), hk * d, &[1, hk, d]), view(ptr(&vb), hk * d, &[1, hk, d]));
-        let mut out = view(ptr(&outs[step]), h * d, &[1, h, d]);
+        let mut out = view(ptr(out_buf), h * d, &[1, h, d]);
         let positions = [step as u32];
         be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params: AttentionParams::causal(d), out: &mut out })
             .unwrap();
@@ -263,8 +263,8 @@ fn engine_stream_orders_engine_writes_and_attnforge_ops() {
         want.push(cpu.download(&co).unwrap());
     }
     stream.synchronize().unwrap();
-    for (step, w) in want.iter().enumerate() {
-        let got = stream.clone_dtoh(&outs[step]).unwrap();
+    for (step, (w, o)) in want.iter().zip(&outs).enumerate() {
+        let got = stream.clone_dtoh(o).unwrap();
         let golden: Vec<f64> = w.iter().map(|&x| x as f64).collect();
         conformance::tolerance::compare(&format!("step {step} on the engine's stream"), &got, w, &golden, DType::F32).unwrap();
     }

@@ -141,7 +141,7 @@ pub fn run_all_heads(be: &Backend, p: &ShardProblem) -> Result<Vec<Vec<f32>>, St
 /// result). `Err` says which step, shard and element.
 pub fn check_sharded(shards: &[Backend], reference: &Backend, p: &ShardProblem) -> Result<ShardReport, String> {
     let n = shards.len();
-    if n == 0 || p.kv_heads % n != 0 || p.heads % p.kv_heads != 0 {
+    if n == 0 || !p.kv_heads.is_multiple_of(n) || !p.heads.is_multiple_of(p.kv_heads) {
         return Err(format!("{} shards cannot split {} query / {} KV heads (the shard count must divide the KV heads)", n, p.heads, p.kv_heads));
     }
     let data = inputs(p);
@@ -190,7 +190,7 @@ pub struct SoakShard {
 /// report no memory (`Err`).
 pub fn soak(shards: &[Backend], p: &ShardProblem, steps: usize) -> Result<Vec<SoakShard>, String> {
     let n = shards.len();
-    if n == 0 || p.kv_heads % n != 0 {
+    if n == 0 || !p.kv_heads.is_multiple_of(n) {
         return Err(format!("{n} shards cannot split {} KV heads", p.kv_heads));
     }
     let (h, hk, d) = (p.heads / n, p.kv_heads / n, p.head_dim);

@@ -423,6 +423,19 @@ impl Gpu {
         unsafe { drv.dtod(dst.addr, src.addr, bytes, self.inner.stream) }
     }
 
+    /// Copies `bytes` inside one buffer, from byte `from` to byte `to` (non-overlapping ranges,
+    /// stream-ordered): pages of a KV pool.
+    pub fn copy_within(&self, buf: DevMut<'_>, from: usize, to: usize, bytes: usize) -> Result<()> {
+        self.check_view("buffer", buf.device)?;
+        let fits = |o: usize| o.checked_add(bytes).is_some_and(|e| e <= buf.bytes);
+        if !fits(from) || !fits(to) || (from < to + bytes && to < from + bytes) {
+            return Err(Error::InvalidArgument(format!("copy of {bytes} bytes from {from} to {to} inside a buffer of {}: out of range or overlapping", buf.bytes)));
+        }
+        let drv = self.drv()?;
+        // SAFETY: both ranges lie inside the live view and do not overlap (checked above).
+        unsafe { drv.dtod(buf.addr + to as u64, buf.addr + from as u64, bytes, self.inner.stream) }
+    }
+
     /// Waits for queued work; surfaces asynchronous kernel errors.
     pub fn synchronize(&self) -> Result<()> {
         self.drv()?.stream_sync(self.inner.stream)

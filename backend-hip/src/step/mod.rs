@@ -33,10 +33,10 @@ impl Ctx<'_> {
         self.tables.get(self.gpu, freqs)
     }
     fn q<'t>(&self, t: &'t backend_api::Tensor, what: &str) -> Result<DevRef<'t>> {
-        Ok(tensor(t, what, self.name, &self.gpu)?.buf.view())
+        Ok(tensor(t, what, self.name, self.gpu)?.buf.view())
     }
     fn q_mut<'t>(&self, t: &'t mut backend_api::Tensor, what: &str) -> Result<DevMut<'t>> {
-        Ok(tensor_mut(t, what, self.name, &self.gpu)?.buf.view_mut())
+        Ok(tensor_mut(t, what, self.name, self.gpu)?.buf.view_mut())
     }
 }
 
