@@ -267,6 +267,10 @@ fn registry_lists_gets_and_refuses() {
     assert!(list[0].available.as_ref().unwrap_err().contains("no device"));
     let twice = list.iter().find(|b| b.name == "test-twice").unwrap();
     assert!(twice.available.as_ref().unwrap_err().contains("more than one backend"));
+    // On any device, and fresh: a name registered twice is refused, never "first one wins".
+    for e in [registry::get_on("test-twice", 1).unwrap_err(), registry::create_on("test-twice", 0).unwrap_err()] {
+        assert!(e.kind() == "BackendUnavailable" && e.to_string().contains("more than one backend"), "{e}");
+    }
 
     let e = registry::get("nosuch").unwrap_err();
     assert_eq!(e.kind(), "UnknownBackend");

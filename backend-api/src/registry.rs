@@ -233,7 +233,7 @@ pub fn device_count(name: &str) -> Result<usize> {
 /// the backend sees is [`Error::NoSuchDevice`].
 pub fn get_on(name: &str, ordinal: usize) -> Result<Backend> {
     let slot = REGISTRY.get(name).ok_or_else(|| Error::UnknownBackend { name: name.to_string(), known: names() })?;
-    if ordinal == 0 {
+    if ordinal == 0 || slot.duplicate {
         return get(name); // also says why, when the backend is unavailable altogether
     }
     let count = slot.device_count();
