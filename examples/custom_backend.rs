@@ -10,21 +10,26 @@ use std::sync::Arc;
 use attnforge::registry::BackendEntry;
 use attnforge::*;
 
-/// Values of any dtype, held as f32 (rounded to the tensor's dtype when written). Untyped for
-/// the API's storage check (`dtype()` stays `None`): 4 bytes per element cover every dtype.
+/// Values of a tensor of any dtype, held as f32 (rounded to the tensor's dtype when written),
+/// with that dtype: storage whose layout is not the dtype's own must say which dtype it holds
+/// (`dtype()`), or a tensor re-assembled around it under another dtype (twice the elements at
+/// half the size) would pass the API's byte-length check and be indexed past its end.
 #[derive(Debug)]
-struct F32s(Vec<f32>);
+struct F32s(Vec<f32>, DType);
 impl Storage for F32s {
     fn as_any(&self) -> &dyn Any { self }
     fn as_any_mut(&mut self) -> &mut dyn Any { self }
-    fn byte_len(&self) -> usize { 4 * self.0.len() }
+    // Elements held, in the dtype's layout (what the API checks shapes against).
+    fn byte_len(&self) -> usize { self.0.len() * self.1.size() }
+    fn dtype(&self) -> Option<DType> { Some(self.1) }
 }
 #[derive(Debug)]
-struct Pools { k: Vec<f32>, v: Vec<f32> }
+struct Pools { k: Vec<f32>, v: Vec<f32>, dtype: DType }
 impl Storage for Pools {
     fn as_any(&self) -> &dyn Any { self }
     fn as_any_mut(&mut self) -> &mut dyn Any { self }
-    fn byte_len(&self) -> usize { 4 * self.k.len().min(self.v.len()) }
+    fn byte_len(&self) -> usize { self.k.len().min(self.v.len()) * self.dtype.size() }
+    fn dtype(&self) -> Option<DType> { Some(self.dtype) }
 }
 
 fn foreign(what: &str) -> Error {
@@ -50,7 +55,7 @@ impl AttentionBackend for HostF32 {
     }
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::InvalidArgument(format!("shape {shape:?} overflows")))?;
-        Tensor::from_storage(shape.to_vec(), dtype, Device::CPU, Box::new(F32s(try_vec(n, 0.0, "host-f32 tensor")?)))
+        Tensor::from_storage(shape.to_vec(), dtype, Device::CPU, Box::new(F32s(try_vec(n, 0.0, "host-f32 tensor")?, dtype)))
     }
     fn write(&self, dst: &mut Tensor, src: &[f32]) -> Result<()> {
         let dt = dst.dtype();
@@ -64,7 +69,7 @@ impl AttentionBackend for HostF32 {
     }
     fn create_kv_cache(&self, spec: &KvCacheSpec) -> Result<KvCache> {
         let n = spec.pool_len();
-        let pools = Pools { k: try_vec(n, 0.0, "host-f32 K pool")?, v: try_vec(n, 0.0, "host-f32 V pool")? };
+        let pools = Pools { k: try_vec(n, 0.0, "host-f32 K pool")?, v: try_vec(n, 0.0, "host-f32 V pool")?, dtype: spec.dtype };
         KvCache::from_storage(spec.clone(), Device::CPU, Box::new(pools))
     }
     fn read_kv_pool(&self, c: &KvCache) -> Result<KvPool> {

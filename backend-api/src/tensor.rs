@@ -18,11 +18,14 @@ pub trait Storage: Any + Send + Sync + fmt::Debug {
     fn as_any(&self) -> &dyn Any;
     /// For downcasting to the backend's concrete type, mutably.
     fn as_any_mut(&mut self) -> &mut dyn Any;
-    /// Bytes the storage holds. A KV cache's storage holds two pools (K and V): the bytes of the
-    /// smaller one.
+    /// Bytes the storage holds, counted in its dtype's layout: elements held x the dtype's size
+    /// (a storage that keeps f16 values widened to f32 still reports 2 bytes per element). A KV
+    /// cache's storage holds two pools (K and V): the bytes of the smaller one.
     fn byte_len(&self) -> usize;
     /// (optional) The element type the bytes hold, when the storage knows it. Default: `None`
-    /// (untyped bytes; only the length is checked).
+    /// (untyped bytes; only the length is checked). A storage whose physical layout is not the
+    /// dtype's own must report it, or a tensor re-assembled around it under another dtype
+    /// could pass the length check.
     fn dtype(&self) -> Option<DType> {
         None
     }
