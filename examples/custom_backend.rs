@@ -17,19 +17,19 @@ use attnforge::*;
 #[derive(Debug)]
 struct F32s(Vec<f32>, DType);
 impl Storage for F32s {
-    fn as_any(&self) -> &dyn Any { self }
-    fn as_any_mut(&mut self) -> &mut dyn Any { self }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
     // Elements held, in the dtype's layout (what the API checks shapes against).
-    fn byte_len(&self) -> usize { self.0.len() * self.1.size() }
-    fn dtype(&self) -> Option<DType> { Some(self.1) }
-}
-#[derive(Debug)]
-struct Pools { k: Vec<f32>, v: Vec<f32>, dtype: DType }
-impl Storage for Pools {
-    fn as_any(&self) -> &dyn Any { self }
-    fn as_any_mut(&mut self) -> &mut dyn Any { self }
-    fn byte_len(&self) -> usize { self.k.len().min(self.v.len()) * self.dtype.size() }
-    fn dtype(&self) -> Option<DType> { Some(self.dtype) }
+    fn byte_len(&self) -> usize {
+        self.0.len() * self.1.size()
+    }
+    fn dtype(&self) -> Option<DType> {
+        Some(self.1)
+    }
 }
 
 fn foreign(what: &str) -> Error {
@@ -41,17 +41,26 @@ fn data(t: &Tensor) -> Result<&Vec<f32>> {
 fn data_mut(t: &mut Tensor) -> Result<&mut Vec<f32>> {
     t.storage_mut().as_any_mut().downcast_mut::<F32s>().map(|s| &mut s.0).ok_or_else(|| foreign("tensor"))
 }
-fn pools(c: &KvCache) -> Result<&Pools> {
-    c.storage().as_any().downcast_ref::<Pools>().ok_or_else(|| foreign("cache"))
+/// Pool slot offset of token `t`, kv head `h` of sequence `s` (through the page table).
+fn slot(p: &KvPools, m: &KvMetadata, s: usize, t: usize, h: usize) -> usize {
+    (m.slot(s, t) * p.spec().num_kv_heads + h) * p.spec().head_dim
 }
 
 struct HostF32;
 
 impl AttentionBackend for HostF32 {
-    fn name(&self) -> &str { "host-f32" }
-    fn device(&self) -> Device { Device::CPU }
+    fn name(&self) -> &str {
+        "host-f32"
+    }
+    fn device(&self) -> Device {
+        Device::CPU
+    }
     fn supports(&self, _op: Op, p: &ProblemDesc) -> std::result::Result<(), Vec<String>> {
-        if p.dtype == DType::F32 { Ok(()) } else { Err(vec![format!("dtype {} (host-f32 stores f32 only)", p.dtype)]) }
+        if p.dtype == DType::F32 {
+            Ok(())
+        } else {
+            Err(vec![format!("dtype {} (host-f32 stores f32 only)", p.dtype)])
+        }
     }
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::InvalidArgument(format!("shape {shape:?} overflows")))?;
@@ -62,26 +71,15 @@ impl AttentionBackend for HostF32 {
         data_mut(dst)?.iter_mut().zip(src).for_each(|(d, &s)| *d = dt.round(s as f64) as f32);
         Ok(())
     }
-    fn read(&self, src: &Tensor) -> Result<Vec<f32>> { data(src).cloned() }
+    fn read(&self, src: &Tensor) -> Result<Vec<f32>> {
+        data(src).cloned()
+    }
     fn fill(&self, dst: &mut Tensor, value: f32) -> Result<()> {
         data_mut(dst)?.fill(value);
         Ok(())
     }
-    fn create_kv_cache(&self, spec: &KvCacheSpec) -> Result<KvCache> {
-        let n = spec.pool_len();
-        let pools = Pools { k: try_vec(n, 0.0, "host-f32 K pool")?, v: try_vec(n, 0.0, "host-f32 V pool")?, dtype: spec.dtype };
-        KvCache::from_storage(spec.clone(), Device::CPU, Box::new(pools))
-    }
-    fn read_kv_pool(&self, c: &KvCache) -> Result<KvPool> {
-        let p = pools(c)?;
-        Ok(KvPool { k: p.k.clone(), v: p.v.clone() })
-    }
-    fn write_kv_pool(&self, c: &mut KvCache, pool: &KvPool) -> Result<()> {
-        let p = c.storage_mut().as_any_mut().downcast_mut::<Pools>().ok_or_else(|| foreign("cache"))?;
-        p.k.copy_from_slice(&pool.k);
-        p.v.copy_from_slice(&pool.v);
-        Ok(())
-    }
+    // KV pools are two tensors it allocates (the API's default); it makes no views, so it runs
+    // (and is checked on) the owned path only.
     fn rope(&self, a: RopeArgs<'_>) -> Result<()> {
         let (d, half) = (a.config.head_dim, a.config.rotary_dim / 2);
         let af = a.freqs.attention_factor;
@@ -93,7 +91,10 @@ impl AttentionBackend for HostF32 {
                     // angle reduced in f64 (positions reach 1e6), rotation in f32
                     let ang = (pos as f64 * a.freqs.inv_freq[i]).rem_euclid(std::f64::consts::TAU);
                     let (s, c) = ((ang.sin() * af) as f32, (ang.cos() * af) as f32);
-                    let (ia, ib) = match a.config.style { RopeStyle::HalfSplit => (i, i + half), RopeStyle::Interleaved => (2 * i, 2 * i + 1) };
+                    let (ia, ib) = match a.config.style {
+                        RopeStyle::HalfSplit => (i, i + half),
+                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    };
                     for h in 0..heads {
                         let r = (tok * heads + h) * d;
                         let (xa, xb) = (x[r + ia], x[r + ib]);
@@ -106,26 +107,27 @@ impl AttentionBackend for HostF32 {
         Ok(())
     }
     fn kv_append(&self, a: AppendArgs<'_>) -> Result<()> {
-        let (hk, d) = (a.cache.spec().num_kv_heads, a.cache.spec().head_dim);
+        let (hk, d) = (a.pools.spec().num_kv_heads, a.pools.spec().head_dim);
         let (k, v) = (data(a.k)?, data(a.v)?);
         let mut moves = Vec::new();
         for (i, (&s, &n)) in a.batch.seq_ids().iter().zip(a.batch.q_lens()).enumerate() {
             for t in 0..n {
                 for h in 0..hk {
-                    moves.push((((a.batch.offsets()[i] + t) * hk + h) * d, a.cache.slot_offset(s, a.start[i] + t, h)));
+                    moves.push((((a.batch.offsets()[i] + t) * hk + h) * d, slot(a.pools, a.meta, s, a.start[i] + t, h)));
                 }
             }
         }
-        let p = a.cache.storage_mut().as_any_mut().downcast_mut::<Pools>().ok_or_else(|| foreign("cache"))?;
+        let (pk, pv, _) = a.pools.parts_mut();
+        let (pk, pv) = (data_mut(pk)?, data_mut(pv)?);
         for (src, dst) in moves {
-            p.k[dst..dst + d].copy_from_slice(&k[src..src + d]);
-            p.v[dst..dst + d].copy_from_slice(&v[src..src + d]);
+            pk[dst..dst + d].copy_from_slice(&k[src..src + d]);
+            pv[dst..dst + d].copy_from_slice(&v[src..src + d]);
         }
         Ok(())
     }
     fn attention(&self, a: AttentionArgs<'_>) -> Result<()> {
-        let (h, d, hk) = (a.q.shape()[1], a.q.shape()[2], a.cache.spec().num_kv_heads);
-        let (q, p) = (data(a.q)?, pools(a.cache)?);
+        let (h, d, hk) = (a.q.shape()[1], a.q.shape()[2], a.pools.spec().num_kv_heads);
+        let (q, pk, pv) = (data(a.q)?, data(a.pools.k())?, data(a.pools.v())?);
         let out = data_mut(a.out)?;
         for (i, (&s, &ql)) in a.batch.seq_ids().iter().zip(a.batch.q_lens()).enumerate() {
             let kvl = a.kv_lens[i];
@@ -136,12 +138,12 @@ impl AttentionBackend for HostF32 {
                     // online softmax: running max m, running sum l, unnormalised accumulator
                     let (mut m, mut l, mut acc) = (f32::NEG_INFINITY, 0f32, vec![0f32; d]);
                     for j in 0..seen {
-                        let o = a.cache.slot_offset(s, j, hh / (h / hk));
-                        let sc = a.params.scale * q[r..r + d].iter().zip(&p.k[o..o + d]).map(|(x, y)| x * y).sum::<f32>();
+                        let o = slot(a.pools, a.meta, s, j, hh / (h / hk));
+                        let sc = a.params.scale * q[r..r + d].iter().zip(&pk[o..o + d]).map(|(x, y)| x * y).sum::<f32>();
                         let m2 = m.max(sc);
                         let (corr, w) = ((m - m2).exp(), (sc - m2).exp());
                         l = l * corr + w;
-                        acc.iter_mut().zip(&p.v[o..o + d]).for_each(|(a, v)| *a = *a * corr + w * v);
+                        acc.iter_mut().zip(&pv[o..o + d]).for_each(|(a, v)| *a = *a * corr + w * v);
                         m = m2;
                     }
                     out[r..r + d].iter_mut().zip(&acc).for_each(|(o, a)| *o = a / l);
@@ -162,12 +164,7 @@ inventory::submit! {
 
 fn main() {
     let be = registry::get("host-f32").expect("registered through inventory");
-    let cfg = conformance::Config {
-        cases: 64,
-        dtypes: DType::ALL.to_vec(),
-        ops: vec![Op::Rope, Op::KvAppend, Op::Attention, Op::Step],
-        ..Default::default()
-    };
+    let cfg = conformance::Config { cases: 64, dtypes: DType::ALL.to_vec(), ops: vec![Op::Rope, Op::KvAppend, Op::Attention, Op::Step], ..Default::default() };
     let report = conformance::check_backend(&be, &cfg);
     println!("{}", report.to_markdown());
     if !report.passed() {

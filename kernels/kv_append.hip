@@ -12,10 +12,9 @@ template <typename T> AF_DEVICE void kv_append_body(const AppendParams& p) {
     if (gid >= (long)p.tokens * per_tok) return;
     const int t = (int)(gid / per_tok);
     const long r = gid % per_tok;  // head * nch + chunk
-    const long src = (long)t * p.k_heads * p.head_dim + r * CV;
     const long dst = (long)reinterpret_cast<const int*>(p.slots)[t] * p.k_heads * p.head_dim + r * CV;
-    af_copy<16 / sizeof(T)>(reinterpret_cast<T*>(p.k_cache) + dst, reinterpret_cast<const T*>(p.k) + src);
-    af_copy<16 / sizeof(T)>(reinterpret_cast<T*>(p.v_cache) + dst, reinterpret_cast<const T*>(p.v) + src);
+    af_copy<16 / sizeof(T)>(reinterpret_cast<T*>(p.k_cache) + dst, reinterpret_cast<const T*>(p.k) + (long)t * p.k_stride + r * CV);
+    af_copy<16 / sizeof(T)>(reinterpret_cast<T*>(p.v_cache) + dst, reinterpret_cast<const T*>(p.v) + (long)t * p.v_stride + r * CV);
     if (p.k_pos && r == 0) {
         const int slot = reinterpret_cast<const int*>(p.slots)[t];
         reinterpret_cast<int*>(p.k_pos)[slot] = p.positions ? reinterpret_cast<const int*>(p.positions)[t] : AF_ROTATED;
@@ -23,11 +22,12 @@ template <typename T> AF_DEVICE void kv_append_body(const AppendParams& p) {
 }
 AF_STAMP(kv_append, AppendParams, (APPEND_THREADS), kv_append_body)
 
-// Fill: every element of a buffer set to one value (tests poison outputs with NaN). Grid-stride,
-// so any element count fits the grid.
+// Fill: every element of a tensor's rows set to one value (tests poison outputs with NaN);
+// memory between the rows of a strided view is not touched. Grid-stride, so any element count
+// fits the grid.
 template <typename T> AF_DEVICE void fill_body(const FillParams& p) {
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += stride)
-        reinterpret_cast<T*>(p.dst)[i] = af_from_float<T>(p.value);
+        reinterpret_cast<T*>(p.dst)[i / p.row_len * p.row_stride + i % p.row_len] = af_from_float<T>(p.value);
 }
 AF_STAMP(fill, FillParams, (FILL_THREADS), fill_body)

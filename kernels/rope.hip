@@ -64,7 +64,7 @@ AF_DEVICE void rope_body(const RopeParams& p) {
     T* q = reinterpret_cast<T*>(p.q);
     T* k = reinterpret_cast<T*>(p.k);
     T* kc = reinterpret_cast<T*>(p.k_cache);
-    const long krow = (p.gather ? (long)reinterpret_cast<const int*>(p.slots)[t] : (long)t) * p.k_heads * D;
+    const long krow = (p.gather ? (long)reinterpret_cast<const int*>(p.slots)[t] : (long)t) * p.k_stride;
     T* kdst = kc ? kc + (long)reinterpret_cast<const int*>(p.slots)[t] * p.k_heads * D : k + krow;
     if (p.gather && p.k_pos) {
         // Context shift on a hip-fused cache: a slot that holds a position only moves it (its
@@ -84,7 +84,7 @@ AF_DEVICE void rope_body(const RopeParams& p) {
         for (int i = 0; i < VP; ++i) {
             af_rope_cs(pos, inv[u * VP + i], p.attention_factor, &c[i], &s[i]);
         }
-        if (q) rotate_rows<T, VP, INTER>(q + (long)t * p.q_heads * D, p.q_heads, D, half, u, c, s, q + (long)t * p.q_heads * D);
+        if (q) rotate_rows<T, VP, INTER>(q + (long)t * p.q_stride, p.q_heads, D, half, u, c, s, q + (long)t * p.q_stride);
         rotate_rows<T, VP, INTER>(k + krow, p.k_heads, D, half, u, c, s, kdst);
     }
     if (kc && u < nch) {
@@ -98,7 +98,7 @@ AF_DEVICE void rope_body(const RopeParams& p) {
             } else if ((u + 1) * CV > p.rotary_dim) {
                 for (int e = p.rotary_dim - u * CV; e < CV; ++e) kdst[o + e] = k[krow + o + e];
             }
-            af_copy<16 / sizeof(T)>(vdst + o, v + krow + o);
+            af_copy<16 / sizeof(T)>(vdst + o, v + (long)t * p.v_stride + o);
         }
     }
 }

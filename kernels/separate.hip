@@ -31,7 +31,7 @@ template <typename T> AF_DEVICE void attn_scores_body(const SepParams& p) {
     const int t = blockIdx.x, h = blockIdx.y, D = a.head_dim;
     const int kh = h / (a.heads / a.kv_heads);
     const SepRow r = sep_row(p, t, h);
-    const T* Q = reinterpret_cast<const T*>(a.q) + ((long)t * a.heads + h) * D;
+    const T* Q = reinterpret_cast<const T*>(a.q) + q_at(a, t, h);
     for (int d = threadIdx.x; d < D; d += SEP_THREADS) sq[d] = af_to_float(Q[d]) * a.scale_log2;
     __syncthreads();
     const T* K = reinterpret_cast<const T*>(a.k);
@@ -42,7 +42,7 @@ template <typename T> AF_DEVICE void attn_scores_body(const SepParams& p) {
         const int j = j0 + grp;
         float acc = 0.f;
         if (j < r.kv_len) {
-            const T* krow = K + (kv_row(a, r.b, j) * a.kv_heads + kh) * (long)D;
+            const T* krow = K + kv_row(a, r.b, j) * a.k_stride + (long)kh * D;
             for (int d = lane; d < D; d += 16) acc += sq[d] * af_to_float(krow[d]);
         }
 #pragma unroll
@@ -89,10 +89,10 @@ template <typename T> AF_DEVICE void attn_pv_body(const SepParams& p) {
     const SepRow r = sep_row(p, t, h);
     const float* P = reinterpret_cast<const float*>(a.part) + r.s0;
     const T* V = reinterpret_cast<const T*>(a.v);
-    T* O = reinterpret_cast<T*>(a.out) + ((long)t * a.heads + h) * D;
+    T* O = reinterpret_cast<T*>(a.out) + o_at(a, t, h);
     for (int d = threadIdx.x; d < D; d += SEP_THREADS) {
         float acc = 0.f;
-        for (int j = 0; j < r.visible; ++j) acc += P[j] * af_to_float(V[(kv_row(a, r.b, j) * a.kv_heads + kh) * (long)D + d]);
+        for (int j = 0; j < r.visible; ++j) acc += P[j] * af_to_float(V[kv_row(a, r.b, j) * a.v_stride + (long)kh * D + d]);
         O[d] = af_from_float<T>(acc);
     }
 }

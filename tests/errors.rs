@@ -122,8 +122,8 @@ fn cache_overflow_and_page_tables() {
     assert_eq!(kind(p.set_page_table(1, &[2, 2])), "PageTableOutOfRange"); // twice in one table
     let e = be.kv_append(&mut p, &k, &v, &Batch::new(vec![0], vec![4]).unwrap()).unwrap_err();
     assert_eq!(e, Error::KvCacheOverflow { seq: 0, needed: 4, capacity: 2 }); // out of pages
-    // Page 1 shared by sequences 0 and 1 (prefix caching): both may read it, neither append
-    // into it, and nothing is written by the refused append.
+                                                                              // Page 1 shared by sequences 0 and 1 (prefix caching): both may read it, neither append
+                                                                              // into it, and nothing is written by the refused append.
     p.set_page_table(1, &[1, 2]).unwrap();
     let (k1, v1) = (t(&be, &[1, 2, 8], DType::F32), t(&be, &[1, 2, 8], DType::F32));
     let e = be.kv_append(&mut p, &k1, &v1, &Batch::new(vec![0], vec![1]).unwrap()).unwrap_err();
@@ -149,7 +149,10 @@ fn heads_batches_and_lengths() {
     assert_eq!(kind(Batch::new(vec![0], vec![0])), "EmptyBatch");
     assert_eq!(kind(PlainBatch::new(vec![], vec![])), "EmptyBatch");
     assert_eq!(kind(Batch::new(vec![0, 0], vec![1, 1])), "InvalidArgument");
-    assert_eq!(kind(be.create_kv_cache(&KvCacheSpec { num_seqs: 0, num_kv_heads: 1, head_dim: 8, dtype: DType::F32, layout: CacheLayout::Contiguous { capacity: 1 } })), "EmptyBatch");
+    assert_eq!(
+        kind(be.create_kv_cache(&KvCacheSpec { num_seqs: 0, num_kv_heads: 1, head_dim: 8, dtype: DType::F32, layout: CacheLayout::Contiguous { capacity: 1 } })),
+        "EmptyBatch"
+    );
     let (mut q0, mut k0) = (t(&be, &[0, 2, 8], DType::F32), t(&be, &[0, 2, 8], DType::F32));
     assert_eq!(kind(be.rope(&mut q0, &mut k0, &[], &RopeConfig::new(8, 1e4, 8))), "EmptyBatch");
 
@@ -182,7 +185,11 @@ impl AttentionBackend for F16Only {
         if p.head_dim > 64 {
             why.push(format!("head_dim {} (at most 64)", p.head_dim));
         }
-        if why.is_empty() { Ok(()) } else { Err(why) }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why)
+        }
     }
     fn alloc(&self, s: &[usize], d: DType) -> Result<Tensor> {
         CpuBackend.alloc(s, d)
@@ -195,15 +202,6 @@ impl AttentionBackend for F16Only {
     }
     fn fill(&self, t: &mut Tensor, v: f32) -> Result<()> {
         CpuBackend.fill(t, v)
-    }
-    fn create_kv_cache(&self, s: &KvCacheSpec) -> Result<KvCache> {
-        CpuBackend.create_kv_cache(s)
-    }
-    fn read_kv_pool(&self, c: &KvCache) -> Result<KvPool> {
-        CpuBackend.read_kv_pool(c)
-    }
-    fn write_kv_pool(&self, c: &mut KvCache, p: &KvPool) -> Result<()> {
-        CpuBackend.write_kv_pool(c, p)
     }
     fn rope(&self, a: RopeArgs<'_>) -> Result<()> {
         CpuBackend.rope(a)
@@ -290,11 +288,7 @@ fn select_picks_by_priority_and_explains() {
     // f32: the test backend declines, so the best real backend wins (hip-flash on a GPU
     // machine, the reference elsewhere).
     let s = registry::select_with(&problem(DType::F32, 128), None).unwrap();
-    let best_real = registry::list()
-        .into_iter()
-        .filter(|b| b.available.is_ok() && !b.name.starts_with("test-"))
-        .max_by_key(|b| b.priority)
-        .unwrap();
+    let best_real = registry::list().into_iter().filter(|b| b.available.is_ok() && !b.name.starts_with("test-")).max_by_key(|b| b.priority).unwrap();
     assert_eq!(s.backend.name(), best_real.name);
     let why: std::collections::HashMap<_, _> = s.rejected.iter().cloned().collect();
     assert!(why["test-f16-only"].contains("dtype f32") && why["test-f16-only"].contains("head_dim 128"), "{why:?}");

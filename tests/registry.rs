@@ -42,15 +42,6 @@ impl AttentionBackend for Wrapper {
     fn fill(&self, t: &mut Tensor, v: f32) -> Result<()> {
         self.0.inner().fill(t, v)
     }
-    fn create_kv_cache(&self, s: &KvCacheSpec) -> Result<KvCache> {
-        self.0.inner().create_kv_cache(s)
-    }
-    fn read_kv_pool(&self, c: &KvCache) -> Result<KvPool> {
-        self.0.inner().read_kv_pool(c)
-    }
-    fn write_kv_pool(&self, c: &mut KvCache, p: &KvPool) -> Result<()> {
-        self.0.inner().write_kv_pool(c, p)
-    }
     fn rope(&self, a: RopeArgs<'_>) -> Result<()> {
         self.0.inner().rope(a)
     }

@@ -3,7 +3,7 @@
 //! them before) and, through the conformance suite's error checks, on every backend.
 
 use attnforge::*;
-use backend_cpu::storage::CpuStorage;
+use backend_cpu::storage::{CpuTensor, HostBuffer};
 
 fn cpu() -> Backend {
     registry::get("cpu").expect("cpu backend is linked")
@@ -39,18 +39,18 @@ fn ops_check_storage_that_shrank_after_construction() {
     let be = cpu();
     let rope = RopeConfig::new(8, 10000.0, 64);
     let (mut q, mut k) = (t(&be, &[2, 4, 8], DType::F32), t(&be, &[2, 2, 8], DType::F32));
-    *q.storage_mut().as_any_mut().downcast_mut::<CpuStorage>().unwrap() = CpuStorage::zeros(3, DType::F32).unwrap();
+    *q.storage_mut().as_any_mut().downcast_mut::<CpuTensor>().unwrap() = CpuTensor { buf: HostBuffer::zeros(3, DType::F32).unwrap(), offset: 0 };
     assert_eq!(kind(be.rope(&mut q, &mut k, &[0, 1], &rope)), "StorageTooSmall");
     assert_eq!(kind(be.download(&q)), "StorageTooSmall");
     assert_eq!(kind(be.fill(&mut q, 1.0)), "StorageTooSmall");
     // Storage of another dtype swapped in.
-    *k.storage_mut().as_any_mut().downcast_mut::<CpuStorage>().unwrap() = CpuStorage::zeros(64, DType::BF16).unwrap();
+    *k.storage_mut().as_any_mut().downcast_mut::<CpuTensor>().unwrap() = CpuTensor { buf: HostBuffer::zeros(64, DType::BF16).unwrap(), offset: 0 };
     assert_eq!(kind(be.download(&k)), "DtypeMismatch");
 
     let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: 2, head_dim: 8, dtype: DType::F32, layout: CacheLayout::Contiguous { capacity: 4 } };
     let mut c = be.create_kv_cache(&spec).unwrap();
-    let pools = c.storage_mut().as_any_mut().downcast_mut::<backend_cpu::storage::CpuCache>().unwrap();
-    pools.v = CpuStorage::zeros(1, DType::F32).unwrap();
+    let (_, v, _) = c.parts_mut().0.parts_mut();
+    *v.storage_mut().as_any_mut().downcast_mut::<CpuTensor>().unwrap() = CpuTensor { buf: HostBuffer::zeros(1, DType::F32).unwrap(), offset: 0 };
     let kv = t(&be, &[1, 2, 8], DType::F32);
     assert_eq!(kind(be.kv_append(&mut c, &kv, &kv, &Batch::uniform(1, 1).unwrap())), "StorageTooSmall");
     assert_eq!(c.seq_len(0), 0);
@@ -59,25 +59,17 @@ fn ops_check_storage_that_shrank_after_construction() {
 #[test]
 fn caches_from_bad_storage_or_huge_specs_are_errors() {
     let spec = KvCacheSpec { num_seqs: 2, num_kv_heads: 1, head_dim: 8, dtype: DType::F32, layout: CacheLayout::Contiguous { capacity: 4 } };
-    let pools = backend_cpu::storage::CpuCache { k: CpuStorage::zeros(64, DType::F32).unwrap(), v: CpuStorage::zeros(63, DType::F32).unwrap() };
-    assert_eq!(kind(KvCache::from_storage(spec, Device::CPU, Box::new(pools))), "StorageTooSmall");
+    let k = cpu().alloc(&spec.pool_shape(), DType::F32).unwrap();
+    let v = Tensor::from_storage(vec![63], DType::F32, Device::CPU, Box::new(CpuTensor { buf: HostBuffer::zeros(63, DType::F32).unwrap(), offset: 0 })).unwrap();
+    assert_eq!(kind(KvPools::from_tensors(spec.clone(), Device::CPU, k, v, None)), "ShapeMismatch");
+    let k = cpu().alloc(&spec.pool_shape(), DType::F32).unwrap();
+    let v = Tensor::from_storage(spec.pool_shape().to_vec(), DType::F32, Device::CPU, Box::new(CpuTensor { buf: HostBuffer::zeros(63, DType::F32).unwrap(), offset: 0 }));
+    assert_eq!(kind(v), "StorageTooSmall");
+    drop(k);
     // 2^40 sequences of one slot: the pools' byte size fits, the host metadata does not (this
     // aborted the process before).
-    #[derive(Debug)]
-    struct Huge;
-    impl Storage for Huge {
-        fn as_any(&self) -> &dyn std::any::Any {
-            self
-        }
-        fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-            self
-        }
-        fn byte_len(&self) -> usize {
-            usize::MAX
-        }
-    }
     let huge = KvCacheSpec { num_seqs: 1 << 40, num_kv_heads: 1, head_dim: 2, dtype: DType::F16, layout: CacheLayout::Contiguous { capacity: 1 } };
-    assert_eq!(kind(KvCache::from_storage(huge, Device::CPU, Box::new(Huge))), "OutOfMemory");
+    assert_eq!(kind(KvMetadata::new(&huge)), "OutOfMemory");
     assert_eq!(kind(Batch::uniform(usize::MAX / 2, 1)), "OutOfMemory");
 }
 
@@ -89,15 +81,11 @@ fn positions_and_scalings_that_do_not_fit_are_refused() {
     // Positions beyond the kernels' 32-bit integers (with room for a shift).
     let far = RopeConfig { max_position: (1usize << 31) + 5, ..base.clone() };
     assert_eq!(kind(be.rope(&mut q, &mut k, &[(1u32 << 31) + 1], &far)), "InvalidArgument");
-    let yarn_backwards = RopeConfig {
-        scaling: RopeScaling::Yarn { factor: 4.0, original_max_position: 1024, beta_fast: 1.0, beta_slow: 32.0, attention_factor: None },
-        ..base.clone()
-    };
+    let yarn_backwards =
+        RopeConfig { scaling: RopeScaling::Yarn { factor: 4.0, original_max_position: 1024, beta_fast: 1.0, beta_slow: 32.0, attention_factor: None }, ..base.clone() };
     assert_eq!(kind(be.rope(&mut q, &mut k, &[3], &yarn_backwards)), "InvalidArgument");
-    let longrope_one = RopeConfig {
-        scaling: RopeScaling::LongRope { short_factors: vec![1.0; 4], long_factors: vec![2.0; 4], original_max_position: 1, attention_factor: None },
-        ..base.clone()
-    };
+    let longrope_one =
+        RopeConfig { scaling: RopeScaling::LongRope { short_factors: vec![1.0; 4], long_factors: vec![2.0; 4], original_max_position: 1, attention_factor: None }, ..base.clone() };
     assert_eq!(kind(be.rope(&mut q, &mut k, &[3], &longrope_one)), "InvalidArgument");
     // 1 / 1e-310 overflows to infinity: the table is not finite.
     let tiny = RopeConfig { scaling: RopeScaling::Linear { factor: 1e-310 }, ..base.clone() };

@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use crate::{AttentionParams, Batch, KvCache, PlainBatch, ProblemDesc, RopeConfig, RopeFrequencies, Tensor};
+use crate::{AttentionParams, Batch, KvMetadata, KvPools, PlainBatch, ProblemDesc, RopeConfig, RopeFrequencies, Tensor};
 
 /// Proof of validation; cannot be made outside this crate.
 #[derive(Debug, Clone, Copy)]
@@ -32,19 +32,21 @@ pub struct RopeArgs<'a> {
 }
 
 /// [`crate::AttentionBackend::kv_append`]: write entry `i`'s rows of K/V `[T, Hkv, D]` into
-/// sequence `batch.seq_ids()[i]` at token slots `start[i]..start[i] + q_lens[i]`. The API updates
-/// the sequence lengths after the op succeeds.
+/// sequence `batch.seq_ids()[i]` at tokens `start[i]..start[i] + q_lens[i]`, pool slot
+/// `meta.slot(seq, t)`. K and V may be strided ([`Tensor::row_stride`]); the pools are dense.
 #[derive(Debug)]
 pub struct AppendArgs<'a> {
-    /// The cache written to.
-    pub cache: &'a mut KvCache,
+    /// The pools written to.
+    pub pools: &'a mut KvPools,
+    /// Lengths and page tables (already counting the new tokens).
+    pub meta: &'a KvMetadata,
     /// New keys.
     pub k: &'a Tensor,
     /// New values.
     pub v: &'a Tensor,
     /// Which sequences, how many tokens each.
     pub batch: &'a Batch,
-    /// First slot written per batch entry (the sequence's length before the append).
+    /// First token written per batch entry (`seq_len - q_len`).
     pub start: Vec<usize>,
     /// What the capability query saw.
     pub desc: ProblemDesc,
@@ -59,8 +61,10 @@ pub struct AppendArgs<'a> {
 pub struct AttentionArgs<'a> {
     /// Queries.
     pub q: &'a Tensor,
-    /// The cache read from.
-    pub cache: &'a KvCache,
+    /// The pools read from.
+    pub pools: &'a KvPools,
+    /// Lengths and page tables.
+    pub meta: &'a KvMetadata,
     /// Which sequences, how many query rows each.
     pub batch: &'a Batch,
     /// Keys visible per batch entry (`>= q_lens[i]`).
@@ -115,8 +119,10 @@ pub struct StepArgs<'a> {
     pub config: &'a RopeConfig,
     /// `config.frequencies(max(positions))`.
     pub freqs: RopeFrequencies,
-    /// The cache appended to and read from.
-    pub cache: &'a mut KvCache,
+    /// The pools appended to and read from.
+    pub pools: &'a mut KvPools,
+    /// Lengths and page tables (already counting the new tokens).
+    pub meta: &'a KvMetadata,
     /// Which sequences, how many tokens each.
     pub batch: &'a Batch,
     /// First slot written per batch entry.
@@ -136,35 +142,20 @@ pub struct StepArgs<'a> {
 impl StepArgs<'_> {
     /// The RoPE part, for backends that build the step from primitives.
     pub fn rope_args(&mut self) -> RopeArgs<'_> {
-        RopeArgs {
-            q: self.q,
-            k: self.k,
-            positions: self.positions,
-            config: self.config,
-            freqs: self.freqs.clone(),
-            desc: self.desc.clone(),
-            validated: self.validated,
-        }
+        RopeArgs { q: self.q, k: self.k, positions: self.positions, config: self.config, freqs: self.freqs.clone(), desc: self.desc.clone(), validated: self.validated }
     }
 
     /// The append part.
     pub fn append_args(&mut self) -> AppendArgs<'_> {
-        AppendArgs {
-            cache: self.cache,
-            k: self.k,
-            v: self.v,
-            batch: self.batch,
-            start: self.start.clone(),
-            desc: self.desc.clone(),
-            validated: self.validated,
-        }
+        AppendArgs { pools: self.pools, meta: self.meta, k: self.k, v: self.v, batch: self.batch, start: self.start.clone(), desc: self.desc.clone(), validated: self.validated }
     }
 
     /// The attention part (over the cache after the append).
     pub fn attention_args(&mut self) -> AttentionArgs<'_> {
         AttentionArgs {
             q: self.q,
-            cache: self.cache,
+            pools: self.pools,
+            meta: self.meta,
             batch: self.batch,
             kv_lens: self.kv_lens.clone(),
             params: self.params,
@@ -183,8 +174,10 @@ impl StepArgs<'_> {
 /// (`hip-fused`) only updates the positions. V does not change.
 #[derive(Debug)]
 pub struct ShiftArgs<'a> {
-    /// The cache.
-    pub cache: &'a mut KvCache,
+    /// The pools.
+    pub pools: &'a mut KvPools,
+    /// Lengths and page tables.
+    pub meta: &'a KvMetadata,
     /// Which sequence.
     pub seq: usize,
     /// Token indices (`end <= seq_len`, non-empty).

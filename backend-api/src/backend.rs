@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
-use crate::CacheLayout;
 use crate::args::*;
+use crate::CacheLayout;
 use crate::{
-    AttentionParams, Batch, CachedSeq, Device, DType, Error, KvCache, KvCacheSpec, KvPool, Op, PlainBatch,
-    ProblemDesc, Result, RopeConfig, Tensor,
+    AttentionParams, Batch, CachedSeq, DType, Device, Error, KvCache, KvCacheSpec, KvMetadata, KvPool, KvPools, Op, PlainBatch, ProblemDesc, Result, RopeConfig, Storage, Tensor,
 };
 
 /// An attention backend. Object safe; one instance serves every thread. Ops receive arguments
@@ -21,20 +20,30 @@ pub trait AttentionBackend: Send + Sync {
     /// Whether `op` can run `problem`: `Ok`, or one human-readable reason per unmet
     /// requirement. Must be the same code that picks the kernel, so support and dispatch agree.
     fn supports(&self, op: Op, problem: &ProblemDesc) -> Result<(), Vec<String>>;
-    /// A new tensor with unspecified contents.
+    /// A new, zero-filled dense tensor.
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor>;
-    /// Copies host values into `dst`, rounding to its dtype (`src.len() == dst.numel()`).
+    /// Copies host values (dense, `src.len() == dst.numel()`) into `dst`'s rows, rounding to
+    /// its dtype; memory between strided rows is not touched.
     fn write(&self, dst: &mut Tensor, src: &[f32]) -> Result<()>;
-    /// Copies `src` to the host as f32.
+    /// Copies `src`'s rows to the host as dense f32.
     fn read(&self, src: &Tensor) -> Result<Vec<f32>>;
-    /// Sets every element of `dst` to `value` (NaN allowed: tests poison outputs with it).
+    /// Sets every element of `dst`'s rows to `value` (NaN allowed: tests poison outputs with it);
+    /// memory between strided rows is not touched.
     fn fill(&self, dst: &mut Tensor, value: f32) -> Result<()>;
-    /// Allocates K and V pools for a validated spec.
-    fn create_kv_cache(&self, spec: &KvCacheSpec) -> Result<KvCache>;
-    /// Copies both pools to the host in the physical layout (see [`crate::cache`]).
-    fn read_kv_pool(&self, cache: &KvCache) -> Result<KvPool>;
-    /// Overwrites both pools from the host (lengths of [`KvCacheSpec::pool_len`]).
-    fn write_kv_pool(&self, cache: &mut KvCache, pool: &KvPool) -> Result<()>;
+    /// (optional) A tensor over `base`'s memory from element `offset` on, of `shape` with rows
+    /// `row_stride` elements apart, sharing it (no copy; the memory stays alive while any view
+    /// does). The API has checked that it lies inside the dense `base`. Default: `Unsupported`:
+    /// such a backend runs the owned path only, and the conformance suite checks it that way.
+    fn view(&self, base: &Tensor, offset: usize, shape: &[usize], row_stride: usize) -> Result<Tensor> {
+        let _ = (base, offset, shape, row_stride);
+        Err(Error::Unsupported { backend: self.name().to_string(), op: "view".into(), reasons: vec![format!("{} makes no views: its tensors are dense and its own", self.name())] })
+    }
+    /// (optional) State a backend keeps beside KV pools of `spec` (per slot, e.g. hip-fused's
+    /// key positions), created with every [`KvPools`]. Default: none.
+    fn kv_pool_state(&self, spec: &KvCacheSpec) -> Result<Option<Box<dyn Storage>>> {
+        let _ = spec;
+        Ok(None)
+    }
     /// RoPE on Q and K in place.
     fn rope(&self, args: RopeArgs<'_>) -> Result<()>;
     /// Appends K/V rows to a cache.
@@ -55,38 +64,63 @@ pub trait AttentionBackend: Send + Sync {
     /// decline [`Op::Shift`]).
     fn shift_positions(&self, args: ShiftArgs<'_>) -> Result<()> {
         let _ = args;
-        Err(Error::Unsupported {
-            backend: self.name().to_string(),
-            op: Op::Shift.name().to_string(),
-            reasons: vec![format!("{} does not implement context shift", self.name())],
-        })
+        Err(Error::Unsupported { backend: self.name().to_string(), op: Op::Shift.name().to_string(), reasons: vec![format!("{} does not implement context shift", self.name())] })
     }
     /// (optional) Waits for queued device work; errors surface here. Default: nothing to wait for.
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
-    /// (optional) Copies whole pages of a paged cache's pools (K, V and anything the backend
-    /// keeps per slot), `(from, to)` pairs, for [`Backend::fork_sequence`]. The default goes
-    /// through [`AttentionBackend::read_kv_pool`] / [`AttentionBackend::write_kv_pool`] (a host
-    /// round trip: right for host backends; GPU backends override it with device copies).
-    fn copy_kv_pages(&self, cache: &mut KvCache, pages: &[(u32, u32)]) -> Result<()> {
-        let CacheLayout::Paged { page_size, .. } = cache.spec().layout else {
+    /// (optional) Copies whole pages of paged pools (K, V and anything the backend keeps per
+    /// slot), `(from, to)` pairs (validated: in the pool, every `to` distinct and never a
+    /// `from`), for [`Backend::copy_kv_pages`] and [`Backend::fork_sequence`]. The default is a
+    /// host round trip through [`AttentionBackend::read`] / [`AttentionBackend::write`] (right
+    /// for host backends; GPU backends override it with device copies).
+    fn copy_kv_pages(&self, pools: &mut KvPools, pages: &[(u32, u32)]) -> Result<()> {
+        let CacheLayout::Paged { page_size, .. } = pools.spec().layout else {
             return Err(Error::InvalidArgument("copy_kv_pages on a contiguous KV cache".into()));
         };
-        let row = page_size * cache.spec().num_kv_heads * cache.spec().head_dim;
-        let mut pool = self.read_kv_pool(cache)?;
-        for &(from, to) in pages {
-            let (f, t) = (from as usize * row, to as usize * row);
-            pool.k.copy_within(f..f + row, t);
-            pool.v.copy_within(f..f + row, t);
+        let row = page_size * pools.spec().num_kv_heads * pools.spec().head_dim;
+        let (k, v, _) = pools.parts_mut();
+        for t in [k, v] {
+            let mut host = self.read(t)?;
+            for &(from, to) in pages {
+                let (f, d) = (from as usize * row, to as usize * row);
+                host.copy_within(f..f + row, d);
+            }
+            self.write(t, &host)?;
         }
-        self.write_kv_pool(cache, &pool)
+        Ok(())
     }
     /// (optional) The device's memory as its driver reports it, for every process: `(in use,
     /// total)` bytes; `None` for host backends (the default).
     fn memory_info(&self) -> Result<Option<(usize, usize)>> {
         Ok(None)
     }
+}
+
+/// What an engine passes to [`Backend::step`]: views and pools in its memory, metadata it owns.
+#[derive(Debug)]
+pub struct StepViews<'a> {
+    /// Queries `[T, H, D]`, may be strided (scratch afterwards).
+    pub q: &'a mut Tensor,
+    /// New keys `[T, Hkv, D]`, may be strided (scratch afterwards).
+    pub k: &'a mut Tensor,
+    /// New values `[T, Hkv, D]`, may be strided.
+    pub v: &'a Tensor,
+    /// One position id per new token.
+    pub positions: &'a [u32],
+    /// RoPE configuration.
+    pub rope: &'a RopeConfig,
+    /// This layer's pools.
+    pub pools: &'a mut KvPools,
+    /// Lengths (already counting the step's tokens: [`KvMetadata::extend`]) and page tables.
+    pub meta: &'a KvMetadata,
+    /// Which sequences, how many new tokens each.
+    pub batch: &'a Batch,
+    /// Causal flag and scale.
+    pub params: AttentionParams,
+    /// Output `[T, H, D]`, may be strided.
+    pub out: &'a mut Tensor,
 }
 
 /// What a caller must pass to [`Backend::rope_append_attend`].
@@ -206,10 +240,7 @@ impl Backend {
     pub fn upload(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
         let numel = crate::tensor::checked_bytes(shape, dtype)? / dtype.size();
         if data.len() != numel {
-            return Err(Error::InvalidArgument(format!(
-                "upload of {} values into shape {shape:?} ({numel} elements)",
-                data.len()
-            )));
+            return Err(Error::InvalidArgument(format!("upload of {} values into shape {shape:?} ({numel} elements)", data.len())));
         }
         let mut t = self.alloc(shape, dtype)?;
         self.inner.write(&mut t, data)?;
@@ -221,11 +252,7 @@ impl Backend {
         self.check_device("destination tensor", dst.device())?;
         dst.check_storage("destination tensor")?;
         if data.len() != dst.numel() {
-            return Err(Error::InvalidArgument(format!(
-                "write of {} values into a tensor of {} elements",
-                data.len(),
-                dst.numel()
-            )));
+            return Err(Error::InvalidArgument(format!("write of {} values into a tensor of {} elements", data.len(), dst.numel())));
         }
         self.inner.write(dst, data)
     }
@@ -255,28 +282,115 @@ impl Backend {
         self.inner.memory_info()
     }
 
-    /// A new, empty KV cache (pools zero-filled).
+    /// A tensor over `base`'s memory (no copy) from element `offset` on, of `shape` with rows
+    /// `row_stride` elements apart: e.g. q, k and v as views into one fused QKV buffer
+    /// `[T, (H + 2 Hkv) D]` (`offset` 0, `H D` and `(H + Hkv) D`, stride `(H + 2 Hkv) D`), or
+    /// one layer of a pool allocation. `base` must be dense; the view must lie inside it and
+    /// have `row_stride >=` its row; views may overlap each other (an op refuses an output
+    /// that overlaps its inputs). The memory lives as long as the last view or `base`. A
+    /// backend that makes no views answers `Unsupported`.
+    pub fn view(&self, base: &Tensor, offset: usize, shape: &[usize], row_stride: usize) -> Result<Tensor> {
+        self.check_tensor_storage("view base", base)?;
+        if !base.is_contiguous() {
+            return Err(Error::InvalidArgument(format!("views are taken of dense tensors; the base has rows of {} elements {} apart", base.row_len(), base.row_stride())));
+        }
+        crate::tensor::checked_bytes(shape, base.dtype())?;
+        let row: usize = shape.iter().skip(1).product();
+        if !shape.is_empty() && row_stride < row {
+            return Err(Error::InvalidArgument(format!("row stride {row_stride} is smaller than a row of shape {shape:?} ({row} elements)")));
+        }
+        let span = match shape.first() {
+            None => 1,
+            Some(0) => 0,
+            Some(&n) => (n - 1)
+                .checked_mul(row_stride)
+                .and_then(|x| x.checked_add(row))
+                .ok_or_else(|| Error::InvalidArgument(format!("view of shape {shape:?} with row stride {row_stride} overflows")))?,
+        };
+        match offset.checked_add(span) {
+            Some(end) if end <= base.numel() => {}
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "view of shape {shape:?} (row stride {row_stride}) at element {offset} runs past its base of {} elements",
+                    base.numel()
+                )))
+            }
+        }
+        let t = self.inner.view(base, offset, shape, row_stride)?;
+        self.check_made("view", &t, shape, base.dtype())?;
+        if t.row_stride() != row_stride && shape.first().is_some_and(|&n| n > 1) {
+            return Err(Error::InvalidArgument(format!("{} made a view with row stride {} instead of {row_stride}", self.name(), t.row_stride())));
+        }
+        Ok(t)
+    }
+
+    /// A new, empty KV cache (pools zero-filled, backend-allocated).
     pub fn create_kv_cache(&self, spec: &KvCacheSpec) -> Result<KvCache> {
         spec.validate()?;
-        let c = self.inner.create_kv_cache(spec)?;
-        self.check_cache(&c)?;
-        Ok(c)
+        let shape = spec.pool_shape();
+        let k = self.alloc(&shape, spec.dtype)?;
+        let v = self.alloc(&shape, spec.dtype)?;
+        KvCache::new(self.kv_pools(spec, k, v)?)
+    }
+
+    /// KV pools over two tensors, typically views of the caller's memory (one layer of an
+    /// engine's `[layers, pages, page_size, kv_heads, head_dim]` allocation each for K and V):
+    /// dense, of [`KvCacheSpec::pool_shape`] and the spec's dtype, on this backend's device,
+    /// not overlapping. Address them with a [`KvMetadata`] the caller owns.
+    pub fn kv_pools(&self, spec: &KvCacheSpec, k: Tensor, v: Tensor) -> Result<KvPools> {
+        spec.validate()?;
+        self.check_device("K pool", k.device())?;
+        self.check_device("V pool", v.device())?;
+        let state = self.inner.kv_pool_state(spec)?;
+        KvPools::from_tensors(spec.clone(), self.device(), k, v, state)
     }
 
     /// Both pools in the physical layout, on the host.
     pub fn read_kv_pool(&self, cache: &KvCache) -> Result<KvPool> {
-        self.check_cache(cache)?;
-        self.inner.read_kv_pool(cache)
+        self.read_kv_pools(cache.pools())
+    }
+
+    /// [`Backend::read_kv_pool`] of bare pools.
+    pub fn read_kv_pools(&self, pools: &KvPools) -> Result<KvPool> {
+        self.check_pools_storage(pools)?;
+        Ok(KvPool { k: self.inner.read(pools.k())?, v: self.inner.read(pools.v())? })
     }
 
     /// Overwrites both pools (tests use it to plant sentinels).
     pub fn write_kv_pool(&self, cache: &mut KvCache, pool: &KvPool) -> Result<()> {
-        self.check_cache(cache)?;
-        let n = cache.spec().pool_len();
+        self.write_kv_pools(cache.parts_mut().0, pool)
+    }
+
+    /// [`Backend::write_kv_pool`] of bare pools.
+    pub fn write_kv_pools(&self, pools: &mut KvPools, pool: &KvPool) -> Result<()> {
+        self.check_pools_storage(pools)?;
+        let n = pools.spec().pool_len();
         if pool.k.len() != n || pool.v.len() != n {
-            return Err(Error::shape("KV pool", &cache.spec().pool_shape(), &[pool.k.len(), pool.v.len()]));
+            return Err(Error::shape("KV pool", &pools.spec().pool_shape(), &[pool.k.len(), pool.v.len()]));
         }
-        self.inner.write_kv_pool(cache, pool)
+        let (k, v, _) = pools.parts_mut();
+        self.inner.write(k, &pool.k)?;
+        self.inner.write(v, &pool.v)
+    }
+
+    /// Copies whole pages within paged pools, `(from, to)` pairs (K, V and any per-slot state
+    /// of the backend): the copy-on-write of a fork ([`KvMetadata::fork`] names it) in each
+    /// layer's pools. Every page must be in the pool, every `to` distinct and never a `from`.
+    pub fn copy_kv_pages(&self, pools: &mut KvPools, pages: &[(u32, u32)]) -> Result<()> {
+        self.check_pools_storage(pools)?;
+        let CacheLayout::Paged { num_pages, .. } = pools.spec().layout else {
+            return Err(Error::InvalidArgument("copy_kv_pages on a contiguous KV cache".into()));
+        };
+        let mut to = std::collections::HashSet::new();
+        for &(f, t) in pages {
+            if f as usize >= num_pages || t as usize >= num_pages || f == t || !to.insert(t) || pages.iter().any(|&(g, _)| g == t) {
+                return Err(Error::InvalidArgument(format!("copy of page {f} to page {t} among {pages:?} in a pool of {num_pages} pages (each target once, never a source)")));
+            }
+        }
+        if pages.is_empty() {
+            return Ok(());
+        }
+        self.inner.copy_kv_pages(pools, pages)
     }
 
     /// Every sequence's cached tokens in canonical form `[seq_len, Hkv, D]`, read through the
@@ -306,46 +420,56 @@ impl Backend {
     pub fn rope(&self, q: &mut Tensor, k: &mut Tensor, positions: &[u32], config: &RopeConfig) -> Result<()> {
         let _span = tracing::debug_span!("rope", backend = self.name()).entered();
         let desc = self.check_rope(q, k, positions, config)?;
+        Self::check_disjoint(&[("q", q, "k", k)])?;
         self.supports_call(Op::Rope, &desc)?;
         let freqs = config.frequencies(max_position(positions))?;
         self.inner.rope(RopeArgs { q, k, positions, config, freqs, desc, validated: Validated(()) })
     }
 
-    /// Appends entry `i`'s rows of K/V `[T, Hkv, D]` to sequence `batch.seq_ids()[i]`.
+    /// Appends entry `i`'s rows of K/V `[T, Hkv, D]` to sequence `batch.seq_ids()[i]`. Refused
+    /// (nothing written) when a sequence would overflow its capacity or write into a page
+    /// another sequence reads.
     pub fn kv_append(&self, cache: &mut KvCache, k: &Tensor, v: &Tensor, batch: &Batch) -> Result<()> {
+        self.check_owned_append(cache, k, v, batch)?;
+        let (pools, meta) = cache.parts_mut();
+        Self::extended(meta, batch, |meta| self.append_kv(pools, meta, k, v, batch))
+    }
+
+    /// The engine path of an append: writes entry `i`'s rows of K/V `[T, Hkv, D]` (views, may
+    /// be strided) as the last `q_lens[i]` tokens of sequence `batch.seq_ids()[i]`, whose
+    /// length in `meta` already counts them ([`KvMetadata::extend`], once per step for all
+    /// layers). `meta` is not changed. Writing into a page another sequence still reads is the
+    /// caller's duty to avoid ([`KvMetadata::append_conflict`]).
+    pub fn append_kv(&self, pools: &mut KvPools, meta: &KvMetadata, k: &Tensor, v: &Tensor, batch: &Batch) -> Result<()> {
         let _span = tracing::debug_span!("kv_append", backend = self.name()).entered();
-        let (start, mut desc) = self.check_append(cache, k, v, batch)?;
-        desc.max_kv_len = batch.seq_ids().iter().zip(batch.q_lens()).map(|(&s, q)| cache.seq_len(s) + q).max().unwrap_or(0);
+        let (start, mut desc) = self.check_append(pools, meta, k, v, batch)?;
+        desc.max_kv_len = batch.seq_ids().iter().map(|&s| meta.seq_len(s)).max().unwrap_or(0);
         self.supports_call(Op::KvAppend, &desc)?;
-        let new_lens: Vec<usize> = start.iter().zip(batch.q_lens()).map(|(s, q)| s + q).collect();
-        self.inner.kv_append(AppendArgs { cache, k, v, batch, start, desc, validated: Validated(()) })?;
-        for (&s, &len) in batch.seq_ids().iter().zip(&new_lens) {
-            cache.set_seq_len(s, len);
-        }
-        Ok(())
+        self.inner.kv_append(AppendArgs { pools, meta, k, v, batch, start, desc, validated: Validated(()) })
     }
 
     /// Attention of Q `[T, H, D]` over the cache (each sequence's current tokens) into `out`.
     pub fn attention(&self, q: &Tensor, cache: &KvCache, batch: &Batch, params: AttentionParams, out: &mut Tensor) -> Result<()> {
-        let _span = tracing::debug_span!("attention", backend = self.name()).entered();
-        let kv_lens: Vec<usize> = batch.seq_ids().iter().map(|&s| cache.seq_len(s)).collect();
-        let desc = self.check_attention(q, cache, batch, &kv_lens, params, out)?;
-        self.supports_call(Op::Attention, &desc)?;
-        self.inner.attention(AttentionArgs { q, cache, batch, kv_lens, params, out, desc, validated: Validated(()) })
+        self.check_cache(cache)?;
+        self.attend(q, cache.pools(), cache.metadata(), batch, params, out)
     }
 
-    /// Attention over Q `[Tq, H, D]`, K and V `[Tk, Hkv, D]` into `out` `[Tq, H, D]`.
-    pub fn attention_plain(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        batch: &PlainBatch,
-        params: AttentionParams,
-        out: &mut Tensor,
-    ) -> Result<()> {
+    /// The engine path of attention: Q `[T, H, D]` (may be strided) over each sequence's
+    /// `meta.seq_len` tokens in `pools`, into `out` (may be strided; must not overlap `q`).
+    pub fn attend(&self, q: &Tensor, pools: &KvPools, meta: &KvMetadata, batch: &Batch, params: AttentionParams, out: &mut Tensor) -> Result<()> {
+        let _span = tracing::debug_span!("attention", backend = self.name()).entered();
+        let kv_lens: Vec<usize> = batch.seq_ids().iter().map(|&s| meta.seq_len(s)).collect();
+        let desc = self.check_attention(q, pools, meta, batch, &kv_lens, params, out)?;
+        self.supports_call(Op::Attention, &desc)?;
+        self.inner.attention(AttentionArgs { q, pools, meta, batch, kv_lens, params, out, desc, validated: Validated(()) })
+    }
+
+    /// Attention over Q `[Tq, H, D]`, K and V `[Tk, Hkv, D]` into `out` `[Tq, H, D]` (any of
+    /// them may be strided; `out` must not overlap the inputs).
+    pub fn attention_plain(&self, q: &Tensor, k: &Tensor, v: &Tensor, batch: &PlainBatch, params: AttentionParams, out: &mut Tensor) -> Result<()> {
         let _span = tracing::debug_span!("attention_plain", backend = self.name()).entered();
         let desc = self.check_plain(q, k, v, batch, params, out)?;
+        Self::check_disjoint(&[("out", out, "q", q), ("out", out, "k", k), ("out", out, "v", v)])?;
         self.supports_call(Op::AttentionPlain, &desc)?;
         self.inner.attention_plain(PlainAttentionArgs { q, k, v, batch, params, out, desc, validated: Validated(()) })
     }
@@ -353,39 +477,45 @@ impl Backend {
     /// The composite step: RoPE on Q and K, append K/V, attend. See [`StepArgs`] for what it
     /// leaves in `q`, `k` and the cache.
     pub fn rope_append_attend(&self, s: StepInputs<'_>) -> Result<()> {
-        let _span = tracing::debug_span!("rope_append_attend", backend = self.name()).entered();
         let StepInputs { q, k, v, positions, rope, cache, batch, params, out } = s;
+        self.check_rope(q, k, positions, rope)?;
+        self.check_owned_append(cache, k, v, batch)?;
+        let (pools, meta) = cache.parts_mut();
+        Self::extended(meta, batch, |meta| self.step(StepViews { q, k, v, positions, rope, pools, meta, batch, params, out }))
+    }
+
+    /// The engine path of the composite step (see [`Backend::rope_append_attend`]) on views
+    /// and pools in the caller's memory, with metadata the caller owns (already counting the
+    /// step's tokens, as for [`Backend::append_kv`]).
+    pub fn step(&self, s: StepViews<'_>) -> Result<()> {
+        let _span = tracing::debug_span!("rope_append_attend", backend = self.name()).entered();
+        let StepViews { q, k, v, positions, rope, pools, meta, batch, params, out } = s;
         let rope_desc = self.check_rope(q, k, positions, rope)?;
-        let (start, _) = self.check_append(cache, k, v, batch)?;
-        let kv_lens: Vec<usize> = start.iter().zip(batch.q_lens()).map(|(s, q)| s + q).collect();
-        let mut desc = self.check_attention(q, cache, batch, &kv_lens, params, out)?;
+        let (start, _) = self.check_append(pools, meta, k, v, batch)?;
+        let kv_lens: Vec<usize> = batch.seq_ids().iter().map(|&s| meta.seq_len(s)).collect();
+        let mut desc = self.check_attention(q, pools, meta, batch, &kv_lens, params, out)?;
+        Self::check_disjoint(&[("q", q, "k", k), ("k", k, "v", v), ("out", out, "k", k), ("out", out, "v", v)])?;
         desc.rope = rope_desc.rope;
         desc.validate_call()?;
         for op in [Op::Rope, Op::KvAppend, Op::Attention, Op::Step] {
             self.inner.supports(op, &desc).map_err(|reasons| self.unsupported(op, reasons))?;
         }
         let freqs = rope.frequencies(max_position(positions))?;
-        let new_lens = kv_lens.clone();
-        self.inner.rope_append_attend(StepArgs {
-            q,
-            k,
-            v,
-            positions,
-            config: rope,
-            freqs,
-            cache,
-            batch,
-            start,
-            kv_lens,
-            params,
-            out,
-            desc,
-            validated: Validated(()),
-        })?;
-        for (&s, &len) in batch.seq_ids().iter().zip(&new_lens) {
-            cache.set_seq_len(s, len);
+        self.inner.rope_append_attend(StepArgs { q, k, v, positions, config: rope, freqs, pools, meta, batch, start, kv_lens, params, out, desc, validated: Validated(()) })
+    }
+
+    /// Runs `f` with `batch`'s sequences grown by their new tokens; puts the lengths back if it
+    /// fails, so a refused op leaves the cache as it was.
+    fn extended(meta: &mut KvMetadata, batch: &Batch, f: impl FnOnce(&KvMetadata) -> Result<()>) -> Result<()> {
+        let before: Vec<usize> = batch.seq_ids().iter().map(|&s| meta.seq_len(s)).collect();
+        meta.extend(batch)?;
+        let r = f(meta);
+        if r.is_err() {
+            for (&s, &len) in batch.seq_ids().iter().zip(&before) {
+                meta.truncate(s, len).expect("the length grew just before");
+            }
         }
-        Ok(())
+        r
     }
 
     /// Forks sequence `src` into the empty sequence `dst` of a paged cache (prefix caching, beam
@@ -393,36 +523,17 @@ impl Backend {
     /// and gets a copy of its last partial page in `spare_page` (copy-on-write, so both can
     /// append). `spare_page` must be a page no sequence uses; it is required when `src`'s length
     /// is not a multiple of the page size. Give `dst` more pages with
-    /// [`KvCache::set_page_table`] (keeping these first) before it grows past them.
+    /// [`KvCache::set_page_table`] (keeping these first) before it grows past them. The engine
+    /// path is [`KvMetadata::fork`] then [`Backend::copy_kv_pages`] per layer.
     pub fn fork_sequence(&self, cache: &mut KvCache, src: usize, dst: usize, spare_page: Option<u32>) -> Result<()> {
         let _span = tracing::debug_span!("fork_sequence", backend = self.name()).entered();
         self.check_cache(cache)?;
-        let CacheLayout::Paged { page_size, num_pages } = cache.spec().layout else {
-            return Err(Error::InvalidArgument("fork_sequence needs a paged KV cache (a contiguous one has no pages to share)".into()));
-        };
-        let n = cache.spec().num_seqs;
-        if src >= n || dst >= n || src == dst {
-            return Err(Error::InvalidArgument(format!("fork of sequence {src} into {dst}: both must be distinct sequences of the cache ({n})")));
+        let (pools, meta) = cache.parts_mut();
+        let mut forked = meta.clone();
+        if let Some(copy) = forked.fork(src, dst, spare_page)? {
+            self.copy_kv_pages(pools, &[copy])?;
         }
-        if cache.seq_len(dst) != 0 {
-            return Err(Error::InvalidArgument(format!("fork into sequence {dst}: it holds {} tokens (reset it first)", cache.seq_len(dst))));
-        }
-        let len = cache.seq_len(src);
-        let (full, partial) = (len / page_size, !len.is_multiple_of(page_size));
-        let mut table: Vec<u32> = cache.page_table(src)[..full].to_vec();
-        if partial {
-            let Some(spare) = spare_page else {
-                return Err(Error::InvalidArgument(format!("fork of sequence {src} ({len} tokens, pages of {page_size}): its last page is partial, so a spare page is needed for the copy")));
-            };
-            if spare as usize >= num_pages || cache.page_in_use(spare) {
-                return Err(Error::PageTableOutOfRange { seq: dst, page: spare as usize, num_pages });
-            }
-            let from = cache.page_table(src)[full];
-            self.inner.copy_kv_pages(cache, &[(from, spare)])?;
-            table.push(spare);
-        }
-        cache.set_page_table(dst, &table)?;
-        cache.set_seq_len(dst, len);
+        *meta = forked;
         Ok(())
     }
 
@@ -433,24 +544,27 @@ impl Backend {
     /// length-dependent scaling (dynamic NTK, LongRoPE) is refused, because the table each key
     /// used is not recorded. See [`ShiftArgs`].
     pub fn shift_positions(&self, cache: &mut KvCache, seq: usize, tokens: std::ops::Range<usize>, delta: i64, rope: &RopeConfig) -> Result<()> {
+        let (pools, meta) = cache.parts_mut();
+        self.shift_positions_in(pools, meta, seq, tokens, delta, rope)
+    }
+
+    /// [`Backend::shift_positions`] on pools and metadata the caller owns (one layer's pools).
+    pub fn shift_positions_in(&self, pools: &mut KvPools, meta: &KvMetadata, seq: usize, tokens: std::ops::Range<usize>, delta: i64, rope: &RopeConfig) -> Result<()> {
         let _span = tracing::debug_span!("shift_positions", backend = self.name()).entered();
-        self.check_cache(cache)?;
+        self.check_pools(pools, meta)?;
         rope.validate_params()?;
-        let spec = cache.spec().clone();
+        let spec = pools.spec().clone();
         if rope.head_dim != spec.head_dim {
             // The variant the composite step reports for the same mismatch (its K against the cache).
             return Err(Error::shape("RoPE head_dim against the KV cache's", &[spec.head_dim], &[rope.head_dim]));
         }
         if rope.is_length_dependent() {
-            return Err(Error::InvalidArgument(format!(
-                "context shift needs a position-independent RoPE table; {:?} changes the table with the context length",
-                rope.scaling
-            )));
+            return Err(Error::InvalidArgument(format!("context shift needs a position-independent RoPE table; {:?} changes the table with the context length", rope.scaling)));
         }
-        if seq >= spec.num_seqs {
-            return Err(Error::InvalidArgument(format!("sequence {seq} is outside the cache ({} sequences)", spec.num_seqs)));
+        if seq >= meta.num_seqs() {
+            return Err(Error::InvalidArgument(format!("sequence {seq} is outside the cache ({} sequences)", meta.num_seqs())));
         }
-        let len = cache.seq_len(seq);
+        let len = meta.seq_len(seq);
         if tokens.start > tokens.end || tokens.end > len {
             return Err(Error::InvalidArgument(format!("tokens {tokens:?} of sequence {seq}, which holds {len}")));
         }
@@ -474,7 +588,7 @@ impl Backend {
         };
         self.supports_call(Op::Shift, &desc)?;
         let freqs = rope.frequencies(0)?;
-        self.inner.shift_positions(ShiftArgs { cache, seq, tokens, delta, config: rope, freqs, desc, validated: Validated(()) })
+        self.inner.shift_positions(ShiftArgs { pools, meta, seq, tokens, delta, config: rope, freqs, desc, validated: Validated(()) })
     }
 
     // ---- validation: one place, so every backend rejects the same input the same way ----
@@ -495,6 +609,56 @@ impl Backend {
     fn check_cache(&self, cache: &KvCache) -> Result<()> {
         self.check_device("KV cache", cache.device())?;
         cache.check_storage()
+    }
+
+    fn check_pools_storage(&self, pools: &KvPools) -> Result<()> {
+        self.check_device("KV cache", pools.device())?;
+        pools.check_storage()
+    }
+
+    fn check_pools(&self, pools: &KvPools, meta: &KvMetadata) -> Result<()> {
+        self.check_pools_storage(pools)?;
+        meta.check_pools(pools.spec())
+    }
+
+    /// An output (or a tensor written in place) must not share an element with a tensor it is
+    /// computed from: the kernels read and write without ordering between them.
+    fn check_disjoint(pairs: &[(&str, &Tensor, &str, &Tensor)]) -> Result<()> {
+        for &(wa, a, wb, b) in pairs {
+            if a.overlaps(b) {
+                return Err(Error::InvalidArgument(format!("{wa} overlaps {wb} in memory (views of one buffer must not share elements where one is written)")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The owned path's own refusals before its lengths grow: the tensors, sequences in range,
+    /// capacity, and no append into a page another sequence reads.
+    fn check_owned_append(&self, cache: &KvCache, k: &Tensor, v: &Tensor, batch: &Batch) -> Result<()> {
+        self.check_cache(cache)?;
+        let spec = cache.spec();
+        let shape = [batch.total_tokens(), spec.num_kv_heads, spec.head_dim];
+        self.check_tensor("k", k, &shape, spec.dtype)?;
+        self.check_tensor("v", v, &shape, spec.dtype)?;
+        Self::check_seq_ids(cache.metadata(), batch)?;
+        for (&s, &q) in batch.seq_ids().iter().zip(batch.q_lens()) {
+            let len = cache.seq_len(s);
+            if len + q > cache.seq_capacity(s) {
+                return Err(Error::KvCacheOverflow { seq: s, needed: len + q, capacity: cache.seq_capacity(s) });
+            }
+            if let CacheLayout::Paged { page_size, .. } = spec.layout {
+                // Writing into a page another sequence reads would change its keys.
+                let table = cache.page_table(s);
+                for &page in &table[len / page_size..(len + q).div_ceil(page_size)] {
+                    if cache.page_shared(page) {
+                        return Err(Error::InvalidArgument(format!(
+                            "sequence {s} would append into page {page} that another sequence also reads: fork it first (Backend::fork_sequence copies the partial page) or give it a page of its own"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn check_tensor(&self, what: &str, t: &Tensor, shape: &[usize], dtype: DType) -> Result<()> {
@@ -571,40 +735,35 @@ impl Backend {
         })
     }
 
-    fn check_seq_ids(cache: &KvCache, batch: &Batch) -> Result<()> {
-        let n = cache.spec().num_seqs;
+    fn check_seq_ids(meta: &KvMetadata, batch: &Batch) -> Result<()> {
+        let n = meta.num_seqs();
         if let Some(&s) = batch.seq_ids().iter().find(|&&s| s >= n) {
             return Err(Error::InvalidArgument(format!("sequence {s} is outside the cache ({n} sequences)")));
         }
         Ok(())
     }
 
-    fn check_append(&self, cache: &KvCache, k: &Tensor, v: &Tensor, batch: &Batch) -> Result<(Vec<usize>, ProblemDesc)> {
-        self.check_cache(cache)?;
-        let spec = cache.spec();
+    /// The engine path's append: `meta` already counts the new tokens, which go to tokens
+    /// `seq_len - q_len..seq_len`. Returns the first token written per entry.
+    fn check_append(&self, pools: &KvPools, meta: &KvMetadata, k: &Tensor, v: &Tensor, batch: &Batch) -> Result<(Vec<usize>, ProblemDesc)> {
+        self.check_pools(pools, meta)?;
+        let spec = pools.spec();
         let shape = [batch.total_tokens(), spec.num_kv_heads, spec.head_dim];
         self.check_tensor("k", k, &shape, spec.dtype)?;
         self.check_tensor("v", v, &shape, spec.dtype)?;
-        Self::check_seq_ids(cache, batch)?;
+        Self::check_seq_ids(meta, batch)?;
         let mut start = Vec::with_capacity(batch.len());
         for (&s, &q) in batch.seq_ids().iter().zip(batch.q_lens()) {
-            let len = cache.seq_len(s);
-            if len + q > cache.seq_capacity(s) {
-                return Err(Error::KvCacheOverflow { seq: s, needed: len + q, capacity: cache.seq_capacity(s) });
+            let len = meta.seq_len(s);
+            if q > len {
+                return Err(Error::InvalidArgument(format!("sequence {s} holds {len} tokens, fewer than its {q} new ones: grow the metadata first (KvMetadata::extend)")));
             }
-            if let CacheLayout::Paged { page_size, .. } = spec.layout {
-                // Writing into a page another sequence reads would change its keys.
-                let table = cache.page_table(s);
-                for &page in &table[len / page_size..(len + q).div_ceil(page_size)] {
-                    if cache.page_shared(page) {
-                        return Err(Error::InvalidArgument(format!(
-                            "sequence {s} would append into page {page} that another sequence also reads: fork it first (Backend::fork_sequence copies the partial page) or give it a page of its own"
-                        )));
-                    }
-                }
+            if len > meta.seq_capacity(s) {
+                return Err(Error::KvCacheOverflow { seq: s, needed: len, capacity: meta.seq_capacity(s) });
             }
-            start.push(len);
+            start.push(len - q);
         }
+        Self::check_disjoint(&[("K pool", pools.k(), "k", k), ("K pool", pools.k(), "v", v), ("V pool", pools.v(), "k", k), ("V pool", pools.v(), "v", v)])?;
         let desc = ProblemDesc {
             dtype: spec.dtype,
             num_heads: spec.num_kv_heads,
@@ -627,28 +786,22 @@ impl Backend {
         Ok(())
     }
 
-    fn check_attention(
-        &self,
-        q: &Tensor,
-        cache: &KvCache,
-        batch: &Batch,
-        kv_lens: &[usize],
-        params: AttentionParams,
-        out: &Tensor,
-    ) -> Result<ProblemDesc> {
-        self.check_cache(cache)?;
-        let spec = cache.spec();
+    #[allow(clippy::too_many_arguments)]
+    fn check_attention(&self, q: &Tensor, pools: &KvPools, meta: &KvMetadata, batch: &Batch, kv_lens: &[usize], params: AttentionParams, out: &Tensor) -> Result<ProblemDesc> {
+        self.check_pools(pools, meta)?;
+        let spec = pools.spec();
         let (_, h, d) = self.check_heads_tensor("q", q, Some(spec.head_dim))?;
         self.check_tensor("q", q, &[batch.total_tokens(), h, d], spec.dtype)?;
         Self::check_heads(h, spec.num_kv_heads)?;
         self.check_tensor("out", out, q.shape(), spec.dtype)?;
         Self::check_params(params)?;
-        Self::check_seq_ids(cache, batch)?;
+        Self::check_seq_ids(meta, batch)?;
         for (i, (&q_len, &kv_len)) in batch.q_lens().iter().zip(kv_lens).enumerate() {
             if q_len > kv_len {
                 return Err(Error::QLenExceedsKvLen { seq: batch.seq_ids()[i], q_len, kv_len });
             }
         }
+        Self::check_disjoint(&[("out", out, "q", q), ("out", out, "K pool", pools.k()), ("out", out, "V pool", pools.v())])?;
         Ok(ProblemDesc {
             dtype: spec.dtype,
             num_heads: h,
@@ -663,15 +816,7 @@ impl Backend {
         })
     }
 
-    fn check_plain(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        batch: &PlainBatch,
-        params: AttentionParams,
-        out: &Tensor,
-    ) -> Result<ProblemDesc> {
+    fn check_plain(&self, q: &Tensor, k: &Tensor, v: &Tensor, batch: &PlainBatch, params: AttentionParams, out: &Tensor) -> Result<ProblemDesc> {
         let (_, h, d) = self.check_heads_tensor("q", q, None)?;
         let (_, hk, _) = self.check_heads_tensor("k", k, Some(d))?;
         let dtype = q.dtype();

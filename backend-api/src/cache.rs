@@ -13,8 +13,7 @@
 //! sequence: full pages shared, the partial last page copied (copy-on-write).
 //! [`KvCache::truncate`] rolls a sequence back (speculative decoding).
 
-use crate::tensor::check_storage;
-use crate::{try_vec, DType, Device, Error, Result, Storage};
+use crate::{try_vec, DType, Device, Error, Result, Storage, Tensor};
 
 /// How a cache stores its tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,12 +71,10 @@ impl KvCacheSpec {
             return Err(Error::InvalidArgument("KV cache spec with num_kv_heads = 0".into()));
         }
         match self.layout {
-            CacheLayout::Contiguous { capacity: 0 } => {
-                Err(Error::InvalidArgument("contiguous KV cache with capacity 0".into()))
+            CacheLayout::Contiguous { capacity: 0 } => Err(Error::InvalidArgument("contiguous KV cache with capacity 0".into())),
+            CacheLayout::Paged { page_size, num_pages } if page_size == 0 || num_pages == 0 => {
+                Err(Error::InvalidArgument(format!("paged KV cache needs page_size and num_pages > 0, got {page_size} and {num_pages}")))
             }
-            CacheLayout::Paged { page_size, num_pages } if page_size == 0 || num_pages == 0 => Err(
-                Error::InvalidArgument(format!("paged KV cache needs page_size and num_pages > 0, got {page_size} and {num_pages}")),
-            ),
             _ => {
                 let bytes = self.pool_shape().iter().try_fold(self.dtype.size(), |a, &d| a.checked_mul(d));
                 match bytes {
@@ -114,65 +111,175 @@ impl KvCacheSpec {
     }
 }
 
-/// A KV cache on a backend's device: K and V pools (backend storage) plus host-side metadata
-/// (sequence lengths, page tables). Created by [`crate::Backend::create_kv_cache`]. Lengths
-/// grow only through appends ([`crate::Backend::kv_append`],
-/// [`crate::Backend::rope_append_attend`]) and forks ([`crate::Backend::fork_sequence`]), and
-/// shrink through [`KvCache::truncate`] and [`KvCache::reset`].
+/// K and V pools on a backend's device: two tensors of [`KvCacheSpec::pool_shape`] (dense), in
+/// memory the backend allocated ([`crate::Backend::create_kv_cache`]) or the caller's
+/// ([`crate::Backend::kv_pools`] over views of an engine's buffer, e.g. one layer of
+/// `[layers, pages, page_size, kv_heads, head_dim]`), plus whatever per-slot state a backend
+/// keeps beside them (hip-fused: each slot's key position). Holds no lengths and no page
+/// tables: those are a [`KvMetadata`], which one engine step passes to every layer's pools.
 #[derive(Debug)]
-pub struct KvCache {
+pub struct KvPools {
     spec: KvCacheSpec,
     device: Device,
-    seq_lens: Vec<usize>,
-    page_tables: Vec<Vec<u32>>,
-    /// Per page, how many sequences' tables hold it (paged caches; empty otherwise).
-    page_refs: Vec<u32>,
-    page_table_version: u64,
-    storage: Box<dyn Storage>,
+    k: Tensor,
+    v: Tensor,
+    state: Option<Box<dyn Storage>>,
 }
 
-impl KvCache {
-    /// Wraps backend storage holding both pools (for backend implementors). Errors when the
-    /// spec is invalid, when the storage holds fewer bytes than a pool of the spec
-    /// ([`Error::StorageTooSmall`]) or another dtype, or when the per-sequence metadata cannot
-    /// be allocated ([`Error::OutOfMemory`]).
-    pub fn from_storage(spec: KvCacheSpec, device: Device, storage: Box<dyn Storage>) -> Result<Self> {
+impl KvPools {
+    /// Pools from two tensors (for backend implementors and [`crate::Backend::kv_pools`]): both
+    /// on `device`, of the spec's dtype and exactly [`KvCacheSpec::pool_shape`], dense.
+    pub fn from_tensors(spec: KvCacheSpec, device: Device, k: Tensor, v: Tensor, state: Option<Box<dyn Storage>>) -> Result<Self> {
         spec.validate()?;
-        check_storage("KV cache pools", storage.as_ref(), spec.pool_bytes(), spec.dtype)?;
-        let n = spec.num_seqs;
-        let seq_lens = try_vec(n, 0usize, "KV cache sequence lengths")?;
-        let page_tables = try_vec(n, Vec::new(), "KV cache page tables")?;
-        let pages = match spec.layout {
-            CacheLayout::Paged { num_pages, .. } => num_pages,
-            CacheLayout::Contiguous { .. } => 0,
-        };
-        let page_refs = try_vec(pages, 0u32, "KV cache page references")?;
-        Ok(KvCache { spec, device, seq_lens, page_tables, page_refs, page_table_version: 0, storage })
+        let shape = spec.pool_shape();
+        for (what, t) in [("K pool", &k), ("V pool", &v)] {
+            if t.device() != device {
+                return Err(Error::WrongDevice { what: what.into(), backend: "KV pools".into(), expected: device, got: t.device() });
+            }
+            if t.dtype() != spec.dtype {
+                return Err(Error::DtypeMismatch { what: what.into(), expected: spec.dtype, got: t.dtype() });
+            }
+            if t.shape() != shape {
+                return Err(Error::shape(what, &shape, t.shape()));
+            }
+            if !t.is_contiguous() {
+                return Err(Error::InvalidArgument(format!("{what} must be dense (row stride {}, rows of {})", t.row_stride(), t.row_len())));
+            }
+            t.check_storage(what)?;
+        }
+        if k.overlaps(&v) {
+            return Err(Error::InvalidArgument("the K and V pools overlap".into()));
+        }
+        Ok(KvPools { spec, device, k, v, state })
     }
 
-    /// Checks the storage against the spec again (ops call this before every use).
-    pub fn check_storage(&self) -> Result<()> {
-        check_storage("KV cache pools", self.storage.as_ref(), self.spec.pool_bytes(), self.spec.dtype)
-    }
-
-    /// The spec it was created from.
+    /// The spec (shape of each pool, layout, dtype).
     pub fn spec(&self) -> &KvCacheSpec {
         &self.spec
     }
 
-    /// The device its pools live on.
+    /// The device the pools live on.
     pub fn device(&self) -> Device {
         self.device
     }
 
-    /// Tokens currently held by sequence `seq` (0 for an index out of range).
+    /// The K pool `[pool_shape]`.
+    pub fn k(&self) -> &Tensor {
+        &self.k
+    }
+
+    /// The V pool.
+    pub fn v(&self) -> &Tensor {
+        &self.v
+    }
+
+    /// Both pools and the backend's per-slot state, writable (for backends).
+    pub fn parts_mut(&mut self) -> (&mut Tensor, &mut Tensor, Option<&mut (dyn Storage + 'static)>) {
+        (&mut self.k, &mut self.v, self.state.as_deref_mut())
+    }
+
+    /// The backend's per-slot state, if it keeps any.
+    pub fn state(&self) -> Option<&dyn Storage> {
+        self.state.as_deref()
+    }
+
+    /// Checks both pools' storage again (ops call this before every use).
+    pub fn check_storage(&self) -> Result<()> {
+        self.k.check_storage("K pool")?;
+        self.v.check_storage("V pool")
+    }
+
+    /// Gives the tensors back (e.g. an engine's views).
+    pub fn into_tensors(self) -> (Tensor, Tensor) {
+        (self.k, self.v)
+    }
+}
+
+/// Per-sequence metadata of KV pools: lengths and page tables (block tables). Owned by the
+/// caller and shared by every layer's [`KvPools`] in a step, as an engine keeps one page table
+/// for all layers; [`KvCache`] bundles one with its pools. The slot mapping of an append
+/// follows from it ([`KvMetadata::slot`]).
+///
+/// The engine path of a step: [`KvMetadata::extend`] once (every sequence's length grows by its
+/// new tokens), then per layer [`crate::Backend::append_kv`] (writes the new tokens at the end
+/// of each sequence) and [`crate::Backend::attend`] (reads each sequence's whole length).
+///
+/// Pages may be shared by several sequences' tables (prefix caching, beam search); every op
+/// reads them. Appending into a page another sequence still reads is the caller's duty to
+/// avoid ([`KvMetadata::append_conflict`] says whether a batch would; [`KvCache`] refuses it
+/// for you; [`KvMetadata::fork`] shares full pages and names the partial one to copy).
+#[derive(Debug, Clone)]
+pub struct KvMetadata {
+    layout: CacheLayout,
+    seq_lens: Vec<usize>,
+    page_tables: Vec<Vec<u32>>,
+    /// Per page, how many sequences' tables hold it (paged; empty otherwise).
+    page_refs: Vec<u32>,
+    page_table_version: u64,
+}
+
+impl KvMetadata {
+    /// Empty sequences (`num_seqs`, no pages) for pools of `spec`.
+    pub fn new(spec: &KvCacheSpec) -> Result<Self> {
+        spec.validate()?;
+        let n = spec.num_seqs;
+        let pages = match spec.layout {
+            CacheLayout::Paged { num_pages, .. } => num_pages,
+            CacheLayout::Contiguous { .. } => 0,
+        };
+        Ok(KvMetadata {
+            layout: spec.layout,
+            seq_lens: try_vec(n, 0usize, "KV cache sequence lengths")?,
+            page_tables: try_vec(n, Vec::new(), "KV cache page tables")?,
+            page_refs: try_vec(pages, 0u32, "KV cache page references")?,
+            page_table_version: 0,
+        })
+    }
+
+    /// Contiguous or paged, and its sizes.
+    pub fn layout(&self) -> CacheLayout {
+        self.layout
+    }
+
+    /// Sequences described.
+    pub fn num_seqs(&self) -> usize {
+        self.seq_lens.len()
+    }
+
+    /// Checks that pools of `spec` can be addressed with this metadata (same layout; a
+    /// contiguous pool holds a row per sequence).
+    pub fn check_pools(&self, spec: &KvCacheSpec) -> Result<()> {
+        let ok = match (self.layout, spec.layout) {
+            (CacheLayout::Contiguous { capacity: a }, CacheLayout::Contiguous { capacity: b }) => a == b && self.num_seqs() <= spec.num_seqs,
+            (a, b) => a == b,
+        };
+        if !ok {
+            return Err(Error::InvalidArgument(format!(
+                "KV metadata for a {:?} cache of {} sequences does not address pools of {:?} ({} sequences)",
+                self.layout,
+                self.num_seqs(),
+                spec.layout,
+                spec.num_seqs
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_seq(&self, seq: usize) -> Result<()> {
+        if seq >= self.num_seqs() {
+            return Err(Error::InvalidArgument(format!("sequence {seq} is outside the cache ({} sequences)", self.num_seqs())));
+        }
+        Ok(())
+    }
+
+    /// Tokens sequence `seq` holds (0 for an index out of range).
     pub fn seq_len(&self, seq: usize) -> usize {
         self.seq_lens.get(seq).copied().unwrap_or(0)
     }
 
     /// Tokens each sequence can hold: its capacity (contiguous) or its pages times page size.
     pub fn seq_capacity(&self, seq: usize) -> usize {
-        match self.spec.layout {
+        match self.layout {
             CacheLayout::Contiguous { capacity } => capacity,
             CacheLayout::Paged { page_size, .. } => self.page_table(seq).len() * page_size,
         }
@@ -183,24 +290,20 @@ impl KvCache {
         self.page_tables.get(seq).map(|v| v.as_slice()).unwrap_or(&[])
     }
 
-    /// Bumped by every page-table change, so a GPU backend can keep a device copy and refresh it
+    /// Bumped by every page-table change, so a backend can keep a device copy and refresh it
     /// only when this changes.
     pub fn page_table_version(&self) -> u64 {
         self.page_table_version
     }
 
-    /// Sets the pages of sequence `seq` (paged caches only). Every page must be in the pool and
-    /// appear once in the table, and the table must keep the tokens already stored. A page may
-    /// also be in other sequences' tables (prefix caching, beam search): they all read it, and
-    /// appends into a shared page are refused (fork with
-    /// [`crate::Backend::fork_sequence`], which copies the last partial page).
+    /// Sets the pages of sequence `seq` (paged only). Every page must be in the pool and appear
+    /// once in the table, and the table must keep the tokens already stored. A page may also be
+    /// in other sequences' tables: they all read it.
     pub fn set_page_table(&mut self, seq: usize, pages: &[u32]) -> Result<()> {
-        let CacheLayout::Paged { page_size, num_pages } = self.spec.layout else {
+        let CacheLayout::Paged { page_size, num_pages } = self.layout else {
             return Err(Error::InvalidArgument("set_page_table on a contiguous KV cache".into()));
         };
-        if seq >= self.spec.num_seqs {
-            return Err(Error::InvalidArgument(format!("sequence {seq} is outside the cache ({} sequences)", self.spec.num_seqs)));
-        }
+        self.check_seq(seq)?;
         let mut seen = std::collections::HashSet::new();
         for &p in pages {
             if p as usize >= num_pages || !seen.insert(p) {
@@ -235,45 +338,29 @@ impl KvCache {
         self.page_refs.get(page as usize).is_some_and(|&r| r > 0)
     }
 
+    /// Sets the length of sequence `seq` (the engine owns lengths): at most its capacity.
+    pub fn set_seq_len(&mut self, seq: usize, len: usize) -> Result<()> {
+        self.check_seq(seq)?;
+        if len > self.seq_capacity(seq) {
+            return Err(Error::KvCacheOverflow { seq, needed: len, capacity: self.seq_capacity(seq) });
+        }
+        self.seq_lens[seq] = len;
+        Ok(())
+    }
+
     /// Forgets the tokens of sequence `seq` (length back to 0; pages stay assigned).
     pub fn reset(&mut self, seq: usize) -> Result<()> {
-        match self.seq_lens.get_mut(seq) {
-            Some(l) => {
-                *l = 0;
-                Ok(())
-            }
-            None => Err(Error::InvalidArgument(format!("sequence {seq} is outside the cache ({} sequences)", self.spec.num_seqs))),
-        }
-    }
-
-    /// Element offset in a pool of token `t`, head `h`, dim 0 of sequence `seq`. `t` must be
-    /// below [`KvCache::seq_capacity`].
-    pub fn slot_offset(&self, seq: usize, t: usize, h: usize) -> usize {
-        let (hk, d) = (self.spec.num_kv_heads, self.spec.head_dim);
-        let slot = match self.spec.layout {
-            CacheLayout::Contiguous { capacity } => seq * capacity + t,
-            CacheLayout::Paged { page_size, .. } => self.page_tables[seq][t / page_size] as usize * page_size + t % page_size,
-        };
-        (slot * hk + h) * d
-    }
-
-    /// The backend's storage, for downcasting by the backend that made it.
-    pub fn storage(&self) -> &dyn Storage {
-        self.storage.as_ref()
-    }
-
-    /// The backend's storage, mutably.
-    pub fn storage_mut(&mut self) -> &mut dyn Storage {
-        self.storage.as_mut()
+        self.check_seq(seq)?;
+        self.seq_lens[seq] = 0;
+        Ok(())
     }
 
     /// Drops the tokens of sequence `seq` from position `len` on: speculative decoding's
     /// rollback of rejected draft tokens. The next append writes at `len`; pool contents past a
-    /// sequence's length are never read by any op. Growing a sequence this way is an error
-    /// (append instead), as is a sequence outside the cache.
+    /// sequence's length are never read by any op. Growing a sequence this way is an error.
     pub fn truncate(&mut self, seq: usize, len: usize) -> Result<()> {
-        let n = self.spec.num_seqs;
-        let cur = *self.seq_lens.get(seq).ok_or_else(|| Error::InvalidArgument(format!("sequence {seq} is outside the cache ({n} sequences)")))?;
+        self.check_seq(seq)?;
+        let cur = self.seq_lens[seq];
         if len > cur {
             return Err(Error::InvalidArgument(format!("truncate sequence {seq} to {len} tokens: it holds {cur} (truncation only drops tokens)")));
         }
@@ -281,8 +368,193 @@ impl KvCache {
         Ok(())
     }
 
-    pub(crate) fn set_seq_len(&mut self, seq: usize, len: usize) {
-        self.seq_lens[seq] = len;
+    /// Grows every sequence of `batch` by its new tokens (`q_lens`), all or none: a sequence
+    /// outside the metadata, listed twice, or growing past its capacity is an error and
+    /// changes nothing. Call once per step, before the layers' appends.
+    pub fn extend(&mut self, batch: &crate::Batch) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for (&s, &q) in batch.seq_ids().iter().zip(batch.q_lens()) {
+            self.check_seq(s)?;
+            if !seen.insert(s) {
+                return Err(Error::InvalidArgument(format!("sequence {s} appears twice in the batch")));
+            }
+            let need = self.seq_lens[s] + q;
+            if need > self.seq_capacity(s) {
+                return Err(Error::KvCacheOverflow { seq: s, needed: need, capacity: self.seq_capacity(s) });
+            }
+        }
+        for (&s, &q) in batch.seq_ids().iter().zip(batch.q_lens()) {
+            self.seq_lens[s] += q;
+        }
+        Ok(())
+    }
+
+    /// The first page of `batch`'s appended tokens (the last `q_lens[i]` of each sequence)
+    /// that another sequence also reads, if any: `(seq, page)`.
+    pub fn append_conflict(&self, batch: &crate::Batch) -> Option<(usize, u32)> {
+        let CacheLayout::Paged { page_size, .. } = self.layout else {
+            return None;
+        };
+        for (&s, &q) in batch.seq_ids().iter().zip(batch.q_lens()) {
+            let len = self.seq_len(s);
+            let table = self.page_table(s);
+            let (first, end) = (len.saturating_sub(q) / page_size, len.div_ceil(page_size).min(table.len()));
+            if let Some(&p) = table.get(first..end).unwrap_or(&[]).iter().find(|&&p| self.page_shared(p)) {
+                return Some((s, p));
+            }
+        }
+        None
+    }
+
+    /// Forks sequence `src` into the empty sequence `dst` (paged): `dst` shares `src`'s full
+    /// pages and gets `spare_page` for a copy of the last partial one; returns `(from, to)`, the
+    /// page copy the caller must make in every layer's pools
+    /// ([`crate::Backend::copy_kv_pages`]), or `None` when `src` ends on a page boundary.
+    pub fn fork(&mut self, src: usize, dst: usize, spare_page: Option<u32>) -> Result<Option<(u32, u32)>> {
+        let CacheLayout::Paged { page_size, num_pages } = self.layout else {
+            return Err(Error::InvalidArgument("fork_sequence needs a paged KV cache (a contiguous one has no pages to share)".into()));
+        };
+        let n = self.num_seqs();
+        if src >= n || dst >= n || src == dst {
+            return Err(Error::InvalidArgument(format!("fork of sequence {src} into {dst}: both must be distinct sequences of the cache ({n})")));
+        }
+        if self.seq_len(dst) != 0 {
+            return Err(Error::InvalidArgument(format!("fork into sequence {dst}: it holds {} tokens (reset it first)", self.seq_len(dst))));
+        }
+        let len = self.seq_len(src);
+        let (full, partial) = (len / page_size, !len.is_multiple_of(page_size));
+        let mut table: Vec<u32> = self.page_table(src)[..full].to_vec();
+        let mut copy = None;
+        if partial {
+            let Some(spare) = spare_page else {
+                return Err(Error::InvalidArgument(format!(
+                    "fork of sequence {src} ({len} tokens, pages of {page_size}): its last page is partial, so a spare page is needed for the copy"
+                )));
+            };
+            if spare as usize >= num_pages || self.page_in_use(spare) {
+                return Err(Error::PageTableOutOfRange { seq: dst, page: spare as usize, num_pages });
+            }
+            copy = Some((self.page_table(src)[full], spare));
+            table.push(spare);
+        }
+        self.set_page_table(dst, &table)?;
+        self.seq_lens[dst] = len;
+        Ok(copy)
+    }
+
+    /// Pool slot (row of `[slots, kv_heads, head_dim]`) of token `t` of sequence `seq`; `t` must
+    /// be below [`KvMetadata::seq_capacity`].
+    pub fn slot(&self, seq: usize, t: usize) -> usize {
+        match self.layout {
+            CacheLayout::Contiguous { capacity } => seq * capacity + t,
+            CacheLayout::Paged { page_size, .. } => self.page_tables[seq][t / page_size] as usize * page_size + t % page_size,
+        }
+    }
+}
+
+/// A KV cache on a backend's device: [`KvPools`] and the [`KvMetadata`] that addresses them,
+/// the convenience type for callers that do not manage pages themselves. Created by
+/// [`crate::Backend::create_kv_cache`]. Lengths grow only through appends
+/// ([`crate::Backend::kv_append`], [`crate::Backend::rope_append_attend`]) and forks
+/// ([`crate::Backend::fork_sequence`]), and shrink through [`KvCache::truncate`] and
+/// [`KvCache::reset`]; an append into a page another sequence reads is refused. Every op runs
+/// through the same code as the engine path ([`crate::Backend::append_kv`],
+/// [`crate::Backend::attend`]) on the parts.
+#[derive(Debug)]
+pub struct KvCache {
+    pools: KvPools,
+    meta: KvMetadata,
+}
+
+impl KvCache {
+    /// A cache over `pools` with empty sequences.
+    pub fn new(pools: KvPools) -> Result<Self> {
+        let meta = KvMetadata::new(pools.spec())?;
+        Ok(KvCache { pools, meta })
+    }
+
+    /// Checks the storage again (ops call this before every use).
+    pub fn check_storage(&self) -> Result<()> {
+        self.pools.check_storage()
+    }
+
+    /// The spec it was created from.
+    pub fn spec(&self) -> &KvCacheSpec {
+        self.pools.spec()
+    }
+
+    /// The device its pools live on.
+    pub fn device(&self) -> Device {
+        self.pools.device()
+    }
+
+    /// The pools.
+    pub fn pools(&self) -> &KvPools {
+        &self.pools
+    }
+
+    /// The metadata (lengths, page tables).
+    pub fn metadata(&self) -> &KvMetadata {
+        &self.meta
+    }
+
+    /// Pools (writable) and metadata, borrowed apart.
+    pub fn parts_mut(&mut self) -> (&mut KvPools, &mut KvMetadata) {
+        (&mut self.pools, &mut self.meta)
+    }
+
+    /// Tokens currently held by sequence `seq` (0 for an index out of range).
+    pub fn seq_len(&self, seq: usize) -> usize {
+        self.meta.seq_len(seq)
+    }
+
+    /// Tokens each sequence can hold: its capacity (contiguous) or its pages times page size.
+    pub fn seq_capacity(&self, seq: usize) -> usize {
+        self.meta.seq_capacity(seq)
+    }
+
+    /// The page table of sequence `seq` (empty for contiguous caches).
+    pub fn page_table(&self, seq: usize) -> &[u32] {
+        self.meta.page_table(seq)
+    }
+
+    /// See [`KvMetadata::page_table_version`].
+    pub fn page_table_version(&self) -> u64 {
+        self.meta.page_table_version()
+    }
+
+    /// Sets the pages of sequence `seq` (see [`KvMetadata::set_page_table`]). Appends into a
+    /// page that is in several tables are refused (fork with
+    /// [`crate::Backend::fork_sequence`], which copies the last partial page).
+    pub fn set_page_table(&mut self, seq: usize, pages: &[u32]) -> Result<()> {
+        self.meta.set_page_table(seq, pages)
+    }
+
+    /// Whether page `page` is in more than one sequence's table.
+    pub fn page_shared(&self, page: u32) -> bool {
+        self.meta.page_shared(page)
+    }
+
+    /// Whether page `page` is in any sequence's table.
+    pub fn page_in_use(&self, page: u32) -> bool {
+        self.meta.page_in_use(page)
+    }
+
+    /// Forgets the tokens of sequence `seq` (length back to 0; pages stay assigned).
+    pub fn reset(&mut self, seq: usize) -> Result<()> {
+        self.meta.reset(seq)
+    }
+
+    /// Element offset in a pool of token `t`, head `h`, dim 0 of sequence `seq`. `t` must be
+    /// below [`KvCache::seq_capacity`].
+    pub fn slot_offset(&self, seq: usize, t: usize, h: usize) -> usize {
+        let spec = self.pools.spec();
+        (self.meta.slot(seq, t) * spec.num_kv_heads + h) * spec.head_dim
+    }
+
+    /// See [`KvMetadata::truncate`].
+    pub fn truncate(&mut self, seq: usize, len: usize) -> Result<()> {
+        self.meta.truncate(seq, len)
     }
 }
 

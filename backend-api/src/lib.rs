@@ -4,7 +4,8 @@
 //!
 //! - [`Tensor`]: a handle to device memory with shape, [`DType`] and [`Device`];
 //! - [`RopeConfig`]: rotary embeddings with every common scaling ([`RopeScaling`]);
-//! - [`KvCache`]: contiguous or paged K/V storage with per-sequence lengths;
+//! - [`KvPools`] (K/V pools, the backend's or the caller's memory), [`KvMetadata`] (lengths,
+//!   page tables: the caller's, shared by all layers) and [`KvCache`] (both, owned);
 //! - [`Batch`] / [`PlainBatch`]: which sequences a step touches and how many tokens each;
 //! - [`AttentionBackend`]: what a backend implements (`rope`, `kv_append`, `attention`,
 //!   `attention_plain`, and the composite `rope_append_attend`);
@@ -27,13 +28,13 @@ mod rope;
 mod tensor;
 
 pub use args::{AppendArgs, AttentionArgs, PlainAttentionArgs, RopeArgs, ShiftArgs, StepArgs};
-pub use backend::{AttentionBackend, Backend, StepInputs};
-pub use cache::{CacheLayout, CachedSeq, KvCache, KvCacheSpec, KvPool};
+pub use backend::{AttentionBackend, Backend, StepInputs, StepViews};
+pub use cache::{CacheLayout, CachedSeq, KvCache, KvCacheSpec, KvMetadata, KvPool, KvPools};
 pub use dtype::{bf16_from_f64, f16_from_f64, DType, Device, DeviceKind};
 pub use error::{Error, Result};
 pub use problem::{AttentionParams, Batch, Op, PlainBatch, ProblemDesc};
 pub use rope::{RopeConfig, RopeFrequencies, RopeScaling, RopeStyle};
-pub use tensor::{Storage, Tensor};
+pub use tensor::{Region, Storage, Tensor};
 
 /// `n` copies of `value` in a new `Vec`, or [`Error::OutOfMemory`] naming `what` when the host
 /// cannot allocate it (never an abort: sizes come from callers' input).

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use backend_api::registry::BackendEntry;
 use backend_api::*;
 
-use storage::{host, host_mut, pools, pools_mut, CpuCache, CpuStorage};
+use storage::{host, CpuTensor, HostBuffer};
 
 /// The reference backend. Stateless; one instance serves every thread.
 #[derive(Debug, Default, Clone, Copy)]
@@ -27,6 +27,20 @@ pub struct CpuBackend;
 impl CpuBackend {
     /// Registry name.
     pub const NAME: &'static str = "cpu";
+
+    /// A tensor over the caller's host memory (no copy): `shape` from element `offset` of
+    /// `buf`, rows `row_stride` elements apart (the CPU side of an engine's borrowed views: q,
+    /// k and v into one fused QKV buffer, pools as slices of one allocation). Refused when it
+    /// runs past the buffer, the stride is shorter than a row, or `dtype` is not the buffer's.
+    pub fn tensor_in(buf: &HostBuffer, offset: usize, shape: &[usize], row_stride: usize, dtype: DType) -> Result<Tensor> {
+        if buf.dtype() != dtype {
+            return Err(Error::DtypeMismatch { what: "host buffer".into(), expected: dtype, got: buf.dtype() });
+        }
+        if offset > buf.len() {
+            return Err(Error::InvalidArgument(format!("offset {offset} past a host buffer of {} elements", buf.len())));
+        }
+        Tensor::from_storage_strided(shape.to_vec(), row_stride, dtype, Device::CPU, Box::new(CpuTensor { buf: buf.clone(), offset }))
+    }
 
     /// A new instance (the registry keeps a shared one: `registry::get("cpu")`).
     pub fn new() -> Self {
@@ -55,52 +69,27 @@ impl AttentionBackend for CpuBackend {
 
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::InvalidArgument(format!("shape {shape:?} overflows")))?;
-        Tensor::from_storage(shape.to_vec(), dtype, Device::CPU, Box::new(CpuStorage::zeros(n, dtype)?))
+        Tensor::from_storage(shape.to_vec(), dtype, Device::CPU, Box::new(CpuTensor { buf: HostBuffer::zeros(n, dtype)?, offset: 0 }))
     }
 
     fn write(&self, dst: &mut Tensor, src: &[f32]) -> Result<()> {
-        let s = host_mut(dst, "destination tensor")?;
-        check_len("write", src.len(), s.len())?;
-        for (i, &x) in src.iter().enumerate() {
-            s.set(i, x as f64);
-        }
-        Ok(())
+        check_len("write", src.len(), dst.numel())?;
+        storage::write(dst, "destination tensor", &src.iter().map(|&x| x as f64).collect::<Vec<_>>())
     }
 
     fn read(&self, src: &Tensor) -> Result<Vec<f32>> {
-        let s = host(src, "tensor")?;
-        Ok((0..s.len()).map(|i| s.get(i) as f32).collect())
+        Ok(storage::read(src, "tensor")?.into_iter().map(|x| x as f32).collect())
     }
 
     fn fill(&self, dst: &mut Tensor, value: f32) -> Result<()> {
-        let s = host_mut(dst, "tensor")?;
-        for i in 0..s.len() {
-            s.set(i, value as f64);
-        }
-        Ok(())
+        let n = dst.numel();
+        storage::write(dst, "tensor", &vec![value as f64; n])
     }
 
-    fn create_kv_cache(&self, spec: &KvCacheSpec) -> Result<KvCache> {
-        let n = spec.pool_len();
-        let pools = CpuCache { k: CpuStorage::zeros(n, spec.dtype)?, v: CpuStorage::zeros(n, spec.dtype)? };
-        KvCache::from_storage(spec.clone(), Device::CPU, Box::new(pools))
-    }
-
-    fn read_kv_pool(&self, cache: &KvCache) -> Result<KvPool> {
-        let p = pools(cache)?;
-        let f = |s: &CpuStorage| (0..s.len()).map(|i| s.get(i) as f32).collect();
-        Ok(KvPool { k: f(&p.k), v: f(&p.v) })
-    }
-
-    fn write_kv_pool(&self, cache: &mut KvCache, pool: &KvPool) -> Result<()> {
-        let p = pools_mut(cache)?;
-        check_len("write_kv_pool (k)", pool.k.len(), p.k.len())?;
-        check_len("write_kv_pool (v)", pool.v.len(), p.v.len())?;
-        for (i, (&k, &v)) in pool.k.iter().zip(&pool.v).enumerate() {
-            p.k.set(i, k as f64);
-            p.v.set(i, v as f64);
-        }
-        Ok(())
+    fn view(&self, base: &Tensor, offset: usize, shape: &[usize], row_stride: usize) -> Result<Tensor> {
+        let b = host(base, "view base")?;
+        let storage = CpuTensor { buf: b.buf.clone(), offset: b.offset + offset };
+        Tensor::from_storage_strided(shape.to_vec(), row_stride, base.dtype(), Device::CPU, Box::new(storage))
     }
 
     fn rope(&self, args: RopeArgs<'_>) -> Result<()> {

@@ -2,7 +2,9 @@
 
 use std::any::Any;
 
-use backend_api::{try_vec, DType, Device, Error, KvCache, Result, Storage, Tensor};
+use std::sync::{Arc, RwLock};
+
+use backend_api::{try_vec, DType, Device, Error, Region, Result, Storage, Tensor};
 use half::{bf16, f16};
 
 /// Host memory of one dtype. Values are stored rounded to the dtype, exactly as a GPU stores them.
@@ -14,21 +16,6 @@ pub enum CpuStorage {
     F16(Vec<f16>),
     /// bf16 elements.
     BF16(Vec<bf16>),
-}
-
-impl Storage for CpuStorage {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn byte_len(&self) -> usize {
-        self.len() * self.dtype().size()
-    }
-    fn dtype(&self) -> Option<DType> {
-        Some(CpuStorage::dtype(self))
-    }
 }
 
 impl CpuStorage {
@@ -96,16 +83,81 @@ impl CpuStorage {
     }
 }
 
-/// K and V pools of a CPU KV cache.
-#[derive(Debug)]
-pub struct CpuCache {
-    /// K pool (layout in `backend_api::cache`).
-    pub k: CpuStorage,
-    /// V pool.
-    pub v: CpuStorage,
+/// Host memory that tensors share: the caller's (an engine's host buffers, see
+/// [`crate::CpuBackend::tensor_in`]) or the backend's own. Cloning the handle shares the
+/// memory; it lives as long as the last handle or tensor over it. Reads and writes take a lock,
+/// so views of one buffer written from several threads stay sound.
+#[derive(Debug, Clone)]
+pub struct HostBuffer(Arc<RwLock<CpuStorage>>);
+
+impl HostBuffer {
+    /// `n` zeros of `dtype`, or [`Error::OutOfMemory`].
+    pub fn zeros(n: usize, dtype: DType) -> Result<Self> {
+        Ok(HostBuffer(Arc::new(RwLock::new(CpuStorage::zeros(n, dtype)?))))
+    }
+
+    /// Elements held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when it holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.lock().dtype()
+    }
+
+    /// Elements `range` as f32 (exact for f16/bf16).
+    pub fn read_f32(&self, range: std::ops::Range<usize>) -> Result<Vec<f32>> {
+        let g = self.lock();
+        check_range(range.start, range.len(), g.len())?;
+        Ok(range.map(|i| g.get(i) as f32).collect())
+    }
+
+    /// Stores `values` at `offset..`, rounded to the dtype.
+    pub fn write_f32(&self, offset: usize, values: &[f32]) -> Result<()> {
+        let mut g = self.lock_mut();
+        check_range(offset, values.len(), g.len())?;
+        for (i, &x) in values.iter().enumerate() {
+            g.set(offset + i, x as f64);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::RwLockReadGuard<'_, CpuStorage> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn lock_mut(&self) -> std::sync::RwLockWriteGuard<'_, CpuStorage> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.0) as *const () as usize
+    }
 }
 
-impl Storage for CpuCache {
+fn check_range(offset: usize, n: usize, len: usize) -> Result<()> {
+    if offset.checked_add(n).is_none_or(|end| end > len) {
+        return Err(Error::InvalidArgument(format!("elements {offset}..{} of a host buffer of {len}", offset.saturating_add(n))));
+    }
+    Ok(())
+}
+
+/// A CPU tensor's storage: a [`HostBuffer`] and the element where the tensor starts in it.
+#[derive(Debug, Clone)]
+pub struct CpuTensor {
+    /// The memory (shared by views).
+    pub buf: HostBuffer,
+    /// First element of the tensor in `buf`.
+    pub offset: usize,
+}
+
+impl Storage for CpuTensor {
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -113,10 +165,14 @@ impl Storage for CpuCache {
         self
     }
     fn byte_len(&self) -> usize {
-        self.k.byte_len().min(self.v.byte_len())
+        let g = self.buf.lock();
+        g.len().saturating_sub(self.offset) * g.dtype().size()
     }
     fn dtype(&self) -> Option<DType> {
-        Some(self.k.dtype()).filter(|&d| d == self.v.dtype())
+        Some(self.buf.dtype())
+    }
+    fn region(&self) -> Option<Region> {
+        Some(Region { alloc: self.buf.id(), offset: self.offset * self.buf.dtype().size() })
     }
 }
 
@@ -125,25 +181,45 @@ fn foreign(what: &str, got: Device) -> Error {
 }
 
 /// The CPU storage of `t`, or `WrongDevice` if another backend made it.
-pub fn host<'a>(t: &'a Tensor, what: &str) -> Result<&'a CpuStorage> {
+pub fn host<'a>(t: &'a Tensor, what: &str) -> Result<&'a CpuTensor> {
     let dev = t.device();
-    t.storage().as_any().downcast_ref::<CpuStorage>().ok_or_else(|| foreign(what, dev))
+    t.storage().as_any().downcast_ref::<CpuTensor>().ok_or_else(|| foreign(what, dev))
 }
 
-/// Mutable [`host`].
-pub fn host_mut<'a>(t: &'a mut Tensor, what: &str) -> Result<&'a mut CpuStorage> {
-    let dev = t.device();
-    t.storage_mut().as_any_mut().downcast_mut::<CpuStorage>().ok_or_else(|| foreign(what, dev))
+/// `t`'s elements as dense f64 (row by row, skipping memory between strided rows).
+pub fn read(t: &Tensor, what: &str) -> Result<Vec<f64>> {
+    let s = host(t, what)?;
+    let (row, g) = (t.row_len(), s.buf.lock());
+    let mut out = Vec::with_capacity(t.numel());
+    for r in t.row_offsets() {
+        out.extend((0..row).map(|j| g.get(s.offset + r + j)));
+    }
+    Ok(out)
 }
 
-/// The CPU pools of `c`, or `WrongDevice`.
-pub fn pools(c: &KvCache) -> Result<&CpuCache> {
-    let dev = c.device();
-    c.storage().as_any().downcast_ref::<CpuCache>().ok_or_else(|| foreign("KV cache", dev))
+/// Stores dense `values` (`t.numel()` of them) into `t`'s rows, each rounded to the dtype.
+pub fn write(t: &mut Tensor, what: &str, values: &[f64]) -> Result<()> {
+    let row = t.row_len();
+    let offsets: Vec<usize> = t.row_offsets().collect();
+    let s = host(t, what)?;
+    let mut g = s.buf.lock_mut();
+    for (i, r) in offsets.into_iter().enumerate() {
+        for j in 0..row {
+            g.set(s.offset + r + j, values[i * row + j]);
+        }
+    }
+    Ok(())
 }
 
-/// Mutable [`pools`].
-pub fn pools_mut(c: &mut KvCache) -> Result<&mut CpuCache> {
-    let dev = c.device();
-    c.storage_mut().as_any_mut().downcast_mut::<CpuCache>().ok_or_else(|| foreign("KV cache", dev))
+/// `n` elements of the dense tensor `t` from element `off`, as f64.
+pub fn read_at(t: &Tensor, what: &str, off: usize, n: usize) -> Result<Vec<f64>> {
+    let s = host(t, what)?;
+    Ok(s.buf.lock().range(s.offset + off, n))
+}
+
+/// Stores `values` into the dense tensor `t` from element `off`.
+pub fn write_at(t: &mut Tensor, what: &str, off: usize, values: &[f64]) -> Result<()> {
+    let s = host(t, what)?;
+    s.buf.lock_mut().set_range(s.offset + off, values);
+    Ok(())
 }

@@ -27,8 +27,9 @@ use backend_api::*;
 use crate::plan::{plan, OpPlan, Strategy as Variant};
 use crate::runtime::launch::rope::{into_cache, RopeShape, RopeTable};
 use crate::runtime::launch::PoolMut;
+use crate::runtime::launch::Strided;
 use crate::runtime::Gpu;
-use crate::storage::{cache_mut, tensor, tensor_mut};
+use crate::storage::{pool_state_mut, pools, tensor};
 use crate::HipBackend;
 
 struct Row {
@@ -137,7 +138,16 @@ pub fn main() {
     for (i, r) in rows.iter().enumerate() {
         let tbs = r.bytes / r.ms / 1e9;
         let _ = writeln!(out, "{:<58} {:<5} {:>9.4} {:>8.3} {:>6.1}% {:>9.2}", r.name, r.dtype, r.ms, tbs, 100.0 * tbs / copy_bw, r.flops / r.ms / 1e9);
-        let _ = writeln!(js, "  {{\"op\": {:?}, \"dtype\": \"{}\", \"ms\": {}, \"bytes\": {}, \"flops\": {}}}{}", r.name, r.dtype, r.ms, r.bytes, r.flops, if i + 1 < rows.len() { "," } else { "" });
+        let _ = writeln!(
+            js,
+            "  {{\"op\": {:?}, \"dtype\": \"{}\", \"ms\": {}, \"bytes\": {}, \"flops\": {}}}{}",
+            r.name,
+            r.dtype,
+            r.ms,
+            r.bytes,
+            r.flops,
+            if i + 1 < rows.len() { "," } else { "" }
+        );
     }
     js.push(']');
     print!("{out}");
@@ -178,7 +188,17 @@ fn profile_mma(h: &Backend) -> Result<()> {
         let batch = Batch::uniform(1, s)?;
         for _ in 0..2 {
             cache.reset(0)?;
-            be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params: AttentionParams::causal(d), out: &mut out })?;
+            be.rope_append_attend(StepInputs {
+                q: &mut q,
+                k: &mut k,
+                v: &v,
+                positions: &positions,
+                rope: &rope,
+                cache: &mut cache,
+                batch: &batch,
+                params: AttentionParams::causal(d),
+                out: &mut out,
+            })?;
         }
     }
     let b = 16usize;
@@ -268,8 +288,19 @@ fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result
         // Fused: Q rotated in place, rotated K and V written into a contiguous cache (the first
         // kernel of hip-flash's step, alone).
         let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: t } };
-        let mut cache = h.create_kv_cache(&spec)?;
-        let desc = ProblemDesc { dtype: dt, num_heads: hq, num_kv_heads: hk, head_dim: d, rope: Some(rope.clone()), layout: Some(spec.layout), causal: true, batch_size: 1, max_q_len: t, max_kv_len: t };
+        let cache = h.create_kv_cache(&spec)?;
+        let desc = ProblemDesc {
+            dtype: dt,
+            num_heads: hq,
+            num_kv_heads: hk,
+            head_dim: d,
+            rope: Some(rope.clone()),
+            layout: Some(spec.layout),
+            causal: true,
+            batch_size: 1,
+            max_q_len: t,
+            max_kv_len: t,
+        };
         let Ok(OpPlan::Step { rope: Some(launch), .. }) = plan(be.gpu.props(), Variant::Flash, Op::Step, &desc) else {
             return Err(Error::Device { code: -1, message: "no fused RoPE + append plan".into() });
         };
@@ -278,10 +309,12 @@ fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result
         let table = be.tables.get(&be.gpu, &freqs)?;
         let meta = be.gpu.upload_meta(&[&positions.iter().map(|&p| p as i32).collect::<Vec<_>>(), &slots])?;
         let ms = median_ms(be, || {
-            let (kv, vv) = (tensor(&k, "k", "bench", &be.gpu)?.buf.view(), tensor(&v, "v", "bench", &be.gpu)?.buf.view());
-            let qv = tensor_mut(&mut q, "q", "bench", &be.gpu)?.buf.view_mut();
-            let pools = cache_mut(&mut cache, "bench", &be.gpu)?;
-            let pool = PoolMut { k: pools.k.view_mut(), v: pools.v.view_mut(), pos: None, slots: t };
+            let row = hk * d;
+            let kv = Strided { mem: tensor(&k, "k", "bench", &be.gpu)?.view(), stride: row };
+            let vv = Strided { mem: tensor(&v, "v", "bench", &be.gpu)?.view(), stride: row };
+            let qv = Strided { mem: tensor(&q, "q", "bench", &be.gpu)?.view_mut(), stride: hq * d };
+            let (pk, pv, _) = pools(cache.pools(), "bench", &be.gpu)?;
+            let pool = PoolMut { k: pk.view_mut(), v: pv.view_mut(), pos: None, slots: t };
             let s = RopeShape { tokens: t, q_heads: hq, k_heads: hk, head_dim: d };
             let tb = RopeTable { inv_freq: table.view(), rotary_dim: d, factor: 1.0 };
             into_cache(&be.gpu, &launch, s, Some(qv), kv, vv, pool, meta.part(0), meta.part(1), tb)
@@ -343,8 +376,7 @@ fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result
     Ok(())
 }
 
-const STRATEGIES: [(&str, Variant); 4] =
-    [("hip-separate", Variant::Separate), ("hip-fused", Variant::Fused), ("hip-hybrid", Variant::Hybrid), ("hip-flash", Variant::Flash)];
+const STRATEGIES: [(&str, Variant); 4] = [("hip-separate", Variant::Separate), ("hip-fused", Variant::Fused), ("hip-hybrid", Variant::Hybrid), ("hip-flash", Variant::Flash)];
 
 /// The composite step of each strategy: the study's shapes (f32, one head, 64 new tokens into an
 /// empty cache, so 64 queries x 64 keys, not causal) and realistic ones (prefill B=1 S=4096, decode
@@ -398,7 +430,17 @@ fn strategies(rows: &mut Vec<Row>) -> Result<()> {
             let batch = Batch::uniform(1, s)?;
             let ms = median_ms_few(timer, || {
                 cache.reset(0)?;
-                h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params: AttentionParams::causal(d), out: &mut out })
+                h.rope_append_attend(StepInputs {
+                    q: &mut q,
+                    k: &mut k,
+                    v: &v,
+                    positions: &positions,
+                    rope: &rope,
+                    cache: &mut cache,
+                    batch: &batch,
+                    params: AttentionParams::causal(d),
+                    out: &mut out,
+                })
             })?;
             let flops = 4.0 * (hq * d) as f64 * (s * (s + 1) / 2) as f64;
             rows.push(Row { name: format!("step {name} prefill B=1 S={s} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes: (2 * s * hq * d + 4 * s * hk * d) as f64 * es, flops });
@@ -412,7 +454,8 @@ fn strategies(rows: &mut Vec<Row>) -> Result<()> {
                 let kv = h.upload(&randn(b * (l - 1) * hk * d, 33), &[b * (l - 1), hk, d], dt)?;
                 h.kv_append(&mut cache, &kv, &kv, &Batch::uniform(b, l - 1)?)?;
                 drop(kv);
-                if let Some(pos) = cache_mut(&mut cache, name, &timer.gpu)?.pos.as_mut() {
+                if let Some(st) = pool_state_mut(cache.parts_mut().0) {
+                    let pos = &mut st.pos;
                     let p: Vec<i32> = (0..b).flat_map(|_| (0..(l + 64) as i32).map(|t| t.min(l as i32 - 2).max(0))).collect();
                     let p: Vec<i32> = p.iter().enumerate().map(|(i, &x)| if i % (l + 64) < l - 1 { x } else { i32::MIN }).collect();
                     timer.gpu.write(pos.view_mut(), 0, &crate::storage::i32_bytes(&p))?;
@@ -424,7 +467,17 @@ fn strategies(rows: &mut Vec<Row>) -> Result<()> {
                 let mut out = h.alloc(&[b, hq, d], dt)?;
                 let positions: Vec<u32> = vec![l as u32 - 1; b];
                 let ms = median_ms_few(timer, || {
-                    h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params: AttentionParams::causal(d), out: &mut out })
+                    h.rope_append_attend(StepInputs {
+                        q: &mut q,
+                        k: &mut k,
+                        v: &v,
+                        positions: &positions,
+                        rope: &rope,
+                        cache: &mut cache,
+                        batch: &batch,
+                        params: AttentionParams::causal(d),
+                        out: &mut out,
+                    })
                 })?;
                 let bytes = (2 * b * l * hk * d + 2 * b * hq * d) as f64 * es;
                 rows.push(Row { name: format!("step {name} decode B={b} L={l} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes, flops: 4.0 * (b * l * hq * d) as f64 });

@@ -73,7 +73,7 @@ use plan::{plan, OpPlan};
 use runtime::Gpu;
 use step::tables::RopeTables;
 use step::Ctx;
-use storage::{cache, cache_mut, decode, encode, i32_bytes, tensor, tensor_mut, GpuCache, GpuTensor};
+use storage::{decode, encode, i32_bytes, pool_state_mut, pools, tensor, GpuPoolState, GpuTensor};
 
 /// A GPU backend on one device.
 pub struct HipBackend {
@@ -131,11 +131,22 @@ impl HipBackend {
         Ok(HipBackend { name, strategy, gpu, tables: RopeTables::default() })
     }
 
-    /// A contiguous tensor of `shape` and `dtype` over caller memory (an engine's buffer),
-    /// without a copy: length, alignment and device are checked; attnforge never frees it.
+    /// A dense tensor of `shape` and `dtype` over caller memory (an engine's buffer), without a
+    /// copy: length, alignment and device are checked; attnforge never frees it. Take views of
+    /// it ([`Backend::view`]) for q, k and v in one fused QKV buffer or one layer of a pool.
     pub fn borrow(&self, mem: ForeignMemory, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let buf = self.gpu.borrow(mem)?;
-        Tensor::from_storage(shape.to_vec(), dtype, self.device(), Box::new(GpuTensor { buf, dtype }))
+        let row = shape.iter().skip(1).product();
+        self.borrow_strided(mem, shape, row, dtype)
+    }
+
+    /// [`HipBackend::borrow`] with rows (the outermost dimension) `row_stride` elements apart:
+    /// the stride must hold a row, and a strided one must keep every row 16-byte aligned (the
+    /// kernels move 16 bytes at a time); the memory must hold `(rows - 1) * row_stride + row`
+    /// elements.
+    pub fn borrow_strided(&self, mem: ForeignMemory, shape: &[usize], row_stride: usize, dtype: DType) -> Result<Tensor> {
+        check_stride_alignment(shape, row_stride, dtype)?;
+        let buf = Arc::new(self.gpu.borrow(mem)?);
+        Tensor::from_storage_strided(shape.to_vec(), row_stride, dtype, self.device(), Box::new(GpuTensor { buf, offset: 0, dtype }))
     }
 
     /// The fusion strategy.
@@ -160,6 +171,15 @@ impl HipBackend {
     }
 }
 
+/// A strided view's rows must stay 16-byte aligned (the kernels load 16 bytes at a time).
+fn check_stride_alignment(shape: &[usize], row_stride: usize, dtype: DType) -> Result<()> {
+    let row: usize = shape.iter().skip(1).product();
+    if shape.first().is_some_and(|&n| n > 1) && row_stride != row && (row_stride * dtype.size()) % 16 != 0 {
+        return Err(Error::InvalidArgument(format!("row stride of {row_stride} {dtype} elements is not a multiple of 16 bytes (the kernels load rows 16 bytes at a time)")));
+    }
+    Ok(())
+}
+
 impl AttentionBackend for HipBackend {
     fn name(&self) -> &str {
         self.name
@@ -175,51 +195,67 @@ impl AttentionBackend for HipBackend {
 
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let bytes = shape.iter().try_fold(dtype.size(), |a, &d| a.checked_mul(d)).ok_or_else(|| Error::InvalidArgument(format!("shape {shape:?} overflows")))?;
-        let buf = self.gpu.alloc(bytes)?;
-        Tensor::from_storage(shape.to_vec(), dtype, self.device(), Box::new(GpuTensor { buf, dtype }))
+        let buf = Arc::new(self.gpu.alloc(bytes)?);
+        Tensor::from_storage(shape.to_vec(), dtype, self.device(), Box::new(GpuTensor { buf, offset: 0, dtype }))
     }
 
+    /// Dense: one copy. Strided: one copy per row (memory between rows is another view's).
     fn write(&self, dst: &mut Tensor, src: &[f32]) -> Result<()> {
-        let dtype = dst.dtype();
-        let t = tensor_mut(dst, "destination tensor", self.name, &self.gpu)?;
-        self.gpu.write(t.buf.view_mut(), 0, &encode(src, dtype))
+        let (dtype, row, contiguous) = (dst.dtype(), dst.row_len(), dst.is_contiguous());
+        let offsets: Vec<usize> = dst.row_offsets().collect();
+        let t = tensor(dst, "destination tensor", self.name, &self.gpu)?;
+        let bytes = encode(src, dtype);
+        if contiguous {
+            return self.gpu.write(t.view_mut(), 0, &bytes);
+        }
+        let rb = row * dtype.size();
+        for (i, o) in offsets.into_iter().enumerate() {
+            self.gpu.write(t.view_mut(), o * dtype.size(), &bytes[i * rb..(i + 1) * rb])?;
+        }
+        Ok(())
     }
 
+    /// The span from the first to the last row in one copy, rows picked on the host.
     fn read(&self, src: &Tensor) -> Result<Vec<f32>> {
         let t = tensor(src, "tensor", self.name, &self.gpu)?;
-        Ok(decode(&self.gpu.read(t.buf.view(), src.byte_len())?, src.dtype()))
+        let es = src.dtype().size();
+        let all = self.gpu.read(t.view(), src.span() * es)?;
+        if src.is_contiguous() {
+            return Ok(decode(&all[..src.byte_len()], src.dtype()));
+        }
+        let rb = src.row_len() * es;
+        let rows: Vec<u8> = src.row_offsets().flat_map(|o| all[o * es..o * es + rb].iter().copied()).collect();
+        Ok(decode(&rows, src.dtype()))
     }
 
     fn fill(&self, dst: &mut Tensor, value: f32) -> Result<()> {
-        let (n, dtype) = (dst.numel(), dst.dtype());
-        let t = tensor_mut(dst, "tensor", self.name, &self.gpu)?;
-        runtime::launch::kv_append::fill(&self.gpu, dtype, t.buf.view_mut(), n, value)
+        let (rows, row, stride, dtype) = (dst.shape().first().copied().unwrap_or(1), dst.row_len(), dst.row_stride(), dst.dtype());
+        let t = tensor(dst, "tensor", self.name, &self.gpu)?;
+        runtime::launch::kv_append::fill(&self.gpu, dtype, t.view_mut(), rows, row, stride, value)
     }
 
-    fn create_kv_cache(&self, spec: &KvCacheSpec) -> Result<KvCache> {
-        let bytes = spec.pool_bytes();
-        let pos = if self.strategy == Strategy::Fused {
-            // Every slot starts "stored rotated" (i32::MIN): never written, never rotated.
-            let slots = spec.pool_slots();
-            Some(self.gpu.upload(&i32_bytes(&try_vec(slots, i32::MIN, "hip-fused slot positions")?))?)
-        } else {
-            None
-        };
-        let pools = GpuCache { k: self.gpu.alloc(bytes)?, v: self.gpu.alloc(bytes)?, dtype: spec.dtype, pos, rope: None };
-        KvCache::from_storage(spec.clone(), self.device(), Box::new(pools))
+    /// A view shares the allocation (`Arc`): it keeps it alive, and borrowed memory stays the
+    /// caller's. Strided rows must stay 16-byte aligned, and so must the offset.
+    fn view(&self, base: &Tensor, offset: usize, shape: &[usize], row_stride: usize) -> Result<Tensor> {
+        let b = tensor(base, "view base", self.name, &self.gpu)?;
+        let dtype = base.dtype();
+        check_stride_alignment(shape, row_stride, dtype)?;
+        let at = b.offset + offset * dtype.size();
+        if at % 16 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "a view at element {offset} starts {at} bytes into its allocation, not a multiple of 16 (the kernels load 16 bytes at a time)"
+            )));
+        }
+        Tensor::from_storage_strided(shape.to_vec(), row_stride, dtype, self.device(), Box::new(GpuTensor { buf: b.buf.clone(), offset: at, dtype }))
     }
 
-    fn read_kv_pool(&self, c: &KvCache) -> Result<KvPool> {
-        let (n, dtype) = (c.spec().pool_bytes(), c.spec().dtype);
-        let p = cache(c, self.name, &self.gpu)?;
-        Ok(KvPool { k: decode(&self.gpu.read(p.k.view(), n)?, dtype), v: decode(&self.gpu.read(p.v.view(), n)?, dtype) })
-    }
-
-    fn write_kv_pool(&self, c: &mut KvCache, pool: &KvPool) -> Result<()> {
-        let dtype = c.spec().dtype;
-        let p = cache_mut(c, self.name, &self.gpu)?;
-        self.gpu.write(p.k.view_mut(), 0, &encode(&pool.k, dtype))?;
-        self.gpu.write(p.v.view_mut(), 0, &encode(&pool.v, dtype))
+    /// hip-fused: every slot starts "stored rotated" (i32::MIN): never written, never rotated.
+    fn kv_pool_state(&self, spec: &KvCacheSpec) -> Result<Option<Box<dyn Storage>>> {
+        if self.strategy != Strategy::Fused {
+            return Ok(None);
+        }
+        let pos = self.gpu.upload(&i32_bytes(&try_vec(spec.pool_slots(), i32::MIN, "hip-fused slot positions")?))?;
+        Ok(Some(Box::new(GpuPoolState { pos, rope: None })))
     }
 
     fn rope(&self, a: RopeArgs<'_>) -> Result<()> {
@@ -252,7 +288,9 @@ impl AttentionBackend for HipBackend {
 
     /// The composite step, per strategy (see the crate docs).
     fn rope_append_attend(&self, a: StepArgs<'_>) -> Result<()> {
-        let OpPlan::Step { rope, append, attention } = self.plan(Op::Step, &a.desc)? else { return Err(self.mismatch(Op::Step)) };
+        let OpPlan::Step { rope, append, attention } = self.plan(Op::Step, &a.desc)? else {
+            return Err(self.mismatch(Op::Step));
+        };
         let ctx = self.ctx();
         match (self.strategy, rope, append) {
             (Strategy::Flash, Some(r), None) => step::flash::step(&ctx, &r, &attention, a),
@@ -277,8 +315,8 @@ impl AttentionBackend for HipBackend {
     }
 
     /// Device copies of whole pages (K, V and, for hip-fused, the slots' positions).
-    fn copy_kv_pages(&self, cache: &mut KvCache, pages: &[(u32, u32)]) -> Result<()> {
-        let spec = cache.spec().clone();
+    fn copy_kv_pages(&self, c: &mut KvPools, pages: &[(u32, u32)]) -> Result<()> {
+        let spec = c.spec().clone();
         let CacheLayout::Paged { page_size, num_pages } = spec.layout else {
             return Err(Error::InvalidArgument("copy_kv_pages on a contiguous KV cache".into()));
         };
@@ -286,13 +324,18 @@ impl AttentionBackend for HipBackend {
             return Err(Error::InvalidArgument(format!("copy of page {f} to page {t} in a pool of {num_pages} pages")));
         }
         let row = page_size * spec.num_kv_heads * spec.head_dim * spec.dtype.size();
-        let c = cache_mut(cache, self.name, &self.gpu)?;
-        for &(f, t) in pages {
-            let (f, t) = (f as usize, t as usize);
-            self.gpu.copy_within(c.k.view_mut(), f * row, t * row, row)?;
-            self.gpu.copy_within(c.v.view_mut(), f * row, t * row, row)?;
-            if let Some(pos) = c.pos.as_mut() {
-                self.gpu.copy_within(pos.view_mut(), f * page_size * 4, t * page_size * 4, page_size * 4)?;
+        {
+            let (k, v, _) = pools(c, self.name, &self.gpu)?;
+            for &(f, t) in pages {
+                let (f, t) = (f as usize, t as usize);
+                self.gpu.copy_within(k.view_mut(), f * row, t * row, row)?;
+                self.gpu.copy_within(v.view_mut(), f * row, t * row, row)?;
+            }
+        }
+        if let Some(state) = pool_state_mut(c) {
+            for &(f, t) in pages {
+                let (f, t) = (f as usize, t as usize);
+                self.gpu.copy_within(state.pos.view_mut(), f * page_size * 4, t * page_size * 4, page_size * 4)?;
             }
         }
         Ok(())
@@ -439,14 +482,14 @@ mod tests {
             let n = 4 * 4 * 2 * 16;
             let pool = KvPool { k: (0..n).map(|i| i as f32).collect(), v: (0..n).map(|i| -(i as f32)).collect() };
             be.write_kv_pool(&mut c, &pool).unwrap();
-            be.inner().copy_kv_pages(&mut c, &[(1, 3)]).unwrap();
+            be.inner().copy_kv_pages(c.parts_mut().0, &[(1, 3)]).unwrap();
             let got = be.read_kv_pool(&c).unwrap();
             let row = 4 * 2 * 16;
             assert_eq!(&got.k[3 * row..4 * row], &pool.k[row..2 * row]);
             assert_eq!(&got.v[3 * row..4 * row], &pool.v[row..2 * row]);
             assert_eq!(&got.k[..3 * row], &pool.k[..3 * row], "other pages untouched");
-            assert_eq!(be.inner().copy_kv_pages(&mut c, &[(2, 2)]).unwrap_err().kind(), "InvalidArgument");
-            assert_eq!(be.inner().copy_kv_pages(&mut c, &[(0, 4)]).unwrap_err().kind(), "InvalidArgument");
+            assert_eq!(be.inner().copy_kv_pages(c.parts_mut().0, &[(2, 2)]).unwrap_err().kind(), "InvalidArgument");
+            assert_eq!(be.inner().copy_kv_pages(c.parts_mut().0, &[(0, 4)]).unwrap_err().kind(), "InvalidArgument");
         }
         assert!(fake.violations().is_empty(), "{:?}", fake.violations());
     }

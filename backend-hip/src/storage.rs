@@ -4,15 +4,29 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use backend_api::{DType, Device, Error, KvCache, Result, Storage, Tensor};
+use backend_api::{DType, Device, Error, KvPools, Region, Result, Storage, Tensor};
 
-use crate::runtime::{DeviceBuffer, Gpu};
+use crate::runtime::{DevMut, DevRef, DeviceBuffer, Gpu};
 
-/// A tensor's device memory and the dtype it was allocated for.
+/// A tensor's device memory: an allocation (shared by views of it) and the byte where the
+/// tensor starts in it.
 #[derive(Debug)]
 pub(crate) struct GpuTensor {
-    pub buf: DeviceBuffer,
+    pub buf: Arc<DeviceBuffer>,
+    /// Byte offset of the tensor's first element in `buf`.
+    pub offset: usize,
     pub dtype: DType,
+}
+
+impl GpuTensor {
+    /// The tensor's memory from its first element to the end of the allocation.
+    pub fn view(&self) -> DevRef<'_> {
+        self.buf.slice(self.offset)
+    }
+    /// The same, writable.
+    pub fn view_mut(&self) -> DevMut<'_> {
+        self.buf.slice_mut(self.offset)
+    }
 }
 
 impl Storage for GpuTensor {
@@ -23,26 +37,23 @@ impl Storage for GpuTensor {
         self
     }
     fn byte_len(&self) -> usize {
-        self.buf.len()
+        self.buf.len().saturating_sub(self.offset)
     }
     fn dtype(&self) -> Option<DType> {
         Some(self.dtype)
     }
+    fn region(&self) -> Option<Region> {
+        Some(Region { alloc: self.buf.id(), offset: self.offset })
+    }
 }
 
-/// A cache's K and V pools.
+/// What hip-fused keeps beside a pair of KV pools.
 #[derive(Debug)]
-pub(crate) struct GpuCache {
-    /// K pool `[slots, Hk, D]`.
-    pub k: DeviceBuffer,
-    /// V pool.
-    pub v: DeviceBuffer,
-    pub dtype: DType,
-    /// hip-fused only: int32 per slot, the position of an unrotated key, or `i32::MIN` for a
-    /// key stored rotated (appended by `kv_append`, or never written).
-    pub pos: Option<DeviceBuffer>,
-    /// hip-fused only: the RoPE table its unrotated keys are rotated with, bound by the first
-    /// composite step.
+pub(crate) struct GpuPoolState {
+    /// int32 per slot, the position of an unrotated key, or `i32::MIN` for a key stored rotated
+    /// (appended by `kv_append`, or never written).
+    pub pos: DeviceBuffer,
+    /// The RoPE table its unrotated keys are rotated with, bound by the first composite step.
     pub rope: Option<BoundRope>,
 }
 
@@ -59,7 +70,7 @@ pub(crate) struct BoundRope {
     pub factor: f32,
 }
 
-impl Storage for GpuCache {
+impl Storage for GpuPoolState {
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -67,10 +78,7 @@ impl Storage for GpuCache {
         self
     }
     fn byte_len(&self) -> usize {
-        self.k.len().min(self.v.len())
-    }
-    fn dtype(&self) -> Option<DType> {
-        Some(self.dtype)
+        self.pos.len()
     }
 }
 
@@ -78,13 +86,13 @@ fn foreign(what: &str, backend: &str, expected: Device, got: Device) -> Error {
     Error::WrongDevice { what: what.into(), backend: backend.into(), expected, got }
 }
 
-/// Storage of `what` made by `gpu`'s stream: another device is `WrongDevice`, another instance
-/// on this device (another stream) `WrongInstance`.
-fn owned<'a, S>(what: &str, backend: &str, gpu: &Gpu, got: Device, s: Option<&'a S>, buf: impl Fn(&S) -> &DeviceBuffer) -> Result<&'a S> {
-    let dev = gpu.device();
-    match s {
-        Some(s) if got == dev && buf(s).device() == dev => {
-            if gpu.owns(buf(s)) {
+/// The GPU storage of `t`, made on `gpu`'s stream (or borrowed on its device): another device
+/// is `WrongDevice`, another instance on this device (another stream) `WrongInstance`.
+pub(crate) fn tensor<'a>(t: &'a Tensor, what: &str, backend: &str, gpu: &Gpu) -> Result<&'a GpuTensor> {
+    let (dev, got) = (gpu.device(), t.device());
+    match t.storage().as_any().downcast_ref::<GpuTensor>() {
+        Some(s) if got == dev && s.buf.device() == dev => {
+            if gpu.owns(&s.buf) {
                 Ok(s)
             } else {
                 Err(Error::WrongInstance { what: what.into(), backend: backend.into() })
@@ -94,26 +102,16 @@ fn owned<'a, S>(what: &str, backend: &str, gpu: &Gpu, got: Device, s: Option<&'a
     }
 }
 
-pub(crate) fn tensor<'a>(t: &'a Tensor, what: &str, backend: &str, gpu: &Gpu) -> Result<&'a GpuTensor> {
-    let got = t.device();
-    owned(what, backend, gpu, got, t.storage().as_any().downcast_ref::<GpuTensor>(), |g| &g.buf)
+/// The pools' tensors and hip-fused's state (when the pools carry it).
+pub(crate) fn pools<'a>(c: &'a KvPools, backend: &str, gpu: &Gpu) -> Result<(&'a GpuTensor, &'a GpuTensor, Option<&'a GpuPoolState>)> {
+    let k = tensor(c.k(), "K pool", backend, gpu)?;
+    let v = tensor(c.v(), "V pool", backend, gpu)?;
+    Ok((k, v, c.state().and_then(|s| s.as_any().downcast_ref::<GpuPoolState>())))
 }
 
-pub(crate) fn tensor_mut<'a>(t: &'a mut Tensor, what: &str, backend: &str, gpu: &Gpu) -> Result<&'a mut GpuTensor> {
-    let got = t.device();
-    owned(what, backend, gpu, got, t.storage().as_any().downcast_ref::<GpuTensor>(), |g| &g.buf)?;
-    Ok(t.storage_mut().as_any_mut().downcast_mut::<GpuTensor>().expect("checked above"))
-}
-
-pub(crate) fn cache<'a>(c: &'a KvCache, backend: &str, gpu: &Gpu) -> Result<&'a GpuCache> {
-    let got = c.device();
-    owned("KV cache", backend, gpu, got, c.storage().as_any().downcast_ref::<GpuCache>(), |g| &g.k)
-}
-
-pub(crate) fn cache_mut<'a>(c: &'a mut KvCache, backend: &str, gpu: &Gpu) -> Result<&'a mut GpuCache> {
-    let got = c.device();
-    owned("KV cache", backend, gpu, got, c.storage().as_any().downcast_ref::<GpuCache>(), |g| &g.k)?;
-    Ok(c.storage_mut().as_any_mut().downcast_mut::<GpuCache>().expect("checked above"))
+/// hip-fused's state of `c`, writable.
+pub(crate) fn pool_state_mut<'a>(c: &'a mut KvPools) -> Option<&'a mut GpuPoolState> {
+    c.parts_mut().2.and_then(|s| s.as_any_mut().downcast_mut::<GpuPoolState>())
 }
 
 pub(crate) fn encode(src: &[f32], dtype: DType) -> Vec<u8> {

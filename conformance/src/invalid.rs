@@ -1,7 +1,7 @@
 //! Error conformance: invalid problems, one per error kind, must get the same error variant
 //! from the backend as from the reference, and never a panic.
 
-use backend_api::{AttentionParams, Backend, Batch, CacheLayout, Error, KvCache, KvCacheSpec, KvPool, PlainBatch, Result, RopeConfig, RopeScaling, StepInputs, Tensor};
+use backend_api::{AttentionParams, Backend, Batch, CacheLayout, Error, KvCacheSpec, KvPool, PlainBatch, Result, RopeConfig, RopeScaling, StepInputs, Tensor};
 
 use crate::case::Case;
 use crate::setup::{poisoned, upload, Data};
@@ -198,7 +198,7 @@ fn run(be: &Backend, other: &Backend, case: &Case, d: &Data, c: Corruption) -> R
         }
         Corruption::CacheStorage => {
             let small = be.alloc(&[1, hk, hd], case.dtype)?;
-            KvCache::from_storage(spec, be.device(), small.into_storage()).map(|_| ())
+            Tensor::from_storage(spec.pool_shape().to_vec(), case.dtype, be.device(), small.into_storage()).map(|_| ())
         }
         Corruption::NanScale | Corruption::OutShape | Corruption::OutDtype => {
             let mut cache = be.create_kv_cache(&spec)?;
@@ -231,7 +231,8 @@ fn run(be: &Backend, other: &Backend, case: &Case, d: &Data, c: Corruption) -> R
         }
         Corruption::MaxPosition => be.rope(&mut q, &mut k, &d.pos, &RopeConfig { max_position: RopeConfig::MAX_POSITION_LIMIT + 1, ..rope.clone() }),
         Corruption::YarnBetas => {
-            let cfg = RopeConfig { scaling: RopeScaling::Yarn { factor: 4.0, original_max_position: 1024, beta_fast: 1.0, beta_slow: 32.0, attention_factor: None }, ..rope.clone() };
+            let cfg =
+                RopeConfig { scaling: RopeScaling::Yarn { factor: 4.0, original_max_position: 1024, beta_fast: 1.0, beta_slow: 32.0, attention_factor: None }, ..rope.clone() };
             be.rope(&mut q, &mut k, &d.pos, &cfg)
         }
         Corruption::LongRopeOriginal => {
@@ -303,9 +304,7 @@ fn check_with(be: &Backend, rf: &Backend, case: &Case, d: &Data, c: Corruption) 
     if c == Corruption::Device && be.device() == rf.device() {
         return Ok(None);
     }
-    let catch = |b: &Backend, o: &Backend| {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(b, o, case, d, c))).map_err(|_| format!("{c:?}: {} panicked", b.name()))
-    };
+    let catch = |b: &Backend, o: &Backend| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(b, o, case, d, c))).map_err(|_| format!("{c:?}: {} panicked", b.name()));
     let got = catch(be, rf)?;
     let want = catch(rf, be)?;
     let kind = |r: &Result<()>| r.as_ref().err().map(Error::kind);

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use backend_api::*;
-use backend_cpu::storage::{host, host_mut, pools, pools_mut};
+use backend_cpu::storage::{read, write, write_at};
 use backend_cpu::CpuBackend;
 
 /// The planted bugs.
@@ -30,15 +30,8 @@ pub enum Bug {
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 7] = [
-        Bug::RopeStyleSwapped,
-        Bug::CausalOffByOne,
-        Bug::GqaModulo,
-        Bug::UnwrittenElement,
-        Bug::SoftmaxNoMax,
-        Bug::AppendIgnoresPageTable,
-        Bug::ShiftWrongSign,
-    ];
+    pub const ALL: [Bug; 7] =
+        [Bug::RopeStyleSwapped, Bug::CausalOffByOne, Bug::GqaModulo, Bug::UnwrittenElement, Bug::SoftmaxNoMax, Bug::AppendIgnoresPageTable, Bug::ShiftWrongSign];
 
     /// Registry name: `mutant-...`.
     pub const fn name(self) -> &'static str {
@@ -127,14 +120,8 @@ impl AttentionBackend for Mutant {
     fn fill(&self, t: &mut Tensor, v: f32) -> Result<()> {
         CpuBackend.fill(t, v)
     }
-    fn create_kv_cache(&self, s: &KvCacheSpec) -> Result<KvCache> {
-        CpuBackend.create_kv_cache(s)
-    }
-    fn read_kv_pool(&self, c: &KvCache) -> Result<KvPool> {
-        CpuBackend.read_kv_pool(c)
-    }
-    fn write_kv_pool(&self, c: &mut KvCache, p: &KvPool) -> Result<()> {
-        CpuBackend.write_kv_pool(c, p)
+    fn view(&self, base: &Tensor, offset: usize, shape: &[usize], row_stride: usize) -> Result<Tensor> {
+        CpuBackend.view(base, offset, shape, row_stride)
     }
 
     fn rope(&self, a: RopeArgs<'_>) -> Result<()> {
@@ -150,17 +137,17 @@ impl AttentionBackend for Mutant {
     }
 
     fn kv_append(&self, a: AppendArgs<'_>) -> Result<()> {
-        let CacheLayout::Paged { page_size, num_pages } = a.cache.spec().layout else {
+        let CacheLayout::Paged { page_size, num_pages } = a.pools.spec().layout else {
             return CpuBackend.kv_append(a);
         };
         if self.0 != Bug::AppendIgnoresPageTable {
             return CpuBackend.kv_append(a);
         }
-        let AppendArgs { cache, k, v, batch, start, .. } = a;
-        let (hk, d) = (cache.spec().num_kv_heads, cache.spec().head_dim);
-        let pages_per_seq = (num_pages / cache.spec().num_seqs).max(1);
-        let (ks, vs) = (host(k, "k")?, host(v, "v")?);
-        let p = pools_mut(cache)?;
+        let AppendArgs { pools, meta, k, v, batch, start, .. } = a;
+        let (hk, d) = (pools.spec().num_kv_heads, pools.spec().head_dim);
+        let pages_per_seq = (num_pages / meta.num_seqs()).max(1);
+        let (ks, vs) = (read(k, "k")?, read(v, "v")?);
+        let (kp, vp, _) = pools.parts_mut();
         for (i, (&seq, &q_len)) in batch.seq_ids().iter().zip(batch.q_lens()).enumerate() {
             for t in 0..q_len {
                 let tok = start[i] + t;
@@ -168,8 +155,8 @@ impl AttentionBackend for Mutant {
                 for h in 0..hk {
                     let dst = ((page * page_size + tok % page_size) * hk + h) * d;
                     let src = ((batch.offsets()[i] + t) * hk + h) * d;
-                    p.k.set_range(dst, &ks.range(src, d));
-                    p.v.set_range(dst, &vs.range(src, d));
+                    write_at(kp, "K pool", dst, &ks[src..src + d])?;
+                    write_at(vp, "V pool", dst, &vs[src..src + d])?;
                 }
             }
         }
@@ -179,36 +166,38 @@ impl AttentionBackend for Mutant {
     fn attention(&self, a: AttentionArgs<'_>) -> Result<()> {
         match self.0 {
             Bug::UnwrittenElement => {
-                let AttentionArgs { q, cache, batch, kv_lens, params, out, desc, validated } = a;
-                let last = out.numel() - 1;
-                let before = host(out, "out")?.get(last);
-                CpuBackend.attention(AttentionArgs { q, cache, batch, kv_lens, params, out: &mut *out, desc, validated })?;
-                host_mut(out, "out")?.set(last, before);
-                Ok(())
+                let AttentionArgs { q, pools, meta, batch, kv_lens, params, out, desc, validated } = a;
+                let before = read(out, "out")?;
+                CpuBackend.attention(AttentionArgs { q, pools, meta, batch, kv_lens, params, out: &mut *out, desc, validated })?;
+                let mut after = read(out, "out")?;
+                let last = after.len() - 1;
+                after[last] = before[last];
+                write(out, "out", &after)
             }
             Bug::CausalOffByOne | Bug::GqaModulo | Bug::SoftmaxNoMax => {
-                let AttentionArgs { q, cache, batch, kv_lens, params, out, .. } = a;
+                let AttentionArgs { q, pools, meta, batch, kv_lens, params, out, .. } = a;
                 let (heads, d) = (q.shape()[1], q.shape()[2]);
-                let kv_heads = cache.spec().num_kv_heads;
-                let qs = host(q, "q")?;
-                let pl = pools(cache)?;
+                let kv_heads = pools.spec().num_kv_heads;
+                let qs = read(q, "q")?;
+                let (kp, vp) = (read(pools.k(), "K pool")?, read(pools.v(), "V pool")?);
                 let dtype = q.dtype();
-                let os = host_mut(out, "out")?;
+                let mut os = read(out, "out")?;
                 for (i, (&seq, &q_len)) in batch.seq_ids().iter().zip(batch.q_lens()).enumerate() {
                     let kv_len = kv_lens[i];
                     let (mut k, mut v) = (Vec::new(), Vec::new());
                     for t in 0..kv_len {
                         for h in 0..kv_heads {
-                            let o = cache.slot_offset(seq, t, h);
-                            k.extend(pl.k.range(o, d));
-                            v.extend(pl.v.range(o, d));
+                            let o = (meta.slot(seq, t) * kv_heads + h) * d;
+                            k.extend_from_slice(&kp[o..o + d]);
+                            v.extend_from_slice(&vp[o..o + d]);
                         }
                     }
                     let row = batch.offsets()[i] * heads * d;
-                    let o = buggy_attend(self.0, &qs.range(row, q_len * heads * d), &k, &v, q_len, kv_len, heads, kv_heads, d, params, dtype);
-                    os.set_range(row, &o);
+                    let n = q_len * heads * d;
+                    let o = buggy_attend(self.0, &qs[row..row + n], &k, &v, q_len, kv_len, heads, kv_heads, d, params, dtype);
+                    os[row..row + n].copy_from_slice(&o);
                 }
-                Ok(())
+                write(out, "out", &os)
             }
             _ => CpuBackend.attention(a),
         }

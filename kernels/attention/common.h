@@ -62,6 +62,11 @@ AF_DEVICE void rope_rows(const AttnParams& p, int rows, int D, int tid, int nthr
     }
 }
 
+// Element offset of (token t, head h) in q and in out: tokens `q_stride` / `o_stride` elements
+// apart (views into a fused QKV buffer), a token's heads dense.
+AF_DEVICE long q_at(const AttnParams& p, long t, int h) { return t * p.q_stride + (long)h * p.head_dim; }
+AF_DEVICE long o_at(const AttnParams& p, long t, int h) { return t * p.o_stride + (long)h * p.head_dim; }
+
 AF_DEVICE long kv_row(const AttnParams& p, int b, int t) {
     if (p.page_size == 0) return (long)reinterpret_cast<const int*>(p.kv_base)[b] + t;
     const int* bt = reinterpret_cast<const int*>(p.block_table);

@@ -43,7 +43,6 @@ AF_DEVICE void decode_body(const AttnParams& p) {
     const T* Q = reinterpret_cast<const T*>(p.q);
     const T* K = reinterpret_cast<const T*>(p.k);
     const T* V = reinterpret_cast<const T*>(p.v);
-    const long krs = (long)kvh * D;
 
     float q[RMAX][EP];
     int limit[RMAX];
@@ -51,7 +50,7 @@ AF_DEVICE void decode_body(const AttnParams& p) {
     for (int r = 0; r < RMAX; ++r) {
         const int rr = r0 + (r < rows ? r : 0), qi = rr / G, h = kh * G + rr % G;
         limit[r] = r < rows ? (p.causal ? kv_len - q_len + qi + 1 : kv_len) : 0;
-        const T* src = Q + ((long)(qbeg + qi) * p.heads + h) * D + lane * epd;
+        const T* src = Q + q_at(p, qbeg + qi, h) + lane * epd;
 #pragma unroll
         for (int e = 0; e < EP; ++e) q[r][e] = 0.f;
         if (ROPE >= 1 && p.q_pos) {
@@ -70,7 +69,7 @@ AF_DEVICE void decode_body(const AttnParams& p) {
         __shared__ float sQr[RMAX * DMAX];
         auto qrow = [&](int r) {
             const int rr = r0 + r, qi = rr / G, h = kh * G + rr % G;
-            return Q + ((long)(qbeg + qi) * p.heads + h) * D;
+            return Q + q_at(p, qbeg + qi, h);
         };
         rope_rows<T>(
             p, rows, D, tid, DC_THREADS, qrow,
@@ -99,7 +98,7 @@ AF_DEVICE void decode_body(const AttnParams& p) {
 #pragma unroll
             for (int e = 0; e < EP; ++e) kv[u][e] = 0.f;
             if (j < n) {
-                const long off = kv_row(p, b, s0 + j) * krs + (long)kh * D + lane * epd;
+                const long off = kv_row(p, b, s0 + j) * p.k_stride + (long)kh * D + lane * epd;
                 if (epd == EP) {
                     af_load<EP>(K + off, kv[u]);
                 } else {
@@ -118,7 +117,7 @@ AF_DEVICE void decode_body(const AttnParams& p) {
                 const long slot = kv_row(p, b, s0 + j);
                 const int pos = reinterpret_cast<const int*>(p.k_pos)[slot];
                 if (pos == AF_ROTATED) continue;
-                const T* krow_ptr = K + slot * krs + (long)kh * D;
+                const T* krow_ptr = K + slot * p.k_stride + (long)kh * D;
 #pragma unroll
                 for (int e = 0; e < EP; ++e)
                     if (e < epd) kv[u][e] = rope_elem(p, krow_ptr, lane * epd + e, kv[u][e], pos);
@@ -188,7 +187,7 @@ AF_DEVICE void decode_body(const AttnParams& p) {
 #pragma unroll
             for (int e = 0; e < EP; ++e) vv[u][e] = 0.f;
             if (j < n) {
-                const long off = kv_row(p, b, s0 + j) * krs + (long)kh * D + lane * epd;
+                const long off = kv_row(p, b, s0 + j) * p.v_stride + (long)kh * D + lane * epd;
                 if (epd == EP) {
                     af_load<EP>(V + off, vv[u]);
                 } else {
@@ -224,7 +223,7 @@ AF_DEVICE void decode_body(const AttnParams& p) {
         const int rr = r0 + r, qi = rr / G, h = kh * G + rr % G;
         const long row = (long)(qbeg + qi) * p.heads + h;
         if (p.splits == 1) {
-            reinterpret_cast<T*>(p.out)[row * D + c] = af_from_float<T>(A / sSum[r]);
+            reinterpret_cast<T*>(p.out)[o_at(p, qbeg + qi, h) + c] = af_from_float<T>(A / sSum[r]);
         } else {
             float* part = reinterpret_cast<float*>(p.part) + (row * p.splits + split) * (D + 2);
             part[2 + c] = A;

@@ -17,6 +17,6 @@ template <typename T> AF_DEVICE void attn_merge_body(const MergeParams& p) {
             L += ps[1] * w;
             A += ps[2 + c] * w;
         }
-        reinterpret_cast<T*>(p.out)[row * p.head_dim + c] = af_from_float<T>(A / L);
+        reinterpret_cast<T*>(p.out)[row / p.heads * p.o_stride + row % p.heads * p.head_dim + c] = af_from_float<T>(A / L);
     }
 }

@@ -41,13 +41,13 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
     if (rows <= 0) return;
     const unsigned short* K = reinterpret_cast<const unsigned short*>(p.k);
     const unsigned short* V = reinterpret_cast<const unsigned short*>(p.v);
-    const long krs = (long)kvh * DM;
-    auto qrow = [&](int r) { const int rr = r0 + r; return (long)(qbeg + rr / G) * p.heads + kh * G + rr % G; };
+    auto qrow = [&](int r) { const int rr = r0 + r; return (long)(qbeg + rr / G) * p.heads + kh * G + rr % G; };  // partials' row
+    auto qat = [&](int r) { const int rr = r0 + r; return q_at(p, qbeg + rr / G, kh * G + rr % G); };
 
     if (QROPE && p.q_pos) {
         const T* Qt = reinterpret_cast<const T*>(p.q);
         rope_rows<T>(
-            p, rows, DM, tid, MMA_THREADS, [&](int r) { return Qt + qrow(r) * DM; },
+            p, rows, DM, tid, MMA_THREADS, [&](int r) { return Qt + qat(r); },
             [&](int r) { return reinterpret_cast<const int*>(p.q_pos)[qbeg + (r0 + r) / G]; },
             [&](int r, int d, float x) { sQ[r * LD + d] = af_from_float<T>(x).x; });
         for (int i = rows * DM + tid; i < 16 * DM; i += MMA_THREADS) sQ[(i / DM) * LD + i % DM] = 0;
@@ -55,7 +55,7 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
         const unsigned short* Q = reinterpret_cast<const unsigned short*>(p.q);
         for (int i = tid; i < 16 * CH; i += MMA_THREADS) {
             const int r = i / CH, c = (i % CH) * 8;
-            af_cp_async16(sQ + r * LD + c, Q + qrow(min(r, rows - 1)) * DM + c, r < rows);
+            af_cp_async16(sQ + r * LD + c, Q + qat(min(r, rows - 1)) + c, r < rows);
         }
     }
     // This split's keys: a multiple of the tile, up to the last key any row sees.
@@ -73,9 +73,9 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
             const int i = tid + it * MMA_THREADS, r = i / CH, c = (i % CH) * 8;
             const int key = s0 + j * BC + r;
             const bool ok = key < s1;
-            const long off = ok ? kv_row(p, b, key) * krs + (long)kh * DM + c : 0;
-            af_cp_async16(dK + r * LD + c, K + off, ok);
-            af_cp_async16(dV + r * LD + c, V + off, ok);
+            const long slot = ok ? kv_row(p, b, key) : 0, col = ok ? (long)kh * DM + c : 0;
+            af_cp_async16(dK + r * LD + c, K + slot * p.k_stride + col, ok);
+            af_cp_async16(dV + r * LD + c, V + slot * p.v_stride + col, ok);
         }
     };
     for (int st = 0; st + 1 < stages; ++st) {
@@ -165,7 +165,8 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
         }
         const long row = qrow(r);
         if (p.splits == 1) {
-            reinterpret_cast<T*>(p.out)[row * DM + c] = af_from_float<T>(A / L);
+            const int rr = r0 + r;
+            reinterpret_cast<T*>(p.out)[o_at(p, qbeg + rr / G, kh * G + rr % G) + c] = af_from_float<T>(A / L);
         } else {
             float* part = reinterpret_cast<float*>(p.part) + (row * p.splits + split) * (DM + 2);
             part[2 + c] = A;

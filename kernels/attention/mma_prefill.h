@@ -42,17 +42,16 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
     const int kv_len = reinterpret_cast<const int*>(p.kv_len)[b];
     const unsigned short* K = reinterpret_cast<const unsigned short*>(p.k);
     const unsigned short* V = reinterpret_cast<const unsigned short*>(p.v);
-    const long krs = (long)p.kv_heads * DM;
     const int rows = min(BR, q_len - q0);
 
     // A K or V tile into shared memory; keys past kv_len are zeros.
-    auto load_kv = [&](unsigned short* dst, const unsigned short* src, int k0) {
+    auto load_kv = [&](unsigned short* dst, const unsigned short* src, long stride, int k0) {
         static_assert(BC * CH % MMA_THREADS == 0, "whole chunks per thread");
 #pragma unroll
         for (int it = 0; it < BC * CH / MMA_THREADS; ++it) {
             const int i = tid + it * MMA_THREADS, r = i / CH, c = (i % CH) * 8;
             const bool ok = k0 + r < kv_len;
-            af_cp_async16(dst + r * LD + c, ok ? src + kv_row(p, b, k0 + r) * krs + (long)kh * DM + c : src, ok);
+            af_cp_async16(dst + r * LD + c, ok ? src + kv_row(p, b, k0 + r) * stride + (long)kh * DM + c : src, ok);
         }
     };
 
@@ -61,13 +60,13 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
         const unsigned short* Q = reinterpret_cast<const unsigned short*>(p.q);
         for (int i = tid; i < BR * CH; i += MMA_THREADS) {
             const int r = i / CH, c = (i % CH) * 8;
-            af_cp_async16(sQ + r * LD + c, Q + ((long)(qbeg + q0 + min(r, rows - 1)) * p.heads + h) * DM + c, r < rows);
+            af_cp_async16(sQ + r * LD + c, Q + q_at(p, qbeg + q0 + min(r, rows - 1), h) + c, r < rows);
         }
     }
     const int last_row = q0 + rows - 1;
     const int kv_end = p.causal ? min(kv_len, kv_len - q_len + last_row + 1) : kv_len;
     const int ntiles = (kv_end + BC - 1) / BC;
-    if (ntiles > 0) load_kv(sK, K, 0);
+    if (ntiles > 0) load_kv(sK, K, p.k_stride, 0);
     af_cp_async_commit();
     af_cp_async_wait_all();
     __syncthreads();
@@ -115,7 +114,7 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
             af_cp_async_wait_all();  // K tile j has landed
             __syncthreads();         // ... for every group, and every group is done with sV
         }
-        load_kv(sV, V, k0);
+        load_kv(sV, V, p.v_stride, k0);
         af_cp_async_commit();
 
         // S = Q K^T: each key fragment serves the MT query tiles.
@@ -158,7 +157,7 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
 
         af_cp_async_wait_all();  // V tile j has landed
         __syncthreads();         // ... for every group, and every group is done with sK
-        if (j + 1 < ntiles) load_kv(sK, K, k0 + BC);
+        if (j + 1 < ntiles) load_kv(sK, K, p.k_stride, k0 + BC);
         af_cp_async_commit();
 
         // O += P V: each value fragment serves the MT query tiles.
@@ -183,7 +182,7 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
             const int r = 16 * (MT * w + mt) + af_mma_row(sl);
             const float inv = 1.f / af_mma_rowsum(l[mt][sl]);
             if (r >= rows) continue;
-            unsigned short* orow = out + ((long)(qbeg + q0 + r) * p.heads + h) * DM;
+            unsigned short* orow = out + o_at(p, qbeg + q0 + r, h);
 #pragma unroll
             for (int f = 0; f < OF; ++f) {
 #pragma unroll

@@ -31,7 +31,7 @@ AF_DEVICE void prefill_body(const AttnParams& p) {
     const T* Q = reinterpret_cast<const T*>(p.q);
     const T* K = reinterpret_cast<const T*>(p.k);
     const T* V = reinterpret_cast<const T*>(p.v);
-    const long krs = (long)p.kv_heads * D;  // K/V row stride
+    long qs = p.q_stride;  // elements between query rows of Q (out's once Q is rotated into out)
     if (ROPE && p.q_pos) {
         // Rotate this block's query tile once, into its own rows of `out` (no other block
         // touches them, and the final store comes after every read); the key loop reads Q
@@ -39,12 +39,12 @@ AF_DEVICE void prefill_body(const AttnParams& p) {
         T* O = reinterpret_cast<T*>(p.out);
         const int rows = min(PF_BR, q_len - q0);
         const int* qp = reinterpret_cast<const int*>(p.q_pos) + qbeg + q0;
-        auto rowoff = [&](int r) { return ((long)(qbeg + q0 + r) * p.heads + h) * D; };
         rope_rows<T>(
-            p, rows, D, tid, 256, [&](int r) { return Q + rowoff(r); }, [&](int r) { return qp[r]; },
-            [&](int r, int d, float x) { O[rowoff(r) + d] = af_from_float<T>(x); });
+            p, rows, D, tid, 256, [&](int r) { return Q + q_at(p, qbeg + q0 + r, h); }, [&](int r) { return qp[r]; },
+            [&](int r, int d, float x) { O[o_at(p, qbeg + q0 + r, h) + d] = af_from_float<T>(x); });
         __syncthreads();
         Q = O;
+        qs = p.o_stride;
     }
 
     float acc[4][EP];
@@ -69,8 +69,8 @@ AF_DEVICE void prefill_body(const AttnParams& p) {
         // Staging: each thread loads 4 consecutive elements of one row of Q and of K.
         const int lr = tid / 4, lc = (tid % 4) * 4;
         const int qrow = q0 + lr, krow = k0 + lr;
-        const T* qsrc = Q + ((long)(qbeg + qrow) * p.heads + h) * D + lc;
-        const T* ksrc = krow < kv_len ? K + kv_row(p, b, krow) * krs + (long)kh * D + lc : nullptr;
+        const T* qsrc = Q + (long)(qbeg + qrow) * qs + (long)h * D + lc;
+        const T* ksrc = krow < kv_len ? K + kv_row(p, b, krow) * p.k_stride + (long)kh * D + lc : nullptr;
         for (int d0 = 0; d0 < D; d0 += PF_DK) {
             __syncthreads();
             float tmp[4] = {0.f, 0.f, 0.f, 0.f};
@@ -139,7 +139,7 @@ AF_DEVICE void prefill_body(const AttnParams& p) {
                 const int r = idx / D, c = idx % D;
                 float tv[4] = {0.f, 0.f, 0.f, 0.f};
                 const int kr = k0 + c0 + r;
-                if (kr < kv_len) af_load<4>(V + kv_row(p, b, kr) * krs + (long)kh * D + c, tv);
+                if (kr < kv_len) af_load<4>(V + kv_row(p, b, kr) * p.v_stride + (long)kh * D + c, tv);
                 float* dst = sV + r * (DMAX + 4) + c;
                 dst[0] = tv[0]; dst[1] = tv[1]; dst[2] = tv[2]; dst[3] = tv[3];
             }
@@ -169,7 +169,7 @@ AF_DEVICE void prefill_body(const AttnParams& p) {
         const int qi = q0 + ty * 4 + i;
         if (qi >= q_len) continue;
         const float inv = 1.f / l[i];
-        T* orow = O + ((long)(qbeg + qi) * p.heads + h) * D;
+        T* orow = O + o_at(p, qbeg + qi, h);
 #pragma unroll
         for (int j = 0; j < EP; ++j)
             if (tx + 16 * j < D) orow[tx + 16 * j] = af_from_float<T>(acc[i][j] * inv);

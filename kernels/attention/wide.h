@@ -24,7 +24,7 @@ AF_DEVICE void wide_body(const AttnParams& p) {
     const int kv_len = reinterpret_cast<const int*>(p.kv_len)[b];
     const int qi = t - qbeg;
     const int visible = p.causal ? kv_len - q_len + qi + 1 : kv_len;
-    const T* Qrow = reinterpret_cast<const T*>(p.q) + ((long)t * p.heads + h) * D;
+    const T* Qrow = reinterpret_cast<const T*>(p.q) + q_at(p, t, h);
     const T* K = reinterpret_cast<const T*>(p.k);
     const T* V = reinterpret_cast<const T*>(p.v);
     const int qpos = (ROPE && p.q_pos) ? reinterpret_cast<const int*>(p.q_pos)[t] : 0;
@@ -43,7 +43,7 @@ AF_DEVICE void wide_body(const AttnParams& p) {
         float sc = 0.f;
         if (j < visible) {
             const long slot = kv_row(p, b, j);
-            const T* krow = K + (slot * p.kv_heads + kh) * D;
+            const T* krow = K + slot * p.k_stride + (long)kh * D;
             const int kp = (ROPE && p.k_pos) ? reinterpret_cast<const int*>(p.k_pos)[slot] : AF_ROTATED;
             if (ROPE && kp != AF_ROTATED) {
                 for (int d = lane; d < D; d += 16) sc += sq[d] * rope_elem(p, krow, d, af_to_float(krow[d]), kp);
@@ -75,7 +75,7 @@ AF_DEVICE void wide_body(const AttnParams& p) {
                 const int g = g0 + u;
                 const bool ok = g < ng;
                 w[u] = ok ? exp2f(ss[g] - mnew) : 0.f;
-                const T* vrow = V + (kv_row(p, b, j0 + (ok ? g : 0)) * p.kv_heads + kh) * D;
+                const T* vrow = V + kv_row(p, b, j0 + (ok ? g : 0)) * p.v_stride + (long)kh * D;
 #pragma unroll
                 for (int i = 0; i < WIDE_EP; ++i) {
                     const int d = tid + i * WIDE_THREADS;
@@ -92,7 +92,7 @@ AF_DEVICE void wide_body(const AttnParams& p) {
         m = mnew;
         __syncthreads();
     }
-    T* O = reinterpret_cast<T*>(p.out) + ((long)t * p.heads + h) * D;
+    T* O = reinterpret_cast<T*>(p.out) + o_at(p, t, h);
     const float inv = 1.f / l;
 #pragma unroll
     for (int i = 0; i < WIDE_EP; ++i) {

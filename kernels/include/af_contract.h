@@ -82,7 +82,9 @@ AF_FIELD(int, vp)                    // rotary pairs per thread (one of ROPE_VPS
 AF_FIELD(float, attention_factor)    // cos/sin multiplier
 AF_FIELD(af_ptr, k_pos)              // shift on a hip-fused cache: int32 [slots] (0: none)
 AF_FIELD(int, gather)                // 1: shift: K rows are pool slots `slots[t]`, rotated in place
-AF_FIELD(int, pad)
+AF_FIELD(int, q_stride)              // elements between consecutive tokens of q (views into a fused buffer)
+AF_FIELD(int, k_stride)              // ... of k (with gather: of the pool, Hk * D)
+AF_FIELD(int, v_stride)              // ... of v (fused)
 AF_END(RopeParams)
 
 AF_STRUCT(AppendParams)              // kv_append.hip: new K/V rows into their pool slots
@@ -94,9 +96,11 @@ AF_FIELD(af_ptr, slots)              // int32 [T]
 AF_FIELD(int, tokens)                // T
 AF_FIELD(int, k_heads)               // Hk
 AF_FIELD(int, head_dim)              // D
-AF_FIELD(int, pad)
+AF_FIELD(int, k_stride)              // elements between consecutive tokens of k
 AF_FIELD(af_ptr, k_pos)              // hip-fused: int32 [slots] position of each slot's key (0: none)
 AF_FIELD(af_ptr, positions)          // int32 [T] positions of unrotated keys (0: keys arrive rotated)
+AF_FIELD(int, v_stride)              // elements between consecutive tokens of v
+AF_FIELD(int, pad)
 AF_END(AppendParams)
 
 AF_STRUCT(FillParams)                // kv_append.hip: every element of a buffer set to one value
@@ -104,6 +108,8 @@ AF_FIELD(af_ptr, dst)
 AF_FIELD(af_i64, n)                  // elements
 AF_FIELD(float, value)
 AF_FIELD(int, pad)
+AF_FIELD(af_i64, row_len)            // elements per row (a strided view: only rows are written)
+AF_FIELD(af_i64, row_stride)         // elements between row starts
 AF_END(FillParams)
 
 AF_STRUCT(AttnParams)                // attention*.hip, separate.hip
@@ -133,6 +139,10 @@ AF_FIELD(af_ptr, inv_freq)           // RoPE inside: double [rotary_dim / 2]
 AF_FIELD(int, rotary_dim)
 AF_FIELD(int, rope_inter)            // 1: interleaved pairs
 AF_FIELD(float, rope_factor)         // cos/sin multiplier
+AF_FIELD(int, q_stride)              // elements between consecutive query rows of q (a token's heads are dense)
+AF_FIELD(int, o_stride)              // ... of out
+AF_FIELD(int, k_stride)              // elements between consecutive K rows (a pool: Hk * D)
+AF_FIELD(int, v_stride)              // ... of V
 AF_FIELD(int, pad)
 AF_END(AttnParams)
 
@@ -148,6 +158,8 @@ AF_FIELD(af_ptr, out)                // [rows, D]
 AF_FIELD(int, rows)
 AF_FIELD(int, splits)
 AF_FIELD(int, head_dim)
+AF_FIELD(int, heads)                 // rows are (token, head): token = row / heads
+AF_FIELD(int, o_stride)              // elements between consecutive tokens of out
 AF_FIELD(int, pad)
 AF_END(MergeParams)
 

@@ -2,7 +2,7 @@
 
 use backend_api::{AttentionArgs, AttentionParams, PlainAttentionArgs, Result};
 
-use crate::storage::{host, host_mut, pools};
+use crate::storage::{read, write};
 
 /// Shape of one sequence's attention problem.
 #[derive(Debug, Clone, Copy)]
@@ -60,49 +60,44 @@ pub fn attend(q: &[f64], k: &[f64], v: &[f64], s: SeqShape, params: AttentionPar
 }
 
 pub(crate) fn run_cache(a: AttentionArgs<'_>) -> Result<()> {
-    let AttentionArgs { q, cache, batch, kv_lens, params, out, .. } = a;
+    let AttentionArgs { q, pools, meta, batch, kv_lens, params, out, .. } = a;
     let (heads, d) = (q.shape()[1], q.shape()[2]);
-    let kv_heads = cache.spec().num_kv_heads;
-    let qs = host(q, "q")?;
-    let p = pools(cache)?;
-    let os = host_mut(out, "out")?;
+    let kv_heads = pools.spec().num_kv_heads;
+    let qs = read(q, "q")?;
+    let (kp, vp) = (read(pools.k(), "K pool")?, read(pools.v(), "V pool")?);
+    let mut os = vec![0.0; out.numel()];
     for (i, (&seq, &q_len)) in batch.seq_ids().iter().zip(batch.q_lens()).enumerate() {
         let kv_len = kv_lens[i];
         let (mut k, mut v) = (Vec::with_capacity(kv_len * kv_heads * d), Vec::with_capacity(kv_len * kv_heads * d));
         for t in 0..kv_len {
             for h in 0..kv_heads {
-                let o = cache.slot_offset(seq, t, h);
-                k.extend(p.k.range(o, d));
-                v.extend(p.v.range(o, d));
+                let o = (meta.slot(seq, t) * kv_heads + h) * d;
+                k.extend_from_slice(&kp[o..o + d]);
+                v.extend_from_slice(&vp[o..o + d]);
             }
         }
         let row = batch.offsets()[i] * heads * d;
-        let qv = qs.range(row, q_len * heads * d);
+        let n = q_len * heads * d;
         let shape = SeqShape { q_len, kv_len, heads, kv_heads, head_dim: d };
-        os.set_range(row, &attend(&qv, &k, &v, shape, params));
+        os[row..row + n].copy_from_slice(&attend(&qs[row..row + n], &k, &v, shape, params));
     }
-    Ok(())
+    write(out, "out", &os)
 }
 
 pub(crate) fn run_plain(a: PlainAttentionArgs<'_>) -> Result<()> {
     let PlainAttentionArgs { q, k, v, batch, params, out, .. } = a;
     let (heads, d) = (q.shape()[1], q.shape()[2]);
     let kv_heads = k.shape()[1];
-    let (qs, ks, vs) = (host(q, "q")?, host(k, "k")?, host(v, "v")?);
-    let os = host_mut(out, "out")?;
+    let (qs, ks, vs) = (read(q, "q")?, read(k, "k")?, read(v, "v")?);
+    let mut os = vec![0.0; out.numel()];
     for i in 0..batch.len() {
         let (q_len, kv_len) = (batch.q_lens()[i], batch.kv_lens()[i]);
         let qrow = batch.q_offsets()[i] * heads * d;
         let krow = batch.kv_offsets()[i] * kv_heads * d;
+        let (nq, nk) = (q_len * heads * d, kv_len * kv_heads * d);
         let shape = SeqShape { q_len, kv_len, heads, kv_heads, head_dim: d };
-        let o = attend(
-            &qs.range(qrow, q_len * heads * d),
-            &ks.range(krow, kv_len * kv_heads * d),
-            &vs.range(krow, kv_len * kv_heads * d),
-            shape,
-            params,
-        );
-        os.set_range(qrow, &o);
+        let o = attend(&qs[qrow..qrow + nq], &ks[krow..krow + nk], &vs[krow..krow + nk], shape, params);
+        os[qrow..qrow + nq].copy_from_slice(&o);
     }
-    Ok(())
+    write(out, "out", &os)
 }

@@ -2,26 +2,22 @@
 
 use backend_api::{AppendArgs, Result};
 
-use crate::storage::{host, pools_mut};
+use crate::storage::{read, write_at};
 
 pub(crate) fn run(a: AppendArgs<'_>) -> Result<()> {
-    let AppendArgs { cache, k, v, batch, start, .. } = a;
-    let (hk, d) = (cache.spec().num_kv_heads, cache.spec().head_dim);
-    let (ks, vs) = (host(k, "k")?, host(v, "v")?);
-    // Slot offsets first (they read the page table), then the writes.
-    let mut moves = Vec::new();
+    let AppendArgs { pools, meta, k, v, batch, start, .. } = a;
+    let (hk, d) = (pools.spec().num_kv_heads, pools.spec().head_dim);
+    let (ks, vs) = (read(k, "k")?, read(v, "v")?);
+    let (kp, vp, _) = pools.parts_mut();
     for (i, (&seq, &q_len)) in batch.seq_ids().iter().zip(batch.q_lens()).enumerate() {
         for t in 0..q_len {
             for h in 0..hk {
                 let src = ((batch.offsets()[i] + t) * hk + h) * d;
-                moves.push((src, cache.slot_offset(seq, start[i] + t, h)));
+                let dst = (meta.slot(seq, start[i] + t) * hk + h) * d;
+                write_at(kp, "K pool", dst, &ks[src..src + d])?;
+                write_at(vp, "V pool", dst, &vs[src..src + d])?;
             }
         }
-    }
-    let pools = pools_mut(cache)?;
-    for (src, dst) in moves {
-        pools.k.set_range(dst, &ks.range(src, d));
-        pools.v.set_range(dst, &vs.range(src, d));
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use backend_api::{Result, RopeArgs, RopeConfig, RopeFrequencies, RopeStyle, ShiftArgs};
 
-use crate::storage::host_mut;
+use crate::storage::{read, read_at, write, write_at};
 
 /// Rotates rows of `x` (`[tokens, heads, head_dim]`, f64) in place; token `t` at `positions[t]`.
 ///
@@ -52,14 +52,16 @@ fn rotate(row: &mut [f64], pos: f64, factor: f64, config: &RopeConfig, freqs: &R
 
 /// Context shift: rotates the cached keys of the shifted tokens by `delta`, in place.
 pub(crate) fn shift(a: ShiftArgs<'_>) -> Result<()> {
-    let ShiftArgs { cache, seq, tokens, delta, config, freqs, .. } = a;
-    let (hk, d) = (cache.spec().num_kv_heads, cache.spec().head_dim);
-    let offsets: Vec<usize> = tokens.flat_map(|t| (0..hk).map(move |h| (t, h))).map(|(t, h)| cache.slot_offset(seq, t, h)).collect();
-    let p = crate::storage::pools_mut(cache)?;
-    for o in offsets {
-        let mut row = p.k.range(o, d);
-        rotate_row_by(&mut row, delta as f64, config, &freqs);
-        p.k.set_range(o, &row);
+    let ShiftArgs { pools, meta, seq, tokens, delta, config, freqs, .. } = a;
+    let (hk, d) = (pools.spec().num_kv_heads, pools.spec().head_dim);
+    let (kp, _, _) = pools.parts_mut();
+    for t in tokens {
+        for h in 0..hk {
+            let o = (meta.slot(seq, t) * hk + h) * d;
+            let mut row = read_at(kp, "K pool", o, d)?;
+            rotate_row_by(&mut row, delta as f64, config, &freqs);
+            write_at(kp, "K pool", o, &row)?;
+        }
     }
     Ok(())
 }
@@ -68,10 +70,9 @@ pub(crate) fn run(a: RopeArgs<'_>) -> Result<()> {
     let RopeArgs { q, k, positions, config, freqs, .. } = a;
     for (t, what) in [(q, "q"), (k, "k")] {
         let heads = t.shape()[1];
-        let s = host_mut(t, what)?;
-        let mut x = s.range(0, s.len());
+        let mut x = read(t, what)?;
         rope_rows(&mut x, heads, positions, config, &freqs);
-        s.set_range(0, &x);
+        write(t, what, &x)?;
     }
     Ok(())
 }

@@ -19,9 +19,9 @@
 #![allow(unsafe_code)]
 
 mod cuda;
-pub mod foreign;
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod foreign;
 pub(crate) mod launch;
 #[cfg(feature = "rocm")]
 mod rocm;
@@ -299,7 +299,9 @@ impl Gpu {
         for at in [ptr, ptr + len.max(1) as u64 - 1] {
             match drv.pointer_ordinal(at)? {
                 Some(o) if o == dev.ordinal => {}
-                Some(o) => return Err(Error::WrongDevice { what: format!("borrowed memory at {ptr:#x}"), backend: "this GPU".into(), expected: dev, got: Device { ordinal: o, ..dev } }),
+                Some(o) => {
+                    return Err(Error::WrongDevice { what: format!("borrowed memory at {ptr:#x}"), backend: "this GPU".into(), expected: dev, got: Device { ordinal: o, ..dev } })
+                }
                 None => return Err(Error::InvalidArgument(format!("{at:#x} is not device memory the driver knows ({len} bytes at {ptr:#x})"))),
             }
         }
@@ -548,6 +550,24 @@ impl DeviceBuffer {
     /// A writable view of all of it.
     pub fn view_mut(&mut self) -> DevMut<'_> {
         DevMut { addr: self.ptr, bytes: self.len, device: self.owner.dev.device, _l: PhantomData }
+    }
+    /// A read-only view from byte `offset` to the end (empty past it).
+    pub fn slice(&self, offset: usize) -> DevRef<'_> {
+        let offset = offset.min(self.len);
+        DevRef { addr: self.ptr + offset as u64, bytes: self.len - offset, device: self.owner.dev.device, _l: PhantomData }
+    }
+    /// A writable view from byte `offset` to the end, through a shared handle: tensors that
+    /// are views of one allocation (q, k and v of a fused QKV buffer) each write their own rows
+    /// of it. Device memory is not memory the host program reads, so this is a question of
+    /// device-side ordering, not of Rust aliasing: every op's writes are stream-ordered after
+    /// earlier ops, and the API refuses an op whose output overlaps its inputs.
+    pub fn slice_mut(&self, offset: usize) -> DevMut<'_> {
+        let offset = offset.min(self.len);
+        DevMut { addr: self.ptr + offset as u64, bytes: self.len - offset, device: self.owner.dev.device, _l: PhantomData }
+    }
+    /// Identity of the allocation (its address), for overlap checks.
+    pub fn id(&self) -> usize {
+        self.ptr as usize
     }
 }
 

@@ -11,7 +11,6 @@ use super::*;
 use crate::contract::{Kernel, DC_THREADS};
 use backend_api::DType;
 
-
 fn gpu_on(fake: &FakeDriver) -> Gpu {
     Gpu::with_driver(Box::new(fake.clone()), &fake_images()).expect("the fake opens")
 }
@@ -117,12 +116,15 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
     // A slot past the pool.
     let meta = gpu.upload_meta(&[&[0, 1, 2, slots as i32]]).unwrap();
     let p = PoolMut { k: pk.view_mut(), v: pv.view_mut(), pos: None, slots };
-    let e = append(&gpu, Kernel::KvAppend { dtype: DType::F16 }, 4, hk, d, k.view(), k.view(), p, meta.part(0), None).unwrap_err();
+    let e = append(&gpu, Kernel::KvAppend { dtype: DType::F16 }, 4, hk, d, st(k.view(), hk * d), st(k.view(), hk * d), p, meta.part(0), None).unwrap_err();
     assert!(e.to_string().contains("slot mapping"), "{e}");
     // K/V rows too short for the tokens.
     let meta = gpu.upload_meta(&[&[0, 1, 2, 3, 4]]).unwrap();
     let p = PoolMut { k: pk.view_mut(), v: pv.view_mut(), pos: None, slots };
-    assert_eq!(append(&gpu, Kernel::KvAppend { dtype: DType::F16 }, 5, hk, d, k.view(), k.view(), p, meta.part(0), None).unwrap_err().kind(), "StorageTooSmall");
+    assert_eq!(
+        append(&gpu, Kernel::KvAppend { dtype: DType::F16 }, 5, hk, d, st(k.view(), hk * d), st(k.view(), hk * d), p, meta.part(0), None).unwrap_err().kind(),
+        "StorageTooSmall"
+    );
 
     // Attention over pages: a page past the pool, a table too short for the keys, a
     // contiguous entry whose keys run past the pool, a split too long for the vector decode.
@@ -152,11 +154,11 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
             dtype: DType::F16,
             heads: h,
             head_dim: d,
-            q: q.view(),
-            out: out.view_mut(),
+            q: st(q.view(), h * d),
+            out: st(out.view_mut(), h * d),
             q_lens: &[1],
             kv_lens: &[kv_len],
-            kv: KvSource { k: kk, v: vv, rows, kv_heads: hk, at },
+            kv: KvSource { k: st(kk, hk * d), v: st(vv, hk * d), rows, kv_heads: hk, at },
             causal: true,
             scale: 0.125,
             rope: None,
@@ -173,11 +175,11 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
         dtype: DType::F16,
         heads: h,
         head_dim: d,
-        q: foreign.view(),
-        out: out.view_mut(),
+        q: st(foreign.view(), h * d),
+        out: st(out.view_mut(), h * d),
         q_lens: &[1],
         kv_lens: &[4],
-        kv: KvSource { k: pk.view(), v: pv.view(), rows: slots, kv_heads: hk, at: KvAddressing::Rows(&[0]) },
+        kv: KvSource { k: st(pk.view(), hk * d), v: st(pv.view(), hk * d), rows: slots, kv_heads: hk, at: KvAddressing::Rows(&[0]) },
         causal: true,
         scale: 0.125,
         rope: None,
@@ -189,11 +191,11 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
         dtype: DType::F16,
         heads: h,
         head_dim: d,
-        q: q.view(),
-        out: out.view_mut(),
+        q: st(q.view(), h * d),
+        out: st(out.view_mut(), h * d),
         q_lens: &[1],
         kv_lens: &[12],
-        kv: KvSource { k: pk.view(), v: pv.view(), rows: slots, kv_heads: hk, at: KvAddressing::Pages { page_size: ps, tables: vec![&[3, 0]] } },
+        kv: KvSource { k: st(pk.view(), hk * d), v: st(pv.view(), hk * d), rows: slots, kv_heads: hk, at: KvAddressing::Pages { page_size: ps, tables: vec![&[3, 0]] } },
         causal: true,
         scale: 0.125,
         rope: None,
@@ -227,4 +229,9 @@ fn launch_shapes_past_the_device_limits_are_refused() {
         assert!(gpu.launch(k, [1, 1, 1], 256, 0, &wrong).is_err(), "the wrong parameter struct");
     }
     assert!(fake.launches().is_empty());
+}
+
+/// Dense rows of `row` elements.
+fn st<V>(mem: V, row: usize) -> crate::runtime::launch::Strided<V> {
+    crate::runtime::launch::Strided { mem, stride: row }
 }

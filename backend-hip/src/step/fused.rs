@@ -3,28 +3,30 @@
 //! the first step's RoPE table: another table is refused (one cache serves one configuration),
 //! so a context shift only has to move positions.
 
-use backend_api::{Error, KvCache, Result, RopeConfig, RopeFrequencies, RopeStyle, StepArgs};
+use backend_api::{Error, KvPools, Result, RopeConfig, RopeFrequencies, RopeStyle, StepArgs};
 
-use super::{cache_attention, pool_mut, positions_i32, slot_mapping, Ctx};
+use super::{cache_attention, positions_i32, slot_mapping, Ctx};
 use crate::contract::Kernel;
 use crate::runtime::launch::attention::{AttnLaunch, AttnRope};
 use crate::runtime::launch::kv_append;
 use crate::runtime::launch::rope::RopeTable;
-use crate::storage::{cache_mut, BoundRope};
+use crate::storage::{pool_state_mut, BoundRope};
 
-/// Binds the cache to this step's RoPE table, or refuses another one.
-fn bind_rope(ctx: &Ctx<'_>, c: &mut KvCache, config: &RopeConfig, freqs: &RopeFrequencies) -> Result<BoundRope> {
+/// Binds the pools to this step's RoPE table, or refuses another one.
+fn bind_rope(ctx: &Ctx<'_>, c: &mut KvPools, config: &RopeConfig, freqs: &RopeFrequencies) -> Result<BoundRope> {
     let key: Vec<u64> = freqs.inv_freq.iter().map(|f| f.to_bits()).collect();
     let table = ctx.table(freqs)?;
     let want = BoundRope { key, table, rotary_dim: config.rotary_dim, interleaved: config.style == RopeStyle::Interleaved, factor: freqs.attention_factor as f32 };
-    let p = cache_mut(c, ctx.name, ctx.gpu)?;
+    let p = pool_state_mut(c).ok_or_else(|| Error::Device { code: -1, message: format!("{}: KV pools made without slot positions", ctx.name) })?;
     match &p.rope {
-        Some(b) if b.key != want.key || b.rotary_dim != want.rotary_dim || b.interleaved != want.interleaved || b.factor.to_bits() != want.factor.to_bits() => Err(Error::InvalidArgument(format!(
-            "{}: this cache holds unrotated keys for another RoPE configuration (rotary_dim {}, {} pairs); one cache serves one configuration",
-            ctx.name,
-            b.rotary_dim,
-            if b.interleaved { "interleaved" } else { "half-split" }
-        ))),
+        Some(b) if b.key != want.key || b.rotary_dim != want.rotary_dim || b.interleaved != want.interleaved || b.factor.to_bits() != want.factor.to_bits() => {
+            Err(Error::InvalidArgument(format!(
+                "{}: this cache holds unrotated keys for another RoPE configuration (rotary_dim {}, {} pairs); one cache serves one configuration",
+                ctx.name,
+                b.rotary_dim,
+                if b.interleaved { "interleaved" } else { "half-split" }
+            )))
+        }
         Some(b) => Ok(b.clone()),
         None => {
             p.rope = Some(want.clone());
@@ -34,27 +36,24 @@ fn bind_rope(ctx: &Ctx<'_>, c: &mut KvCache, config: &RopeConfig, freqs: &RopeFr
 }
 
 pub(crate) fn step(ctx: &Ctx<'_>, append: Kernel, attention: &AttnLaunch, a: StepArgs<'_>) -> Result<()> {
-    let StepArgs { q, k, v, positions, config, freqs, cache, batch, start, kv_lens, params, out, .. } = a;
-    let bound = bind_rope(ctx, cache, config, &freqs)?;
-    let slots = slot_mapping(cache, batch, &start)?;
-    let meta = ctx.gpu.upload_meta(&[&positions_i32(positions), &slots])?;
-    let spec = cache.spec().clone();
+    let StepArgs { q, k, v, positions, config, freqs, pools, meta, batch, start, kv_lens, params, out, .. } = a;
+    let bound = bind_rope(ctx, pools, config, &freqs)?;
+    let slots = slot_mapping(meta, batch, &start)?;
+    let m = ctx.gpu.upload_meta(&[&positions_i32(positions), &slots])?;
+    let spec = pools.spec().clone();
     let (kv, vv) = (ctx.q(k, "k")?, ctx.q(v, "v")?);
     {
-        let pools = cache_mut(cache, ctx.name, ctx.gpu)?;
-        if pools.pos.is_none() {
-            return Err(Error::Device { code: -1, message: format!("{}: cache made without slot positions", ctx.name) });
-        }
-        kv_append::append(ctx.gpu, append, slots.len(), spec.num_kv_heads, spec.head_dim, kv, vv, pool_mut(pools, spec.pool_slots()), meta.part(1), Some(meta.part(0)))?;
+        let pool = ctx.pools_mut(pools)?;
+        kv_append::append(ctx.gpu, append, slots.len(), spec.num_kv_heads, spec.head_dim, kv, vv, pool, m.part(1), Some(m.part(0)))?;
     }
     let heads = q.shape()[1];
-    let pos = crate::storage::cache(cache, ctx.name, ctx.gpu)?.pos.as_ref().map(|p| p.view());
+    let pos = crate::storage::pools(pools, ctx.name, ctx.gpu)?.2.map(|s| s.pos.view());
     let rope = AttnRope {
-        q_pos: Some(meta.part(0)),
+        q_pos: Some(m.part(0)),
         k_pos: pos,
         table: RopeTable { inv_freq: bound.table.view(), rotary_dim: bound.rotary_dim, factor: bound.factor },
         interleaved: bound.interleaved,
     };
     let (qv, ov) = (ctx.q(q, "q")?, ctx.q_mut(out, "out")?);
-    cache_attention(ctx, attention, qv, heads, cache, batch, &kv_lens, params, ov, Some(rope))
+    cache_attention(ctx, attention, qv, heads, pools, meta, batch, &kv_lens, params, ov, Some(rope))
 }

@@ -6,8 +6,11 @@
 use backend_api::{DType, Error, Result};
 
 use super::rope::RopeTable;
-use super::{bytes_of, i32_of, need, need_mut, need_ref};
-use crate::contract::{AttnParams, InKernelRope, Kernel, MergeParams, SepParams, HEAD_DIM_MULTIPLE, MERGE_THREADS, MMA_DC_MAX_STAGES, SEP_DMAX, SEP_SOFTMAX_THREADS, SEP_THREADS, WIDE_DMAX, WIDE_THREADS};
+use super::{bytes_of, i32_of, need, need_mut, need_ref, span_bytes, Strided};
+use crate::contract::{
+    AttnParams, InKernelRope, Kernel, MergeParams, SepParams, HEAD_DIM_MULTIPLE, MERGE_THREADS, MMA_DC_MAX_STAGES, SEP_DMAX, SEP_SOFTMAX_THREADS, SEP_THREADS, WIDE_DMAX,
+    WIDE_THREADS,
+};
 use crate::runtime::{DevMut, DevRef, Gpu, MetaRef};
 
 /// The attention kernels a plan chose, and their launch shape.
@@ -39,8 +42,9 @@ pub(crate) enum KvAddressing<'a> {
 /// The keys and values attended over: `[rows, kv_heads, head_dim]` arrays (a pool or plain K/V).
 #[derive(Debug)]
 pub(crate) struct KvSource<'a> {
-    pub k: DevRef<'a>,
-    pub v: DevRef<'a>,
+    /// K rows, `stride` elements apart (a pool: `kv_heads * head_dim`).
+    pub k: Strided<DevRef<'a>>,
+    pub v: Strided<DevRef<'a>>,
     pub rows: usize,
     pub kv_heads: usize,
     pub at: KvAddressing<'a>,
@@ -63,10 +67,10 @@ pub(crate) struct AttnCall<'a> {
     pub dtype: DType,
     pub heads: usize,
     pub head_dim: usize,
-    /// `[sum q_lens, heads, head_dim]`.
-    pub q: DevRef<'a>,
-    /// Same shape; fully written.
-    pub out: DevMut<'a>,
+    /// `[sum q_lens, heads, head_dim]`, tokens `stride` apart.
+    pub q: Strided<DevRef<'a>>,
+    /// Same shape; fully written (only its rows).
+    pub out: Strided<DevMut<'a>>,
     pub q_lens: &'a [usize],
     pub kv_lens: &'a [usize],
     pub kv: KvSource<'a>,
@@ -116,11 +120,12 @@ pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()
         return Err(Error::InvalidArgument(format!("attention: {b} query lengths, {} key lengths, {} heads over {} kv heads", c.kv_lens.len(), c.heads, c.kv.kv_heads)));
     }
     let total_q: usize = c.q_lens.iter().try_fold(0usize, |a, &x| a.checked_add(x)).ok_or_else(|| Error::InvalidArgument("query rows overflow".into()))?;
-    let q_bytes = bytes_of("q", &[total_q, c.heads, d], es)?;
-    need_ref(gpu, "q", &c.q, q_bytes)?;
-    need_mut(gpu, "out", &c.out, q_bytes)?;
-    need_ref(gpu, "K", &c.kv.k, bytes_of("K", &[c.kv.rows, c.kv.kv_heads, d], es)?)?;
-    need_ref(gpu, "V", &c.kv.v, bytes_of("V", &[c.kv.rows, c.kv.kv_heads, d], es)?)?;
+    bytes_of("q", &[total_q, c.heads, d], es)?;
+    need_ref(gpu, "q", &c.q.mem, span_bytes("q", total_q, c.heads * d, c.q.stride, es)?)?;
+    need_mut(gpu, "out", &c.out.mem, span_bytes("out", total_q, c.heads * d, c.out.stride, es)?)?;
+    bytes_of("K", &[c.kv.rows, c.kv.kv_heads, d], es)?;
+    need_ref(gpu, "K", &c.kv.k.mem, span_bytes("K", c.kv.rows, c.kv.kv_heads * d, c.kv.k.stride, es)?)?;
+    need_ref(gpu, "V", &c.kv.v.mem, span_bytes("V", c.kv.rows, c.kv.kv_heads * d, c.kv.v.stride, es)?)?;
     i32_of(total_q, "query rows")?;
     i32_of(c.kv.rows, "K/V rows")?;
     i32_of(c.heads * d, "heads x head_dim")?;
@@ -187,7 +192,13 @@ pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()
             for (i, &n) in c.q_lens.iter().enumerate() {
                 list.extend((0..n).step_by(rows.max(1)).map(|q0| (i, q0)));
             }
-            let keys = |&(i, q0): &(usize, usize)| if c.causal { (c.kv_lens[i] + (q0 + rows).min(c.q_lens[i])).saturating_sub(c.q_lens[i]) } else { c.kv_lens[i] };
+            let keys = |&(i, q0): &(usize, usize)| {
+                if c.causal {
+                    (c.kv_lens[i] + (q0 + rows).min(c.q_lens[i])).saturating_sub(c.q_lens[i])
+                } else {
+                    c.kv_lens[i]
+                }
+            };
             list.sort_by_key(|t| std::cmp::Reverse(keys(t)));
             tiles = list.into_iter().flat_map(|(i, q0)| [i as i32, q0 as i32]).collect();
         }
@@ -207,10 +218,14 @@ pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()
     }
     let meta = gpu.upload_meta(&[&q_off, &kv_len, &kv_base, &table, &tiles])?;
     let mut p = AttnParams {
-        q: c.q.addr,
-        k: c.kv.k.addr,
-        v: c.kv.v.addr,
-        out: c.out.addr,
+        q: c.q.mem.addr,
+        k: c.kv.k.mem.addr,
+        v: c.kv.v.mem.addr,
+        out: c.out.mem.addr,
+        q_stride: c.q.stride as i32,
+        o_stride: c.out.stride as i32,
+        k_stride: c.kv.k.stride as i32,
+        v_stride: c.kv.v.stride as i32,
         q_off: meta.part(0).addr,
         kv_len: meta.part(1).addr,
         kv_base: meta.part(2).addr,
@@ -290,7 +305,16 @@ pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()
             // split holds more keys than the kernel's shared memory (checked above).
             unsafe { gpu.launch(kernel, grid, block, shared, &p) }?;
             if let Some(part) = &part {
-                let m = MergeParams { part: part.view().addr, out: c.out.addr, rows: i32_of(rows, "rows")?, splits: splits as i32, head_dim: d as i32, pad: 0 };
+                let m = MergeParams {
+                    part: part.view().addr,
+                    out: c.out.mem.addr,
+                    rows: i32_of(rows, "rows")?,
+                    splits: splits as i32,
+                    head_dim: d as i32,
+                    heads: c.heads as i32,
+                    o_stride: c.out.stride as i32,
+                    pad: 0,
+                };
                 // SAFETY: `part` holds rows x splits partials, `out` rows x head_dim elements.
                 unsafe { gpu.launch(merge, [rows as u64, 1, 1], MERGE_THREADS, 0, &m) }?;
             }

@@ -2,7 +2,7 @@
 
 use backend_api::{DType, Error, Result};
 
-use super::{bytes_of, i32_of, need_meta, need_mut, need_ref, PoolMut};
+use super::{bytes_of, i32_of, need_meta, need_mut, need_ref, span_bytes, PoolMut, Strided};
 use crate::contract::{AppendParams, FillParams, Kernel, APPEND_THREADS, CHUNK_BYTES, FILL_THREADS};
 use crate::runtime::{DevMut, DevRef, Gpu, MetaRef};
 
@@ -16,8 +16,8 @@ pub(crate) fn append(
     tokens: usize,
     k_heads: usize,
     head_dim: usize,
-    k: DevRef<'_>,
-    v: DevRef<'_>,
+    k: Strided<DevRef<'_>>,
+    v: Strided<DevRef<'_>>,
     pool: PoolMut<'_>,
     slots: MetaRef<'_>,
     positions: Option<MetaRef<'_>>,
@@ -29,14 +29,16 @@ pub(crate) fn append(
     if !head_dim.is_multiple_of(chunk) {
         return Err(Error::InvalidArgument(format!("kv_append: head_dim {head_dim} is not a multiple of {chunk}")));
     }
-    let rows = bytes_of("k", &[tokens, k_heads, head_dim], dtype.size())?;
-    need_ref(gpu, "k", &k, rows)?;
-    need_ref(gpu, "v", &v, rows)?;
+    let row = k_heads * head_dim;
+    need_ref(gpu, "k", &k.mem, span_bytes("k", tokens, row, k.stride, dtype.size())?)?;
+    need_ref(gpu, "v", &v.mem, span_bytes("v", tokens, row, v.stride, dtype.size())?)?;
     pool.check(gpu, k_heads, head_dim, dtype)?;
     need_meta(gpu, "slot mapping", &slots, tokens, 0, pool.slots as i64)?;
     let mut p = AppendParams {
-        k: k.addr,
-        v: v.addr,
+        k: k.mem.addr,
+        v: v.mem.addr,
+        k_stride: k.stride as i32,
+        v_stride: v.stride as i32,
         k_cache: pool.k.addr,
         v_cache: pool.v.addr,
         slots: slots.addr,
@@ -58,10 +60,15 @@ pub(crate) fn append(
     unsafe { gpu.launch(kernel, [threads.div_ceil(APPEND_THREADS as u64), 1, 1], APPEND_THREADS, 0, &p) }
 }
 
-/// Sets the first `n` elements of `dst` to `value`.
-pub(crate) fn fill(gpu: &Gpu, dtype: DType, dst: DevMut<'_>, n: usize, value: f32) -> Result<()> {
-    need_mut(gpu, "fill destination", &dst, bytes_of("fill", &[n], dtype.size())?)?;
-    let p = FillParams { dst: dst.addr, n: n as i64, value, pad: 0 };
+/// Sets `rows` rows of `row` elements, `stride` elements apart, of `dst` to `value` (memory
+/// between the rows is not touched).
+pub(crate) fn fill(gpu: &Gpu, dtype: DType, dst: DevMut<'_>, rows: usize, row: usize, stride: usize, value: f32) -> Result<()> {
+    if row == 0 || rows == 0 {
+        return Ok(());
+    }
+    need_mut(gpu, "fill destination", &dst, span_bytes("fill", rows, row, stride.max(row), dtype.size())?)?;
+    let n = bytes_of("fill", &[rows, row], 1)?;
+    let p = FillParams { dst: dst.addr, n: n as i64, value, pad: 0, row_len: row as i64, row_stride: stride.max(row) as i64 };
     // Grid-stride kernel: a grid within the device's x limit covers any n.
     let blocks = (n as u64).div_ceil(FILL_THREADS as u64).clamp(1, gpu.props().max_grid[0].min(1 << 20));
     // SAFETY: dst holds n elements (checked).

@@ -20,6 +20,32 @@ fn i32_of(x: usize, what: &str) -> Result<i32> {
     i32::try_from(x).map_err(|_| Error::InvalidArgument(format!("{what} = {x} does not fit the kernels' 32-bit integers")))
 }
 
+/// Rows of a `[tokens, heads, head_dim]` tensor, `stride` elements apart (a view into a fused
+/// buffer is strided; a dense tensor has `stride == heads * head_dim`).
+#[derive(Debug)]
+pub(crate) struct Strided<V> {
+    pub mem: V,
+    /// Elements between the starts of consecutive tokens.
+    pub stride: usize,
+}
+
+/// Bytes from the first to one past the last element of `tokens` rows of `row` elements,
+/// `stride` apart; the stride must hold a row and fit the kernels' 32-bit integers.
+fn span_bytes(what: &str, tokens: usize, row: usize, stride: usize, dtype_size: usize) -> Result<usize> {
+    if stride < row {
+        return Err(Error::InvalidArgument(format!("{what}: row stride {stride} is shorter than a row of {row} elements")));
+    }
+    i32_of(stride, &format!("{what} row stride"))?;
+    if tokens == 0 {
+        return Ok(0);
+    }
+    (tokens - 1)
+        .checked_mul(stride)
+        .and_then(|x| x.checked_add(row))
+        .and_then(|x| x.checked_mul(dtype_size))
+        .ok_or_else(|| Error::InvalidArgument(format!("{what}: size overflows")))
+}
+
 /// `a * b * ...` bytes, or an error naming `what` on overflow.
 fn bytes_of(what: &str, dims: &[usize], dtype_size: usize) -> Result<usize> {
     dims.iter().try_fold(dtype_size, |acc, &d| acc.checked_mul(d)).ok_or_else(|| Error::InvalidArgument(format!("{what}: size overflows")))

@@ -4,7 +4,7 @@
 
 use backend_api::{DType, Error, Result};
 
-use super::{bytes_of, i32_of, need_meta, need_mut, need_ref, PoolMut};
+use super::{i32_of, need_meta, need_mut, need_ref, span_bytes, PoolMut, Strided};
 use crate::contract::{Kernel, RopeParams, CHUNK_BYTES, ROPE_THREADS};
 use crate::runtime::{DevMut, DevRef, Gpu, MetaRef};
 
@@ -74,14 +74,22 @@ fn grid(p: &RopeParams, dtype: DType) -> [u64; 3] {
 }
 
 /// Rotates Q (when given) and K in place, token `t` at `positions[t]`.
-pub(crate) fn in_place(gpu: &Gpu, l: &RopeLaunch, s: RopeShape, q: Option<DevMut<'_>>, k: DevMut<'_>, positions: MetaRef<'_>, table: RopeTable<'_>) -> Result<()> {
+pub(crate) fn in_place(
+    gpu: &Gpu,
+    l: &RopeLaunch,
+    s: RopeShape,
+    q: Option<Strided<DevMut<'_>>>,
+    k: Strided<DevMut<'_>>,
+    positions: MetaRef<'_>,
+    table: RopeTable<'_>,
+) -> Result<()> {
     let (dtype, mut p) = base(gpu, l, &s, &table, &positions)?;
     if let Some(q) = &q {
-        need_mut(gpu, "q", q, bytes_of("q", &[s.tokens, s.q_heads, s.head_dim], dtype.size())?)?;
-        p.q = q.addr;
+        need_mut(gpu, "q", &q.mem, span_bytes("q", s.tokens, s.q_heads * s.head_dim, q.stride, dtype.size())?)?;
+        (p.q, p.q_stride) = (q.mem.addr, q.stride as i32);
     }
-    need_mut(gpu, "k", &k, bytes_of("k", &[s.tokens, s.k_heads, s.head_dim], dtype.size())?)?;
-    p.k = k.addr;
+    need_mut(gpu, "k", &k.mem, span_bytes("k", s.tokens, s.k_heads * s.head_dim, k.stride, dtype.size())?)?;
+    (p.k, p.k_stride) = (k.mem.addr, k.stride as i32);
     // SAFETY: q and k hold every row the kernel rotates (checked above), positions has one entry
     // per token and the table rotary_dim / 2 entries; no cache pointer is set.
     unsafe { gpu.launch(l.kernel, grid(&p, dtype), ROPE_THREADS, 0, &p) }
@@ -94,9 +102,9 @@ pub(crate) fn into_cache(
     gpu: &Gpu,
     l: &RopeLaunch,
     s: RopeShape,
-    q: Option<DevMut<'_>>,
-    k: DevRef<'_>,
-    v: DevRef<'_>,
+    q: Option<Strided<DevMut<'_>>>,
+    k: Strided<DevRef<'_>>,
+    v: Strided<DevRef<'_>>,
     pool: PoolMut<'_>,
     positions: MetaRef<'_>,
     slots: MetaRef<'_>,
@@ -104,15 +112,16 @@ pub(crate) fn into_cache(
 ) -> Result<()> {
     let (dtype, mut p) = base(gpu, l, &s, &table, &positions)?;
     if let Some(q) = &q {
-        need_mut(gpu, "q", q, bytes_of("q", &[s.tokens, s.q_heads, s.head_dim], dtype.size())?)?;
-        p.q = q.addr;
+        need_mut(gpu, "q", &q.mem, span_bytes("q", s.tokens, s.q_heads * s.head_dim, q.stride, dtype.size())?)?;
+        (p.q, p.q_stride) = (q.mem.addr, q.stride as i32);
     }
-    let rows = bytes_of("k", &[s.tokens, s.k_heads, s.head_dim], dtype.size())?;
-    need_ref(gpu, "k", &k, rows)?;
-    need_ref(gpu, "v", &v, rows)?;
+    let row = s.k_heads * s.head_dim;
+    need_ref(gpu, "k", &k.mem, span_bytes("k", s.tokens, row, k.stride, dtype.size())?)?;
+    need_ref(gpu, "v", &v.mem, span_bytes("v", s.tokens, row, v.stride, dtype.size())?)?;
     pool.check(gpu, s.k_heads, s.head_dim, dtype)?;
     need_meta(gpu, "slot mapping", &slots, s.tokens, 0, pool.slots as i64)?;
-    (p.k, p.v, p.k_cache, p.v_cache, p.slots) = (k.addr, v.addr, pool.k.addr, pool.v.addr, slots.addr);
+    (p.k, p.v, p.k_cache, p.v_cache, p.slots) = (k.mem.addr, v.mem.addr, pool.k.addr, pool.v.addr, slots.addr);
+    (p.k_stride, p.v_stride) = (k.stride as i32, v.stride as i32);
     // SAFETY: every slot is inside both pools (checked), k/v/q hold `tokens` rows, positions and
     // the table are sized as the kernel reads them.
     unsafe { gpu.launch(l.kernel, grid(&p, dtype), ROPE_THREADS, 0, &p) }
@@ -125,6 +134,7 @@ pub(crate) fn shift(gpu: &Gpu, l: &RopeLaunch, s: RopeShape, pool: PoolMut<'_>, 
     pool.check(gpu, s.k_heads, s.head_dim, dtype)?;
     need_meta(gpu, "shifted slots", &slots, s.tokens, 0, pool.slots as i64)?;
     (p.k, p.slots, p.gather) = (pool.k.addr, slots.addr, 1);
+    p.k_stride = i32_of(s.k_heads * s.head_dim, "pool row")?;
     p.q_heads = 0;
     if let Some(pos) = &pool.pos {
         p.k_pos = pos.addr;
