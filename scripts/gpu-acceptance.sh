@@ -2,7 +2,7 @@
 # GPU acceptance run for the HIP backends, on a machine with a GPU and no Rust toolchain.
 #
 # Build here (no GPU needed):
-#   DEVICE_BUNDLE_EXTRA="bench conformance quickstart select_backend" \
+#   DEVICE_BUNDLE_EXTRA="bench conformance quickstart select_backend engine_decode" \
 #     ../shared/tools/device-bundle --workspace
 # then, on the GPU machine, from the repository root:
 #   bash scripts/gpu-acceptance.sh [LOGDIR]
@@ -14,7 +14,10 @@
 #   3. compute-sanitizer with default settings for each tool (memcheck, racecheck, synccheck,
 #      initcheck) over the conformance suite (SAN_CASES cases; racecheck RACE_CASES) for each
 #      backend, and memcheck over the long-problem GPU test;
-#   4. quickstart and select_backend.
+#   4. quickstart, select_backend, and engine_decode on each backend (cudarc memory on the
+#      program's stream, checked in lockstep against the CPU reference);
+#   5. then, alone on the GPU, `bench --engine` (BENCH_ENGINE=0 skips it): a decode step through
+#      the owned API and through views, same run.
 # Every log goes to LOGDIR; the last lines printed are one summary line per run.
 set -uo pipefail
 B=${BUNDLE:-.device-bundle}
@@ -45,6 +48,7 @@ for b in $BACKENDS; do
   run "initcheck-$b" compute-sanitizer --tool initcheck "$B/bin/conformance" --backend "$b" --cases "$SAN_CASES"
   run "synccheck-$b" compute-sanitizer --tool synccheck "$B/bin/conformance" --backend "$b" --cases "$SAN_CASES"
   run "racecheck-$b" compute-sanitizer --tool racecheck "$B/bin/conformance" --backend "$b" --cases "$RACE_CASES"
+  [ -x "$B/bin/engine_decode" ] && run "engine-decode-$b" env ATTNFORGE_BACKEND="$b" "$B/bin/engine_decode"
 done
 if [ -n "$gputest" ]; then
   run_in backend-hip memcheck-long-problems compute-sanitizer "$PWD/$gputest" --exact long_problems_match_the_reference --test-threads 1
@@ -53,6 +57,9 @@ run tests bash "$B/run"
 run quickstart "$B/bin/quickstart"
 run select-backend "$B/bin/select_backend" --backend hip-hybrid
 wait "${pids[@]}"
+if [ "${BENCH_ENGINE:-1}" = 1 ] && [ -x "$B/bin/bench" ]; then
+  timeout "$LIMIT" "$B/bin/bench" --engine --json "$LOG/bench-engine.json" > "$LOG/bench-engine.log" 2>&1; echo $? > "$LOG/bench-engine.rc"
+fi
 
 for rc in "$LOG"/*.rc; do
   n=$(basename "$rc" .rc)

@@ -18,6 +18,12 @@
 //! D=64/128, S=1024/4096/16384, B=1/4, GQA 32/8 and MHA 32/32; decode bf16 at B=1/16/64,
 //! L=4096/8192/131072); `bench/torch_baseline.py --mma` times the same with PyTorch.
 //!
+//! `--engine`: one decode step (hip-flash's composite step, bf16, GQA 32/8, D=128, paged
+//! pages of 16, L=8192, B=1/16/64) through the owned API (separate q/k/v tensors, a `KvCache`)
+//! and through the engine path (q/k/v views into one fused QKV buffer, pools viewed out of a
+//! two-layer allocation, engine-owned `KvMetadata`), alternating in the same run: the boundary
+//! must cost nothing.
+//!
 //! The second part times the composite step (RoPE + append + attention) of each fusion
 //! strategy: hip-separate, hip-fused, hip-hybrid, hip-flash.
 use std::fmt::Write as _;
@@ -118,7 +124,9 @@ pub fn main() {
     let only_strategies = profile.is_some() || args.iter().any(|a| a == "--only-strategies");
     PROFILE.set(profile).expect("set once");
     let mut rows = Vec::new();
-    let r = if args.iter().any(|a| a == "--profile-mma") {
+    let r = if args.iter().any(|a| a == "--engine") {
+        engine_rows(be, &h, &mut rows)
+    } else if args.iter().any(|a| a == "--profile-mma") {
         profile_mma(&h)
     } else if args.iter().any(|a| a == "--mma") {
         copy_row(be, &mut rows).and_then(|_| mma_shapes(be, &h, &mut rows))
@@ -486,3 +494,70 @@ fn strategies(rows: &mut Vec<Row>) -> Result<()> {
     }
     Ok(())
 }
+
+/// `--engine`: the owned path and the engine path of one decode step, in the same run
+/// (owned, views, owned, views: drift shows as a difference between the two owned rows).
+fn engine_rows(hbe: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()> {
+    let (hq, hk, d, l, ps) = (32usize, 8usize, 128usize, 8192usize, 16usize);
+    let dt = DType::BF16;
+    let rope = RopeConfig { theta: 500000.0, ..RopeConfig::new(d, 10000.0, 131072) };
+    let w = (hq + 2 * hk) * d;
+    for &b in &[1usize, 16, 64] {
+        let pages_per_seq = (l + ps) / ps;
+        let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Paged { page_size: ps, num_pages: b * pages_per_seq } };
+        let tables: Vec<Vec<u32>> = (0..b).map(|s| ((s * pages_per_seq) as u32..((s + 1) * pages_per_seq) as u32).collect()).collect();
+        let prefix = Batch::uniform(b, l - 1)?;
+        let kv = h.upload(&randn(b * (l - 1) * hk * d, 40), &[b * (l - 1), hk, d], dt)?;
+        // Owned.
+        let mut cache = h.create_kv_cache(&spec)?;
+        for (s, t) in tables.iter().enumerate() {
+            cache.set_page_table(s, t)?;
+        }
+        h.kv_append(&mut cache, &kv, &kv, &prefix)?;
+        let mut q = h.upload(&randn(b * hq * d, 41), &[b, hq, d], dt)?;
+        let mut k = h.upload(&randn(b * hk * d, 42), &[b, hk, d], dt)?;
+        let v = h.upload(&randn(b * hk * d, 43), &[b, hk, d], dt)?;
+        let mut out = h.alloc(&[b, hq, d], dt)?;
+        // Engine: the same, in views.
+        let n = spec.pool_len();
+        let pool_base = h.alloc(&[4 * n], dt)?;
+        let row = ps * hk * d;
+        let mut pools = h.kv_pools(&spec, h.view(&pool_base, n, &spec.pool_shape(), row)?, h.view(&pool_base, 3 * n, &spec.pool_shape(), row)?)?;
+        let mut meta = KvMetadata::new(&spec)?;
+        for (s, t) in tables.iter().enumerate() {
+            meta.set_page_table(s, t)?;
+        }
+        meta.extend(&prefix)?;
+        h.append_kv(&mut pools, &meta, &kv, &kv, &prefix)?;
+        drop(kv);
+        let fused = h.upload(&randn(b * w, 44), &[b, w], dt)?;
+        let mut qv = h.view(&fused, 0, &[b, hq, d], w)?;
+        let mut kv_ = h.view(&fused, hq * d, &[b, hk, d], w)?;
+        let vv = h.view(&fused, (hq + hk) * d, &[b, hk, d], w)?;
+        let out_base = h.alloc(&[b, hq * d], dt)?;
+        let mut ov = h.view(&out_base, 0, &[b, hq, d], hq * d)?;
+        let batch = Batch::uniform(b, 1)?;
+        let positions = vec![(l - 1) as u32; b];
+        let params = AttentionParams::causal(d);
+        let bytes = (2 * b * l * hk * d) as f64 * dt.size() as f64;
+        for round in 0..2 {
+            let ms = median_ms(hbe, || {
+                for s in 0..b {
+                    cache.truncate(s, l - 1)?;
+                }
+                h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params, out: &mut out })
+            })?;
+            rows.push(Row { name: format!("engine decode step owned B={b} L={l} ({})", round + 1), dtype: dt, ms, bytes, flops: 0.0 });
+            let ms = median_ms(hbe, || {
+                for s in 0..b {
+                    meta.truncate(s, l - 1)?;
+                }
+                meta.extend(&batch)?;
+                h.step(StepViews { q: &mut qv, k: &mut kv_, v: &vv, positions: &positions, rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params, out: &mut ov })
+            })?;
+            rows.push(Row { name: format!("engine decode step views B={b} L={l} ({})", round + 1), dtype: dt, ms, bytes, flops: 0.0 });
+        }
+    }
+    Ok(())
+}
+

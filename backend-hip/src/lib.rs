@@ -61,6 +61,10 @@ pub mod kernels {
 }
 
 pub use plan::Strategy;
+/// The cudarc this crate is built with (use it for the memory and streams you hand in, so the
+/// types match).
+#[cfg(feature = "cudarc")]
+pub use cudarc;
 pub use runtime::foreign::{ForeignMemory, ForeignStream};
 
 use std::collections::HashMap;
@@ -73,7 +77,7 @@ use plan::{plan, OpPlan};
 use runtime::Gpu;
 use step::tables::RopeTables;
 use step::Ctx;
-use storage::{decode, encode, i32_bytes, pool_state_mut, pools, tensor, GpuPoolState, GpuTensor};
+use storage::{decode, encode, i32_bytes, pool_state_mut, tensor, writable, GpuPoolState, GpuTensor};
 
 /// A GPU backend on one device.
 pub struct HipBackend {
@@ -149,6 +153,57 @@ impl HipBackend {
         Tensor::from_storage_strided(shape.to_vec(), row_stride, dtype, self.device(), Box::new(GpuTensor { buf, offset: 0, dtype }))
     }
 
+    /// A tensor over a cudarc slice or view (`&CudaSlice<T>`, `&CudaView<T>`), without a copy,
+    /// for as long as the borrow: `shape` from its first element, rows `row_stride` elements
+    /// apart; read-only (an op that would write it is refused). The instance must run on the
+    /// slice's stream ([`HipBackend::open_on_stream`] with [`ForeignStream::from_cudarc`]), so
+    /// attnforge's work and cudarc's free of the memory stay ordered; `T`'s size must be the
+    /// dtype's. When the [`Borrowed`] is dropped the tensor (and any view of it) is refused by
+    /// every op.
+    #[cfg(feature = "cudarc")]
+    pub fn borrow_cudarc<'a, T, S>(&self, slice: &'a S, shape: &[usize], row_stride: usize, dtype: DType) -> Result<Borrowed<'a>>
+    where
+        S: cudarc::driver::DevicePtr<T>,
+    {
+        let stream = slice.stream().clone();
+        let (ptr, guard) = slice.device_ptr(&stream);
+        drop(guard);
+        self.lease_cudarc::<T>(ptr, slice.num_bytes(), &stream, shape, row_stride, dtype, true)
+    }
+
+    /// [`HipBackend::borrow_cudarc`] through a mutable borrow (`&mut CudaSlice<T>`,
+    /// `&mut CudaViewMut<T>`): ops may write it (outputs, KV pools).
+    #[cfg(feature = "cudarc")]
+    pub fn borrow_cudarc_mut<'a, T, S>(&self, slice: &'a mut S, shape: &[usize], row_stride: usize, dtype: DType) -> Result<Borrowed<'a>>
+    where
+        S: cudarc::driver::DevicePtrMut<T>,
+    {
+        let stream = slice.stream().clone();
+        let bytes = slice.num_bytes();
+        let (ptr, guard) = slice.device_ptr_mut(&stream);
+        drop(guard);
+        self.lease_cudarc::<T>(ptr, bytes, &stream, shape, row_stride, dtype, false)
+    }
+
+    #[cfg(feature = "cudarc")]
+    #[allow(clippy::too_many_arguments)]
+    fn lease_cudarc<'a, T>(&self, ptr: u64, bytes: usize, stream: &std::sync::Arc<cudarc::driver::CudaStream>, shape: &[usize], row_stride: usize, dtype: DType, read_only: bool) -> Result<Borrowed<'a>> {
+        if std::mem::size_of::<T>() != dtype.size() {
+            return Err(Error::InvalidArgument(format!("a cudarc slice of {} ({} bytes each) viewed as {dtype}", std::any::type_name::<T>(), std::mem::size_of::<T>())));
+        }
+        if stream.cu_stream() as usize as u64 != self.gpu.stream_raw() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: this instance does not run on the slice's stream; open it there (HipBackend::open_on_stream with ForeignStream::from_cudarc) so attnforge's work and cudarc's free of the memory are ordered",
+                self.name
+            )));
+        }
+        check_stride_alignment(shape, row_stride, dtype)?;
+        let lease = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let buf = Arc::new(self.gpu.borrow(ForeignMemory::leased(ptr, bytes, lease.clone(), read_only))?);
+        let tensor = Tensor::from_storage_strided(shape.to_vec(), row_stride, dtype, self.device(), Box::new(GpuTensor { buf, offset: 0, dtype }))?;
+        Ok(Borrowed { tensor, lease, _borrow: std::marker::PhantomData })
+    }
+
     /// The fusion strategy.
     pub fn strategy(&self) -> Strategy {
         self.strategy
@@ -168,6 +223,40 @@ impl HipBackend {
 
     fn mismatch(&self, op: Op) -> Error {
         Error::Device { code: -1, message: format!("{}: the plan for {op} has no launch of that kind", self.name) }
+    }
+}
+
+/// A tensor over memory borrowed for `'a` (a cudarc slice: [`HipBackend::borrow_cudarc`]). Use
+/// it as a `Tensor` (it derefs to one). When it is dropped the borrow ends, and every op
+/// refuses the tensor and any view taken of it (a tensor moved out of it with `mem::replace`
+/// included), so attnforge never touches the memory after the borrow.
+#[cfg(feature = "cudarc")]
+#[derive(Debug)]
+pub struct Borrowed<'a> {
+    tensor: Tensor,
+    lease: Arc<std::sync::atomic::AtomicBool>,
+    _borrow: std::marker::PhantomData<&'a mut ()>,
+}
+
+#[cfg(feature = "cudarc")]
+impl std::ops::Deref for Borrowed<'_> {
+    type Target = Tensor;
+    fn deref(&self) -> &Tensor {
+        &self.tensor
+    }
+}
+
+#[cfg(feature = "cudarc")]
+impl std::ops::DerefMut for Borrowed<'_> {
+    fn deref_mut(&mut self) -> &mut Tensor {
+        &mut self.tensor
+    }
+}
+
+#[cfg(feature = "cudarc")]
+impl Drop for Borrowed<'_> {
+    fn drop(&mut self) {
+        self.lease.store(false, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -203,7 +292,7 @@ impl AttentionBackend for HipBackend {
     fn write(&self, dst: &mut Tensor, src: &[f32]) -> Result<()> {
         let (dtype, row, contiguous) = (dst.dtype(), dst.row_len(), dst.is_contiguous());
         let offsets: Vec<usize> = dst.row_offsets().collect();
-        let t = tensor(dst, "destination tensor", self.name, &self.gpu)?;
+        let t = writable(dst, "destination tensor", self.name, &self.gpu)?;
         let bytes = encode(src, dtype);
         if contiguous {
             return self.gpu.write(t.view_mut(), 0, &bytes);
@@ -230,7 +319,7 @@ impl AttentionBackend for HipBackend {
 
     fn fill(&self, dst: &mut Tensor, value: f32) -> Result<()> {
         let (rows, row, stride, dtype) = (dst.shape().first().copied().unwrap_or(1), dst.row_len(), dst.row_stride(), dst.dtype());
-        let t = tensor(dst, "tensor", self.name, &self.gpu)?;
+        let t = writable(dst, "tensor", self.name, &self.gpu)?;
         runtime::launch::kv_append::fill(&self.gpu, dtype, t.view_mut(), rows, row, stride, value)
     }
 
@@ -325,7 +414,7 @@ impl AttentionBackend for HipBackend {
         }
         let row = page_size * spec.num_kv_heads * spec.head_dim * spec.dtype.size();
         {
-            let (k, v, _) = pools(c, self.name, &self.gpu)?;
+            let (k, v) = (writable(c.k(), "K pool", self.name, &self.gpu)?, writable(c.v(), "V pool", self.name, &self.gpu)?);
             for &(f, t) in pages {
                 let (f, t) = (f as usize, t as usize);
                 self.gpu.copy_within(k.view_mut(), f * row, t * row, row)?;

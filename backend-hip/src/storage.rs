@@ -92,7 +92,9 @@ pub(crate) fn tensor<'a>(t: &'a Tensor, what: &str, backend: &str, gpu: &Gpu) ->
     let (dev, got) = (gpu.device(), t.device());
     match t.storage().as_any().downcast_ref::<GpuTensor>() {
         Some(s) if got == dev && s.buf.device() == dev => {
-            if gpu.owns(&s.buf) {
+            if !s.buf.live() {
+                Err(Error::InvalidArgument(format!("{what} is borrowed memory whose borrow has ended")))
+            } else if gpu.owns(&s.buf) {
                 Ok(s)
             } else {
                 Err(Error::WrongInstance { what: what.into(), backend: backend.into() })
@@ -100,6 +102,15 @@ pub(crate) fn tensor<'a>(t: &'a Tensor, what: &str, backend: &str, gpu: &Gpu) ->
         }
         _ => Err(foreign(what, backend, dev, got)),
     }
+}
+
+/// [`tensor`] for an op that writes it: memory borrowed through a shared reference is refused.
+pub(crate) fn writable<'a>(t: &'a Tensor, what: &str, backend: &str, gpu: &Gpu) -> Result<&'a GpuTensor> {
+    let s = tensor(t, what, backend, gpu)?;
+    if s.buf.read_only() {
+        return Err(Error::InvalidArgument(format!("{what} is written by this op but was borrowed read-only (borrow it mutably)")));
+    }
+    Ok(s)
 }
 
 /// The pools' tensors and hip-fused's state (when the pools carry it).

@@ -134,10 +134,13 @@ fn long_problems_match_the_reference() {
                             amplitude: 1.0,
                             seed: 0xA77 + i as u64,
                         };
-                        match conformance::ops::check(op, &be, &cpu, &case) {
+                        // Owned and engine views (strided q/k/v/out, pools viewed out of a
+                        // two-layer allocation, shared pages) alternate over shapes and head dims.
+                        let path = if (i + d / 64) % 2 == 0 { conformance::setup::Path::Owned } else { conformance::setup::Path::Views };
+                        match conformance::ops::check(op, path, &be, &cpu, &case) {
                             Outcome::Pass => checked += 1,
                             Outcome::Unsupported(why) => panic!("{name} declined {op:?} {case:?}: {why:?}"),
-                            Outcome::Fail(m) => panic!("{name} {op:?} {dtype:?} D={d} H={heads}/{kv_heads} cached={cached} q={q_len}: {m}"),
+                            Outcome::Fail(m) => panic!("{name} {op:?} {path:?} {dtype:?} D={d} H={heads}/{kv_heads} cached={cached} q={q_len}: {m}"),
                         }
                     }
                 }
@@ -270,4 +273,45 @@ fn engine_stream_orders_engine_writes_and_attnforge_ops() {
     }
     drop(be);
     drop(hb);
+}
+
+/// Memory borrowed from cudarc for a Rust lifetime: usable while the borrow lasts (views of it
+/// too), refused by every op after it ends; a shared borrow is read-only; memory of a stream
+/// the instance does not run on, and strides that break 16-byte rows, are refused.
+#[cfg(feature = "cudarc")]
+#[test]
+#[serial]
+fn cudarc_borrows_end_with_their_lifetime() {
+    use backend_api::Backend;
+    use backend_hip::{ForeignStream, HipBackend, Strategy};
+    use cudarc::driver::CudaContext;
+    use std::sync::Arc;
+    let Some(_) = gpu_backend("hip-flash") else { return };
+    let ctx = CudaContext::new(0).unwrap();
+    let stream = ctx.new_stream().unwrap();
+    let hb = Arc::new(HipBackend::open_on_stream("hip-flash", Strategy::Flash, 0, ForeignStream::from_cudarc(&stream)).unwrap());
+    let be = Backend::new(hb.clone());
+    let mut buf = stream.alloc_zeros::<f32>(64).unwrap();
+    let escaped;
+    {
+        let mut t = hb.borrow_cudarc_mut(&mut buf, &[4, 16], 16, DType::F32).unwrap();
+        be.fill(&mut t, 2.0).unwrap();
+        assert_eq!(be.download(&t).unwrap(), vec![2.0; 64]);
+        escaped = be.view(&t, 16, &[2, 8], 16).unwrap();
+        assert_eq!(be.download(&escaped).unwrap(), vec![2.0; 16]);
+    }
+    assert_eq!(be.download(&escaped).unwrap_err().kind(), "InvalidArgument", "a view outlived its borrow");
+    assert_eq!(stream.clone_dtoh(&buf).unwrap(), vec![2.0; 64], "the engine's memory holds what attnforge wrote");
+    let r = hb.borrow_cudarc(&buf, &[64], 1, DType::F32).unwrap();
+    assert_eq!(be.download(&r).unwrap(), vec![2.0; 64]);
+    let mut r2 = hb.borrow_cudarc(&buf, &[64], 1, DType::F32).unwrap();
+    assert_eq!(be.fill(&mut r2, 1.0).unwrap_err().kind(), "InvalidArgument", "written through a shared borrow");
+    drop((r, r2));
+    let other = ctx.new_stream().unwrap();
+    let mut ob = other.alloc_zeros::<f32>(64).unwrap();
+    assert_eq!(hb.borrow_cudarc_mut(&mut ob, &[64], 1, DType::F32).unwrap_err().kind(), "InvalidArgument", "memory of another stream");
+    assert_eq!(hb.borrow_cudarc_mut(&mut buf, &[3, 17], 17, DType::F32).unwrap_err().kind(), "InvalidArgument", "rows 68 bytes apart");
+    let mut halves = stream.alloc_zeros::<u16>(64).unwrap();
+    assert_eq!(hb.borrow_cudarc_mut(&mut halves, &[64], 1, DType::F32).unwrap_err().kind(), "InvalidArgument", "u16 as f32");
+    stream.synchronize().unwrap();
 }

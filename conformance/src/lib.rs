@@ -62,6 +62,9 @@ pub struct Config {
     pub errors: bool,
     /// Head dims the generator draws from.
     pub head_dims: Vec<usize>,
+    /// How the checks hand data to the backend: owned tensors and caches, and views into
+    /// engine buffers (a cell each; see [`setup::Path`]).
+    pub paths: Vec<setup::Path>,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             ops: Op::ALL.to_vec(),
             errors: true,
             head_dims: GenConfig::new(DType::F32).head_dims,
+            paths: setup::Path::ALL.to_vec(),
         }
     }
 }
@@ -153,7 +157,8 @@ fn runner(cfg: &Config, salt: u64) -> TestRunner {
     TestRunner::new_with_rng(pt, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
 }
 
-fn run_cell(be: &Backend, rf: &Backend, cfg: &Config, op: Option<Op>, dtype: DType, salt: u64, progress: &dyn Fn(&str)) -> CellResult {
+#[allow(clippy::too_many_arguments)]
+fn run_cell(be: &Backend, rf: &Backend, cfg: &Config, op: Option<Op>, path: setup::Path, dtype: DType, salt: u64, progress: &dyn Fn(&str)) -> CellResult {
     let passed = Cell::new(0u32);
     let unsupported = Cell::new(0u32);
     let failed_once = Cell::new(false);
@@ -168,7 +173,7 @@ fn run_cell(be: &Backend, rf: &Backend, cfg: &Config, op: Option<Op>, dtype: DTy
         }
     }
     let failure = match op {
-        Some(op) => r.run(&cases(gen), |case| match ops::check(op, be, rf, &case) {
+        Some(op) => r.run(&cases(gen), |case| match ops::check(op, path, be, rf, &case) {
             Outcome::Pass => {
                 if !failed_once.get() {
                     passed.set(passed.get() + 1);
@@ -210,11 +215,11 @@ fn run_cell(be: &Backend, rf: &Backend, cfg: &Config, op: Option<Op>, dtype: DTy
             })
             .map_or_else(|e| shrunk::<case::Case>(Err(e), cfg.seed), |_| None),
     };
-    let name = op.map(|o| o.name()).unwrap_or("errors");
+    let name = op.map(|o| format!("{}{}", o.name(), path.suffix())).unwrap_or_else(|| "errors".into());
     progress(&format!("{:<28} {:<16} {:<5} {:>4} passed {:>4} unsupported {}", be.name(), name, dtype.name(), passed.get(), unsupported.get(), if failure.is_some() { "FAILED" } else { "ok" }));
     CellResult {
         backend: be.name().to_string(),
-        op: name.to_string(),
+        op: name,
         dtype,
         passed: passed.get(),
         unsupported: unsupported.get(),
@@ -246,10 +251,13 @@ pub fn check_backend_with(backend: &Backend, config: &Config, progress: &dyn Fn(
     let mut report = Report::default();
     for (di, &dtype) in config.dtypes.iter().enumerate() {
         for (oi, &op) in config.ops.iter().enumerate() {
-            report.cells.push(run_cell(backend, &rf, config, Some(op), dtype, (di * 16 + oi) as u64 + 1, progress));
+            for &path in &config.paths {
+                let salt = (di * 16 + oi) as u64 + 1 + if path == setup::Path::Views { 1 << 20 } else { 0 };
+                report.cells.push(run_cell(backend, &rf, config, Some(op), path, dtype, salt, progress));
+            }
         }
         if config.errors {
-            report.cells.push(run_cell(backend, &rf, config, None, dtype, (di * 16 + 15) as u64 + 1, progress));
+            report.cells.push(run_cell(backend, &rf, config, None, setup::Path::Owned, dtype, (di * 16 + 15) as u64 + 1, progress));
         }
     }
     report

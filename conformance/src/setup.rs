@@ -1,6 +1,6 @@
 //! Building one case's inputs on a backend: tensors, positions, caches with random page tables.
 
-use backend_api::{Backend, Batch, DType, KvCache, KvCacheSpec, Result, Tensor};
+use backend_api::{AttentionParams, Backend, Batch, CacheLayout, DType, Error, KvCache, KvCacheSpec, KvMetadata, KvPool, KvPools, Result, RopeConfig, StepInputs, StepViews, Tensor};
 
 use crate::case::Case;
 use crate::rng::Rng;
@@ -135,4 +135,270 @@ pub fn poisoned(be: &Backend, tokens: usize, heads: usize, case: &Case) -> Resul
 /// `data` rounded to `dtype`, as f64: what the golden computation starts from.
 pub fn rounded(data: &[f32], dtype: DType) -> Vec<f64> {
     data.iter().map(|&x| dtype.round(x as f64)).collect()
+}
+
+/// How a check hands its data to the backend: the owned API (tensors and caches the backend
+/// allocates) or the engine path (views into buffers the "engine" allocated: q, k and v strided
+/// into one fused QKV buffer, outputs strided, KV pools as one layer of a two-layer allocation,
+/// metadata the engine owns with pages shared between sequences).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Path {
+    /// `upload`, `alloc`, `create_kv_cache`.
+    Owned,
+    /// `view`, `kv_pools`, `KvMetadata`, `append_kv` / `attend` / `step`.
+    Views,
+}
+
+impl Path {
+    /// Both paths.
+    pub const ALL: [Path; 2] = [Path::Owned, Path::Views];
+
+    /// Suffix of the report's op column: `` or `/views`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Path::Owned => "",
+            Path::Views => "/views",
+        }
+    }
+}
+
+/// Elements of padding at the end of every fused row, so a view's row stride is never the
+/// packed one (16 bytes in f16/bf16, 32 in f32: keeps rows 16-byte aligned).
+pub const ROW_PAD: usize = 8;
+
+/// Whether `be` makes views (a backend that does not is checked on the owned path only).
+pub fn views_supported(be: &Backend) -> std::result::Result<(), Vec<String>> {
+    let base = be.alloc(&[2, 16], DType::F32).map_err(|e| vec![e.to_string()])?;
+    match be.view(&base, 8, &[2, 8], 16) {
+        Ok(_) => Ok(()),
+        Err(Error::Unsupported { reasons, .. }) => Err(reasons),
+        Err(e) => Err(vec![format!("view of a dense tensor failed: {e}")]),
+    }
+}
+
+/// Tensors of one case on one backend, by [`Path`].
+#[derive(Debug, Clone, Copy)]
+pub struct Io<'a> {
+    /// The backend.
+    pub be: &'a Backend,
+    /// The case.
+    pub case: &'a Case,
+    /// Owned or views.
+    pub path: Path,
+}
+
+impl Io<'_> {
+    fn d(&self) -> usize {
+        self.case.head_dim()
+    }
+
+    /// `parts` (data, heads) as `[tokens, heads, D]` tensors holding the data: uploaded
+    /// (owned), or views side by side in one fused buffer `[tokens, sum heads * D + ROW_PAD]`.
+    pub fn fused(&self, parts: &[(&[f32], usize)]) -> Result<Vec<Tensor>> {
+        let d = self.d();
+        if self.path == Path::Owned {
+            return parts.iter().map(|&(x, h)| upload(self.be, x, h, self.case)).collect();
+        }
+        let tokens = parts[0].0.len() / (parts[0].1 * d);
+        let width: usize = parts.iter().map(|&(_, h)| h * d).sum::<usize>() + ROW_PAD;
+        let mut base = self.be.alloc(&[tokens, width], self.case.dtype)?;
+        self.be.fill(&mut base, 1e4)?; // between-column garbage: a kernel that reads it shows
+        let mut out = Vec::new();
+        let mut col = 0;
+        for &(x, h) in parts {
+            let mut t = self.be.view(&base, col, &[tokens, h, d], width)?;
+            self.be.write(&mut t, x)?;
+            out.push(t);
+            col += h * d;
+        }
+        Ok(out)
+    }
+
+    /// Q, K and V of `tokens` rows: owned, or views into one fused QKV projection buffer.
+    pub fn qkv(&self, q: &[f32], k: &[f32], v: &[f32]) -> Result<(Tensor, Tensor, Tensor)> {
+        let mut t = self.fused(&[(q, self.case.heads), (k, self.case.kv_heads), (v, self.case.kv_heads)])?.into_iter();
+        Ok((t.next().unwrap(), t.next().unwrap(), t.next().unwrap()))
+    }
+
+    /// A NaN-poisoned output `[tokens, heads, D]`: owned, or a strided view (column 8 of rows
+    /// `heads * D + 2 ROW_PAD` wide, the rest of the buffer left as it is).
+    pub fn out(&self, tokens: usize, heads: usize) -> Result<Tensor> {
+        if self.path == Path::Owned {
+            return poisoned(self.be, tokens, heads, self.case);
+        }
+        let width = heads * self.d() + 2 * ROW_PAD;
+        let base = self.be.alloc(&[tokens, width], self.case.dtype)?;
+        let mut t = self.be.view(&base, ROW_PAD, &[tokens, heads, self.d()], width)?;
+        self.be.fill(&mut t, f32::NAN)?;
+        Ok(t)
+    }
+
+    /// An empty KV state for the case, page tables set, pools filled with sentinels: a
+    /// [`KvCache`] (owned) or pools viewed out of a two-layer allocation with engine-owned
+    /// metadata (views; a paged pool gets one spare page, for the fork that shares pages).
+    pub fn kv(&self, data: &Data) -> Result<Kv> {
+        if self.path == Path::Owned {
+            return Ok(Kv::Owned(cache(self.be, self.case, data)?));
+        }
+        let case = self.case;
+        let n = case.seqs.len();
+        let (layout, spare) = match case.layout() {
+            CacheLayout::Paged { page_size, num_pages } => (CacheLayout::Paged { page_size, num_pages: num_pages + 1 }, Some(num_pages as u32)),
+            l => (l, None),
+        };
+        // One more sequence than the case: the fork of sequence 0.
+        let seqs = if spare.is_some() { n + 1 } else { n };
+        let spec = KvCacheSpec { num_seqs: seqs, num_kv_heads: case.kv_heads, head_dim: case.head_dim(), dtype: case.dtype, layout };
+        let len = spec.pool_len();
+        // [K layer 0, K layer 1, V layer 0, V layer 1]; the case uses layer 1.
+        let base = self.be.alloc(&[4 * len], case.dtype)?;
+        let shape = spec.pool_shape();
+        let row = shape[1] * shape[2] * shape[3];
+        let k = self.be.view(&base, len, &shape, row)?;
+        let v = self.be.view(&base, 3 * len, &shape, row)?;
+        let mut pools = self.be.kv_pools(&spec, k, v)?;
+        let mut meta = KvMetadata::new(&spec)?;
+        for (s, t) in data.page_tables.iter().enumerate() {
+            meta.set_page_table(s, t)?;
+        }
+        let extra = len - data.sentinel_k.len();
+        let pad = |x: &[f32]| x.iter().chain(x.iter().take(extra)).copied().collect::<Vec<f32>>();
+        self.be.write_kv_pools(&mut pools, &KvPool { k: pad(&data.sentinel_k), v: pad(&data.sentinel_v) })?;
+        Ok(Kv::Engine { pools, meta, spare, fork: None })
+    }
+}
+
+/// A case's KV state on one path; the ops run through the owned API or the engine path.
+#[derive(Debug)]
+pub enum Kv {
+    /// The owned convenience type.
+    Owned(KvCache),
+    /// Engine-owned pools and metadata.
+    Engine {
+        /// One layer's pools.
+        pools: KvPools,
+        /// Lengths and page tables.
+        meta: KvMetadata,
+        /// The spare page a fork copies into (paged).
+        spare: Option<u32>,
+        /// The page copy the fork made, if any.
+        fork: Option<(u32, u32)>,
+    },
+}
+
+impl Kv {
+    /// Appends through [`Backend::kv_append`], or [`KvMetadata::extend`] + [`Backend::append_kv`].
+    pub fn append(&mut self, be: &Backend, k: &Tensor, v: &Tensor, batch: &Batch) -> Result<()> {
+        match self {
+            Kv::Owned(c) => be.kv_append(c, k, v, batch),
+            Kv::Engine { pools, meta, .. } => {
+                meta.extend(batch)?;
+                be.append_kv(pools, meta, k, v, batch)
+            }
+        }
+    }
+
+    /// Attention over the state.
+    pub fn attend(&self, be: &Backend, q: &Tensor, batch: &Batch, params: AttentionParams, out: &mut Tensor) -> Result<()> {
+        match self {
+            Kv::Owned(c) => be.attention(q, c, batch, params, out),
+            Kv::Engine { pools, meta, .. } => be.attend(q, pools, meta, batch, params, out),
+        }
+    }
+
+    /// The composite step.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(&mut self, be: &Backend, q: &mut Tensor, k: &mut Tensor, v: &Tensor, positions: &[u32], rope: &RopeConfig, batch: &Batch, params: AttentionParams, out: &mut Tensor) -> Result<()> {
+        match self {
+            Kv::Owned(c) => be.rope_append_attend(StepInputs { q, k, v, positions, rope, cache: c, batch, params, out }),
+            Kv::Engine { pools, meta, .. } => {
+                meta.extend(batch)?;
+                be.step(StepViews { q, k, v, positions, rope, pools, meta, batch, params, out })
+            }
+        }
+    }
+
+    /// Context shift of sequence `seq`'s tokens.
+    pub fn shift(&mut self, be: &Backend, seq: usize, tokens: std::ops::Range<usize>, delta: i64, rope: &RopeConfig) -> Result<()> {
+        match self {
+            Kv::Owned(c) => be.shift_positions(c, seq, tokens, delta, rope),
+            Kv::Engine { pools, meta, .. } => be.shift_positions_in(pools, meta, seq, tokens, delta, rope),
+        }
+    }
+
+    /// Engine path, paged: forks sequence 0 into the extra last sequence, so sequence 0's full
+    /// pages are shared (read by both) and its partial page is copied into the spare page. A
+    /// no-op otherwise.
+    pub fn share_pages(&mut self, be: &Backend) -> Result<()> {
+        if let Kv::Engine { pools, meta, spare: Some(spare), fork } = self {
+            let dst = meta.num_seqs() - 1;
+            if meta.seq_len(0) > 0 {
+                *fork = meta.fork(0, dst, Some(*spare))?;
+                if let Some(c) = *fork {
+                    be.copy_kv_pages(pools, &[c])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Both pools on the host.
+    pub fn read_pool(&self, be: &Backend) -> Result<KvPool> {
+        match self {
+            Kv::Owned(c) => be.read_kv_pool(c),
+            Kv::Engine { pools, .. } => be.read_kv_pools(pools),
+        }
+    }
+
+    /// Tokens sequence `s` holds.
+    pub fn seq_len(&self, s: usize) -> usize {
+        match self {
+            Kv::Owned(c) => c.seq_len(s),
+            Kv::Engine { meta, .. } => meta.seq_len(s),
+        }
+    }
+
+    /// Element offset of (token `t`, kv head `h`) of sequence `s` in a pool.
+    pub fn slot_offset(&self, s: usize, t: usize, h: usize) -> usize {
+        match self {
+            Kv::Owned(c) => c.slot_offset(s, t, h),
+            Kv::Engine { pools, meta, .. } => (meta.slot(s, t) * pools.spec().num_kv_heads + h) * pools.spec().head_dim,
+        }
+    }
+
+    /// Elements of one page of a pool (paged), for the fork's copy.
+    pub fn page_len(&self) -> usize {
+        match self {
+            Kv::Engine { pools, .. } => match pools.spec().layout {
+                CacheLayout::Paged { page_size, .. } => page_size * pools.spec().num_kv_heads * pools.spec().head_dim,
+                _ => 0,
+            },
+            Kv::Owned(_) => 0,
+        }
+    }
+
+    /// The page copy of [`Kv::share_pages`], if one was made.
+    pub fn fork_copy(&self) -> Option<(u32, u32)> {
+        match self {
+            Kv::Engine { fork, .. } => *fork,
+            Kv::Owned(_) => None,
+        }
+    }
+}
+
+/// [`append_case`] on either path: the prefix, then (engine path, paged) the fork that shares
+/// sequence 0's pages, then the new tokens; returns the batch of new tokens.
+pub fn append_case_io(io: &Io<'_>, data: &Data, kv: &mut Kv) -> Result<Batch> {
+    let (prefix, new) = batches(io.case);
+    let (be, case) = (io.be, io.case);
+    if let Some(p) = prefix {
+        let mut t = io.fused(&[(&data.k_prefix, case.kv_heads), (&data.v_prefix, case.kv_heads)])?.into_iter();
+        let (k, v) = (t.next().unwrap(), t.next().unwrap());
+        kv.append(be, &k, &v, &p)?;
+    }
+    kv.share_pages(be)?;
+    let mut t = io.fused(&[(&data.k, case.kv_heads), (&data.v, case.kv_heads)])?.into_iter();
+    let (k, v) = (t.next().unwrap(), t.next().unwrap());
+    kv.append(be, &k, &v, &new)?;
+    Ok(new)
 }

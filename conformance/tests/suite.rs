@@ -16,8 +16,9 @@ fn reference_conforms_in_every_dtype() {
         assert!(c.passed > 0, "{} {} {} ran no case", c.backend, c.op, c.dtype);
         assert_eq!(c.unsupported, 0);
     }
-    // every dtype x (every op + the error cell)
-    assert_eq!(report.cells.len(), DType::ALL.len() * (backend_api::Op::ALL.len() + 1));
+    // every dtype x (every op on both paths + the error cell)
+    assert_eq!(report.cells.len(), DType::ALL.len() * (backend_api::Op::ALL.len() * conformance::setup::Path::ALL.len() + 1));
+    assert!(report.cells.iter().any(|c| c.op == "attention/views"));
 }
 
 #[test]

@@ -47,10 +47,13 @@ impl ForeignStream {
 
 /// Device memory the caller allocated: `len` bytes at device address `ptr`, to view as a tensor
 /// ([`crate::HipBackend::borrow`]). attnforge never frees it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ForeignMemory {
     pub(crate) ptr: u64,
     pub(crate) len: usize,
+    /// Set for memory borrowed for a Rust lifetime ([`crate::Borrowed`]).
+    pub(crate) lease: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    pub(crate) read_only: bool,
 }
 
 impl ForeignMemory {
@@ -61,6 +64,15 @@ impl ForeignMemory {
     /// [`ForeignStream`], orders it). The view may alias other views: ops refuse an output that
     /// overlaps an input only where they can see both.
     pub unsafe fn from_raw(ptr: u64, len: usize) -> ForeignMemory {
-        ForeignMemory { ptr, len }
+        ForeignMemory { ptr, len, lease: None, read_only: false }
+    }
+
+    /// Memory of a cudarc slice or view for as long as `lease` holds (the caller's
+    /// [`crate::Borrowed`] ends it when the borrow ends). Its address comes from cudarc's own
+    /// accessor on the slice's stream, which orders it after the slice's earlier writes (and,
+    /// writable, reads).
+    #[cfg(feature = "cudarc")]
+    pub(crate) fn leased(ptr: u64, len: usize, lease: std::sync::Arc<std::sync::atomic::AtomicBool>, read_only: bool) -> ForeignMemory {
+        ForeignMemory { ptr, len, lease: Some(lease), read_only }
     }
 }

@@ -305,7 +305,13 @@ impl Gpu {
                 None => return Err(Error::InvalidArgument(format!("{at:#x} is not device memory the driver knows ({len} bytes at {ptr:#x})"))),
             }
         }
-        Ok(DeviceBuffer { ptr, len, owner: self.inner.clone(), borrowed: true })
+        Ok(DeviceBuffer { ptr, len, owner: self.inner.clone(), borrowed: true, lease: m.lease, read_only: m.read_only })
+    }
+
+    /// The raw stream this instance queues on (to compare with a caller's).
+    #[cfg_attr(not(feature = "cudarc"), allow(dead_code))]
+    pub fn stream_raw(&self) -> u64 {
+        self.inner.stream
     }
 
     /// The loaded device (to open more streams on it).
@@ -356,7 +362,7 @@ impl Gpu {
         let len = bytes.max(1);
         // SAFETY: the stream is live as long as `inner`, which the buffer keeps.
         let ptr = unsafe { drv.malloc(len, self.inner.stream) }?;
-        Ok(DeviceBuffer { ptr, len, owner: self.inner.clone(), borrowed: false })
+        Ok(DeviceBuffer { ptr, len, owner: self.inner.clone(), borrowed: false, lease: None, read_only: false })
     }
 
     /// A new zero-padded buffer holding `data` (through pinned staging: returns once the bytes
@@ -515,6 +521,11 @@ pub(crate) struct DeviceBuffer {
     owner: Arc<Inner>,
     /// Caller memory (never freed here).
     borrowed: bool,
+    /// Memory borrowed for a Rust lifetime (cudarc slices): false once the borrow has ended,
+    /// and then no op touches it.
+    lease: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Borrowed through a shared reference: ops may read it, never write it.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for DeviceBuffer {
@@ -568,6 +579,15 @@ impl DeviceBuffer {
     /// Identity of the allocation (its address), for overlap checks.
     pub fn id(&self) -> usize {
         self.ptr as usize
+    }
+    /// Whether the memory may still be used: always for attnforge's own and raw borrowed
+    /// memory; for memory borrowed for a lifetime, until that borrow ends.
+    pub fn live(&self) -> bool {
+        self.lease.as_ref().is_none_or(|l| l.load(std::sync::atomic::Ordering::Acquire))
+    }
+    /// Borrowed through a shared reference (read-only).
+    pub fn read_only(&self) -> bool {
+        self.read_only
     }
 }
 

@@ -20,7 +20,7 @@ use crate::runtime::launch::kv_append;
 use crate::runtime::launch::rope::{self, RopeLaunch, RopeShape, RopeTable};
 use crate::runtime::launch::{PoolMut, Strided};
 use crate::runtime::{DevMut, DevRef, DeviceBuffer, Gpu, Meta};
-use crate::storage::{pools, tensor, GpuPoolState};
+use crate::storage::{pools, tensor, writable, GpuPoolState};
 use tables::RopeTables;
 
 /// What every op needs: the GPU, the backend's name (for errors) and its table cache.
@@ -41,13 +41,13 @@ impl Ctx<'_> {
     /// `t`'s rows, writable.
     fn q_mut<'t>(&self, t: &'t mut Tensor, what: &str) -> Result<Strided<DevMut<'t>>> {
         let stride = t.row_stride();
-        Ok(Strided { mem: tensor(t, what, self.name, self.gpu)?.view_mut(), stride })
+        Ok(Strided { mem: writable(t, what, self.name, self.gpu)?.view_mut(), stride })
     }
     /// The pools (and hip-fused's slot positions), writable.
     fn pools_mut<'p>(&self, c: &'p mut KvPools) -> Result<PoolMut<'p>> {
         let slots = c.spec().pool_slots();
         let (k, v, state) = c.parts_mut();
-        let (k, v) = (tensor(k, "K pool", self.name, self.gpu)?, tensor(v, "V pool", self.name, self.gpu)?);
+        let (k, v) = (writable(k, "K pool", self.name, self.gpu)?, writable(v, "V pool", self.name, self.gpu)?);
         let pos = state.and_then(|s| s.as_any_mut().downcast_mut::<GpuPoolState>()).map(|s| s.pos.view_mut());
         Ok(PoolMut { k: k.view_mut(), v: v.view_mut(), pos, slots })
     }

@@ -12,7 +12,7 @@ use backend_api::{Backend, Error, Op};
 use backend_cpu::ops::attention::{attend, SeqShape};
 
 use crate::case::Case;
-use crate::setup::{rounded, Data};
+use crate::setup::{rounded, views_supported, Data, Path};
 
 /// What one case did on one backend.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,8 +25,14 @@ pub enum Outcome {
     Fail(String),
 }
 
-/// Runs `op`'s check of `case` on `be` against the reference `rf`.
-pub fn check(op: Op, be: &Backend, rf: &Backend, case: &Case) -> Outcome {
+/// Runs `op`'s check of `case` on `be` against the reference `rf`, through `path` (a backend
+/// that makes no views counts every views case as unsupported, with its reason).
+pub fn check(op: Op, path: Path, be: &Backend, rf: &Backend, case: &Case) -> Outcome {
+    if path == Path::Views {
+        if let Err(reasons) = views_supported(be) {
+            return Outcome::Unsupported(reasons);
+        }
+    }
     // The shift check runs the composite step around the shift, with a position-independent
     // RoPE table (a shift refuses length-dependent scalings).
     let shifted;
@@ -43,12 +49,12 @@ pub fn check(op: Op, be: &Backend, rf: &Backend, case: &Case) -> Outcome {
         }
     }
     let run = || match op {
-        Op::Rope => rope::check(be, rf, case),
-        Op::KvAppend => kv_append::check(be, rf, case),
-        Op::Attention => attention::check(be, rf, case),
-        Op::AttentionPlain => plain::check(be, rf, case),
-        Op::Step => step::check(be, rf, case),
-        Op::Shift => shift::check(be, rf, case),
+        Op::Rope => rope::check(be, rf, case, path),
+        Op::KvAppend => kv_append::check(be, rf, case, path),
+        Op::Attention => attention::check(be, rf, case, path),
+        Op::AttentionPlain => plain::check(be, rf, case, path),
+        Op::Step => step::check(be, rf, case, path),
+        Op::Shift => shift::check(be, rf, case, path),
     };
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
         Ok(Ok(())) => Outcome::Pass,

@@ -4,7 +4,7 @@ use backend_api::{Backend, PlainBatch, Result};
 
 use super::{fail, golden_attention, seq_rows};
 use crate::case::Case;
-use crate::setup::{poisoned, rounded, upload, Data};
+use crate::setup::{rounded, Data, Io, Path};
 use crate::tolerance::{compare_cond, exact};
 
 /// K/V rows of every sequence (prefix then new), concatenated by sequence.
@@ -23,11 +23,14 @@ fn kv(case: &Case, d: &Data) -> (Vec<f32>, Vec<f32>) {
     (k, v)
 }
 
-fn run(be: &Backend, case: &Case, d: &Data) -> Result<(Vec<f32>, Vec<f32>)> {
+fn run(be: &Backend, case: &Case, d: &Data, path: Path) -> Result<(Vec<f32>, Vec<f32>)> {
+    let io = Io { be, case, path };
     let batch = PlainBatch::new(case.seqs.iter().map(|s| s.q_len).collect(), case.seqs.iter().map(|s| s.cached + s.q_len).collect())?;
     let (kd, vd) = kv(case, d);
-    let (q, k, v) = (upload(be, &d.q, case.heads, case)?, upload(be, &kd, case.kv_heads, case)?, upload(be, &vd, case.kv_heads, case)?);
-    let mut out = poisoned(be, d.q.len() / (case.heads * case.head_dim()), case.heads, case)?;
+    let q = io.fused(&[(&d.q, case.heads)])?.remove(0);
+    let mut kv = io.fused(&[(&kd, case.kv_heads), (&vd, case.kv_heads)])?.into_iter();
+    let (k, v) = (kv.next().unwrap(), kv.next().unwrap());
+    let mut out = io.out(d.q.len() / (case.heads * case.head_dim()), case.heads)?;
     be.attention_plain(&q, &k, &v, &batch, case.params(), &mut out)?;
     let first = be.download(&out)?;
     be.fill(&mut out, f32::NAN)?;
@@ -36,10 +39,10 @@ fn run(be: &Backend, case: &Case, d: &Data) -> Result<(Vec<f32>, Vec<f32>)> {
 }
 
 /// Checks one case.
-pub fn check(be: &Backend, rf: &Backend, case: &Case) -> Result<(), String> {
+pub fn check(be: &Backend, rf: &Backend, case: &Case, path: Path) -> Result<(), String> {
     let d = Data::new(case);
-    let (out, again) = run(be, case, &d).map_err(fail("attention_plain", be))?;
-    let (reference, _) = run(rf, case, &d).map_err(fail("attention_plain", rf))?;
+    let (out, again) = run(be, case, &d, path).map_err(fail("attention_plain", be))?;
+    let (reference, _) = run(rf, case, &d, path).map_err(fail("attention_plain", rf))?;
     let n = case.seqs.len();
     let k: Vec<Vec<f64>> = (0..n).map(|s| seq_rows(case, &d.k_prefix, &d.k, case.kv_heads, s)).collect();
     let v: Vec<Vec<f64>> = (0..n).map(|s| seq_rows(case, &d.v_prefix, &d.v, case.kv_heads, s)).collect();

@@ -5,22 +5,23 @@ use backend_cpu::ops::rope::rope_rows;
 
 use super::fail;
 use crate::case::Case;
-use crate::setup::{rounded, upload, Data};
+use crate::setup::{rounded, Data, Io, Path};
 use crate::tolerance::{compare, exact};
 
-fn run(be: &Backend, case: &Case, d: &Data) -> Result<(Vec<f32>, Vec<f32>)> {
-    let mut q = upload(be, &d.q, case.heads, case)?;
-    let mut k = upload(be, &d.k, case.kv_heads, case)?;
+fn run(be: &Backend, case: &Case, d: &Data, path: Path) -> Result<(Vec<f32>, Vec<f32>)> {
+    let io = Io { be, case, path };
+    let mut t = io.fused(&[(&d.q, case.heads), (&d.k, case.kv_heads)])?.into_iter();
+    let (mut q, mut k) = (t.next().unwrap(), t.next().unwrap());
     be.rope(&mut q, &mut k, &d.pos, &case.rope)?;
     Ok((be.download(&q)?, be.download(&k)?))
 }
 
 /// Checks one case.
-pub fn check(be: &Backend, rf: &Backend, case: &Case) -> Result<(), String> {
+pub fn check(be: &Backend, rf: &Backend, case: &Case, path: Path) -> Result<(), String> {
     let d = Data::new(case);
     assert!(super::nonzero(&d));
-    let (bq, bk) = run(be, case, &d).map_err(fail("rope", be))?;
-    let (rq, rk) = run(rf, case, &d).map_err(fail("rope", rf))?;
+    let (bq, bk) = run(be, case, &d, path).map_err(fail("rope", be))?;
+    let (rq, rk) = run(rf, case, &d, path).map_err(fail("rope", rf))?;
     let freqs = case.rope.frequencies(d.pos.iter().copied().max().unwrap_or(0) as usize).map_err(|e| e.to_string())?;
     let mut gq = rounded(&d.q, case.dtype);
     rope_rows(&mut gq, case.heads, &d.pos, &case.rope, &freqs);
@@ -28,7 +29,7 @@ pub fn check(be: &Backend, rf: &Backend, case: &Case) -> Result<(), String> {
     rope_rows(&mut gk, case.kv_heads, &d.pos, &case.rope, &freqs);
     compare("rope q", &bq, &rq, &gq, case.dtype)?;
     compare("rope k", &bk, &rk, &gk, case.dtype)?;
-    let (bq2, bk2) = run(be, case, &d).map_err(fail("rope (second run)", be))?;
+    let (bq2, bk2) = run(be, case, &d, path).map_err(fail("rope (second run)", be))?;
     exact("rope q, second run (determinism)", &bq2, &bq)?;
     exact("rope k, second run (determinism)", &bk2, &bk)
 }

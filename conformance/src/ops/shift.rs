@@ -11,7 +11,7 @@ use super::step::gather;
 use super::{fail, golden_attention, seq_rows};
 use crate::case::Case;
 use crate::rng::Rng;
-use crate::setup::{rounded, Data};
+use crate::setup::{rounded, Data, Path};
 use crate::tolerance::compare_cond;
 
 /// `case` with a length-dependent scaling (dynamic NTK, LongRoPE) replaced by none: a shift
@@ -53,22 +53,22 @@ pub fn shifts(case: &Case, d: &Data) -> Vec<(usize, usize, i64)> {
         .collect()
 }
 
-fn run(be: &Backend, case: &Case, d: &Data, sh: &[(usize, usize, i64)]) -> Result<Vec<f32>> {
-    super::step::run_between(be, case, d, |c| {
+fn run(be: &Backend, case: &Case, d: &Data, sh: &[(usize, usize, i64)], path: Path) -> Result<Vec<f32>> {
+    super::step::run_between(be, case, d, path, |c| {
         for (s, &(a, b, delta)) in sh.iter().enumerate() {
-            be.shift_positions(c, s, a..b, delta, &case.rope)?;
+            c.shift(be, s, a..b, delta, &case.rope)?;
         }
         Ok(())
     })
 }
 
 /// Checks one case (with a static RoPE table: see [`static_rope`]).
-pub fn check(be: &Backend, rf: &Backend, case: &Case) -> Result<(), String> {
+pub fn check(be: &Backend, rf: &Backend, case: &Case, path: Path) -> Result<(), String> {
     let case = &static_rope(case);
     let d = Data::new(case);
     let sh = shifts(case, &d);
-    let out = run(be, case, &d, &sh).map_err(fail("shift", be))?;
-    let reference = run(rf, case, &d, &sh).map_err(fail("shift", rf))?;
+    let out = run(be, case, &d, &sh, path).map_err(fail("shift", be))?;
+    let reference = run(rf, case, &d, &sh, path).map_err(fail("shift", rf))?;
     // Golden: prefix keys rotated at their shifted positions, in f64.
     let mut shifted = d.pos_prefix.clone();
     let mut off = 0;

@@ -2,45 +2,45 @@
 //! for the new tokens, whose output is compared. How a backend stores K is its own business;
 //! only the output counts.
 
-use backend_api::{Backend, KvCache, Result, StepInputs};
+use backend_api::{Backend, Result};
 use backend_cpu::ops::rope::rope_rows;
 
 use super::{fail, golden_attention, seq_rows};
 use crate::case::Case;
-use crate::setup::{batches, cache, poisoned, rounded, upload, Data};
+use crate::setup::{batches, rounded, Data, Io, Kv, Path};
 use crate::tolerance::compare_cond;
 
-fn run(be: &Backend, case: &Case, d: &Data) -> Result<Vec<f32>> {
-    run_between(be, case, d, |_| Ok(()))
+fn run(be: &Backend, case: &Case, d: &Data, path: Path) -> Result<Vec<f32>> {
+    run_between(be, case, d, path, |_| Ok(()))
 }
 
 /// The prefix step, then `between` on the cache (the shift check re-positions tokens there),
 /// then the new tokens' step; returns the new tokens' output.
-pub(super) fn run_between(be: &Backend, case: &Case, d: &Data, between: impl FnOnce(&mut KvCache) -> Result<()>) -> Result<Vec<f32>> {
-    let mut c = cache(be, case, d)?;
+/// (Engine path, paged: sequence 0 is forked after the prefix step, so the new tokens' step
+/// reads pages two sequences share.)
+pub(super) fn run_between(be: &Backend, case: &Case, d: &Data, path: Path, between: impl FnOnce(&mut Kv) -> Result<()>) -> Result<Vec<f32>> {
+    let io = Io { be, case, path };
+    let mut c = io.kv(d)?;
     let (prefix, new) = batches(case);
     let params = case.params();
     if let Some(p) = prefix {
-        let mut q = upload(be, &d.q_prefix, case.heads, case)?;
-        let mut k = upload(be, &d.k_prefix, case.kv_heads, case)?;
-        let v = upload(be, &d.v_prefix, case.kv_heads, case)?;
-        let mut out = poisoned(be, p.total_tokens(), case.heads, case)?;
-        be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &d.pos_prefix, rope: &case.rope, cache: &mut c, batch: &p, params, out: &mut out })?;
+        let (mut q, mut k, v) = io.qkv(&d.q_prefix, &d.k_prefix, &d.v_prefix)?;
+        let mut out = io.out(p.total_tokens(), case.heads)?;
+        c.step(be, &mut q, &mut k, &v, &d.pos_prefix, &case.rope, &p, params, &mut out)?;
     }
+    c.share_pages(be)?;
     between(&mut c)?;
-    let mut q = upload(be, &d.q, case.heads, case)?;
-    let mut k = upload(be, &d.k, case.kv_heads, case)?;
-    let v = upload(be, &d.v, case.kv_heads, case)?;
-    let mut out = poisoned(be, new.total_tokens(), case.heads, case)?;
-    be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &d.pos, rope: &case.rope, cache: &mut c, batch: &new, params, out: &mut out })?;
+    let (mut q, mut k, v) = io.qkv(&d.q, &d.k, &d.v)?;
+    let mut out = io.out(new.total_tokens(), case.heads)?;
+    c.step(be, &mut q, &mut k, &v, &d.pos, &case.rope, &new, params, &mut out)?;
     be.download(&out)
 }
 
 /// Checks one case.
-pub fn check(be: &Backend, rf: &Backend, case: &Case) -> Result<(), String> {
+pub fn check(be: &Backend, rf: &Backend, case: &Case, path: Path) -> Result<(), String> {
     let d = Data::new(case);
-    let out = run(be, case, &d).map_err(fail("rope_append_attend", be))?;
-    let reference = run(rf, case, &d).map_err(fail("rope_append_attend", rf))?;
+    let out = run(be, case, &d, path).map_err(fail("rope_append_attend", be))?;
+    let reference = run(rf, case, &d, path).map_err(fail("rope_append_attend", rf))?;
     // Golden: rotate in f64 (each call's table from its own largest position, as the API
     // does), then attend.
     let fp = case.rope.frequencies(d.pos_prefix.iter().copied().max().unwrap_or(0) as usize).map_err(|e| e.to_string())?;
