@@ -39,7 +39,7 @@ pub use backend_api::*;
 
 #[cfg(feature = "cpu")]
 pub use backend_cpu;
-#[cfg(feature = "hip")]
+#[cfg(feature = "hip-core")]
 pub use backend_hip;
 
 /// The backend registry, with every backend crate of this build linked in. See
@@ -56,7 +56,7 @@ pub mod registry {
             let mut names: Vec<&'static str> = Vec::new();
             #[cfg(feature = "cpu")]
             names.extend_from_slice(backend_cpu::NAMES);
-            #[cfg(feature = "hip")]
+            #[cfg(feature = "hip-core")]
             names.extend_from_slice(backend_hip::NAMES);
             names
         });
@@ -126,6 +126,6 @@ pub mod registry {
 fn link_backends() {
     #[cfg(feature = "cpu")]
     backend_cpu::link();
-    #[cfg(feature = "hip")]
+    #[cfg(feature = "hip-core")]
     backend_hip::link();
 }

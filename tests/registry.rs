@@ -131,7 +131,7 @@ fn linked_lists_every_backend_the_facade_links() {
     let linked = registry::linked();
     let names = registry::names();
     assert!(linked.contains(&"cpu"));
-    #[cfg(feature = "hip")]
+    #[cfg(feature = "hip-core")]
     for n in ["hip-flash", "hip-hybrid", "hip-fused", "hip-separate"] {
         assert!(linked.contains(&n), "{n} missing from linked() = {linked:?}");
     }

@@ -540,6 +540,17 @@ fn engine_rows(hbe: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()>
         let positions = vec![(l - 1) as u32; b];
         let params = AttentionParams::causal(d);
         let bytes = (2 * b * l * hk * d) as f64 * dt.size() as f64;
+        // Two controls: the engine path with dense q/k/v (separate buffers), and with each pool
+        // in an allocation of its own (the owned cache's placement).
+        let mut qd = h.upload(&randn(b * hq * d, 41), &[b, hq, d], dt)?;
+        let mut kd = h.upload(&randn(b * hk * d, 42), &[b, hk, d], dt)?;
+        let vd = h.upload(&randn(b * hk * d, 43), &[b, hk, d], dt)?;
+        let (kown, vown) = (h.alloc(&spec.pool_shape(), dt)?, h.alloc(&spec.pool_shape(), dt)?);
+        let mut pools_own = h.kv_pools(&spec, kown, vown)?;
+        {
+            let kv = h.upload(&randn(b * (l - 1) * hk * d, 40), &[b * (l - 1), hk, d], dt)?;
+            h.append_kv(&mut pools_own, &meta, &kv, &kv, &prefix)?;
+        }
         for round in 0..2 {
             let ms = median_ms(hbe, || {
                 for s in 0..b {
@@ -556,7 +567,48 @@ fn engine_rows(hbe: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()>
                 h.step(StepViews { q: &mut qv, k: &mut kv_, v: &vv, positions: &positions, rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params, out: &mut ov })
             })?;
             rows.push(Row { name: format!("engine decode step views B={b} L={l} ({})", round + 1), dtype: dt, ms, bytes, flops: 0.0 });
+            let ms = median_ms(hbe, || {
+                for s in 0..b {
+                    meta.truncate(s, l - 1)?;
+                }
+                meta.extend(&batch)?;
+                h.step(StepViews { q: &mut qd, k: &mut kd, v: &vd, positions: &positions, rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params, out: &mut ov })
+            })?;
+            rows.push(Row { name: format!("  views, q/k/v dense B={b} ({})", round + 1), dtype: dt, ms, bytes, flops: 0.0 });
+            let ms = median_ms(hbe, || {
+                for s in 0..b {
+                    meta.truncate(s, l - 1)?;
+                }
+                meta.extend(&batch)?;
+                h.step(StepViews { q: &mut qv, k: &mut kv_, v: &vv, positions: &positions, rope: &rope, pools: &mut pools_own, meta: &meta, batch: &batch, params, out: &mut ov })
+            })?;
+            rows.push(Row { name: format!("  views, pools in own allocations B={b} ({})", round + 1), dtype: dt, ms, bytes, flops: 0.0 });
         }
+        // Host time of one call (validation, metadata, launches; few enough calls that the
+        // launch queue never fills, so no wait on the device is counted), both paths.
+        let reps = 40;
+        hbe.gpu.synchronize()?;
+        let t0 = std::time::Instant::now();
+        for _ in 0..reps {
+            for s in 0..b {
+                cache.truncate(s, l - 1)?;
+            }
+            h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params, out: &mut out })?;
+        }
+        let owned_host = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
+        hbe.gpu.synchronize()?;
+        let t0 = std::time::Instant::now();
+        for _ in 0..reps {
+            for s in 0..b {
+                meta.truncate(s, l - 1)?;
+            }
+            meta.extend(&batch)?;
+            h.step(StepViews { q: &mut qv, k: &mut kv_, v: &vv, positions: &positions, rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params, out: &mut ov })?;
+        }
+        let views_host = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
+        hbe.gpu.synchronize()?;
+        rows.push(Row { name: format!("  host time per call, owned B={b}"), dtype: dt, ms: owned_host, bytes: f64::NAN, flops: 0.0 });
+        rows.push(Row { name: format!("  host time per call, views B={b}"), dtype: dt, ms: views_host, bytes: f64::NAN, flops: 0.0 });
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //!     cargo run -p conformance --release -- [--backend NAME] [--cases N] [--seed S]
 //!         [--dtype f32|f16|bf16] [--op rope|kv_append|attention|attention_plain|step]
 //!         [--report report.md] [--perf] [--no-errors] [--device K] [--shards N]
+//!         [--path owned|views]
 //!
 //! `--device K` runs the suite on the backend's instance on device K (`registry::get_on`; needs
 //! `--backend`). `--shards N` runs the tensor-parallel check instead (`conformance::sharded`):
@@ -19,7 +20,7 @@ use backend_api::{registry, DType, Op};
 use conformance::{check_registered, perf, Config};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: conformance [--backend NAME] [--cases N] [--seed S] [--dtype f32|f16|bf16] [--op OP] [--report FILE] [--perf] [--no-errors] [--device K] [--shards N]");
+    eprintln!("usage: conformance [--backend NAME] [--cases N] [--seed S] [--dtype f32|f16|bf16] [--op OP] [--report FILE] [--perf] [--no-errors] [--device K] [--shards N] [--path owned|views]");
     ExitCode::from(2)
 }
 
@@ -36,6 +37,11 @@ fn main() -> ExitCode {
             "--cases" => match val().and_then(|v| v.parse().ok()) { Some(n) => cfg.cases = n, None => return usage() },
             "--seed" => match val().and_then(|v| v.parse().ok()) { Some(n) => cfg.seed = n, None => return usage() },
             "--dtype" => match val().and_then(|v| DType::ALL.into_iter().find(|d| d.name() == v)) { Some(d) => cfg.dtypes = vec![d], None => return usage() },
+            "--path" => match val().as_deref() {
+                Some("owned") => cfg.paths = vec![conformance::setup::Path::Owned],
+                Some("views") => cfg.paths = vec![conformance::setup::Path::Views],
+                _ => return usage(),
+            },
             "--op" => match val().and_then(|v| Op::ALL.into_iter().find(|o| o.name() == v)) { Some(o) => { cfg.ops = vec![o]; cfg.errors = false } None => return usage() },
             "--report" => report_path = val(),
             "--perf" => perf_mode = true,

@@ -35,13 +35,27 @@ pub(super) struct CudaDriver {
     modules: Mutex<Vec<Arc<CudaModule>>>,
 }
 
+/// Whether the CUDA driver library can be loaded: tried with `dlopen` when cudarc loads it at
+/// run time (feature `cuda-dynamic-loading`, the default); linked at build time otherwise
+/// (cudarc's `dynamic-linking`, as candle enables it), so present by construction.
+fn culib_present() -> bool {
+    #[cfg(feature = "cuda-dynamic-loading")]
+    {
+        // SAFETY: only tries to dlopen libcuda; no symbol is used.
+        unsafe { sys::is_culib_present() }
+    }
+    #[cfg(not(feature = "cuda-dynamic-loading"))]
+    {
+        true
+    }
+}
+
 impl CudaDriver {
     /// Opens NVIDIA GPU `ordinal`, or says why it cannot: no kernels built, no driver, no
     /// device, or a device older than the embedded code.
     /// NVIDIA GPUs visible (0 without kernels for them, a driver, or a device).
     pub fn device_count() -> usize {
-        // SAFETY: only tries to dlopen libcuda; no symbol is used.
-        if crate::kernels::NVIDIA.is_none() || !unsafe { sys::is_culib_present() } {
+        if crate::kernels::NVIDIA.is_none() || !culib_present() {
             return 0;
         }
         CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
@@ -51,8 +65,7 @@ impl CudaDriver {
         if crate::kernels::NVIDIA.is_none() {
             return Err(crate::kernels::NVIDIA_MISSING.to_string());
         }
-        // SAFETY: only tries to dlopen libcuda; no symbol is used.
-        if !unsafe { sys::is_culib_present() } {
+        if !culib_present() {
             return Err("no NVIDIA driver on this machine (libcuda.so not found)".into());
         }
         let count = CudaContext::device_count().map_err(|e| format!("CUDA driver: {e}"))?;
