@@ -583,6 +583,67 @@ mod tests {
         assert!(fake.violations().is_empty(), "{:?}", fake.violations());
     }
 
+    /// The engine path adds nothing at the boundary: a decode step on views into one fused
+    /// buffer, with pools viewed out of one allocation and caller-owned metadata, makes exactly
+    /// the driver calls (launches, host-to-device metadata uploads, allocations, device copies)
+    /// of the same step through the owned API, for every strategy.
+    #[test]
+    fn a_step_on_views_makes_the_driver_calls_of_the_owned_step() {
+        for strategy in [Strategy::Flash, Strategy::Hybrid, Strategy::Fused, Strategy::Separate] {
+            let fake = FakeDriver::new(0, h100_props());
+            let gpu = Gpu::with_driver(Box::new(fake.clone()), &fake_images()).unwrap();
+            let be = Backend::new(Arc::new(HipBackend { name: FLASH, strategy, gpu, tables: RopeTables::default() }));
+            let (h, hk, d, b) = (8usize, 2usize, 64usize, 4usize);
+            let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: DType::BF16, layout: CacheLayout::Paged { page_size: 16, num_pages: 4 * b } };
+            let rope = RopeConfig::new(d, 10000.0, 4096);
+            let batch = Batch::uniform(b, 1).unwrap();
+            let positions = vec![0u32; b];
+            let params = AttentionParams::causal(d);
+            // Owned.
+            let mut cache = be.create_kv_cache(&spec).unwrap();
+            let (mut q, mut k, v) = (be.alloc(&[b, h, d], DType::BF16).unwrap(), be.alloc(&[b, hk, d], DType::BF16).unwrap(), be.alloc(&[b, hk, d], DType::BF16).unwrap());
+            let mut out = be.alloc(&[b, h, d], DType::BF16).unwrap();
+            // Engine.
+            let w = (h + 2 * hk) * d;
+            let fused = be.alloc(&[b, w], DType::BF16).unwrap();
+            let (mut qv, mut kv) = (be.view(&fused, 0, &[b, h, d], w).unwrap(), be.view(&fused, h * d, &[b, hk, d], w).unwrap());
+            let vv = be.view(&fused, (h + hk) * d, &[b, hk, d], w).unwrap();
+            let n = spec.pool_len();
+            let pool = be.alloc(&[4 * n], DType::BF16).unwrap();
+            let row = 16 * hk * d;
+            let mut pools = be.kv_pools(&spec, be.view(&pool, n, &spec.pool_shape(), row).unwrap(), be.view(&pool, 3 * n, &spec.pool_shape(), row).unwrap()).unwrap();
+            let mut meta = KvMetadata::new(&spec).unwrap();
+            let out_base = be.alloc(&[b, h * d + 64], DType::BF16).unwrap();
+            let mut ov = be.view(&out_base, 32, &[b, h, d], h * d + 64).unwrap();
+            for s in 0..b {
+                let pages: Vec<u32> = (4 * s as u32..4 * s as u32 + 4).collect();
+                cache.set_page_table(s, &pages).unwrap();
+                meta.set_page_table(s, &pages).unwrap();
+            }
+            let delta = |f: &mut dyn FnMut()| {
+                let before = fake.calls();
+                f();
+                let after = fake.calls();
+                let mut d: Vec<(&str, usize)> = after.iter().map(|(&c, &n)| (c, n - before.get(c).copied().unwrap_or(0))).filter(|&(_, n)| n > 0).collect();
+                d.sort();
+                d
+            };
+            // The second step of each (the first uploads the RoPE table both share).
+            let mut owned_step = || be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params, out: &mut out }).unwrap();
+            owned_step();
+            let owned = delta(&mut owned_step);
+            let mut views_step = || {
+                meta.extend(&batch).unwrap();
+                be.step(StepViews { q: &mut qv, k: &mut kv, v: &vv, positions: &positions, rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params, out: &mut ov }).unwrap()
+            };
+            views_step();
+            let views = delta(&mut views_step);
+            assert!(owned.iter().any(|&(c, _)| c == "launch"), "{strategy:?}: {owned:?}");
+            assert_eq!(views, owned, "{strategy:?}: driver calls of one step, views against owned");
+            assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+        }
+    }
+
     /// Caller memory: checked (null, alignment, device memory), never freed, usable by any
     /// instance on its device; too short for its shape is StorageTooSmall.
     #[test]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use backend_api::*;
-use backend_cpu::storage::{read, write, write_at};
+use backend_cpu::storage::{read, read_at, write, write_at};
 use backend_cpu::CpuBackend;
 
 /// The planted bugs.
@@ -26,12 +26,23 @@ pub enum Bug {
     AppendIgnoresPageTable,
     /// Context shift rotates the keys by `-delta` (the sign of the composed rotation flipped).
     ShiftWrongSign,
+    /// RoPE reads and writes Q and K as if dense, ignoring the row stride of views into a fused
+    /// buffer (right on owned tensors; only the engine path's cells can catch it).
+    RopeIgnoresRowStride,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 7] =
-        [Bug::RopeStyleSwapped, Bug::CausalOffByOne, Bug::GqaModulo, Bug::UnwrittenElement, Bug::SoftmaxNoMax, Bug::AppendIgnoresPageTable, Bug::ShiftWrongSign];
+    pub const ALL: [Bug; 8] = [
+        Bug::RopeStyleSwapped,
+        Bug::CausalOffByOne,
+        Bug::GqaModulo,
+        Bug::UnwrittenElement,
+        Bug::SoftmaxNoMax,
+        Bug::AppendIgnoresPageTable,
+        Bug::ShiftWrongSign,
+        Bug::RopeIgnoresRowStride,
+    ];
 
     /// Registry name: `mutant-...`.
     pub const fn name(self) -> &'static str {
@@ -43,13 +54,14 @@ impl Bug {
             Bug::SoftmaxNoMax => "mutant-softmax-no-max",
             Bug::AppendIgnoresPageTable => "mutant-append-ignores-pages",
             Bug::ShiftWrongSign => "mutant-shift-wrong-sign",
+            Bug::RopeIgnoresRowStride => "mutant-rope-ignores-row-stride",
         }
     }
 
     /// The op whose check must catch it.
     pub fn op(self) -> Op {
         match self {
-            Bug::RopeStyleSwapped => Op::Rope,
+            Bug::RopeStyleSwapped | Bug::RopeIgnoresRowStride => Op::Rope,
             Bug::AppendIgnoresPageTable => Op::KvAppend,
             Bug::ShiftWrongSign => Op::Shift,
             _ => Op::Attention,
@@ -125,6 +137,16 @@ impl AttentionBackend for Mutant {
     }
 
     fn rope(&self, a: RopeArgs<'_>) -> Result<()> {
+        if self.0 == Bug::RopeIgnoresRowStride {
+            let RopeArgs { q, k, positions, config, freqs, .. } = a;
+            for (t, what) in [(q, "q"), (k, "k")] {
+                let (heads, n) = (t.shape()[1], t.numel());
+                let mut x = read_at(t, what, 0, n)?;
+                backend_cpu::ops::rope::rope_rows(&mut x, heads, positions, config, &freqs);
+                write_at(t, what, 0, &x)?;
+            }
+            return Ok(());
+        }
         if self.0 != Bug::RopeStyleSwapped {
             return CpuBackend.rope(a);
         }
@@ -224,5 +246,5 @@ mod registered {
             }
         )*};
     }
-    register!(RopeStyleSwapped, CausalOffByOne, GqaModulo, UnwrittenElement, SoftmaxNoMax, AppendIgnoresPageTable, ShiftWrongSign);
+    register!(RopeStyleSwapped, CausalOffByOne, GqaModulo, UnwrittenElement, SoftmaxNoMax, AppendIgnoresPageTable, ShiftWrongSign, RopeIgnoresRowStride);
 }

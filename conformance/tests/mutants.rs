@@ -49,8 +49,19 @@ fn shift_with_the_wrong_sign_is_caught() {
     caught(Bug::ShiftWrongSign, DType::F32);
 }
 
+/// Only the engine path's views are strided: the owned cell passes, the views cell fails.
+#[test]
+fn rope_ignoring_the_row_stride_is_caught_on_the_views_path() {
+    caught(Bug::RopeIgnoresRowStride, DType::BF16);
+    let cfg = Config { cases: 16, dtypes: vec![DType::BF16], ops: vec![Op::Rope], errors: false, head_dims: vec![64], ..Config::default() };
+    let report = check_backend(&Mutant::handle(Bug::RopeIgnoresRowStride), &cfg);
+    let cell = |op: &str| report.cells.iter().find(|c| c.op == op).unwrap();
+    assert!(cell("rope").failure.is_none(), "{}", report.to_markdown());
+    assert!(cell("rope/views").failure.is_some(), "{}", report.to_markdown());
+}
+
 #[test]
 fn every_bug_has_a_test() {
-    assert_eq!(Bug::ALL.len(), 7);
+    assert_eq!(Bug::ALL.len(), 8);
     assert!(Bug::ALL.iter().all(|b| Op::ALL.contains(&b.op())));
 }

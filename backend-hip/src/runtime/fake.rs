@@ -59,6 +59,8 @@ struct State {
     launches: Vec<Launched>,
     lookups_failed: usize,
     missing: Vec<String>,
+    /// Driver calls made, by name.
+    calls: HashMap<&'static str, usize>,
 }
 
 /// Clones share one device: a test keeps a clone to look inside after handing one to a `Gpu`.
@@ -120,6 +122,11 @@ impl FakeDriver {
     }
 
     /// Every launch queued so far.
+    /// How many times each driver call was made (`htod`, `dtod`, `alloc`, `launch`, ...).
+    pub fn calls(&self) -> HashMap<&'static str, usize> {
+        self.st().calls.clone()
+    }
+
     pub fn launches(&self) -> Vec<Launched> {
         self.st().launches.clone()
     }
@@ -145,6 +152,7 @@ impl FakeDriver {
                 return Err(Error::Device { code: 999, message: format!("{call}: injected failure") });
             }
         }
+        *st.calls.entry(call).or_default() += 1;
         let cur = CURRENT.with(|c| c.get());
         if cur != Some(self.ordinal) {
             st.violations.push(format!("{call} with device {cur:?} current, not {}", self.ordinal));
