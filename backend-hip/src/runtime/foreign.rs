@@ -11,6 +11,8 @@ use std::ffi::c_void;
 pub struct ForeignStream {
     pub(crate) raw: u64,
     pub(crate) keep: Option<Box<dyn Any + Send + Sync>>,
+    /// The device it belongs to, where known (cudarc streams): another device's is refused.
+    pub(crate) ordinal: Option<usize>,
 }
 
 impl std::fmt::Debug for ForeignStream {
@@ -28,14 +30,14 @@ impl ForeignStream {
     /// stays alive as long as the backend instance opened on it and every tensor that instance
     /// allocates. attnforge never destroys it.
     pub unsafe fn from_raw(stream: *mut c_void) -> ForeignStream {
-        ForeignStream { raw: stream as usize as u64, keep: None }
+        ForeignStream { raw: stream as usize as u64, keep: None, ordinal: None }
     }
 
     /// A cudarc stream (the backend keeps a clone of the `Arc`, so the stream lives as long
     /// as the instance). Safe: cudarc's streams live in their device's primary context.
     #[cfg(feature = "cudarc")]
     pub fn from_cudarc(stream: &std::sync::Arc<cudarc::driver::CudaStream>) -> ForeignStream {
-        ForeignStream { raw: stream.cu_stream() as usize as u64, keep: Some(Box::new(stream.clone())) }
+        ForeignStream { raw: stream.cu_stream() as usize as u64, keep: Some(Box::new(stream.clone())), ordinal: Some(stream.context().ordinal()) }
     }
 
     /// The device ordinal a cudarc stream belongs to.

@@ -277,6 +277,9 @@ impl Gpu {
         if stream.raw == 0 {
             return Err(Error::InvalidArgument("the legacy NULL stream is not accepted: pass a stream of your own".into()));
         }
+        if let Some(o) = stream.ordinal.filter(|&o| o != dev.device.ordinal) {
+            return Err(Error::WrongDevice { what: "stream".into(), backend: "this GPU".into(), expected: dev.device, got: Device { ordinal: o, ..dev.device } });
+        }
         let drv = dev.drv.as_ref();
         drv.bind()?;
         let staging = Staging::new(drv)?;

@@ -235,3 +235,14 @@ fn launch_shapes_past_the_device_limits_are_refused() {
 fn st<V>(mem: V, row: usize) -> crate::runtime::launch::Strided<V> {
     crate::runtime::launch::Strided { mem, stride: row }
 }
+
+/// A caller's stream that says which device it belongs to (cudarc's) is refused on another.
+#[test]
+fn a_stream_of_another_device_is_refused() {
+    let fake = FakeDriver::new(0, h100_props());
+    let loaded = Gpu::load_driver(Box::new(fake.clone()), &fake_images()).unwrap();
+    let other = crate::runtime::foreign::ForeignStream { raw: 0x1000, keep: None, ordinal: Some(3) };
+    assert_eq!(Gpu::on_foreign(&loaded, other).unwrap_err().kind(), "WrongDevice");
+    let null = crate::runtime::foreign::ForeignStream { raw: 0, keep: None, ordinal: Some(0) };
+    assert_eq!(Gpu::on_foreign(&loaded, null).unwrap_err().kind(), "InvalidArgument");
+}
