@@ -92,8 +92,13 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "(no message)".into())
 }
 
-/// Runs constructor `f` of backend `name` (`ordinal` for messages) under the construction
-/// rules: one outermost construction at a time, cycles refused, panics caught.
+/// The registry's slot of `name`, or `UnknownBackend` listing the known names.
+fn slot(name: &str) -> Result<&'static Slot> {
+    REGISTRY.get(name).ok_or_else(|| Error::UnknownBackend { name: name.to_string(), known: names() })
+}
+
+/// Runs constructor `f` of backend `name` under the construction rules: one outermost
+/// construction at a time, cycles refused, panics caught.
 fn construct(name: &'static str, f: impl FnOnce() -> std::result::Result<Arc<dyn AttentionBackend>, String> + std::panic::UnwindSafe) -> std::result::Result<Backend, String> {
     if BUILDING.with(|b| b.borrow().contains(&name)) {
         let chain = BUILDING.with(|b| b.borrow().join(" -> "));
@@ -215,14 +220,14 @@ pub fn list() -> Vec<BackendInfo> {
 
 /// The shared instance of backend `name`, created on first use.
 pub fn get(name: &str) -> Result<Backend> {
-    let slot = REGISTRY.get(name).ok_or_else(|| Error::UnknownBackend { name: name.to_string(), known: names() })?;
+    let slot = slot(name)?;
     slot.instance().map_err(|reason| Error::BackendUnavailable { backend: name.to_string(), reason })
 }
 
 /// Devices backend `name` can run on (1 for host backends; 0 for a GPU backend when no GPU is
 /// visible).
 pub fn device_count(name: &str) -> Result<usize> {
-    let slot = REGISTRY.get(name).ok_or_else(|| Error::UnknownBackend { name: name.to_string(), known: names() })?;
+    let slot = slot(name)?;
     Ok(slot.device_count())
 }
 
@@ -232,7 +237,7 @@ pub fn device_count(name: &str) -> Result<usize> {
 /// one instance per device and drives each from its own thread. An ordinal past the devices
 /// the backend sees is [`Error::NoSuchDevice`].
 pub fn get_on(name: &str, ordinal: usize) -> Result<Backend> {
-    let slot = REGISTRY.get(name).ok_or_else(|| Error::UnknownBackend { name: name.to_string(), known: names() })?;
+    let slot = slot(name)?;
     if ordinal == 0 || slot.duplicate {
         return get(name); // also says why, when the backend is unavailable altogether
     }
@@ -258,7 +263,7 @@ pub fn get_on(name: &str, ordinal: usize) -> Result<Backend> {
 /// compute what one would. Tensors and caches stay with the instance that made them (another
 /// instance refuses them with [`Error::WrongInstance`]: their work is ordered on its stream).
 pub fn create_on(name: &str, ordinal: usize) -> Result<Backend> {
-    let slot = REGISTRY.get(name).ok_or_else(|| Error::UnknownBackend { name: name.to_string(), known: names() })?;
+    let slot = slot(name)?;
     slot.create_on(ordinal)
 }
 

@@ -263,7 +263,7 @@ impl Drop for Borrowed<'_> {
 /// A strided view's rows must stay 16-byte aligned (the kernels load 16 bytes at a time).
 fn check_stride_alignment(shape: &[usize], row_stride: usize, dtype: DType) -> Result<()> {
     let row: usize = shape.iter().skip(1).product();
-    if shape.first().is_some_and(|&n| n > 1) && row_stride != row && (row_stride * dtype.size()) % 16 != 0 {
+    if shape.first().is_some_and(|&n| n > 1) && row_stride != row && !(row_stride * dtype.size()).is_multiple_of(16) {
         return Err(Error::InvalidArgument(format!("row stride of {row_stride} {dtype} elements is not a multiple of 16 bytes (the kernels load rows 16 bytes at a time)")));
     }
     Ok(())
@@ -330,7 +330,7 @@ impl AttentionBackend for HipBackend {
         let dtype = base.dtype();
         check_stride_alignment(shape, row_stride, dtype)?;
         let at = b.offset + offset * dtype.size();
-        if at % 16 != 0 {
+        if !at.is_multiple_of(16) {
             return Err(Error::InvalidArgument(format!(
                 "a view at element {offset} starts {at} bytes into its allocation, not a multiple of 16 (the kernels load 16 bytes at a time)"
             )));

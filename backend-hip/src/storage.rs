@@ -121,7 +121,7 @@ pub(crate) fn pools<'a>(c: &'a KvPools, backend: &str, gpu: &Gpu) -> Result<(&'a
 }
 
 /// hip-fused's state of `c`, writable.
-pub(crate) fn pool_state_mut<'a>(c: &'a mut KvPools) -> Option<&'a mut GpuPoolState> {
+pub(crate) fn pool_state_mut(c: &mut KvPools) -> Option<&mut GpuPoolState> {
     c.parts_mut().2.and_then(|s| s.as_any_mut().downcast_mut::<GpuPoolState>())
 }
 
