@@ -551,38 +551,26 @@ fn engine_rows(hbe: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()>
             let kv = h.upload(&randn(b * (l - 1) * hk * d, 40), &[b * (l - 1), hk, d], dt)?;
             h.append_kv(&mut pools_own, &meta, &kv, &kv, &prefix)?;
         }
+        // One step each way (the lengths rolled back first, so every call is the same step).
+        let owned_step = |cache: &mut KvCache, q: &mut Tensor, k: &mut Tensor, v: &Tensor, out: &mut Tensor| -> Result<()> {
+            for s in 0..b {
+                cache.truncate(s, l - 1)?;
+            }
+            h.rope_append_attend(StepInputs { q, k, v, positions: &positions, rope: &rope, cache, batch: &batch, params, out })
+        };
+        let views_step = |meta: &mut KvMetadata, q: &mut Tensor, k: &mut Tensor, v: &Tensor, pools: &mut KvPools, out: &mut Tensor| -> Result<()> {
+            for s in 0..b {
+                meta.truncate(s, l - 1)?;
+            }
+            meta.extend(&batch)?;
+            h.step(StepViews { q, k, v, positions: &positions, rope: &rope, pools, meta, batch: &batch, params, out })
+        };
         for round in 0..2 {
-            let ms = median_ms(hbe, || {
-                for s in 0..b {
-                    cache.truncate(s, l - 1)?;
-                }
-                h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params, out: &mut out })
-            })?;
-            rows.push(Row { name: format!("engine decode step owned B={b} L={l} ({})", round + 1), dtype: dt, ms, bytes, flops: 0.0 });
-            let ms = median_ms(hbe, || {
-                for s in 0..b {
-                    meta.truncate(s, l - 1)?;
-                }
-                meta.extend(&batch)?;
-                h.step(StepViews { q: &mut qv, k: &mut kv_, v: &vv, positions: &positions, rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params, out: &mut ov })
-            })?;
-            rows.push(Row { name: format!("engine decode step views B={b} L={l} ({})", round + 1), dtype: dt, ms, bytes, flops: 0.0 });
-            let ms = median_ms(hbe, || {
-                for s in 0..b {
-                    meta.truncate(s, l - 1)?;
-                }
-                meta.extend(&batch)?;
-                h.step(StepViews { q: &mut qd, k: &mut kd, v: &vd, positions: &positions, rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params, out: &mut ov })
-            })?;
-            rows.push(Row { name: format!("  views, q/k/v dense B={b} ({})", round + 1), dtype: dt, ms, bytes, flops: 0.0 });
-            let ms = median_ms(hbe, || {
-                for s in 0..b {
-                    meta.truncate(s, l - 1)?;
-                }
-                meta.extend(&batch)?;
-                h.step(StepViews { q: &mut qv, k: &mut kv_, v: &vv, positions: &positions, rope: &rope, pools: &mut pools_own, meta: &meta, batch: &batch, params, out: &mut ov })
-            })?;
-            rows.push(Row { name: format!("  views, pools in own allocations B={b} ({})", round + 1), dtype: dt, ms, bytes, flops: 0.0 });
+            let mut row = |name: String, ms: f64| rows.push(Row { name: format!("{name} ({})", round + 1), dtype: dt, ms, bytes, flops: 0.0 });
+            row(format!("engine decode step owned B={b} L={l}"), median_ms(hbe, || owned_step(&mut cache, &mut q, &mut k, &v, &mut out))?);
+            row(format!("engine decode step views B={b} L={l}"), median_ms(hbe, || views_step(&mut meta, &mut qv, &mut kv_, &vv, &mut pools, &mut ov))?);
+            row(format!("  views, q/k/v dense B={b}"), median_ms(hbe, || views_step(&mut meta, &mut qd, &mut kd, &vd, &mut pools, &mut ov))?);
+            row(format!("  views, pools in own allocations B={b}"), median_ms(hbe, || views_step(&mut meta, &mut qv, &mut kv_, &vv, &mut pools_own, &mut ov))?);
         }
         // Host time of one call (validation, metadata, launches; few enough calls that the
         // launch queue never fills, so no wait on the device is counted), both paths.
@@ -590,20 +578,13 @@ fn engine_rows(hbe: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()>
         hbe.gpu.synchronize()?;
         let t0 = std::time::Instant::now();
         for _ in 0..reps {
-            for s in 0..b {
-                cache.truncate(s, l - 1)?;
-            }
-            h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params, out: &mut out })?;
+            owned_step(&mut cache, &mut q, &mut k, &v, &mut out)?;
         }
         let owned_host = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
         hbe.gpu.synchronize()?;
         let t0 = std::time::Instant::now();
         for _ in 0..reps {
-            for s in 0..b {
-                meta.truncate(s, l - 1)?;
-            }
-            meta.extend(&batch)?;
-            h.step(StepViews { q: &mut qv, k: &mut kv_, v: &vv, positions: &positions, rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params, out: &mut ov })?;
+            views_step(&mut meta, &mut qv, &mut kv_, &vv, &mut pools, &mut ov)?;
         }
         let views_host = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
         hbe.gpu.synchronize()?;

@@ -73,6 +73,15 @@ fn grid(p: &RopeParams, dtype: DType) -> [u64; 3] {
     [(p.tokens as u64 * units).div_ceil(ROPE_THREADS as u64), 1, 1]
 }
 
+/// Points `p` at Q (when given), checked to hold `tokens` rows of its stride.
+fn set_q(gpu: &Gpu, p: &mut RopeParams, s: &RopeShape, q: Option<&Strided<DevMut<'_>>>, dtype: DType) -> Result<()> {
+    if let Some(q) = q {
+        need_mut(gpu, "q", &q.mem, span_bytes("q", s.tokens, s.q_heads * s.head_dim, q.stride, dtype.size())?)?;
+        (p.q, p.q_stride) = (q.mem.addr, q.stride as i32);
+    }
+    Ok(())
+}
+
 /// Rotates Q (when given) and K in place, token `t` at `positions[t]`.
 pub(crate) fn in_place(
     gpu: &Gpu,
@@ -84,10 +93,7 @@ pub(crate) fn in_place(
     table: RopeTable<'_>,
 ) -> Result<()> {
     let (dtype, mut p) = base(gpu, l, &s, &table, &positions)?;
-    if let Some(q) = &q {
-        need_mut(gpu, "q", &q.mem, span_bytes("q", s.tokens, s.q_heads * s.head_dim, q.stride, dtype.size())?)?;
-        (p.q, p.q_stride) = (q.mem.addr, q.stride as i32);
-    }
+    set_q(gpu, &mut p, &s, q.as_ref(), dtype)?;
     need_mut(gpu, "k", &k.mem, span_bytes("k", s.tokens, s.k_heads * s.head_dim, k.stride, dtype.size())?)?;
     (p.k, p.k_stride) = (k.mem.addr, k.stride as i32);
     // SAFETY: q and k hold every row the kernel rotates (checked above), positions has one entry
@@ -111,10 +117,7 @@ pub(crate) fn into_cache(
     table: RopeTable<'_>,
 ) -> Result<()> {
     let (dtype, mut p) = base(gpu, l, &s, &table, &positions)?;
-    if let Some(q) = &q {
-        need_mut(gpu, "q", &q.mem, span_bytes("q", s.tokens, s.q_heads * s.head_dim, q.stride, dtype.size())?)?;
-        (p.q, p.q_stride) = (q.mem.addr, q.stride as i32);
-    }
+    set_q(gpu, &mut p, &s, q.as_ref(), dtype)?;
     let row = s.k_heads * s.head_dim;
     need_ref(gpu, "k", &k.mem, span_bytes("k", s.tokens, row, k.stride, dtype.size())?)?;
     need_ref(gpu, "v", &v.mem, span_bytes("v", s.tokens, row, v.stride, dtype.size())?)?;
