@@ -210,3 +210,32 @@ fn forks_share_pages_and_truncation_rolls_back_on_the_engine_path() {
     let pool = be.read_kv_pools(&pools).unwrap();
     assert_eq!(&pool.k[page..page + HK * D], &be.download(&k1).unwrap()[..]);
 }
+
+#[test]
+fn a_step_whose_q_shares_memory_with_v_or_the_pools_is_refused() {
+    let be = cpu();
+    let s = spec(4);
+    let (t, n) = (2, s.pool_len());
+    let buf = HostBuffer::zeros(t * W + 2 * n, DType::BF16).unwrap();
+    let (_, mut k, v) = fused(&buf, t, &normals(t * H * D, 1), &normals(t * HK * D, 2), &normals(t * HK * D, 3));
+    let row = 4 * HK * D;
+    let kp = CpuBackend::tensor_in(&buf, t * W, &s.pool_shape(), row, DType::BF16).unwrap();
+    let vp = CpuBackend::tensor_in(&buf, t * W + n, &s.pool_shape(), row, DType::BF16).unwrap();
+    let mut pools = be.kv_pools(&s, kp, vp).unwrap();
+    let mut meta = KvMetadata::new(&s).unwrap();
+    meta.set_page_table(0, &[0]).unwrap();
+    let batch = Batch::new(vec![0], vec![t]).unwrap();
+    meta.extend(&batch).unwrap();
+    let rope = RopeConfig::new(D, 10000.0, 64);
+    let mut out = be.alloc(&[t, H, D], DType::BF16).unwrap();
+    let before = buf.read_f32(0..t * W + 2 * n).unwrap();
+    // q over v's columns (and beyond, into the padding and the next row's q).
+    let mut q = CpuBackend::tensor_in(&buf, (H + HK) * D, &[t, H, D], W, DType::BF16).unwrap();
+    let e = be.step(StepViews { q: &mut q, k: &mut k, v: &v, positions: &[0, 1], rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params: AttentionParams::causal(D), out: &mut out });
+    assert_eq!(kind(e), "InvalidArgument");
+    // q inside the K pool.
+    let mut q = CpuBackend::tensor_in(&buf, t * W, &[t, H, D], H * D, DType::BF16).unwrap();
+    let e = be.step(StepViews { q: &mut q, k: &mut k, v: &v, positions: &[0, 1], rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params: AttentionParams::causal(D), out: &mut out });
+    assert_eq!(kind(e), "InvalidArgument");
+    assert_eq!(buf.read_f32(0..t * W + 2 * n).unwrap(), before, "a refused step wrote something");
+}

@@ -494,7 +494,17 @@ impl Backend {
         let (start, _) = self.check_append(pools, meta, k, v, batch)?;
         let kv_lens: Vec<usize> = batch.seq_ids().iter().map(|&s| meta.seq_len(s)).collect();
         let mut desc = self.check_attention(q, pools, meta, batch, &kv_lens, params, out)?;
-        Self::check_disjoint(&[("q", q, "k", k), ("k", k, "v", v), ("out", out, "k", k), ("out", out, "v", v)])?;
+        // q and k may be rotated in place and the pools are written: neither may share memory
+        // with what the step reads.
+        Self::check_disjoint(&[
+            ("q", q, "k", k),
+            ("q", q, "v", v),
+            ("k", k, "v", v),
+            ("out", out, "k", k),
+            ("out", out, "v", v),
+            ("K pool", pools.k(), "q", q),
+            ("V pool", pools.v(), "q", q),
+        ])?;
         desc.rope = rope_desc.rope;
         desc.validate_call()?;
         for op in [Op::Rope, Op::KvAppend, Op::Attention, Op::Step] {
