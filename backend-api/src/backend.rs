@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::args::*;
+use crate::plan::{Graph, GraphExec, GraphSupport, HostPlan, LayerViews, PlanArgs, PlanOp, PlanState, StepDesc, StepPlan};
 use crate::CacheLayout;
 use crate::{
     AttentionParams, Batch, CachedSeq, DType, Device, Error, KvCache, KvCacheSpec, KvMetadata, KvPool, KvPools, Op, PlainBatch, ProblemDesc, Result, RopeConfig, Storage, Tensor,
@@ -95,6 +96,72 @@ pub trait AttentionBackend: Send + Sync {
     /// total)` bytes; `None` for host backends (the default).
     fn memory_info(&self) -> Result<Option<(usize, usize)>> {
         Ok(None)
+    }
+    /// (optional) Plans a step for every layer ([`crate::plan`]): all host work once. Default:
+    /// the validated description kept on the host, run through the ordinary ops (right for host
+    /// backends, which have nothing to upload).
+    fn plan(&self, args: PlanArgs<'_>) -> Result<Box<dyn PlanState>> {
+        Ok(Box::new(HostPlan::new(args)))
+    }
+    /// (optional) Rewrites `plan` for the next step in place (same op, batch shape and bucket:
+    /// validated). Must not change anything when it fails. Default: for the default plan.
+    fn update_plan(&self, plan: &mut dyn PlanState, args: PlanArgs<'_>) -> Result<()> {
+        let p = plan.as_any_mut().downcast_mut::<HostPlan>().ok_or_else(|| Error::InvalidArgument(format!("{}: the plan was not made by this backend", self.name())))?;
+        *p = HostPlan::new(args);
+        Ok(())
+    }
+    /// (optional) One layer of a plan: `views` were checked against it (shapes, dtypes, device,
+    /// storage, pools' spec, overlaps). A device backend only launches here. Default: the
+    /// default plan through the ordinary ops.
+    fn run(&self, plan: &dyn PlanState, views: LayerViews<'_>, validated: Validated) -> Result<()> {
+        let p = plan.as_any().downcast_ref::<HostPlan>().ok_or_else(|| Error::InvalidArgument(format!("{}: the plan was not made by this backend", self.name())))?;
+        run_host_plan(self, p, views, validated)
+    }
+    /// (optional) What [`AttentionBackend::capture`] can capture. Default: nothing.
+    fn graph_support(&self) -> GraphSupport {
+        GraphSupport::Never
+    }
+    /// (optional) Captures the device work `f` queues on this backend's stream into a graph.
+    /// Default: `Unsupported`.
+    fn capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Box<dyn GraphExec>> {
+        let _ = f;
+        Err(Error::Unsupported { backend: self.name().to_string(), op: "capture".into(), reasons: vec![format!("{} has no device graphs", self.name())] })
+    }
+}
+
+/// The default plan's run: the ordinary ops with the plan's validated description.
+fn run_host_plan<B: AttentionBackend + ?Sized>(be: &B, p: &HostPlan, views: LayerViews<'_>, validated: Validated) -> Result<()> {
+    let missing = |what: &str| Error::InvalidArgument(format!("{}: the plan has no {what}", be.name()));
+    let desc = p.desc.clone();
+    match views {
+        LayerViews::Rope { q, k } => {
+            let (config, freqs) = (p.config.as_ref().ok_or_else(|| missing("RoPE configuration"))?, p.freqs.clone().ok_or_else(|| missing("RoPE table"))?);
+            be.rope(RopeArgs { q, k, positions: &p.positions, config, freqs, desc, validated })
+        }
+        LayerViews::Append { k, v, pools } => be.kv_append(AppendArgs { pools, meta: &p.meta, k, v, batch: &p.batch, start: p.start.clone(), desc, validated }),
+        LayerViews::Attention { q, pools, out } => {
+            be.attention(AttentionArgs { q, pools, meta: &p.meta, batch: &p.batch, kv_lens: p.kv_lens.clone(), params: p.params, out, desc, validated })
+        }
+        LayerViews::Step { q, k, v, pools, out } => {
+            let (config, freqs) = (p.config.as_ref().ok_or_else(|| missing("RoPE configuration"))?, p.freqs.clone().ok_or_else(|| missing("RoPE table"))?);
+            be.rope_append_attend(StepArgs {
+                q,
+                k,
+                v,
+                positions: &p.positions,
+                config,
+                freqs,
+                pools,
+                meta: &p.meta,
+                batch: &p.batch,
+                start: p.start.clone(),
+                kv_lens: p.kv_lens.clone(),
+                params: p.params,
+                out,
+                desc,
+                validated,
+            })
+        }
     }
 }
 
@@ -599,6 +666,246 @@ impl Backend {
         self.supports_call(Op::Shift, &desc)?;
         let freqs = rope.frequencies(0)?;
         self.inner.shift_positions(ShiftArgs { pools, meta, seq, tokens, delta, config: rope, freqs, desc, validated: Validated(()) })
+    }
+
+    // ---- plan / run ----
+
+    fn instance(&self) -> usize {
+        Arc::as_ptr(&self.inner) as *const () as usize
+    }
+
+    /// Plans a step for every layer ([`crate::plan`]): validates the description once (the same
+    /// checks and capability query as the eager op), then the backend does its host work
+    /// (kernel choice, metadata, device buffers). Run it per layer with [`Backend::run`].
+    pub fn plan(&self, d: StepDesc<'_>) -> Result<StepPlan> {
+        let _span = tracing::debug_span!("plan", backend = self.name(), op = d.op.name()).entered();
+        let args = self.check_plan(&d, d.max_kv_len)?;
+        let (max_kv_len, desc) = (args.max_kv_len, args.desc.clone());
+        let state = self.inner.plan(args)?;
+        Ok(StepPlan {
+            instance: self.instance(),
+            backend: self.name().to_string(),
+            device: self.device(),
+            op: d.op,
+            spec: d.spec.clone(),
+            num_heads: d.num_heads,
+            q_lens: d.batch.q_lens().to_vec(),
+            params: d.params,
+            rope: d.rope.cloned(),
+            max_kv_len,
+            desc,
+            state,
+        })
+    }
+
+    /// Rewrites `plan` for the next step in place: same op, spec, heads, query rows per entry,
+    /// params and RoPE configuration, every sequence within the plan's bucket
+    /// ([`StepPlan::max_kv_len`]); the sequences and their lengths, page tables and positions
+    /// may change. A device backend writes the new metadata into the plan's buffers, ordered
+    /// after the work already queued, so a captured graph replays the new step. On error the
+    /// plan is unchanged.
+    pub fn update_plan(&self, plan: &mut StepPlan, d: StepDesc<'_>) -> Result<()> {
+        let _span = tracing::debug_span!("update_plan", backend = self.name(), op = d.op.name()).entered();
+        self.check_instance(plan)?;
+        let same = d.op == plan.op
+            && *d.spec == plan.spec
+            && d.num_heads == plan.num_heads
+            && d.batch.q_lens() == plan.q_lens.as_slice()
+            && d.params == plan.params
+            && d.rope == plan.rope.as_ref()
+            && d.max_kv_len.is_none_or(|m| m == plan.max_kv_len);
+        if !same {
+            return Err(Error::InvalidArgument(format!(
+                "update_plan: the step differs from the plan in more than its sequences, lengths, page tables or positions (op, spec, heads, query rows {:?} per entry, params, RoPE or bucket {}): make a new plan",
+                plan.q_lens, plan.max_kv_len
+            )));
+        }
+        let args = self.check_plan(&d, Some(plan.max_kv_len))?;
+        let desc = args.desc.clone();
+        self.inner.update_plan(plan.state.as_mut(), args)?;
+        plan.desc = desc;
+        Ok(())
+    }
+
+    /// Runs one layer of `plan` on `views` (the layer's tensors and pools): checks them against
+    /// the plan (shapes, dtypes, device, storage, the pools' spec, overlaps), then the backend
+    /// only launches.
+    pub fn run(&self, plan: &StepPlan, views: LayerViews<'_>) -> Result<()> {
+        let _span = tracing::trace_span!("run", backend = self.name(), op = plan.op.name()).entered();
+        self.check_instance(plan)?;
+        if views.op() != plan.op {
+            return Err(Error::InvalidArgument(format!("run: the plan is for {}, the views for {}", plan.op.name(), views.op().name())));
+        }
+        let spec = &plan.spec;
+        let (t, h, hk, d, dt) = (plan.tokens(), plan.num_heads, spec.num_kv_heads, spec.head_dim, spec.dtype);
+        let pools_ok = |pools: &KvPools| -> Result<()> {
+            self.check_pools_storage(pools)?;
+            if pools.spec() != spec {
+                return Err(Error::InvalidArgument(format!("run: the pools' spec {:?} is not the plan's {spec:?}", pools.spec())));
+            }
+            Ok(())
+        };
+        match &views {
+            LayerViews::Rope { q, k } => {
+                self.check_tensor("q", q, &[t, h, d], dt)?;
+                self.check_tensor("k", k, &[t, hk, d], dt)?;
+                Self::check_disjoint(&[("q", q, "k", k)])?;
+            }
+            LayerViews::Append { k, v, pools } => {
+                self.check_tensor("k", k, &[t, hk, d], dt)?;
+                self.check_tensor("v", v, &[t, hk, d], dt)?;
+                pools_ok(pools)?;
+                Self::check_disjoint(&[("K pool", pools.k(), "k", k), ("K pool", pools.k(), "v", v), ("V pool", pools.v(), "k", k), ("V pool", pools.v(), "v", v)])?;
+            }
+            LayerViews::Attention { q, pools, out } => {
+                self.check_tensor("q", q, &[t, h, d], dt)?;
+                self.check_tensor("out", out, &[t, h, d], dt)?;
+                pools_ok(pools)?;
+                Self::check_disjoint(&[("out", out, "q", q), ("out", out, "K pool", pools.k()), ("out", out, "V pool", pools.v())])?;
+            }
+            LayerViews::Step { q, k, v, pools, out } => {
+                self.check_tensor("q", q, &[t, h, d], dt)?;
+                self.check_tensor("k", k, &[t, hk, d], dt)?;
+                self.check_tensor("v", v, &[t, hk, d], dt)?;
+                self.check_tensor("out", out, &[t, h, d], dt)?;
+                pools_ok(pools)?;
+                Self::check_disjoint(&[
+                    ("q", q, "k", k),
+                    ("q", q, "v", v),
+                    ("k", k, "v", v),
+                    ("out", out, "q", q),
+                    ("out", out, "k", k),
+                    ("out", out, "v", v),
+                    ("K pool", pools.k(), "q", q),
+                    ("V pool", pools.v(), "q", q),
+                    ("K pool", pools.k(), "k", k),
+                    ("K pool", pools.k(), "v", v),
+                    ("V pool", pools.v(), "k", k),
+                    ("V pool", pools.v(), "v", v),
+                    ("out", out, "K pool", pools.k()),
+                    ("out", out, "V pool", pools.v()),
+                ])?;
+            }
+        }
+        self.inner.run(plan.state.as_ref(), views, Validated(()))
+    }
+
+    /// What [`Backend::capture`] can capture.
+    pub fn graph_support(&self) -> GraphSupport {
+        self.inner.graph_support()
+    }
+
+    /// Captures the device work `f` queues on this backend's stream (its [`Backend::run`]s)
+    /// into a graph to [`Graph::replay`]. `f` must only run plans (eager ops upload metadata
+    /// and are refused or break the capture); a failure inside ends the capture and is
+    /// returned.
+    pub fn capture(&self, mut f: impl FnMut() -> Result<()>) -> Result<Graph> {
+        let _span = tracing::debug_span!("capture", backend = self.name()).entered();
+        Ok(Graph { exec: self.inner.capture(&mut f)? })
+    }
+
+    fn check_instance(&self, plan: &StepPlan) -> Result<()> {
+        if plan.instance != self.instance() {
+            return Err(Error::InvalidArgument(format!(
+                "the plan was made by another backend instance ({} on {}); plans hold that instance's device buffers and stream",
+                plan.backend, plan.device
+            )));
+        }
+        Ok(())
+    }
+
+    /// A step description's checks: the eager op's, without tensors.
+    fn check_plan<'a>(&self, d: &StepDesc<'a>, bucket: Option<usize>) -> Result<PlanArgs<'a>> {
+        let (spec, meta, batch) = (d.spec, d.meta, d.batch);
+        spec.validate()?;
+        meta.check_pools(spec)?;
+        Self::check_heads(d.num_heads, spec.num_kv_heads)?;
+        Self::check_seq_ids(meta, batch)?;
+        let (appends, attends, ropes) = (matches!(d.op, PlanOp::Append | PlanOp::Step), matches!(d.op, PlanOp::Attention | PlanOp::Step), matches!(d.op, PlanOp::Rope | PlanOp::Step));
+        let t = batch.total_tokens();
+        let lens: Vec<usize> = batch.seq_ids().iter().map(|&s| meta.seq_len(s)).collect();
+        let mut start = Vec::new();
+        if appends {
+            for ((&s, &q), &len) in batch.seq_ids().iter().zip(batch.q_lens()).zip(&lens) {
+                if q > len {
+                    return Err(Error::InvalidArgument(format!("sequence {s} holds {len} tokens, fewer than its {q} new ones: grow the metadata first (KvMetadata::extend)")));
+                }
+                if len > meta.seq_capacity(s) {
+                    return Err(Error::KvCacheOverflow { seq: s, needed: len, capacity: meta.seq_capacity(s) });
+                }
+                start.push(len - q);
+            }
+        }
+        let kv_lens = if attends {
+            Self::check_params(d.params)?;
+            for (i, (&q_len, &kv_len)) in batch.q_lens().iter().zip(&lens).enumerate() {
+                if q_len > kv_len {
+                    return Err(Error::QLenExceedsKvLen { seq: batch.seq_ids()[i], q_len, kv_len });
+                }
+            }
+            lens.clone()
+        } else {
+            Vec::new()
+        };
+        let (config, freqs) = if ropes {
+            let c = d.rope.ok_or_else(|| Error::InvalidArgument(format!("plan: {} needs a RoPE configuration", d.op.name())))?;
+            c.validate_params()?;
+            if c.head_dim != spec.head_dim {
+                return Err(Error::shape("q", &[t, d.num_heads, c.head_dim], &[t, d.num_heads, spec.head_dim]));
+            }
+            if d.positions.len() != t {
+                return Err(Error::shape("positions", &[t], &[d.positions.len()]));
+            }
+            if let Some((token, &p)) = d.positions.iter().enumerate().find(|(_, &p)| p as usize >= c.max_position) {
+                return Err(Error::PositionOutOfRange { token, position: p as usize, max_position: c.max_position });
+            }
+            (Some(c), Some(c.frequencies(max_position(d.positions))?))
+        } else {
+            (None, None)
+        };
+        let longest = lens.iter().copied().max().unwrap_or(0);
+        let max_kv_len = match bucket {
+            Some(m) if m < longest => return Err(Error::InvalidArgument(format!("plan: a sequence holds {longest} tokens, past the plan's bucket of {m}: make a new plan"))),
+            Some(m) => m,
+            None => longest,
+        };
+        let base = ProblemDesc {
+            dtype: spec.dtype,
+            num_heads: d.num_heads,
+            num_kv_heads: spec.num_kv_heads,
+            head_dim: spec.head_dim,
+            rope: None,
+            layout: Some(spec.layout),
+            causal: d.params.causal,
+            batch_size: batch.len(),
+            max_q_len: batch.q_lens().iter().copied().max().unwrap_or(0),
+            max_kv_len,
+        };
+        let desc = match d.op {
+            PlanOp::Rope => {
+                let desc = ProblemDesc { rope: config.cloned(), layout: None, causal: false, batch_size: 1, max_q_len: t, max_kv_len: 0, ..base };
+                self.supports_call(Op::Rope, &desc)?;
+                desc
+            }
+            PlanOp::Append => {
+                let desc = ProblemDesc { num_heads: spec.num_kv_heads, causal: false, ..base };
+                self.supports_call(Op::KvAppend, &desc)?;
+                desc
+            }
+            PlanOp::Attention => {
+                self.supports_call(Op::Attention, &base)?;
+                base
+            }
+            PlanOp::Step => {
+                let desc = ProblemDesc { rope: config.cloned(), ..base };
+                desc.validate_call()?;
+                for op in [Op::Rope, Op::KvAppend, Op::Attention, Op::Step] {
+                    self.inner.supports(op, &desc).map_err(|reasons| self.unsupported(op, reasons))?;
+                }
+                desc
+            }
+        };
+        Ok(PlanArgs { op: d.op, spec, num_heads: d.num_heads, meta, batch, positions: d.positions, config, freqs, start, kv_lens, params: d.params, max_kv_len, desc, validated: Validated(()) })
     }
 
     // ---- validation: one place, so every backend rejects the same input the same way ----

@@ -10,6 +10,8 @@
 //! - [`AttentionBackend`]: what a backend implements (`rope`, `kv_append`, `attention`,
 //!   `attention_plain`, and the composite `rope_append_attend`);
 //! - [`Backend`]: the handle users call, which validates every input into a typed [`Error`];
+//! - [`plan`]: plan a step once, run it per layer ([`Backend::plan`], [`Backend::run`]),
+//!   capture the runs into a device graph ([`Backend::capture`]);
 //! - [`registry`]: backends registered at link time, listed, picked by name or automatically.
 //!
 //! The facade crate `attnforge` re-exports all of this and links the backends; its crate docs
@@ -22,6 +24,7 @@ mod backend;
 pub mod cache;
 mod dtype;
 mod error;
+pub mod plan;
 mod problem;
 pub mod registry;
 mod rope;
@@ -32,6 +35,7 @@ pub use backend::{AttentionBackend, Backend, StepInputs, StepViews};
 pub use cache::{CacheLayout, CachedSeq, KvCache, KvCacheSpec, KvMetadata, KvPool, KvPools};
 pub use dtype::{bf16_from_f64, f16_from_f64, DType, Device, DeviceKind};
 pub use error::{Error, Result};
+pub use plan::{Graph, GraphExec, GraphSupport, LayerViews, PlanArgs, PlanOp, PlanState, StepDesc, StepPlan};
 pub use problem::{AttentionParams, Batch, Op, PlainBatch, ProblemDesc};
 pub use rope::{RopeConfig, RopeFrequencies, RopeScaling, RopeStyle};
 pub use tensor::{Region, Storage, Tensor};

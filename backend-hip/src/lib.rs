@@ -213,7 +213,7 @@ impl HipBackend {
         Ctx { gpu: &self.gpu, name: self.name, tables: &self.tables }
     }
 
-    fn plan(&self, op: Op, problem: &ProblemDesc) -> Result<OpPlan> {
+    fn op_plan(&self, op: Op, problem: &ProblemDesc) -> Result<OpPlan> {
         plan(self.gpu.props(), self.strategy, op, problem).map_err(|r| Error::Unsupported {
             backend: self.name.into(),
             op: op.name().into(),
@@ -348,28 +348,28 @@ impl AttentionBackend for HipBackend {
     }
 
     fn rope(&self, a: RopeArgs<'_>) -> Result<()> {
-        match self.plan(Op::Rope, &a.desc)? {
+        match self.op_plan(Op::Rope, &a.desc)? {
             OpPlan::Rope(l) => step::rope(&self.ctx(), &l, a),
             _ => Err(self.mismatch(Op::Rope)),
         }
     }
 
     fn kv_append(&self, a: AppendArgs<'_>) -> Result<()> {
-        match self.plan(Op::KvAppend, &a.desc)? {
+        match self.op_plan(Op::KvAppend, &a.desc)? {
             OpPlan::Append(k) => step::kv_append(&self.ctx(), k, a),
             _ => Err(self.mismatch(Op::KvAppend)),
         }
     }
 
     fn attention(&self, a: AttentionArgs<'_>) -> Result<()> {
-        match self.plan(Op::Attention, &a.desc)? {
+        match self.op_plan(Op::Attention, &a.desc)? {
             OpPlan::Attention(l) => step::attention(&self.ctx(), &l, a),
             _ => Err(self.mismatch(Op::Attention)),
         }
     }
 
     fn attention_plain(&self, a: PlainAttentionArgs<'_>) -> Result<()> {
-        match self.plan(Op::AttentionPlain, &a.desc)? {
+        match self.op_plan(Op::AttentionPlain, &a.desc)? {
             OpPlan::Attention(l) => step::attention_plain(&self.ctx(), &l, a),
             _ => Err(self.mismatch(Op::AttentionPlain)),
         }
@@ -377,7 +377,7 @@ impl AttentionBackend for HipBackend {
 
     /// The composite step, per strategy (see the crate docs).
     fn rope_append_attend(&self, a: StepArgs<'_>) -> Result<()> {
-        let OpPlan::Step { rope, append, attention } = self.plan(Op::Step, &a.desc)? else {
+        let OpPlan::Step { rope, append, attention } = self.op_plan(Op::Step, &a.desc)? else {
             return Err(self.mismatch(Op::Step));
         };
         let ctx = self.ctx();
@@ -393,7 +393,7 @@ impl AttentionBackend for HipBackend {
     /// Context shift: keys stored rotated are rotated by `delta` in place (the rope kernel over
     /// the tokens' cache slots); hip-fused slots that hold a position only move it.
     fn shift_positions(&self, a: ShiftArgs<'_>) -> Result<()> {
-        match self.plan(Op::Shift, &a.desc)? {
+        match self.op_plan(Op::Shift, &a.desc)? {
             OpPlan::Rope(l) => step::shift(&self.ctx(), &l, a),
             _ => Err(self.mismatch(Op::Shift)),
         }
@@ -430,8 +430,43 @@ impl AttentionBackend for HipBackend {
         Ok(())
     }
 
+    fn plan(&self, a: PlanArgs<'_>) -> Result<Box<dyn PlanState>> {
+        let op = plan_op(a.op);
+        let launches = self.op_plan(op, &a.desc)?;
+        Ok(Box::new(step::planned::plan(&self.ctx(), launches, a)?))
+    }
+
+    fn update_plan(&self, plan: &mut dyn PlanState, a: PlanArgs<'_>) -> Result<()> {
+        let p = plan.as_any_mut().downcast_mut::<step::planned::GpuPlan>().ok_or_else(|| Error::InvalidArgument(format!("{}: the plan was not made by this backend", self.name)))?;
+        step::planned::update(&self.ctx(), p, a)
+    }
+
+    fn run(&self, plan: &dyn PlanState, views: LayerViews<'_>, _: backend_api::args::Validated) -> Result<()> {
+        let p = plan.as_any().downcast_ref::<step::planned::GpuPlan>().ok_or_else(|| Error::InvalidArgument(format!("{}: the plan was not made by this backend", self.name)))?;
+        step::planned::run(&self.ctx(), self.strategy, p, views)
+    }
+
+    fn graph_support(&self) -> GraphSupport {
+        // Every run of a plan only launches kernels whose arguments and grids the plan fixed.
+        GraphSupport::Always
+    }
+
+    fn capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Box<dyn GraphExec>> {
+        Ok(Box::new(step::planned::Graph(self.gpu.capture(f)?)))
+    }
+
     fn memory_info(&self) -> Result<Option<(usize, usize)>> {
         self.gpu.memory_info().map(Some)
+    }
+}
+
+/// The capability-query op of a plan's op.
+fn plan_op(op: PlanOp) -> Op {
+    match op {
+        PlanOp::Rope => Op::Rope,
+        PlanOp::Append => Op::KvAppend,
+        PlanOp::Attention => Op::Attention,
+        PlanOp::Step => Op::Step,
     }
 }
 
@@ -587,6 +622,67 @@ mod tests {
     /// buffer, with pools viewed out of one allocation and caller-owned metadata, makes exactly
     /// the driver calls (launches, host-to-device metadata uploads, allocations, device copies)
     /// of the same step through the owned API, for every strategy.
+    #[test]
+    fn a_planned_run_only_launches_and_replays_as_a_graph() {
+        for strategy in [Strategy::Flash, Strategy::Hybrid, Strategy::Fused, Strategy::Separate] {
+            let fake = FakeDriver::new(0, h100_props());
+            let gpu = Gpu::with_driver(Box::new(fake.clone()), &fake_images()).unwrap();
+            let be = Backend::new(Arc::new(HipBackend { name: FLASH, strategy, gpu, tables: RopeTables::default() }));
+            let (h, hk, d, b) = (8usize, 2usize, 64usize, 4usize);
+            let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: DType::BF16, layout: CacheLayout::Paged { page_size: 16, num_pages: 4 * b } };
+            let rope = RopeConfig::new(d, 10000.0, 4096);
+            let batch = Batch::uniform(b, 1).unwrap();
+            let params = AttentionParams::causal(d);
+            let w = (h + 2 * hk) * d;
+            let fused = be.alloc(&[b, w], DType::BF16).unwrap();
+            let (mut q, mut k) = (be.view(&fused, 0, &[b, h, d], w).unwrap(), be.view(&fused, h * d, &[b, hk, d], w).unwrap());
+            let v = be.view(&fused, (h + hk) * d, &[b, hk, d], w).unwrap();
+            let mut out = be.alloc(&[b, h, d], DType::BF16).unwrap();
+            let mut pools = be.kv_pools(&spec, be.alloc(&spec.pool_shape(), DType::BF16).unwrap(), be.alloc(&spec.pool_shape(), DType::BF16).unwrap()).unwrap();
+            let mut meta = KvMetadata::new(&spec).unwrap();
+            for s in 0..b {
+                meta.set_page_table(s, &(4 * s as u32..4 * s as u32 + 4).collect::<Vec<_>>()).unwrap();
+            }
+            let delta = |f: &mut dyn FnMut()| {
+                let before = fake.calls();
+                f();
+                let mut d: Vec<(&str, usize)> = fake.calls().iter().map(|(&c, &n)| (c, n - before.get(c).copied().unwrap_or(0))).filter(|&(_, n)| n > 0).collect();
+                d.sort();
+                d
+            };
+            let symbols = |from: usize| fake.launches()[from..].iter().map(|l| (l.symbol.clone(), l.grid)).collect::<Vec<_>>();
+            // An eager step (uploads the RoPE table), then the same step planned.
+            meta.extend(&batch).unwrap();
+            let positions: Vec<u32> = (0..b).map(|s| meta.seq_len(s) as u32 - 1).collect();
+            let n0 = fake.launches().len();
+            be.step(StepViews { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params, out: &mut out }).unwrap();
+            let eager = symbols(n0);
+            let mut plan = be.plan(StepDesc { op: PlanOp::Step, spec: &spec, num_heads: h, meta: &meta, batch: &batch, positions: &positions, rope: Some(&rope), params, max_kv_len: Some(32) }).unwrap();
+            assert!(plan.workspace_bytes() > 0);
+            let n1 = fake.launches().len();
+            let run = delta(&mut || be.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools: &mut pools, out: &mut out }).unwrap());
+            assert_eq!(run, vec![("launch", eager.len())], "{strategy:?}: a run only launches");
+            assert_eq!(symbols(n1), eager, "{strategy:?}: a run launches what the eager step does");
+            // Captured once, replayed: the captured launches, no copy or allocation inside.
+            let graph = be.capture(|| be.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools: &mut pools, out: &mut out })).unwrap();
+            assert!(fake.violations().is_empty(), "{strategy:?}: {:?}", fake.violations());
+            // The next step: the metadata rewritten in place (one staged copy, no allocation).
+            meta.extend(&batch).unwrap();
+            let positions: Vec<u32> = (0..b).map(|s| meta.seq_len(s) as u32 - 1).collect();
+            let upd = delta(&mut || be.update_plan(&mut plan, StepDesc { op: PlanOp::Step, spec: &spec, num_heads: h, meta: &meta, batch: &batch, positions: &positions, rope: Some(&rope), params, max_kv_len: Some(32) }).unwrap());
+            assert!(upd.iter().all(|&(c, _)| c != "malloc" && c != "launch"), "{strategy:?}: update {upd:?}");
+            let n2 = fake.launches().len();
+            let replay = delta(&mut || graph.replay().unwrap());
+            assert_eq!(replay, vec![("graph_launch", 1)]);
+            assert_eq!(symbols(n2), eager, "{strategy:?}: the replay launches the captured kernels");
+            // A failure inside a capture ends it and is returned; no graph.
+            let e = be.capture(|| be.run(&plan, LayerViews::Attention { q: &q, pools: &pools, out: &mut out })).unwrap_err();
+            assert_eq!(e.kind(), "InvalidArgument", "{e}");
+            be.synchronize().unwrap();
+            assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+        }
+    }
+
     #[test]
     fn a_step_on_views_makes_the_driver_calls_of_the_owned_step() {
         for strategy in [Strategy::Flash, Strategy::Hybrid, Strategy::Fused, Strategy::Separate] {

@@ -220,6 +220,34 @@ impl Driver for CudaDriver {
         unsafe { result::event::elapsed(event(start), event(end)) }.map_err(dev("cuEventElapsedTime"))
     }
 
+    fn capture_begin(&self, s: u64) -> Result<()> {
+        // SAFETY: a live stream of this driver.
+        unsafe { sys::cuStreamBeginCapture_v2(stream(s), sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL) }.result().map_err(dev("cuStreamBeginCapture"))
+    }
+
+    fn capture_end(&self, s: u64) -> Result<u64> {
+        let mut graph: sys::CUgraph = std::ptr::null_mut();
+        // SAFETY: a stream this thread is capturing; the graph is destroyed below once
+        // instantiated (the executable graph does not need it).
+        unsafe {
+            sys::cuStreamEndCapture(stream(s), &mut graph).result().map_err(dev("cuStreamEndCapture"))?;
+            let mut exec: sys::CUgraphExec = std::ptr::null_mut();
+            let r = sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0).result().map_err(dev("cuGraphInstantiateWithFlags"));
+            let _ = sys::cuGraphDestroy(graph);
+            r.map(|_| exec as usize as u64)
+        }
+    }
+
+    fn graph_launch(&self, g: u64, s: u64) -> Result<()> {
+        // SAFETY: a live executable graph and stream of this driver.
+        unsafe { sys::cuGraphLaunch(g as usize as sys::CUgraphExec, stream(s)) }.result().map_err(dev("cuGraphLaunch"))
+    }
+
+    fn graph_destroy(&self, g: u64) {
+        // SAFETY: an executable graph this driver made, destroyed once.
+        let _ = unsafe { sys::cuGraphExecDestroy(g as usize as sys::CUgraphExec) };
+    }
+
     fn module_load(&self, name: &str, image: &[u8]) -> Result<u64> {
         let m = self.ctx.load_module(Ptx::from_binary(image.to_vec())).map_err(|e| Error::Device {
             code: e.0 as i64,

@@ -61,6 +61,12 @@ struct State {
     missing: Vec<String>,
     /// Driver calls made, by name.
     calls: HashMap<&'static str, usize>,
+    /// Streams being captured: the ops queued on them since (not run).
+    capturing: HashMap<u64, Vec<Op>>,
+    /// Executable graphs: their ops and the launches they replay.
+    graphs: HashMap<u64, (Vec<Op>, Vec<Launched>)>,
+    /// Launches captured so far, per capturing stream.
+    captured_launches: HashMap<u64, Vec<Launched>>,
 }
 
 /// Clones share one device: a test keeps a clone to look inside after handing one to a `Gpu`.
@@ -208,6 +214,15 @@ impl FakeDriver {
     }
 
     fn queue(st: &mut State, s: u64, op: Op) {
+        if let Some(c) = st.capturing.get_mut(&s) {
+            // A capture records; copies from pinned staging into a graph would replay stale
+            // host memory, allocations and frees would be graph nodes: the tests look for them.
+            if !matches!(op, Op::Launch) {
+                st.violations.push(format!("{op:?} queued while the stream is captured"));
+            }
+            c.push(op);
+            return;
+        }
         st.streams.get_mut(&s).expect("a live stream").push_back(op);
     }
 }
@@ -350,6 +365,36 @@ impl Driver for FakeDriver {
         Ok(1.0)
     }
 
+    fn capture_begin(&self, s: u64) -> Result<()> {
+        let mut st = self.enter("capture_begin")?;
+        st.capturing.insert(s, Vec::new());
+        st.captured_launches.insert(s, Vec::new());
+        Ok(())
+    }
+
+    fn capture_end(&self, s: u64) -> Result<u64> {
+        let mut st = self.enter("capture_end")?;
+        let ops = st.capturing.remove(&s).ok_or_else(|| Error::Device { code: 900, message: "capture_end: the stream is not capturing".into() })?;
+        let launches = st.captured_launches.remove(&s).unwrap_or_default();
+        let g = Self::handle(&mut st);
+        st.graphs.insert(g, (ops, launches));
+        Ok(g)
+    }
+
+    fn graph_launch(&self, g: u64, s: u64) -> Result<()> {
+        let mut st = self.enter("graph_launch")?;
+        let (ops, launches) = st.graphs.get(&g).cloned().ok_or_else(|| Error::Device { code: 400, message: "graph_launch: no such graph".into() })?;
+        st.launches.extend(launches);
+        for op in ops {
+            Self::queue(&mut st, s, op);
+        }
+        Ok(())
+    }
+
+    fn graph_destroy(&self, g: u64) {
+        self.st().graphs.remove(&g);
+    }
+
     fn module_load(&self, name: &str, _image: &[u8]) -> Result<u64> {
         let mut st = self.enter("module_load")?;
         let m = Self::handle(&mut st);
@@ -377,7 +422,12 @@ impl Driver for FakeDriver {
         let symbol = st.functions.get(&f).cloned().expect("a loaded function");
         // SAFETY: the caller passes `size` readable bytes.
         let params = unsafe { std::slice::from_raw_parts(params as *const u8, size) }.to_vec();
-        st.launches.push(Launched { symbol, grid, block, shared, params });
+        let l = Launched { symbol, grid, block, shared, params };
+        if let Some(c) = st.captured_launches.get_mut(&s) {
+            c.push(l);
+        } else {
+            st.launches.push(l);
+        }
         Self::queue(&mut st, s, Op::Launch);
         Ok(())
     }

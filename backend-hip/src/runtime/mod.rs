@@ -113,6 +113,17 @@ pub(crate) trait Driver: Send + Sync {
     fn event_sync(&self, e: u64) -> Result<()>;
     fn event_elapsed_ms(&self, start: u64, end: u64) -> Result<f32>;
     /// Loads a code object; it stays loaded as long as the driver.
+    /// Starts capturing the work this host thread queues on stream `s` into a graph (thread-
+    /// local mode: other threads' calls are not affected).
+    fn capture_begin(&self, s: u64) -> Result<()>;
+    /// Ends the capture of `s` and instantiates it: an executable graph, or the error that
+    /// broke the capture.
+    fn capture_end(&self, s: u64) -> Result<u64>;
+    /// Queues a replay of executable graph `g` on `s`.
+    fn graph_launch(&self, g: u64, s: u64) -> Result<()>;
+    /// Destroys an executable graph (after its replays were queued: the driver keeps it alive
+    /// until they complete).
+    fn graph_destroy(&self, g: u64);
     fn module_load(&self, name: &str, image: &[u8]) -> Result<u64>;
     fn function(&self, module: u64, symbol: &str) -> Result<u64>;
     /// Allows launches with up to `bytes` of dynamic shared memory.
@@ -395,6 +406,49 @@ impl Gpu {
         Ok(Meta { buf: self.upload(&bytes)?, parts: summary })
     }
 
+    /// Rewrites `meta` in place with `parts` of the same lengths (stream-ordered, through
+    /// pinned staging: ordered after the work queued before, before the work queued after),
+    /// and its summaries with them. Nothing is written when a length differs.
+    pub fn rewrite_meta(&self, meta: &mut Meta, parts: &[&[i32]]) -> Result<()> {
+        if parts.len() != meta.parts.len() || parts.iter().zip(&meta.parts).any(|(p, m)| p.len() != m.len) {
+            return Err(Error::Device { code: -1, message: "metadata rewritten with other lengths than it was made with".into() });
+        }
+        if meta.buf.owner.stream != self.inner.stream || meta.buf.device() != self.device() {
+            return Err(Error::Device { code: -1, message: "metadata of another stream".into() });
+        }
+        let mut bytes = Vec::with_capacity(meta.buf.len);
+        let mut summary = Vec::with_capacity(parts.len());
+        for p in parts {
+            summary.push(MetaPart { offset: bytes.len(), len: p.len(), min: p.iter().copied().min().unwrap_or(0), max: p.iter().copied().max().unwrap_or(-1) });
+            bytes.extend(p.iter().flat_map(|x| x.to_le_bytes()));
+        }
+        if !bytes.is_empty() {
+            self.inner.staging.upload(self.drv()?, self.inner.stream, meta.buf.ptr, &bytes)?;
+        }
+        meta.parts = summary;
+        Ok(())
+    }
+
+    /// Captures the launches `f` queues on this GPU's stream (from this thread) into a graph.
+    /// Whatever `f` returns, the capture is ended; an error of `f` or of the capture is
+    /// returned and no graph is made.
+    pub fn capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<GpuGraph> {
+        let drv = self.drv()?;
+        drv.capture_begin(self.inner.stream)?;
+        let r = f();
+        let end = self.drv().and_then(|d| d.capture_end(self.inner.stream));
+        match (r, end) {
+            (Ok(()), Ok(g)) => Ok(GpuGraph { exec: g, owner: self.inner.clone() }),
+            (Err(e), end) => {
+                if let Ok(g) = end {
+                    drv.graph_destroy(g);
+                }
+                Err(e)
+            }
+            (Ok(()), Err(e)) => Err(e),
+        }
+    }
+
     /// Copies `data` into `dst` at byte `offset` (stream-ordered, through pinned staging).
     pub fn write(&self, dst: DevMut<'_>, offset: usize, data: &[u8]) -> Result<()> {
         self.check_view("destination", dst.device)?;
@@ -514,6 +568,35 @@ impl Gpu {
         // SAFETY: `f` takes one parameter of P's layout (KernelArgs, and its name checked
         // above); the caller guarantees the addresses in it.
         unsafe { drv.launch(f, grid, block as u32, shared as u32, self.inner.stream, &mut arg as *mut P as *mut c_void, std::mem::size_of::<P>()) }
+    }
+}
+
+/// An executable device graph captured on a GPU's stream, replayed there.
+pub(crate) struct GpuGraph {
+    exec: u64,
+    owner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for GpuGraph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuGraph(on {})", self.owner.dev.device)
+    }
+}
+
+impl GpuGraph {
+    /// Queues one replay on the stream it was captured on.
+    pub fn replay(&self) -> Result<()> {
+        let drv = self.owner.dev.drv.as_ref();
+        drv.bind()?;
+        drv.graph_launch(self.exec, self.owner.stream)
+    }
+}
+
+impl Drop for GpuGraph {
+    fn drop(&mut self) {
+        if self.owner.dev.drv.bind().is_ok() {
+            self.owner.dev.drv.graph_destroy(self.exec);
+        }
     }
 }
 
@@ -649,6 +732,10 @@ pub(crate) struct Meta {
 }
 
 impl Meta {
+    /// Device bytes held.
+    pub fn bytes(&self) -> usize {
+        self.buf.len
+    }
     /// Part `i`.
     pub fn part(&self, i: usize) -> MetaRef<'_> {
         let p = self.parts[i];

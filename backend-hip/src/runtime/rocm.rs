@@ -267,6 +267,33 @@ impl Driver for HipDriver {
         Ok(ms)
     }
 
+    fn capture_begin(&self, s: u64) -> Result<()> {
+        // SAFETY: a live stream of this driver.
+        check("hipStreamBeginCapture", unsafe { sys::hipStreamBeginCapture(stream(s), sys::hipStreamCaptureMode::hipStreamCaptureModeThreadLocal) })
+    }
+
+    fn capture_end(&self, s: u64) -> Result<u64> {
+        let mut graph: sys::hipGraph_t = std::ptr::null_mut();
+        // SAFETY: a stream this thread is capturing; the graph is destroyed once instantiated.
+        unsafe {
+            check("hipStreamEndCapture", sys::hipStreamEndCapture(stream(s), &mut graph))?;
+            let mut exec: sys::hipGraphExec_t = std::ptr::null_mut();
+            let r = check("hipGraphInstantiate", sys::hipGraphInstantiate(&mut exec, graph, std::ptr::null_mut(), std::ptr::null_mut(), 0));
+            sys::hipGraphDestroy(graph);
+            r.map(|_| exec as usize as u64)
+        }
+    }
+
+    fn graph_launch(&self, g: u64, s: u64) -> Result<()> {
+        // SAFETY: a live executable graph and stream of this driver.
+        check("hipGraphLaunch", unsafe { sys::hipGraphLaunch(g as usize as sys::hipGraphExec_t, stream(s)) })
+    }
+
+    fn graph_destroy(&self, g: u64) {
+        // SAFETY: an executable graph this driver made, destroyed once.
+        unsafe { sys::hipGraphExecDestroy(g as usize as sys::hipGraphExec_t) };
+    }
+
     fn module_load(&self, name: &str, image: &[u8]) -> Result<u64> {
         let mut m = std::ptr::null_mut();
         // SAFETY: `image` is a complete offload bundle embedded in this binary (static).

@@ -14,15 +14,24 @@ use crate::storage::{pool_state_mut, BoundRope};
 
 /// Binds the pools to this step's RoPE table, or refuses another one.
 fn bind_rope(ctx: &Ctx<'_>, c: &mut KvPools, config: &RopeConfig, freqs: &RopeFrequencies) -> Result<BoundRope> {
-    let key: Vec<u64> = freqs.inv_freq.iter().map(|f| f.to_bits()).collect();
     let table = ctx.table(freqs)?;
-    let want = BoundRope { key, table, rotary_dim: config.rotary_dim, interleaved: config.style == RopeStyle::Interleaved, factor: freqs.attention_factor as f32 };
-    let p = pool_state_mut(c).ok_or_else(|| Error::Device { code: -1, message: format!("{}: KV pools made without slot positions", ctx.name) })?;
+    bind_table(ctx.name, c, bound(table, config, freqs))
+}
+
+/// The binding a step with `config` and `freqs` (whose device table is `table`) asks for.
+pub(crate) fn bound(table: std::sync::Arc<crate::runtime::DeviceBuffer>, config: &RopeConfig, freqs: &RopeFrequencies) -> BoundRope {
+    let key: Vec<u64> = freqs.inv_freq.iter().map(|f| f.to_bits()).collect();
+    BoundRope { key, table, rotary_dim: config.rotary_dim, interleaved: config.style == RopeStyle::Interleaved, factor: freqs.attention_factor as f32 }
+}
+
+/// Binds the pools to `want`, or refuses another table (host state only: no device work).
+pub(crate) fn bind_table(name: &str, c: &mut KvPools, want: BoundRope) -> Result<BoundRope> {
+    let p = pool_state_mut(c).ok_or_else(|| Error::Device { code: -1, message: format!("{name}: KV pools made without slot positions") })?;
     match &p.rope {
         Some(b) if b.key != want.key || b.rotary_dim != want.rotary_dim || b.interleaved != want.interleaved || b.factor.to_bits() != want.factor.to_bits() => {
             Err(Error::InvalidArgument(format!(
                 "{}: this cache holds unrotated keys for another RoPE configuration (rotary_dim {}, {} pairs); one cache serves one configuration",
-                ctx.name,
+                name,
                 b.rotary_dim,
                 if b.interleaved { "interleaved" } else { "half-split" }
             )))

@@ -5,13 +5,14 @@
 pub(crate) mod flash;
 pub(crate) mod fused;
 pub(crate) mod hybrid;
+pub(crate) mod planned;
 pub(crate) mod separate;
 pub(crate) mod tables;
 
 use std::sync::Arc;
 
 use backend_api::{
-    AppendArgs, AttentionArgs, AttentionParams, Batch, CacheLayout, Error, KvMetadata, KvPools, PlainAttentionArgs, Result, RopeArgs, RopeFrequencies, ShiftArgs, StepArgs, Tensor,
+    AppendArgs, AttentionArgs, AttentionParams, Batch, CacheLayout, Error, KvCacheSpec, KvMetadata, KvPools, PlainAttentionArgs, Result, RopeArgs, RopeFrequencies, ShiftArgs, StepArgs, Tensor,
 };
 
 use crate::contract::Kernel;
@@ -94,8 +95,8 @@ pub(crate) fn kv_append(ctx: &Ctx<'_>, kernel: Kernel, a: AppendArgs<'_>) -> Res
 }
 
 /// Where the batch's K/V rows are in the pools.
-fn addressing<'c>(p: &KvPools, meta: &'c KvMetadata, batch: &Batch, bases: &'c mut Vec<usize>) -> KvAddressing<'c> {
-    match p.spec().layout {
+fn addressing<'c>(spec: &KvCacheSpec, meta: &'c KvMetadata, batch: &Batch, bases: &'c mut Vec<usize>) -> KvAddressing<'c> {
+    match spec.layout {
         CacheLayout::Contiguous { capacity } => {
             *bases = batch.seq_ids().iter().map(|&s| s * capacity).collect();
             KvAddressing::Rows(bases)
@@ -128,7 +129,7 @@ fn cache_attention(
         v: Strided { mem: v.view(), stride: row },
         rows: spec.pool_slots(),
         kv_heads: spec.num_kv_heads,
-        at: addressing(c, meta, batch, &mut bases),
+        at: addressing(c.spec(), meta, batch, &mut bases),
     };
     let call = AttnCall { dtype: spec.dtype, heads, head_dim: spec.head_dim, q, out, q_lens: batch.q_lens(), kv_lens, kv, causal: params.causal, scale: params.scale, rope };
     attention::attention(ctx.gpu, l, call)

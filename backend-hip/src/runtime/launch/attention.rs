@@ -3,10 +3,10 @@
 //! from typed host input, checked against the views, uploaded, and the kernels the plan chose
 //! are launched (with the split-K merge, or hip-separate's three kernels).
 
-use backend_api::{DType, Error, Result};
+use backend_api::{try_vec, DType, Error, Result};
 
 use super::rope::RopeTable;
-use super::{bytes_of, i32_of, need, need_mut, need_ref, span_bytes, Strided};
+use super::{bytes_of, i32_of, need_meta, need_mut, need_ref, span_bytes, Strided};
 use crate::contract::{
     AttnParams, InKernelRope, Kernel, MergeParams, SepParams, HEAD_DIM_MULTIPLE, MERGE_THREADS, MMA_DC_MAX_STAGES, SEP_DMAX, SEP_SOFTMAX_THREADS, SEP_THREADS, WIDE_DMAX,
     WIDE_THREADS,
@@ -100,37 +100,62 @@ fn head_dims(k: Kernel) -> Result<(usize, bool, usize)> {
     })
 }
 
-/// Checks the call against the views, builds and uploads its metadata, launches.
-pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()> {
+/// The host side of an attention call: the metadata the kernels read (checked against the
+/// call's shape) and what the launch needs to know of it. Built once per call (eager ops) or
+/// once per plan and step (`plan::GpuPlan`, whose launches reuse it for every layer).
+#[derive(Debug, Clone)]
+pub(crate) struct AttnHost {
+    /// Int32 metadata: q_off `[B + 1]`, kv_len `[B]`, kv_base `[B]`, block_table
+    /// `[B x max_pages]`, tiles.
+    pub parts: [Vec<i32>; 5],
+    /// hip-separate: row_entry (int32 per query row), then s_off (u64 per entry) at `sep_at`.
+    pub sep: Vec<u8>,
+    pub sep_at: usize,
+    /// Scratch bytes: split-K partials or hip-separate's scores (0: none).
+    pub scratch: usize,
+    pub entries: usize,
+    pub total_q: usize,
+    pub max_q: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub kv_heads: usize,
+    /// K/V rows addressed (pool slots or plain rows).
+    pub rows: usize,
+    pub page_size: usize,
+    pub max_pages: usize,
+}
+
+/// What [`prepare`] needs: the call's shape without its memory.
+#[derive(Debug)]
+pub(crate) struct AttnShape<'a> {
+    pub heads: usize,
+    pub head_dim: usize,
+    pub kv_heads: usize,
+    pub rows: usize,
+    pub q_lens: &'a [usize],
+    pub kv_lens: &'a [usize],
+    pub at: &'a KvAddressing<'a>,
+    pub causal: bool,
+    /// The plan's bucket: the longest sequence later steps may have (sizes the page-table
+    /// width and the score buffer; the split count is the launch's). None: this call's.
+    pub bucket: Option<usize>,
+}
+
+/// Checks the call's shape against the kernel and builds its metadata.
+pub(crate) fn prepare(l: &AttnLaunch, c: &AttnShape<'_>) -> Result<AttnHost> {
     let b = c.q_lens.len();
-    let (d, es) = (c.head_dim, c.dtype.size());
-    let main = match l {
-        AttnLaunch::Tiled { kernel, .. } | AttnLaunch::Decode { kernel, .. } | AttnLaunch::Wide { kernel } => *kernel,
-        AttnLaunch::Separate { scores, .. } => *scores,
-    };
-    let (dmax, exact, multiple) = head_dims(main)?;
+    let d = c.head_dim;
+    let (dmax, exact, multiple) = head_dims(main_kernel(l))?;
     if d == 0 || d % multiple != 0 || d > dmax || (exact && d != dmax) {
-        return Err(Error::InvalidArgument(format!("{}: head_dim {d} is not one this kernel serves", main.symbol())));
+        return Err(Error::InvalidArgument(format!("{}: head_dim {d} is not one this kernel serves", main_kernel(l).symbol())));
     }
-    // A rotating kernel may run without RoPE (its fields stay null); a plain one would ignore it.
-    if c.rope.is_some() && !rotates(main) {
-        return Err(Error::Device { code: -1, message: format!("{} does not rotate; RoPE inside attention was asked for", main.symbol()) });
-    }
-    if b == 0 || c.kv_lens.len() != b || c.kv.kv_heads == 0 || !c.heads.is_multiple_of(c.kv.kv_heads) {
-        return Err(Error::InvalidArgument(format!("attention: {b} query lengths, {} key lengths, {} heads over {} kv heads", c.kv_lens.len(), c.heads, c.kv.kv_heads)));
+    if b == 0 || c.kv_lens.len() != b || c.kv_heads == 0 || !c.heads.is_multiple_of(c.kv_heads) {
+        return Err(Error::InvalidArgument(format!("attention: {b} query lengths, {} key lengths, {} heads over {} kv heads", c.kv_lens.len(), c.heads, c.kv_heads)));
     }
     let total_q: usize = c.q_lens.iter().try_fold(0usize, |a, &x| a.checked_add(x)).ok_or_else(|| Error::InvalidArgument("query rows overflow".into()))?;
-    bytes_of("q", &[total_q, c.heads, d], es)?;
-    need_ref(gpu, "q", &c.q.mem, span_bytes("q", total_q, c.heads * d, c.q.stride, es)?)?;
-    need_mut(gpu, "out", &c.out.mem, span_bytes("out", total_q, c.heads * d, c.out.stride, es)?)?;
-    bytes_of("K", &[c.kv.rows, c.kv.kv_heads, d], es)?;
-    need_ref(gpu, "K", &c.kv.k.mem, span_bytes("K", c.kv.rows, c.kv.kv_heads * d, c.kv.k.stride, es)?)?;
-    need_ref(gpu, "V", &c.kv.v.mem, span_bytes("V", c.kv.rows, c.kv.kv_heads * d, c.kv.v.stride, es)?)?;
     i32_of(total_q, "query rows")?;
-    i32_of(c.kv.rows, "K/V rows")?;
+    i32_of(c.rows, "K/V rows")?;
     i32_of(c.heads * d, "heads x head_dim")?;
-
-    // Metadata: q_off [B + 1], kv_len [B], kv_base [B], block_table [B x max_pages], tiles.
     let mut q_off = Vec::with_capacity(b + 1);
     q_off.push(0i32);
     let mut acc = 0usize;
@@ -141,17 +166,24 @@ pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()
         acc += ql;
         q_off.push(i32_of(acc, "query rows")?);
     }
+    let max_q = c.q_lens.iter().copied().max().unwrap_or(0);
+    let max_kv = c.kv_lens.iter().copied().max().unwrap_or(0);
+    let bucket = match c.bucket {
+        Some(m) if m < max_kv => return Err(Error::InvalidArgument(format!("attention: {max_kv} keys past the plan's bucket of {m}"))),
+        Some(m) => m,
+        None => max_kv,
+    };
     let kv_len: Vec<i32> = c.kv_lens.iter().map(|&n| i32_of(n, "kv_len")).collect::<Result<_>>()?;
     let mut kv_base = vec![0i32; b];
     let mut table: Vec<i32> = Vec::new();
-    let (page_size, max_pages) = match &c.kv.at {
+    let (page_size, max_pages) = match c.at {
         KvAddressing::Rows(base) => {
             if base.len() != b {
                 return Err(Error::InvalidArgument(format!("attention: {} row bases for {b} entries", base.len())));
             }
             for (i, (&r, &n)) in base.iter().zip(c.kv_lens).enumerate() {
-                if r.checked_add(n).is_none_or(|end| end > c.kv.rows) {
-                    return Err(Error::InvalidArgument(format!("attention: entry {i}'s keys {r}..{} run past the {} K/V rows", r.saturating_add(n), c.kv.rows)));
+                if r.checked_add(n).is_none_or(|end| end > c.rows) {
+                    return Err(Error::InvalidArgument(format!("attention: entry {i}'s keys {r}..{} run past the {} K/V rows", r.saturating_add(n), c.rows)));
                 }
                 kv_base[i] = r as i32;
             }
@@ -159,12 +191,14 @@ pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()
         }
         KvAddressing::Pages { page_size: ps, tables } => {
             let ps = *ps;
-            if ps == 0 || tables.len() != b || !c.kv.rows.is_multiple_of(ps) {
-                return Err(Error::InvalidArgument(format!("attention: page size {ps}, {} page tables for {b} entries, {} rows", tables.len(), c.kv.rows)));
+            if ps == 0 || tables.len() != b || !c.rows.is_multiple_of(ps) {
+                return Err(Error::InvalidArgument(format!("attention: page size {ps}, {} page tables for {b} entries, {} rows", tables.len(), c.rows)));
             }
-            let pages = c.kv.rows / ps;
-            let width = tables.iter().map(|t| t.len()).max().unwrap_or(1).max(1);
-            table = vec![0i32; b * width];
+            let pages = c.rows / ps;
+            // The kernels read a sequence's first ceil(kv_len / page_size) pages: the table is
+            // as wide as the bucket's longest sequence needs.
+            let width = bucket.div_ceil(ps).max(1);
+            table = try_vec(b * width, 0i32, "page tables")?;
             for (i, (t, &n)) in tables.iter().zip(c.kv_lens).enumerate() {
                 let used = n.div_ceil(ps);
                 if used > t.len() {
@@ -173,16 +207,15 @@ pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()
                 if let Some(&p) = t[..used].iter().find(|&&p| p as usize >= pages) {
                     return Err(Error::PageTableOutOfRange { seq: i, page: p as usize, num_pages: pages });
                 }
-                for (j, &p) in t.iter().enumerate() {
+                for (j, &p) in t[..used].iter().enumerate() {
                     table[i * width + j] = p as i32;
                 }
             }
             (i32_of(ps, "page size")? as usize, width)
         }
     };
-    let max_q = c.q_lens.iter().copied().max().unwrap_or(0);
-    let max_kv = c.kv_lens.iter().copied().max().unwrap_or(0);
     let mut tiles: Vec<i32> = Vec::new();
+    let (mut sep, mut sep_at, mut scratch) = (Vec::new(), 0, 0);
     match l {
         AttnLaunch::Tiled { tile_rows, .. } => {
             let rows = *tile_rows;
@@ -207,36 +240,142 @@ pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()
                 tiles.extend(std::iter::repeat_n(i as i32, n));
             }
         }
-        AttnLaunch::Decode { splits, max_keys_per_split, .. } => {
+        AttnLaunch::Decode { splits, max_keys_per_split, rows_per_block, stages, .. } => {
+            if *rows_per_block == 0 || *splits == 0 || !(1..=MMA_DC_MAX_STAGES).contains(stages) {
+                return Err(Error::InvalidArgument(format!("decode launch with {rows_per_block} rows, {splits} splits, {stages} stages")));
+            }
             if let Some(most) = max_keys_per_split {
-                if max_kv.div_ceil((*splits).max(1)) > *most {
-                    return Err(Error::InvalidArgument(format!("decode: {splits} splits of {max_kv} keys exceed {most} keys per split")));
+                if bucket.div_ceil((*splits).max(1)) > *most {
+                    return Err(Error::InvalidArgument(format!("decode: {splits} splits of {bucket} keys exceed {most} keys per split")));
                 }
             }
+            if *splits > 1 {
+                scratch = bytes_of("split-K partials", &[total_q * c.heads, *splits, d + 2], 4)?;
+            }
         }
-        AttnLaunch::Separate { .. } => {}
+        AttnLaunch::Separate { .. } => {
+            // Scores of entry b: [q_len, H, kv_len] f32 from s_off[b]; the buffer holds the
+            // bucket's longest.
+            let mut row_entry: Vec<i32> = Vec::with_capacity(total_q);
+            let mut s_off: Vec<u8> = Vec::with_capacity(8 * b);
+            let mut total = 0usize;
+            for (i, (&ql, &kl)) in c.q_lens.iter().zip(c.kv_lens).enumerate() {
+                row_entry.extend(std::iter::repeat_n(i as i32, ql));
+                s_off.extend_from_slice(&(total as u64).to_le_bytes());
+                total = total.checked_add(ql * c.heads * kl).ok_or_else(|| Error::InvalidArgument("score buffer size overflows".into()))?;
+            }
+            let most = c.q_lens.iter().try_fold(0usize, |a, &ql| a.checked_add(ql.checked_mul(c.heads)?.checked_mul(bucket)?));
+            scratch = most.and_then(|x| x.checked_mul(4)).ok_or_else(|| Error::InvalidArgument("score buffer size overflows".into()))?;
+            sep = row_entry.iter().flat_map(|x| x.to_le_bytes()).collect();
+            sep_at = sep.len().next_multiple_of(8);
+            sep.resize(sep_at, 0);
+            sep.extend_from_slice(&s_off);
+        }
     }
-    let meta = gpu.upload_meta(&[&q_off, &kv_len, &kv_base, &table, &tiles])?;
+    Ok(AttnHost {
+        parts: [q_off, kv_len, kv_base, table, tiles],
+        sep,
+        sep_at,
+        scratch,
+        entries: b,
+        total_q,
+        max_q,
+        heads: c.heads,
+        head_dim: d,
+        kv_heads: c.kv_heads,
+        rows: c.rows,
+        page_size,
+        max_pages,
+    })
+}
+
+/// The memory of an attention launch.
+#[derive(Debug)]
+pub(crate) struct AttnViews<'a> {
+    /// `[total_q, heads, head_dim]`, tokens `stride` apart.
+    pub q: Strided<DevRef<'a>>,
+    /// Same shape; fully written (only its rows).
+    pub out: Strided<DevMut<'a>>,
+    /// K and V rows, `stride` elements apart.
+    pub k: Strided<DevRef<'a>>,
+    pub v: Strided<DevRef<'a>>,
+    pub dtype: DType,
+    pub scale: f32,
+    pub causal: bool,
+    pub rope: Option<AttnRope<'a>>,
+}
+
+/// [`AttnHost`] on the device: its metadata parts, scratch and hip-separate's row table.
+#[derive(Debug)]
+pub(crate) struct AttnDevice<'a> {
+    pub meta: [MetaRef<'a>; 5],
+    pub scratch: Option<DevMut<'a>>,
+    pub sep: Option<DevRef<'a>>,
+}
+
+/// Checks the call against the views, builds and uploads its metadata, launches (the eager
+/// path: metadata and scratch per call).
+pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()> {
+    let shape = AttnShape { heads: c.heads, head_dim: c.head_dim, kv_heads: c.kv.kv_heads, rows: c.kv.rows, q_lens: c.q_lens, kv_lens: c.kv_lens, at: &c.kv.at, causal: c.causal, bucket: None };
+    let host = prepare(l, &shape)?;
+    let [a, b, cc, d, e] = &host.parts;
+    let meta = gpu.upload_meta(&[a, b, cc, d, e])?;
+    let mut scratch = if host.scratch > 0 { Some(gpu.alloc_uninit(host.scratch)?) } else { None };
+    let sep = if host.sep.is_empty() { None } else { Some(gpu.upload(&host.sep)?) };
+    let views = AttnViews { q: c.q, out: c.out, k: c.kv.k, v: c.kv.v, dtype: c.dtype, scale: c.scale, causal: c.causal, rope: c.rope };
+    let dev = AttnDevice { meta: [meta.part(0), meta.part(1), meta.part(2), meta.part(3), meta.part(4)], scratch: scratch.as_mut().map(|s| s.view_mut()), sep: sep.as_ref().map(|s| s.view()) };
+    // Scratch and metadata are freed stream-ordered, after the launches.
+    launch(gpu, l, &host, views, dev)
+}
+
+fn main_kernel(l: &AttnLaunch) -> Kernel {
+    match l {
+        AttnLaunch::Tiled { kernel, .. } | AttnLaunch::Decode { kernel, .. } | AttnLaunch::Wide { kernel } => *kernel,
+        AttnLaunch::Separate { scores, .. } => *scores,
+    }
+}
+
+/// Checks the views and the device metadata against `host` (which [`prepare`] checked against
+/// the kernel) and launches: no allocation, no copy.
+pub(crate) fn launch(gpu: &Gpu, l: &AttnLaunch, h: &AttnHost, c: AttnViews<'_>, m: AttnDevice<'_>) -> Result<()> {
+    let (b, d, es, total_q) = (h.entries, h.head_dim, c.dtype.size(), h.total_q);
+    let main = main_kernel(l);
+    // A rotating kernel may run without RoPE (its fields stay null); a plain one would ignore it.
+    if c.rope.is_some() && !rotates(main) {
+        return Err(Error::Device { code: -1, message: format!("{} does not rotate; RoPE inside attention was asked for", main.symbol()) });
+    }
+    bytes_of("q", &[total_q, h.heads, d], es)?;
+    need_ref(gpu, "q", &c.q.mem, span_bytes("q", total_q, h.heads * d, c.q.stride, es)?)?;
+    need_mut(gpu, "out", &c.out.mem, span_bytes("out", total_q, h.heads * d, c.out.stride, es)?)?;
+    bytes_of("K", &[h.rows, h.kv_heads, d], es)?;
+    need_ref(gpu, "K", &c.k.mem, span_bytes("K", h.rows, h.kv_heads * d, c.k.stride, es)?)?;
+    need_ref(gpu, "V", &c.v.mem, span_bytes("V", h.rows, h.kv_heads * d, c.v.stride, es)?)?;
+    // The device metadata is `h`'s (same lengths and value ranges).
+    const PARTS: [&str; 5] = ["query offsets", "key lengths", "key row bases", "page tables", "tiles"];
+    for ((dm, hm), what) in m.meta.iter().zip(&h.parts).zip(PARTS) {
+        let (lo, hi) = (hm.iter().copied().min().unwrap_or(0) as i64, hm.iter().copied().max().unwrap_or(-1) as i64 + 1);
+        need_meta(gpu, what, dm, hm.len(), lo, hi.max(lo + 1))?;
+    }
     let mut p = AttnParams {
         q: c.q.mem.addr,
-        k: c.kv.k.mem.addr,
-        v: c.kv.v.mem.addr,
+        k: c.k.mem.addr,
+        v: c.v.mem.addr,
         out: c.out.mem.addr,
         q_stride: c.q.stride as i32,
         o_stride: c.out.stride as i32,
-        k_stride: c.kv.k.stride as i32,
-        v_stride: c.kv.v.stride as i32,
-        q_off: meta.part(0).addr,
-        kv_len: meta.part(1).addr,
-        kv_base: meta.part(2).addr,
-        block_table: meta.part(3).addr,
-        tiles: meta.part(4).addr,
+        k_stride: c.k.stride as i32,
+        v_stride: c.v.stride as i32,
+        q_off: m.meta[0].addr,
+        kv_len: m.meta[1].addr,
+        kv_base: m.meta[2].addr,
+        block_table: m.meta[3].addr,
+        tiles: m.meta[4].addr,
         part: 0,
-        heads: i32_of(c.heads, "heads")?,
-        kv_heads: i32_of(c.kv.kv_heads, "kv heads")?,
+        heads: i32_of(h.heads, "heads")?,
+        kv_heads: i32_of(h.kv_heads, "kv heads")?,
         head_dim: d as i32,
-        page_size: page_size as i32,
-        max_pages: i32_of(max_pages, "page table width")?,
+        page_size: h.page_size as i32,
+        max_pages: i32_of(h.max_pages, "page table width")?,
         causal: c.causal as i32,
         splits: 1,
         rows_per_block: 0,
@@ -245,23 +384,29 @@ pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()
         ..Default::default()
     };
     if let Some(r) = &c.rope {
-        {
-            let half = r.table.rotary_dim / 2;
-            if r.table.rotary_dim == 0 || r.table.rotary_dim % 2 != 0 || r.table.rotary_dim > d {
-                return Err(Error::InvalidArgument(format!("attention: rotary_dim {} for head_dim {d}", r.table.rotary_dim)));
-            }
-            need_ref(gpu, "RoPE table", &r.table.inv_freq, 8 * half)?;
-            if let Some(qp) = &r.q_pos {
-                super::need_meta(gpu, "query positions", qp, total_q, i32::MIN as i64, i32::MAX as i64 + 1)?;
-                p.q_pos = qp.addr;
-            }
-            if let Some(kp) = &r.k_pos {
-                need_ref(gpu, "key positions", kp, 4 * c.kv.rows)?;
-                p.k_pos = kp.addr;
-            }
-            (p.inv_freq, p.rotary_dim, p.rope_inter, p.rope_factor) = (r.table.inv_freq.addr, r.table.rotary_dim as i32, r.interleaved as i32, r.table.factor);
+        let half = r.table.rotary_dim / 2;
+        if r.table.rotary_dim == 0 || r.table.rotary_dim % 2 != 0 || r.table.rotary_dim > d {
+            return Err(Error::InvalidArgument(format!("attention: rotary_dim {} for head_dim {d}", r.table.rotary_dim)));
         }
+        need_ref(gpu, "RoPE table", &r.table.inv_freq, 8 * half)?;
+        if let Some(qp) = &r.q_pos {
+            super::need_meta(gpu, "query positions", qp, total_q, i32::MIN as i64, i32::MAX as i64 + 1)?;
+            p.q_pos = qp.addr;
+        }
+        if let Some(kp) = &r.k_pos {
+            need_ref(gpu, "key positions", kp, 4 * h.rows)?;
+            p.k_pos = kp.addr;
+        }
+        (p.inv_freq, p.rotary_dim, p.rope_inter, p.rope_factor) = (r.table.inv_freq.addr, r.table.rotary_dim as i32, r.interleaved as i32, r.table.factor);
     }
+    let scratch = match (&m.scratch, h.scratch) {
+        (_, 0) => 0,
+        (Some(s), n) => {
+            need_mut(gpu, "attention scratch", s, n)?;
+            s.addr
+        }
+        (None, n) => return Err(Error::Device { code: -1, message: format!("attention: {n} bytes of scratch were planned and none given") }),
+    };
     let max_grid = gpu.props().max_grid;
     let too_big = |what: &str, g: [u64; 3]| -> Result<()> {
         if g.iter().zip(max_grid).any(|(&x, m)| x > m) {
@@ -271,79 +416,64 @@ pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()
     };
     match *l {
         AttnLaunch::Tiled { kernel, block, shared, .. } => {
-            let grid = [(tiles.len() / 2) as u64, c.heads as u64, 1];
+            let grid = [(h.parts[4].len() / 2) as u64, h.heads as u64, 1];
             too_big("prefill", grid)?;
             // SAFETY: q/out hold every query row, K/V every row any entry addresses (bases and
-            // pages checked against `rows`), tiles name existing (entry, first row) pairs, the
-            // RoPE fields are sized for the rows and the table.
+            // pages checked against `rows` by `prepare`, the device metadata is its), tiles
+            // name existing (entry, first row) pairs, the RoPE fields are sized for the rows
+            // and the table.
             unsafe { gpu.launch(kernel, grid, block, shared, &p) }
         }
         AttnLaunch::Wide { kernel } => {
-            let grid = [total_q as u64, c.heads as u64, 1];
+            let grid = [total_q as u64, h.heads as u64, 1];
             too_big("wide attention", grid)?;
             // SAFETY: as for the tiled kernels; `tiles` holds each query row's entry.
             unsafe { gpu.launch(kernel, grid, WIDE_THREADS, 0, &p) }
         }
         AttnLaunch::Decode { kernel, rows_per_block, splits, stages, block, shared, merge, .. } => {
-            if rows_per_block == 0 || splits == 0 || !(1..=MMA_DC_MAX_STAGES).contains(&stages) {
-                return Err(Error::InvalidArgument(format!("decode launch with {rows_per_block} rows, {splits} splits, {stages} stages")));
-            }
-            let group = c.heads / c.kv.kv_heads;
-            let chunks = (group * max_q).div_ceil(rows_per_block);
-            let grid = [(b * c.kv.kv_heads * splits) as u64, chunks as u64, 1];
+            let group = h.heads / h.kv_heads;
+            let chunks = (group * h.max_q).div_ceil(rows_per_block);
+            let grid = [(b * h.kv_heads * splits) as u64, chunks as u64, 1];
             too_big("decode", grid)?;
             (p.splits, p.rows_per_block, p.stages) = (i32_of(splits, "splits")?, rows_per_block as i32, stages as i32);
-            let rows = total_q * c.heads;
-            let part = if splits > 1 {
-                let part = gpu.alloc_uninit(bytes_of("split-K partials", &[rows, splits, d + 2], 4)?)?;
-                p.part = part.view().addr;
-                Some(part)
-            } else {
-                None
-            };
-            // SAFETY: as for the tiled kernels; `part` holds every (row, split) partial, and no
-            // split holds more keys than the kernel's shared memory (checked above).
+            let rows = total_q * h.heads;
+            if splits > 1 {
+                p.part = scratch;
+            }
+            // SAFETY: as for the tiled kernels; the scratch holds every (row, split) partial
+            // (`prepare` sized it), and no split holds more keys than the kernel's shared
+            // memory (checked by `prepare` for the bucket).
             unsafe { gpu.launch(kernel, grid, block, shared, &p) }?;
-            if let Some(part) = &part {
-                let m = MergeParams {
-                    part: part.view().addr,
+            if splits > 1 {
+                let mp = MergeParams {
+                    part: scratch,
                     out: c.out.mem.addr,
                     rows: i32_of(rows, "rows")?,
                     splits: splits as i32,
                     head_dim: d as i32,
-                    heads: c.heads as i32,
+                    heads: h.heads as i32,
                     o_stride: c.out.stride as i32,
                     pad: 0,
                 };
-                // SAFETY: `part` holds rows x splits partials, `out` rows x head_dim elements.
-                unsafe { gpu.launch(merge, [rows as u64, 1, 1], MERGE_THREADS, 0, &m) }?;
+                // SAFETY: the scratch holds rows x splits partials, `out` rows x head_dim elements.
+                unsafe { gpu.launch(merge, [rows as u64, 1, 1], MERGE_THREADS, 0, &mp) }?;
             }
-            // `part` is freed stream-ordered, after the merge.
             Ok(())
         }
         AttnLaunch::Separate { scores, softmax, pv } => {
-            // Scores of entry b: [q_len, H, kv_len] f32 from s_off[b].
-            let mut row_entry: Vec<i32> = Vec::with_capacity(total_q);
-            let mut s_off: Vec<u8> = Vec::with_capacity(8 * b);
-            let mut total = 0usize;
-            for (i, (&ql, &kl)) in c.q_lens.iter().zip(c.kv_lens).enumerate() {
-                row_entry.extend(std::iter::repeat_n(i as i32, ql));
-                s_off.extend_from_slice(&(total as u64).to_le_bytes());
-                total = total.checked_add(ql * c.heads * kl).ok_or_else(|| Error::InvalidArgument("score buffer size overflows".into()))?;
+            let Some(sep) = &m.sep else {
+                return Err(Error::Device { code: -1, message: "hip-separate attention without its row table".into() });
+            };
+            need_ref(gpu, "separate row table", sep, h.sep.len())?;
+            if h.sep.len() != h.sep_at + 8 * b {
+                return Err(Error::Device { code: -1, message: "hip-separate row table of the wrong size".into() });
             }
-            let mut bytes: Vec<u8> = row_entry.iter().flat_map(|x| x.to_le_bytes()).collect();
-            let s_at = bytes.len().next_multiple_of(8);
-            bytes.resize(s_at, 0);
-            bytes.extend_from_slice(&s_off);
-            let sep = gpu.upload(&bytes)?;
-            let buf = gpu.alloc_uninit(bytes_of("scores", &[total], 4)?)?;
-            need("scores", buf.len(), 4 * total)?;
-            p.part = buf.view().addr;
-            let sp = SepParams { a: p, row_entry: sep.view().addr, s_off: sep.view().addr + s_at as u64 };
-            let grid = [total_q as u64, c.heads as u64, 1];
+            p.part = scratch;
+            let sp = SepParams { a: p, row_entry: sep.addr, s_off: sep.addr + h.sep_at as u64 };
+            let grid = [total_q as u64, h.heads as u64, 1];
             too_big("separate attention", grid)?;
             // SAFETY: as for the tiled kernels; the score buffer holds every entry's
-            // [q_len, H, kv_len] block at its offset.
+            // [q_len, H, kv_len] block at its offset (`prepare` sized it for the bucket).
             unsafe {
                 gpu.launch(scores, grid, SEP_THREADS, 0, &sp)?;
                 gpu.launch(softmax, grid, SEP_SOFTMAX_THREADS, 0, &sp)?;

@@ -1,0 +1,249 @@
+//! Plan / run ([`backend_api::plan`]): a plan holds the step's launches, its metadata in one
+//! device buffer at a fixed address (positions, slot mapping, query offsets, key lengths, row
+//! bases, page tables, tiles), the split-K scratch (or hip-separate's score buffer and row
+//! table) and the RoPE table; `run` per layer builds views of the layer's tensors and launches,
+//! with no allocation, no host<->device copy and no wait, so it can be captured into a device
+//! graph. `update` rewrites the metadata in place (same lengths: the bucket fixes them).
+
+use backend_api::{AttentionParams, Error, GraphExec, KvPools, LayerViews, PlanArgs, PlanOp, PlanState, Result};
+
+use super::fused::{bind_table, bound};
+use super::{addressing, cache_key_rope, positions_i32, rotates_keys, slot_mapping, Ctx};
+use crate::contract::Kernel;
+use crate::plan::{OpPlan, Strategy};
+use crate::runtime::launch::attention::{self, AttnDevice, AttnHost, AttnLaunch, AttnRope, AttnShape, AttnViews};
+use crate::runtime::launch::rope::{self, RopeLaunch, RopeShape, RopeTable};
+use crate::runtime::launch::{kv_append, Strided};
+use crate::runtime::{DevMut, DevRef, DeviceBuffer, GpuGraph, Meta};
+use crate::storage::{pools, BoundRope};
+
+/// A plan of a GPU backend.
+#[derive(Debug)]
+pub(crate) struct GpuPlan {
+    launches: OpPlan,
+    /// Parts: 0 positions, 1 slot mapping, 2..=6 the attention's (q_off, kv_len, kv_base,
+    /// block_table, tiles).
+    meta: Meta,
+    attn: Option<AttnHost>,
+    scratch: Option<DeviceBuffer>,
+    sep: Option<DeviceBuffer>,
+    /// The RoPE table and how it rotates (RoPE ops; hip-fused's binding).
+    rope: Option<BoundRope>,
+    tokens: usize,
+    heads: usize,
+    params: AttentionParams,
+    /// The GPU stream's identity the plan's buffers are ordered on.
+    stream: u64,
+}
+
+impl PlanState for GpuPlan {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+    fn workspace_bytes(&self) -> usize {
+        self.meta.bytes() + self.scratch.as_ref().map_or(0, |b| b.len()) + self.sep.as_ref().map_or(0, |b| b.len())
+    }
+}
+
+/// The host side of a plan: every metadata part, checked.
+struct Host {
+    positions: Vec<i32>,
+    slots: Vec<i32>,
+    attn: Option<AttnHost>,
+}
+
+fn host(l: &OpPlan, a: &PlanArgs<'_>) -> Result<Host> {
+    let ropes = matches!(a.op, PlanOp::Rope | PlanOp::Step);
+    let appends = matches!(a.op, PlanOp::Append | PlanOp::Step);
+    let positions = if ropes { positions_i32(a.positions) } else { Vec::new() };
+    let slots = if appends { slot_mapping(a.meta, a.batch, &a.start)? } else { Vec::new() };
+    let attn = match l {
+        OpPlan::Attention(al) | OpPlan::Step { attention: al, .. } => {
+            let spec = a.spec;
+            let mut bases = Vec::new();
+            let at = addressing(spec, a.meta, a.batch, &mut bases);
+            let shape = AttnShape {
+                heads: a.num_heads,
+                head_dim: spec.head_dim,
+                kv_heads: spec.num_kv_heads,
+                rows: spec.pool_slots(),
+                q_lens: a.batch.q_lens(),
+                kv_lens: &a.kv_lens,
+                at: &at,
+                causal: a.params.causal,
+                bucket: Some(a.max_kv_len),
+            };
+            Some(attention::prepare(al, &shape)?)
+        }
+        _ => None,
+    };
+    Ok(Host { positions, slots, attn })
+}
+
+impl Host {
+    fn parts(&self) -> Vec<&[i32]> {
+        let mut v: Vec<&[i32]> = vec![&self.positions, &self.slots];
+        match &self.attn {
+            Some(h) => v.extend(h.parts.iter().map(|p| p.as_slice())),
+            None => v.extend([&[] as &[i32]; 5]),
+        }
+        v
+    }
+}
+
+/// Makes a plan: the launches `l` (from `plan()` for the bucket) and the metadata of `a`.
+pub(crate) fn plan(ctx: &Ctx<'_>, l: OpPlan, a: PlanArgs<'_>) -> Result<GpuPlan> {
+    let h = host(&l, &a)?;
+    let meta = ctx.gpu.upload_meta(&h.parts())?;
+    let (scratch, sep) = match &h.attn {
+        Some(x) => (
+            if x.scratch > 0 { Some(ctx.gpu.alloc_uninit(x.scratch)?) } else { None },
+            if x.sep.is_empty() { None } else { Some(ctx.gpu.upload(&x.sep)?) },
+        ),
+        None => (None, None),
+    };
+    let rope = match (a.config, &a.freqs) {
+        (Some(c), Some(f)) => Some(bound(ctx.table(f)?, c, f)),
+        _ => None,
+    };
+    Ok(GpuPlan { launches: l, meta, attn: h.attn, scratch, sep, rope, tokens: a.batch.total_tokens(), heads: a.num_heads, params: a.params, stream: ctx.gpu.stream_raw() })
+}
+
+/// Rewrites `p` for the next step (the API checked it is the same op, shape and bucket).
+/// Nothing changes when it fails.
+pub(crate) fn update(ctx: &Ctx<'_>, p: &mut GpuPlan, a: PlanArgs<'_>) -> Result<()> {
+    if p.stream != ctx.gpu.stream_raw() {
+        return Err(Error::InvalidArgument(format!("{}: the plan was made on another stream", ctx.name)));
+    }
+    // A table that changes with the context (dynamic NTK past its original length) would move
+    // the address a captured graph reads.
+    if let (Some(have), Some(f)) = (&p.rope, &a.freqs) {
+        if have.key.len() != f.inv_freq.len() || have.key.iter().zip(&f.inv_freq).any(|(k, x)| *k != x.to_bits()) || have.factor.to_bits() != (f.attention_factor as f32).to_bits() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: this step's RoPE table differs from the plan's (length-dependent scaling past its original length): make a new plan",
+                ctx.name
+            )));
+        }
+    }
+    let h = host(&p.launches, &a)?;
+    if let (Some(new), Some(old)) = (&h.attn, &p.attn) {
+        if new.sep.len() != old.sep.len() || new.scratch > old.scratch {
+            return Err(Error::Device { code: -1, message: format!("{}: the step's attention does not fit the plan's buffers", ctx.name) });
+        }
+    }
+    ctx.gpu.rewrite_meta(&mut p.meta, &h.parts())?;
+    if let (Some(x), Some(buf)) = (&h.attn, &p.sep) {
+        ctx.gpu.write(buf.slice_mut(0), 0, &x.sep)?;
+    }
+    p.attn = h.attn;
+    Ok(())
+}
+
+fn table(b: &BoundRope) -> RopeTable<'_> {
+    RopeTable { inv_freq: b.table.view(), rotary_dim: b.rotary_dim, factor: b.factor }
+}
+
+/// One layer: launches only.
+pub(crate) fn run(ctx: &Ctx<'_>, strategy: Strategy, p: &GpuPlan, views: LayerViews<'_>) -> Result<()> {
+    if p.stream != ctx.gpu.stream_raw() {
+        return Err(Error::InvalidArgument(format!("{}: the plan was made on another stream", ctx.name)));
+    }
+    let no = |what: &str| Error::Device { code: -1, message: format!("{}: the plan has no {what}", ctx.name) };
+    let m = &p.meta;
+    match (views, &p.launches) {
+        (LayerViews::Rope { q, k }, OpPlan::Rope(l)) => {
+            let r = p.rope.as_ref().ok_or_else(|| no("RoPE table"))?;
+            let s = RopeShape { tokens: p.tokens, q_heads: p.heads, k_heads: k.shape()[1], head_dim: k.shape()[2] };
+            rope::in_place(ctx.gpu, l, s, Some(ctx.q_mut(q, "q")?), ctx.q_mut(k, "k")?, m.part(0), table(r))
+        }
+        (LayerViews::Append { k, v, pools }, OpPlan::Append(kernel)) => append(ctx, *kernel, p, k, v, pools, false),
+        (LayerViews::Attention { q, pools: c, out }, OpPlan::Attention(l)) => {
+            let rope = if rotates_keys(l) { cache_key_rope(pools(c, ctx.name, ctx.gpu)?.2) } else { None };
+            attend(ctx, l, p, ctx.q(q, "q")?, c, ctx.q_mut(out, "out")?, rope)
+        }
+        (LayerViews::Step { q, k, v, pools: c, out }, OpPlan::Step { rope: rl, append: ak, attention: al }) => {
+            let r = p.rope.as_ref().ok_or_else(|| no("RoPE table"))?;
+            match (strategy, rl, ak) {
+                (Strategy::Flash | Strategy::Hybrid, Some(rl), None) => {
+                    let flash = strategy == Strategy::Flash;
+                    into_cache(ctx, rl, p, r, flash.then_some(&mut *q), k, v, c)?;
+                    let q_rope = (!flash).then(|| AttnRope { q_pos: Some(m.part(0)), k_pos: None, table: table(r), interleaved: r.interleaved });
+                    attend(ctx, al, p, ctx.q(q, "q")?, c, ctx.q_mut(out, "out")?, q_rope)
+                }
+                (Strategy::Fused, None, Some(kernel)) => {
+                    let b = bind_table(ctx.name, c, r.clone())?;
+                    append(ctx, *kernel, p, k, v, c, true)?;
+                    let pos = pools(c, ctx.name, ctx.gpu)?.2.map(|s| s.pos.view());
+                    let rope = AttnRope { q_pos: Some(m.part(0)), k_pos: pos, table: table(&b), interleaved: b.interleaved };
+                    attend(ctx, al, p, ctx.q(q, "q")?, c, ctx.q_mut(out, "out")?, Some(rope))
+                }
+                (Strategy::Separate, Some(rl), Some(kernel)) => {
+                    let s = RopeShape { tokens: p.tokens, q_heads: p.heads, k_heads: k.shape()[1], head_dim: k.shape()[2] };
+                    rope::in_place(ctx.gpu, rl, s, Some(ctx.q_mut(q, "q")?), ctx.q_mut(k, "k")?, m.part(0), table(r))?;
+                    append(ctx, *kernel, p, k, v, c, false)?;
+                    attend(ctx, al, p, ctx.q(q, "q")?, c, ctx.q_mut(out, "out")?, None)
+                }
+                _ => Err(no("launch of this strategy's step")),
+            }
+        }
+        _ => Err(no("launch for these views")),
+    }
+}
+
+/// The append kernel with the plan's slot mapping (and, for hip-fused's step, positions).
+fn append(ctx: &Ctx<'_>, kernel: Kernel, p: &GpuPlan, k: &backend_api::Tensor, v: &backend_api::Tensor, c: &mut KvPools, with_positions: bool) -> Result<()> {
+    let spec = c.spec().clone();
+    let (kv, vv) = (ctx.q(k, "k")?, ctx.q(v, "v")?);
+    let pool = ctx.pools_mut(c)?;
+    let pos = with_positions.then(|| p.meta.part(0));
+    kv_append::append(ctx.gpu, kernel, p.tokens, spec.num_kv_heads, spec.head_dim, kv, vv, pool, p.meta.part(1), pos)
+}
+
+/// hip-flash's / hip-hybrid's fused RoPE + append with the plan's positions and slots.
+#[allow(clippy::too_many_arguments)]
+fn into_cache(ctx: &Ctx<'_>, l: &RopeLaunch, p: &GpuPlan, r: &BoundRope, q: Option<&mut backend_api::Tensor>, k: &backend_api::Tensor, v: &backend_api::Tensor, c: &mut KvPools) -> Result<()> {
+    let spec = c.spec().clone();
+    let s = RopeShape { tokens: p.tokens, q_heads: p.heads, k_heads: spec.num_kv_heads, head_dim: spec.head_dim };
+    let q = match q {
+        Some(q) => Some(ctx.q_mut(q, "q")?),
+        None => None,
+    };
+    let (k, v) = (ctx.q(k, "k")?, ctx.q(v, "v")?);
+    let pool = ctx.pools_mut(c)?;
+    rope::into_cache(ctx.gpu, l, s, q, k, v, pool, p.meta.part(0), p.meta.part(1), table(r))
+}
+
+/// Attention over the pools with the plan's metadata and scratch.
+fn attend(ctx: &Ctx<'_>, l: &AttnLaunch, p: &GpuPlan, q: Strided<DevRef<'_>>, c: &KvPools, out: Strided<DevMut<'_>>, rope: Option<AttnRope<'_>>) -> Result<()> {
+    let h = p.attn.as_ref().ok_or_else(|| Error::Device { code: -1, message: format!("{}: the plan has no attention metadata", ctx.name) })?;
+    let spec = c.spec();
+    let (k, v, _) = pools(c, ctx.name, ctx.gpu)?;
+    let row = spec.num_kv_heads * spec.head_dim;
+    let views = AttnViews {
+        q,
+        out,
+        k: Strided { mem: k.view(), stride: row },
+        v: Strided { mem: v.view(), stride: row },
+        dtype: spec.dtype,
+        scale: p.params.scale,
+        causal: p.params.causal,
+        rope,
+    };
+    let m = &p.meta;
+    let dev = AttnDevice { meta: [m.part(2), m.part(3), m.part(4), m.part(5), m.part(6)], scratch: p.scratch.as_ref().map(|s| s.slice_mut(0)), sep: p.sep.as_ref().map(|s| s.view()) };
+    attention::launch(ctx.gpu, l, h, views, dev)
+}
+
+/// A graph captured on a GPU backend's stream.
+#[derive(Debug)]
+pub(crate) struct Graph(pub GpuGraph);
+
+impl GraphExec for Graph {
+    fn replay(&self) -> Result<()> {
+        self.0.replay()
+    }
+}
+
