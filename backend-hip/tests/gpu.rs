@@ -316,3 +316,87 @@ fn cudarc_borrows_end_with_their_lifetime() {
     assert_eq!(hb.borrow_cudarc_mut(&mut halves, &[64], 1, DType::F32).unwrap_err().kind(), "InvalidArgument", "u16 as f32");
     stream.synchronize().unwrap();
 }
+
+/// A decode step over several layers captured once into a device graph, then replayed for
+/// later steps with the plan's metadata rewritten in place (growing lengths, new positions):
+/// every layer's output equals a fresh plan's eager `run` of the same step, bit for bit, on
+/// every strategy.
+#[test]
+#[serial]
+fn a_captured_decode_step_replays_with_updated_metadata() {
+    use backend_api::*;
+    for name in ["hip-flash", "hip-hybrid", "hip-fused", "hip-separate"] {
+        let Some(be) = gpu_backend(name) else { return };
+        assert_eq!(be.graph_support(), GraphSupport::Always);
+        let (h, hk, d, b, layers, ps, pages) = (32usize, 8usize, 128usize, 4usize, 4usize, 16usize, 40usize);
+        let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: DType::BF16, layout: CacheLayout::Paged { page_size: ps, num_pages: b * pages } };
+        let rope = RopeConfig::new(d, 10000.0, 4096);
+        let params = AttentionParams::causal(d);
+        let new_pools = || be.kv_pools(&spec, be.alloc(&spec.pool_shape(), DType::BF16).unwrap(), be.alloc(&spec.pool_shape(), DType::BF16).unwrap()).unwrap();
+        let (mut pa, mut pb): (Vec<KvPools>, Vec<KvPools>) = ((0..layers).map(|_| new_pools()).collect(), (0..layers).map(|_| new_pools()).collect());
+        let mut meta = KvMetadata::new(&spec).unwrap();
+        for s in 0..b {
+            meta.set_page_table(s, &(0..pages as u32).map(|j| j * b as u32 + s as u32).collect::<Vec<_>>()).unwrap();
+        }
+        let mut rng = conformance::rng::Rng::new(7);
+        let mut data = |n: usize| rng.normals(n, 1.0);
+        // Prefill, eager, into both sets of pools.
+        let prefill = Batch::new((0..b).collect(), vec![200, 77, 311, 5]).unwrap();
+        let positions: Vec<u32> = prefill.q_lens().iter().flat_map(|&n| 0..n as u32).collect();
+        meta.extend(&prefill).unwrap();
+        let t = prefill.total_tokens();
+        for l in 0..layers {
+            let (qd, kd, vd) = (data(t * h * d), data(t * hk * d), data(t * hk * d));
+            for pools in [&mut pa[l], &mut pb[l]] {
+                let (mut q, mut k, v) = (be.upload(&qd, &[t, h, d], DType::BF16).unwrap(), be.upload(&kd, &[t, hk, d], DType::BF16).unwrap(), be.upload(&vd, &[t, hk, d], DType::BF16).unwrap());
+                let mut out = be.alloc(&[t, h, d], DType::BF16).unwrap();
+                be.step(StepViews { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, pools, meta: &meta, batch: &prefill, params, out: &mut out }).unwrap();
+            }
+        }
+        // Decode: the graph's tensors stay at their addresses; a step writes new values into them.
+        let decode = Batch::uniform(b, 1).unwrap();
+        let alloc = |heads: usize| -> Vec<Tensor> { (0..layers).map(|_| be.alloc(&[b, heads, d], DType::BF16).unwrap()).collect() };
+        let (mut qa, mut ka, mut va, mut oa) = (alloc(h), alloc(hk), alloc(hk), alloc(h));
+        let (mut qb, mut kb, mut vb, mut ob) = (alloc(h), alloc(hk), alloc(hk), alloc(h));
+        let bucket = 512;
+        let desc = |meta: &KvMetadata| -> (Vec<u32>, KvMetadata) { ((0..b).map(|s| meta.seq_len(s) as u32 - 1).collect(), meta.clone()) };
+        meta.extend(&decode).unwrap();
+        let (mut pos, mut m) = desc(&meta);
+        let mut plan = be.plan(StepDesc { op: PlanOp::Step, spec: &spec, num_heads: h, meta: &m, batch: &decode, positions: &pos, rope: Some(&rope), params, max_kv_len: Some(bucket) }).unwrap();
+        println!("{name}: plan workspace {} bytes", plan.workspace_bytes());
+        let graph = be
+            .capture(|| {
+                for l in 0..layers {
+                    be.run(&plan, LayerViews::Step { q: &mut qa[l], k: &mut ka[l], v: &va[l], pools: &mut pa[l], out: &mut oa[l] })?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        for step in 0..8 {
+            if step > 0 {
+                meta.extend(&decode).unwrap();
+                (pos, m) = desc(&meta);
+                be.update_plan(&mut plan, StepDesc { op: PlanOp::Step, spec: &spec, num_heads: h, meta: &m, batch: &decode, positions: &pos, rope: Some(&rope), params, max_kv_len: None }).unwrap();
+            }
+            let inputs: Vec<[Vec<f32>; 3]> = (0..layers).map(|_| [data(b * h * d), data(b * hk * d), data(b * hk * d)]).collect();
+            for l in 0..layers {
+                for (t, x) in [(&mut qa[l], &inputs[l][0]), (&mut ka[l], &inputs[l][1]), (&mut va[l], &inputs[l][2]), (&mut qb[l], &inputs[l][0]), (&mut kb[l], &inputs[l][1]), (&mut vb[l], &inputs[l][2])] {
+                    be.write(t, x).unwrap();
+                }
+                be.fill(&mut oa[l], f32::NAN).unwrap();
+                be.fill(&mut ob[l], f32::NAN).unwrap();
+            }
+            graph.replay().unwrap();
+            let fresh = be.plan(StepDesc { op: PlanOp::Step, spec: &spec, num_heads: h, meta: &m, batch: &decode, positions: &pos, rope: Some(&rope), params, max_kv_len: Some(bucket) }).unwrap();
+            for l in 0..layers {
+                be.run(&fresh, LayerViews::Step { q: &mut qb[l], k: &mut kb[l], v: &vb[l], pools: &mut pb[l], out: &mut ob[l] }).unwrap();
+            }
+            for l in 0..layers {
+                let (a, e) = (be.download(&oa[l]).unwrap(), be.download(&ob[l]).unwrap());
+                assert!(a.iter().all(|x| x.is_finite()), "{name} step {step} layer {l}: the replay left NaN");
+                assert_eq!(a, e, "{name} step {step} layer {l}: graph replay vs eager run");
+            }
+        }
+        assert_eq!(be.read_kv_pools(&pa[0]).unwrap(), be.read_kv_pools(&pb[0]).unwrap(), "{name}: pools after the replays");
+    }
+}

@@ -251,8 +251,14 @@ pub fn check_backend_with(backend: &Backend, config: &Config, progress: &dyn Fn(
     let mut report = Report::default();
     for (di, &dtype) in config.dtypes.iter().enumerate() {
         for (oi, &op) in config.ops.iter().enumerate() {
-            for &path in &config.paths {
-                let salt = (di * 16 + oi) as u64 + 1 + if path == setup::Path::Views { 1 << 20 } else { 0 };
+            for &path in config.paths.iter().filter(|p| p.runs(op)) {
+                let salt = (di * 16 + oi) as u64
+                    + 1
+                    + match path {
+                        setup::Path::Owned => 0,
+                        setup::Path::Views => 1 << 20,
+                        setup::Path::Plan => 2 << 20,
+                    };
                 report.cells.push(run_cell(backend, &rf, config, Some(op), path, dtype, salt, progress));
             }
         }

@@ -4,7 +4,7 @@
 //!     cargo run -p conformance --release -- [--backend NAME] [--cases N] [--seed S]
 //!         [--dtype f32|f16|bf16] [--op rope|kv_append|attention|attention_plain|step]
 //!         [--report report.md] [--perf] [--no-errors] [--device K] [--shards N]
-//!         [--path owned|views]
+//!         [--path owned|views|plan]
 //!
 //! `--device K` runs the suite on the backend's instance on device K (`registry::get_on`; needs
 //! `--backend`). `--shards N` runs the tensor-parallel check instead (`conformance::sharded`):
@@ -20,7 +20,7 @@ use backend_api::{registry, DType, Op};
 use conformance::{check_registered, perf, Config};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: conformance [--backend NAME] [--cases N] [--seed S] [--dtype f32|f16|bf16] [--op OP] [--report FILE] [--perf] [--no-errors] [--device K] [--shards N] [--path owned|views]");
+    eprintln!("usage: conformance [--backend NAME] [--cases N] [--seed S] [--dtype f32|f16|bf16] [--op OP] [--report FILE] [--perf] [--no-errors] [--device K] [--shards N] [--path owned|views|plan]");
     ExitCode::from(2)
 }
 
@@ -40,6 +40,7 @@ fn main() -> ExitCode {
             "--path" => match val().as_deref() {
                 Some("owned") => cfg.paths = vec![conformance::setup::Path::Owned],
                 Some("views") => cfg.paths = vec![conformance::setup::Path::Views],
+                Some("plan") => cfg.paths = vec![conformance::setup::Path::Plan],
                 _ => return usage(),
             },
             "--op" => match val().and_then(|v| Op::ALL.into_iter().find(|o| o.name() == v)) { Some(o) => { cfg.ops = vec![o]; cfg.errors = false } None => return usage() },

@@ -1,6 +1,8 @@
 //! Building one case's inputs on a backend: tensors, positions, caches with random page tables.
 
-use backend_api::{AttentionParams, Backend, Batch, CacheLayout, DType, Error, KvCache, KvCacheSpec, KvMetadata, KvPool, KvPools, Result, RopeConfig, StepInputs, StepViews, Tensor};
+use backend_api::{
+    AttentionParams, Backend, Batch, CacheLayout, DType, Error, KvCache, KvCacheSpec, KvMetadata, KvPool, KvPools, LayerViews, Op, PlanOp, Result, RopeConfig, StepDesc, StepInputs, StepViews, Tensor,
+};
 
 use crate::case::Case;
 use crate::rng::Rng;
@@ -147,17 +149,26 @@ pub enum Path {
     Owned,
     /// `view`, `kv_pools`, `KvMetadata`, `append_kv` / `attend` / `step`.
     Views,
+    /// The views of [`Path::Views`], run through `plan` (bucketed to the cache's capacity),
+    /// `update_plan` and `run`.
+    Plan,
 }
 
 impl Path {
-    /// Both paths.
-    pub const ALL: [Path; 2] = [Path::Owned, Path::Views];
+    /// Every path.
+    pub const ALL: [Path; 3] = [Path::Owned, Path::Views, Path::Plan];
+
+    /// Whether `op` runs through this path (plans run RoPE, append, attention and the step).
+    pub fn runs(self, op: Op) -> bool {
+        self != Path::Plan || matches!(op, Op::Rope | Op::KvAppend | Op::Attention | Op::Step)
+    }
 
     /// Suffix of the report's op column: `` or `/views`.
     pub fn suffix(self) -> &'static str {
         match self {
             Path::Owned => "",
             Path::Views => "/views",
+            Path::Plan => "/plan",
         }
     }
 }
@@ -264,7 +275,7 @@ impl Io<'_> {
         let extra = len - data.sentinel_k.len();
         let pad = |x: &[f32]| x.iter().chain(x.iter().take(extra)).copied().collect::<Vec<f32>>();
         self.be.write_kv_pools(&mut pools, &KvPool { k: pad(&data.sentinel_k), v: pad(&data.sentinel_v) })?;
-        Ok(Kv::Engine { pools, meta, spare, fork: None })
+        Ok(Kv::Engine { pools, meta, spare, fork: None, planned: self.path == Path::Plan })
     }
 }
 
@@ -283,7 +294,39 @@ pub enum Kv {
         spare: Option<u32>,
         /// The page copy the fork made, if any.
         fork: Option<(u32, u32)>,
+        /// Ops run through plan / run.
+        planned: bool,
     },
+}
+
+/// The step description of a planned op, bucketed to the longest capacity of the batch's
+/// sequences (so the plan's shapes are not this step's exact ones).
+fn desc<'a>(op: PlanOp, spec: &'a KvCacheSpec, meta: &'a KvMetadata, batch: &'a Batch, heads: usize, positions: &'a [u32], rope: Option<&'a RopeConfig>, params: AttentionParams) -> StepDesc<'a> {
+    let bucket = batch.seq_ids().iter().map(|&s| meta.seq_capacity(s)).max();
+    StepDesc { op, spec, num_heads: heads, meta, batch, positions, rope, params, max_kv_len: bucket }
+}
+
+/// Plans `d`, rewrites the plan with the same step (`update_plan`: the metadata written again in
+/// place), then runs `views` once.
+fn planned(be: &Backend, d: StepDesc<'_>, views: LayerViews<'_>) -> Result<()> {
+    let mut plan = be.plan(d)?;
+    be.update_plan(&mut plan, d)?;
+    be.run(&plan, views)
+}
+
+impl Io<'_> {
+    /// RoPE in place: the op, or (plan path) a plan of it (over a one-sequence description).
+    pub fn rope(&self, q: &mut Tensor, k: &mut Tensor, positions: &[u32], rope: &RopeConfig) -> Result<()> {
+        if self.path != Path::Plan {
+            return self.be.rope(q, k, positions, rope);
+        }
+        let t = positions.len();
+        let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: k.shape()[1], head_dim: k.shape()[2], dtype: k.dtype(), layout: CacheLayout::Contiguous { capacity: t.max(1) } };
+        let meta = KvMetadata::new(&spec)?;
+        let batch = Batch::new(vec![0], vec![t])?;
+        let d = StepDesc { op: PlanOp::Rope, spec: &spec, num_heads: q.shape()[1], meta: &meta, batch: &batch, positions, rope: Some(rope), params: AttentionParams::causal(spec.head_dim), max_kv_len: None };
+        planned(self.be, d, LayerViews::Rope { q, k })
+    }
 }
 
 impl Kv {
@@ -291,6 +334,12 @@ impl Kv {
     pub fn append(&mut self, be: &Backend, k: &Tensor, v: &Tensor, batch: &Batch) -> Result<()> {
         match self {
             Kv::Owned(c) => be.kv_append(c, k, v, batch),
+            Kv::Engine { pools, meta, planned: true, .. } => {
+                meta.extend(batch)?;
+                let spec = pools.spec().clone();
+                let d = desc(PlanOp::Append, &spec, meta, batch, k.shape()[1], &[], None, AttentionParams::causal(k.shape()[2]));
+                planned(be, d, LayerViews::Append { k, v, pools })
+            }
             Kv::Engine { pools, meta, .. } => {
                 meta.extend(batch)?;
                 be.append_kv(pools, meta, k, v, batch)
@@ -302,6 +351,7 @@ impl Kv {
     pub fn attend(&self, be: &Backend, q: &Tensor, batch: &Batch, params: AttentionParams, out: &mut Tensor) -> Result<()> {
         match self {
             Kv::Owned(c) => be.attention(q, c, batch, params, out),
+            Kv::Engine { pools, meta, planned: true, .. } => planned(be, desc(PlanOp::Attention, pools.spec(), meta, batch, q.shape()[1], &[], None, params), LayerViews::Attention { q, pools, out }),
             Kv::Engine { pools, meta, .. } => be.attend(q, pools, meta, batch, params, out),
         }
     }
@@ -311,6 +361,12 @@ impl Kv {
     pub fn step(&mut self, be: &Backend, q: &mut Tensor, k: &mut Tensor, v: &Tensor, positions: &[u32], rope: &RopeConfig, batch: &Batch, params: AttentionParams, out: &mut Tensor) -> Result<()> {
         match self {
             Kv::Owned(c) => be.rope_append_attend(StepInputs { q, k, v, positions, rope, cache: c, batch, params, out }),
+            Kv::Engine { pools, meta, planned: true, .. } => {
+                meta.extend(batch)?;
+                let spec = pools.spec().clone();
+                let d = desc(PlanOp::Step, &spec, meta, batch, q.shape()[1], positions, Some(rope), params);
+                planned(be, d, LayerViews::Step { q, k, v, pools, out })
+            }
             Kv::Engine { pools, meta, .. } => {
                 meta.extend(batch)?;
                 be.step(StepViews { q, k, v, positions, rope, pools, meta, batch, params, out })
@@ -330,7 +386,7 @@ impl Kv {
     /// pages are shared (read by both) and its partial page is copied into the spare page. A
     /// no-op otherwise.
     pub fn share_pages(&mut self, be: &Backend) -> Result<()> {
-        if let Kv::Engine { pools, meta, spare: Some(spare), fork } = self {
+        if let Kv::Engine { pools, meta, spare: Some(spare), fork, .. } = self {
             let dst = meta.num_seqs() - 1;
             if meta.seq_len(0) > 0 {
                 *fork = meta.fork(0, dst, Some(*spare))?;

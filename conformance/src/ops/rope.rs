@@ -12,7 +12,7 @@ fn run(be: &Backend, case: &Case, d: &Data, path: Path) -> Result<(Vec<f32>, Vec
     let io = Io { be, case, path };
     let mut t = io.fused(&[(&d.q, case.heads), (&d.k, case.kv_heads)])?.into_iter();
     let (mut q, mut k) = (t.next().unwrap(), t.next().unwrap());
-    be.rope(&mut q, &mut k, &d.pos, &case.rope)?;
+    io.rope(&mut q, &mut k, &d.pos, &case.rope)?;
     Ok((be.download(&q)?, be.download(&k)?))
 }
 
