@@ -2,10 +2,14 @@
 the same session: a device copy (bandwidth ceiling), torch.compile'd RoPE, and SDPA with each
 backend (flash, cuDNN, efficient). Timed with triton.testing.do_bench (CUDA events, median).
 
-    python3 bench/torch_baseline.py [--json out.json] [--quick] [--mma]
+    python3 bench/torch_baseline.py [--json out.json] [--quick] [--mma] [--decode-graph]
 
 `--mma`: only the matrix-core issue's shapes (bench --mma): causal prefill f16/bf16, D=64/128,
 S=1024/4096/16384, B=1/4, GQA 32/8 and MHA; decode bf16 B=1/16/64, L=4096/8192/131072.
+
+`--decode-graph`: the shapes of `bench --decode-graph` (decode bf16 GQA 32/8 D=128, B=1/16/64,
+L=4096/8192/131072): 32 layers of SDPA (flash, cuDNN) each over its own K/V (up to 64 GB, then
+reused), eager and replayed from a CUDA graph; time per layer. `--quick`: B=1/16 at L=8192.
 """
 import json
 import sys
@@ -85,6 +89,46 @@ if "--mma" in sys.argv:
             sdpa_rows(f"mma decode B={B} L={L} H={HQ}/{HK} D={Dd}", q, k, v, False, 4.0 * B * L * HQ * Dd, (2 * B * L * HK * Dd + 2 * B * HQ * Dd) * 2, "bf16", ("flash", "cudnn"))
             del q, k, v
             torch.cuda.empty_cache()
+    report()
+    sys.exit(0)
+
+
+if "--decode-graph" in sys.argv:
+    HQ, HK, Dd, LAYERS = 32, 8, 128, 32
+    shapes = [(1, 8192), (16, 8192)] if quick else [(b, l) for b in (1, 16, 64) for l in (4096, 8192, 131072)]
+    table = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+    for B, L in shapes:
+        layer_bytes = 2 * B * HK * L * Dd * 2
+        distinct = max(1, min(LAYERS, -(-(64 << 30) // layer_bytes)))
+        q = torch.randn(B, HQ, 1, Dd, device=dev, dtype=torch.bfloat16)
+        kv = [(torch.randn(B, HK, L, Dd, device=dev, dtype=torch.bfloat16), torch.randn(B, HK, L, Dd, device=dev, dtype=torch.bfloat16)) for _ in range(distinct)]
+        out = torch.empty_like(q)
+        nbytes = 2 * B * L * HK * Dd * 2
+        for bname, backend in table.items():
+            def step():
+                for i in range(LAYERS):
+                    k, v = kv[i % distinct]
+                    out.copy_(F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+            try:
+                with sdpa_kernel(backend):
+                    step()
+                    torch.cuda.synchronize()
+                    add(f"torch sdpa {bname} decode/layer eager B={B} L={L} x{LAYERS} layers", "bf16", bench(step) / LAYERS, nbytes)
+                    g = torch.cuda.CUDAGraph()
+                    s_ = torch.cuda.Stream()
+                    s_.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(s_):
+                        for _ in range(3):
+                            step()
+                    torch.cuda.current_stream().wait_stream(s_)
+                    with torch.cuda.graph(g):
+                        step()
+                    add(f"torch sdpa {bname} decode/layer CUDA graph B={B} L={L} x{LAYERS} layers", "bf16", bench(g.replay) / LAYERS, nbytes)
+                    del g
+            except Exception as e:
+                print(f"  sdpa {bname} decode B={B} L={L}: not run ({str(e).splitlines()[0][:100]})")
+        del q, kv, out
+        torch.cuda.empty_cache()
     report()
     sys.exit(0)
 

@@ -24,6 +24,14 @@
 //! two-layer allocation, engine-owned `KvMetadata`), alternating in the same run: the boundary
 //! must cost nothing.
 //!
+//! `--decode-graph`: time per layer of a decode step over 32 layers (hip-flash's composite
+//! step, bf16, GQA 32/8, D=128, pages of 16; B = 1/16/64 x L = 4096/8192/131072; layers have
+//! pools of their own up to 64 GB, then reuse them, so no layer's keys are in L2): the owned
+//! API (eager: validation, metadata and uploads per layer), plan once + run per layer, and a
+//! graph of the 32 runs captured once and replayed after `update_plan`; plus the host time of
+//! `plan` itself. `bench/torch_baseline.py --decode-graph` times PyTorch's SDPA flash and cuDNN
+//! over 32 layers, eager and under a CUDA graph. `--quick`: B=1 and 16 at L=8192 only.
+//!
 //! The second part times the composite step (RoPE + append + attention) of each fusion
 //! strategy: hip-separate, hip-fused, hip-hybrid, hip-flash.
 use std::fmt::Write as _;
@@ -124,7 +132,9 @@ pub fn main() {
     let only_strategies = profile.is_some() || args.iter().any(|a| a == "--only-strategies");
     PROFILE.set(profile).expect("set once");
     let mut rows = Vec::new();
-    let r = if args.iter().any(|a| a == "--engine") {
+    let r = if args.iter().any(|a| a == "--decode-graph") {
+        copy_row(be, &mut rows).and_then(|_| decode_graph_rows(be, &h, quick, &mut rows))
+    } else if args.iter().any(|a| a == "--engine") {
         engine_rows(be, &h, &mut rows)
     } else if args.iter().any(|a| a == "--profile-mma") {
         profile_mma(&h)
@@ -491,6 +501,105 @@ fn strategies(rows: &mut Vec<Row>) -> Result<()> {
                 rows.push(Row { name: format!("step {name} decode B={b} L={l} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes, flops: 4.0 * (b * l * hq * d) as f64 });
             }
         }
+    }
+    Ok(())
+}
+
+/// `--decode-graph` (see the module docs).
+fn decode_graph_rows(hbe: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result<()> {
+    const LAYERS: usize = 32;
+    let (hq, hk, d, ps) = (32usize, 8usize, 128usize, 16usize);
+    let dt = DType::BF16;
+    let rope = RopeConfig { theta: 500000.0, ..RopeConfig::new(d, 10000.0, 1 << 18) };
+    let params = AttentionParams::causal(d);
+    let shapes: Vec<(usize, usize)> = if quick { vec![(1, 8192), (16, 8192)] } else { [1usize, 16, 64].iter().flat_map(|&b| [4096usize, 8192, 131072].map(|l| (b, l))).collect() };
+    for (b, l) in shapes {
+        let pages_per_seq = l.div_ceil(ps);
+        let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Paged { page_size: ps, num_pages: b * pages_per_seq } };
+        let layer_bytes = 2 * spec.pool_bytes();
+        let distinct = (64usize << 30).div_ceil(layer_bytes).clamp(1, LAYERS);
+        let tables: Vec<Vec<u32>> = (0..b).map(|s| ((s * pages_per_seq) as u32..((s + 1) * pages_per_seq) as u32).collect()).collect();
+        // The pools hold zeros: the time does not depend on the values.
+        let mut caches = Vec::new();
+        for _ in 0..distinct {
+            let mut c = h.create_kv_cache(&spec)?;
+            for (s, t) in tables.iter().enumerate() {
+                c.set_page_table(s, t)?;
+                c.parts_mut().1.set_seq_len(s, l - 1)?;
+            }
+            caches.push(c);
+        }
+        let mut meta = KvMetadata::new(&spec)?;
+        for (s, t) in tables.iter().enumerate() {
+            meta.set_page_table(s, t)?;
+            meta.set_seq_len(s, l - 1)?;
+        }
+        let batch = Batch::uniform(b, 1)?;
+        let positions = vec![(l - 1) as u32; b];
+        let mut q = h.upload(&randn(b * hq * d, 41), &[b, hq, d], dt)?;
+        let mut k = h.upload(&randn(b * hk * d, 42), &[b, hk, d], dt)?;
+        let v = h.upload(&randn(b * hk * d, 43), &[b, hk, d], dt)?;
+        let mut out = h.alloc(&[b, hq, d], dt)?;
+        let bytes = (2 * b * l * hk * d) as f64 * dt.size() as f64;
+        let many = bytes * (LAYERS as f64) < 8e9;
+        let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> { Ok(if many { median_ms(hbe, f)? } else { median_ms_few(hbe, f)? } / LAYERS as f64) };
+        // Eager: each layer's step through the owned API (lengths rolled back: the same step).
+        let eager = time(&mut || {
+            for li in 0..LAYERS {
+                let cache = &mut caches[li % distinct];
+                for s in 0..b {
+                    cache.truncate(s, l - 1)?;
+                }
+                h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache, batch: &batch, params, out: &mut out })?;
+            }
+            Ok(())
+        })?;
+        meta.extend(&batch)?;
+        let desc = |meta: &KvMetadata| -> Result<StepPlan> {
+            h.plan(StepDesc { op: PlanOp::Step, spec: &spec, num_heads: hq, meta, batch: &batch, positions: &positions, rope: Some(&rope), params, max_kv_len: Some(l) })
+        };
+        // Plan once per step, run per layer.
+        let planned = time(&mut || {
+            let plan = desc(&meta)?;
+            for li in 0..LAYERS {
+                let pools = caches[li % distinct].parts_mut().0;
+                h.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools, out: &mut out })?;
+            }
+            Ok(())
+        })?;
+        // Captured once; per step: update_plan (the metadata rewritten in place) and a replay.
+        let mut plan = desc(&meta)?;
+        let graph = h.capture(|| {
+            for li in 0..LAYERS {
+                let pools = caches[li % distinct].parts_mut().0;
+                h.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools, out: &mut out })?;
+            }
+            Ok(())
+        })?;
+        let replay = time(&mut || {
+            h.update_plan(&mut plan, StepDesc { op: PlanOp::Step, spec: &spec, num_heads: hq, meta: &meta, batch: &batch, positions: &positions, rope: Some(&rope), params, max_kv_len: None })?;
+            graph.replay()
+        })?;
+        // Host time of plan() alone.
+        hbe.gpu.synchronize()?;
+        let reps = 50;
+        let t0 = std::time::Instant::now();
+        for _ in 0..reps {
+            drop(desc(&meta)?);
+        }
+        let plan_host = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
+        hbe.gpu.synchronize()?;
+        let label = format!("B={b} L={l} x{LAYERS} layers ({distinct} pools)");
+        rows.push(Row { name: format!("decode/layer eager owned {label}"), dtype: dt, ms: eager, bytes, flops: 0.0 });
+        rows.push(Row { name: format!("decode/layer plan+run {label}"), dtype: dt, ms: planned, bytes, flops: 0.0 });
+        rows.push(Row { name: format!("decode/layer graph replay {label}"), dtype: dt, ms: replay, bytes, flops: 0.0 });
+        rows.push(Row { name: format!("  host time of plan() B={b} L={l}"), dtype: dt, ms: plan_host, bytes: f64::NAN, flops: 0.0 });
+        for s in 0..b {
+            meta.truncate(s, l - 1)?;
+        }
+        drop(graph);
+        drop(caches);
+        hbe.gpu.synchronize()?;
     }
     Ok(())
 }
