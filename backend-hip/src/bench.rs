@@ -580,6 +580,21 @@ fn decode_graph_rows(hbe: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<
             h.update_plan(&mut plan, StepDesc { op: PlanOp::Step, spec: &spec, num_heads: hq, meta: &meta, batch: &batch, positions: &positions, rope: Some(&rope), params, max_kv_len: None })?;
             graph.replay()
         })?;
+        // Attention alone (the op PyTorch's SDPA rows time), captured and replayed the same way.
+        let adesc = StepDesc { op: PlanOp::Attention, spec: &spec, num_heads: hq, meta: &meta, batch: &batch, positions: &[], rope: None, params, max_kv_len: Some(l) };
+        let mut aplan = h.plan(adesc)?;
+        let agraph = h.capture(|| {
+            for li in 0..LAYERS {
+                let pools = caches[li % distinct].pools();
+                h.run(&aplan, LayerViews::Attention { q: &q, pools, out: &mut out })?;
+            }
+            Ok(())
+        })?;
+        let attn_replay = time(&mut || {
+            h.update_plan(&mut aplan, StepDesc { max_kv_len: None, ..adesc })?;
+            agraph.replay()
+        })?;
+        drop(agraph);
         // Host time of plan() alone.
         hbe.gpu.synchronize()?;
         let reps = 50;
@@ -593,6 +608,7 @@ fn decode_graph_rows(hbe: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<
         rows.push(Row { name: format!("decode/layer eager owned {label}"), dtype: dt, ms: eager, bytes, flops: 0.0 });
         rows.push(Row { name: format!("decode/layer plan+run {label}"), dtype: dt, ms: planned, bytes, flops: 0.0 });
         rows.push(Row { name: format!("decode/layer graph replay {label}"), dtype: dt, ms: replay, bytes, flops: 0.0 });
+        rows.push(Row { name: format!("decode/layer attention only, graph replay {label}"), dtype: dt, ms: attn_replay, bytes, flops: 0.0 });
         rows.push(Row { name: format!("  host time of plan() B={b} L={l}"), dtype: dt, ms: plan_host, bytes: f64::NAN, flops: 0.0 });
         for s in 0..b {
             meta.truncate(s, l - 1)?;

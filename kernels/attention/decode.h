@@ -1,6 +1,7 @@
 // Vector-unit decode (split-K flash-decoding): every dtype, AF_DECODE_SHAPES.
 #pragma once
 #include "common.h"
+#include "merge.h"
 
 // ------------------------------------------------------------------------------------------
 // Decode (flash-decoding): one block of 128 threads per (entry, kv head, split, row chunk).
@@ -230,4 +231,8 @@ AF_DEVICE void decode_body(const AttnParams& p) {
             if (c == 0) { part[0] = sMax[r]; part[1] = sSum[r]; }
         }
     }
+    if (p.splits > 1 && p.counters)
+        split_merge_last<T>(
+            p, rows, D, tid, DC_THREADS, [&](int r) { const int rr = r0 + r; return (long)(qbeg + rr / G) * p.heads + kh * G + rr % G; },
+            [&](int r) { const int rr = r0 + r; return o_at(p, qbeg + rr / G, kh * G + rr % G); });
 }

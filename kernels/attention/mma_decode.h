@@ -1,5 +1,6 @@
 #pragma once
 #include "mma_common.h"
+#include "merge.h"
 
 // ------------------------------------------------------------------------------------------
 // Decode on matrix cores (split-K, flash-decoding): one block of MMA_GROUPS groups per (batch
@@ -173,6 +174,8 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
             if (c == 0) { part[0] = M; part[1] = L; }
         }
     }
+    if (p.splits > 1 && p.counters)
+        split_merge_last<T>(p, rows, DM, tid, MMA_THREADS, qrow, [&](int r) { const int rr = r0 + r; return o_at(p, qbeg + rr / G, kh * G + rr % G); });
 }
 
 template <typename T, int DM, bool QROPE>

@@ -144,6 +144,7 @@ AF_FIELD(int, o_stride)              // ... of out
 AF_FIELD(int, k_stride)              // elements between consecutive K rows (a pool: Hk * D)
 AF_FIELD(int, v_stride)              // ... of V
 AF_FIELD(int, pad)
+AF_FIELD(af_ptr, counters)           // decode, splits > 1: int32 [B, Hk, row chunks], zero; set: the last split merges (no attn_merge)
 AF_END(AttnParams)
 
 AF_STRUCT(SepParams)                 // separate.hip: scores, softmax, P.V over a score buffer

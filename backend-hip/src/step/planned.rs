@@ -27,6 +27,9 @@ pub(crate) struct GpuPlan {
     attn: Option<AttnHost>,
     scratch: Option<DeviceBuffer>,
     sep: Option<DeviceBuffer>,
+    /// Split-K decode: the counters with which the last split merges (zeroed; every launch
+    /// leaves them zeroed).
+    counters: Option<DeviceBuffer>,
     /// The RoPE table and how it rotates (RoPE ops; hip-fused's binding).
     rope: Option<BoundRope>,
     tokens: usize,
@@ -44,7 +47,7 @@ impl PlanState for GpuPlan {
         self
     }
     fn workspace_bytes(&self) -> usize {
-        self.meta.bytes() + self.scratch.as_ref().map_or(0, |b| b.len()) + self.sep.as_ref().map_or(0, |b| b.len())
+        [&self.scratch, &self.sep, &self.counters].iter().map(|b| b.as_ref().map_or(0, |b| b.len())).sum::<usize>() + self.meta.bytes()
     }
 }
 
@@ -98,18 +101,19 @@ impl Host {
 pub(crate) fn plan(ctx: &Ctx<'_>, l: OpPlan, a: PlanArgs<'_>) -> Result<GpuPlan> {
     let h = host(&l, &a)?;
     let meta = ctx.gpu.upload_meta(&h.parts())?;
-    let (scratch, sep) = match &h.attn {
+    let (scratch, sep, counters) = match &h.attn {
         Some(x) => (
             if x.scratch > 0 { Some(ctx.gpu.alloc_uninit(x.scratch)?) } else { None },
             if x.sep.is_empty() { None } else { Some(ctx.gpu.upload(&x.sep)?) },
+            if x.counters > 0 { Some(ctx.gpu.alloc(x.counters)?) } else { None },
         ),
-        None => (None, None),
+        None => (None, None, None),
     };
     let rope = match (a.config, &a.freqs) {
         (Some(c), Some(f)) => Some(bound(ctx.table(f)?, c, f)),
         _ => None,
     };
-    Ok(GpuPlan { launches: l, meta, attn: h.attn, scratch, sep, rope, tokens: a.batch.total_tokens(), heads: a.num_heads, params: a.params, stream: ctx.gpu.stream_raw() })
+    Ok(GpuPlan { launches: l, meta, attn: h.attn, scratch, sep, counters, rope, tokens: a.batch.total_tokens(), heads: a.num_heads, params: a.params, stream: ctx.gpu.stream_raw() })
 }
 
 /// Rewrites `p` for the next step (the API checked it is the same op, shape and bucket).
@@ -130,7 +134,7 @@ pub(crate) fn update(ctx: &Ctx<'_>, p: &mut GpuPlan, a: PlanArgs<'_>) -> Result<
     }
     let h = host(&p.launches, &a)?;
     if let (Some(new), Some(old)) = (&h.attn, &p.attn) {
-        if new.sep.len() != old.sep.len() || new.scratch > old.scratch {
+        if new.sep.len() != old.sep.len() || new.scratch > old.scratch || new.counters != old.counters {
             return Err(Error::Device { code: -1, message: format!("{}: the step's attention does not fit the plan's buffers", ctx.name) });
         }
     }
@@ -233,7 +237,7 @@ fn attend(ctx: &Ctx<'_>, l: &AttnLaunch, p: &GpuPlan, q: Strided<DevRef<'_>>, c:
         rope,
     };
     let m = &p.meta;
-    let dev = AttnDevice { meta: [m.part(2), m.part(3), m.part(4), m.part(5), m.part(6)], scratch: p.scratch.as_ref().map(|s| s.slice_mut(0)), sep: p.sep.as_ref().map(|s| s.view()) };
+    let dev = AttnDevice { meta: [m.part(2), m.part(3), m.part(4), m.part(5), m.part(6)], scratch: p.scratch.as_ref().map(|s| s.slice_mut(0)), sep: p.sep.as_ref().map(|s| s.view()), counters: p.counters.as_ref().map(|c| c.slice_mut(0)) };
     attention::launch(ctx.gpu, l, h, views, dev)
 }
 

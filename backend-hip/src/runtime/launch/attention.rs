@@ -113,6 +113,9 @@ pub(crate) struct AttnHost {
     pub sep_at: usize,
     /// Scratch bytes: split-K partials or hip-separate's scores (0: none).
     pub scratch: usize,
+    /// Split-K decode: bytes of the zeroed int32 counters (one per (entry, kv head, row
+    /// chunk)) with which the last split merges inside the decode kernel (0: no decode splits).
+    pub counters: usize,
     pub entries: usize,
     pub total_q: usize,
     pub max_q: usize,
@@ -215,7 +218,7 @@ pub(crate) fn prepare(l: &AttnLaunch, c: &AttnShape<'_>) -> Result<AttnHost> {
         }
     };
     let mut tiles: Vec<i32> = Vec::new();
-    let (mut sep, mut sep_at, mut scratch) = (Vec::new(), 0, 0);
+    let (mut sep, mut sep_at, mut scratch, mut counters) = (Vec::new(), 0, 0, 0);
     match l {
         AttnLaunch::Tiled { tile_rows, .. } => {
             let rows = *tile_rows;
@@ -251,6 +254,8 @@ pub(crate) fn prepare(l: &AttnLaunch, c: &AttnShape<'_>) -> Result<AttnHost> {
             }
             if *splits > 1 {
                 scratch = bytes_of("split-K partials", &[total_q * c.heads, *splits, d + 2], 4)?;
+                let chunks = (c.heads / c.kv_heads * max_q).div_ceil(*rows_per_block);
+                counters = bytes_of("split-K counters", &[b, c.kv_heads, chunks], 4)?;
             }
         }
         AttnLaunch::Separate { .. } => {
@@ -277,6 +282,7 @@ pub(crate) fn prepare(l: &AttnLaunch, c: &AttnShape<'_>) -> Result<AttnHost> {
         sep,
         sep_at,
         scratch,
+        counters,
         entries: b,
         total_q,
         max_q,
@@ -305,12 +311,15 @@ pub(crate) struct AttnViews<'a> {
     pub rope: Option<AttnRope<'a>>,
 }
 
-/// [`AttnHost`] on the device: its metadata parts, scratch and hip-separate's row table.
+/// [`AttnHost`] on the device: its metadata parts, scratch and hip-separate's row table; with
+/// `counters` (zeroed, `AttnHost::counters` bytes; every launch leaves them zeroed) a split-K
+/// decode merges inside its kernel, without them `attn_merge` runs after it.
 #[derive(Debug)]
 pub(crate) struct AttnDevice<'a> {
     pub meta: [MetaRef<'a>; 5],
     pub scratch: Option<DevMut<'a>>,
     pub sep: Option<DevRef<'a>>,
+    pub counters: Option<DevMut<'a>>,
 }
 
 /// Checks the call against the views, builds and uploads its metadata, launches (the eager
@@ -323,7 +332,8 @@ pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()
     let mut scratch = if host.scratch > 0 { Some(gpu.alloc_uninit(host.scratch)?) } else { None };
     let sep = if host.sep.is_empty() { None } else { Some(gpu.upload(&host.sep)?) };
     let views = AttnViews { q: c.q, out: c.out, k: c.kv.k, v: c.kv.v, dtype: c.dtype, scale: c.scale, causal: c.causal, rope: c.rope };
-    let dev = AttnDevice { meta: [meta.part(0), meta.part(1), meta.part(2), meta.part(3), meta.part(4)], scratch: scratch.as_mut().map(|s| s.view_mut()), sep: sep.as_ref().map(|s| s.view()) };
+    // Eager: the merge runs as its own kernel (no counters to zero per call).
+    let dev = AttnDevice { meta: [meta.part(0), meta.part(1), meta.part(2), meta.part(3), meta.part(4)], scratch: scratch.as_mut().map(|s| s.view_mut()), sep: sep.as_ref().map(|s| s.view()), counters: None };
     // Scratch and metadata are freed stream-ordered, after the launches.
     launch(gpu, l, &host, views, dev)
 }
@@ -439,12 +449,18 @@ pub(crate) fn launch(gpu: &Gpu, l: &AttnLaunch, h: &AttnHost, c: AttnViews<'_>, 
             let rows = total_q * h.heads;
             if splits > 1 {
                 p.part = scratch;
+                if let Some(ctr) = &m.counters {
+                    // One per (entry, kv head, row chunk) of the grid.
+                    need_mut(gpu, "split-K counters", ctr, 4 * b * h.kv_heads * chunks)?;
+                    p.counters = ctr.addr;
+                }
             }
             // SAFETY: as for the tiled kernels; the scratch holds every (row, split) partial
-            // (`prepare` sized it), and no split holds more keys than the kernel's shared
-            // memory (checked by `prepare` for the bucket).
+            // (`prepare` sized it), no split holds more keys than the kernel's shared memory
+            // (checked by `prepare` for the bucket), and the counters (when given) hold one
+            // zeroed int per (entry, kv head, row chunk) of the grid.
             unsafe { gpu.launch(kernel, grid, block, shared, &p) }?;
-            if splits > 1 {
+            if splits > 1 && m.counters.is_none() {
                 let mp = MergeParams {
                     part: scratch,
                     out: c.out.mem.addr,
