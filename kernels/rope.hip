@@ -1,7 +1,8 @@
 // RoPE on Q and K in place, and the fused variant that writes rotated K (and V) straight into
-// the KV cache. One thread per (token, unit); a unit is VP consecutive rotary pairs, so the
-// angles (f64 product and reduction, then f32 sincos) are computed once per token and pair and
-// applied to every head. Passthrough dims (>= rotary_dim) are untouched in place and copied in
+// the KV cache. One thread per (token, unit, head slice); a unit is VP consecutive rotary pairs,
+// so the angles (f64 product and reduction, then f32 sincos) are computed once per token, pair
+// and slice and applied to the slice's heads (heads blockIdx.y, + gridDim.y, ...: a decode step
+// of a few tokens spreads its heads over blocks instead of walking them in one thread). Passthrough dims (>= rotary_dim) are untouched in place and copied in
 // the fused variant.
 #include "include/af_common.h"
 
@@ -9,15 +10,15 @@
 // any store: in place, the compiler cannot move a load above an earlier store to the same
 // array, so without this each head's load would wait for the previous head's store.
 template <typename T, int VP, bool INTER>
-AF_DEVICE void rotate_rows(T* base, int heads, int D, int half, int u, const float* c, const float* s, T* out_base) {
+AF_DEVICE void rotate_rows(T* base, int heads, int D, int half, int u, const float* c, const float* s, T* out_base, int h1, int hs) {
     constexpr int HU = VP >= 8 ? 2 : 4;  // keeps the widest variant near 80 registers
     constexpr bool inter = INTER;
-    for (int h0 = 0; h0 < heads; h0 += HU) {
+    for (int h0 = h1; h0 < heads; h0 += HU * hs) {
         float a[HU][INTER ? 2 * VP : VP], b[HU][INTER ? 1 : VP];
 #pragma unroll
         for (int j = 0; j < HU; ++j) {
-            if (h0 + j >= heads) break;
-            const T* row = base + (long)(h0 + j) * D;
+            if (h0 + j * hs >= heads) break;
+            const T* row = base + (long)(h0 + j * hs) * D;
             if constexpr (!inter) {
                 af_load<VP>(row + u * VP, a[j]);
                 af_load<VP>(row + half + u * VP, b[j]);
@@ -27,8 +28,8 @@ AF_DEVICE void rotate_rows(T* base, int heads, int D, int half, int u, const flo
         }
 #pragma unroll
         for (int j = 0; j < HU; ++j) {
-            if (h0 + j >= heads) break;
-            T* orow = out_base + (long)(h0 + j) * D;
+            if (h0 + j * hs >= heads) break;
+            T* orow = out_base + (long)(h0 + j * hs) * D;
             if constexpr (!inter) {
 #pragma unroll
                 for (int i = 0; i < VP; ++i) {
@@ -61,6 +62,7 @@ AF_DEVICE void rope_body(const RopeParams& p) {
     const long gid = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (gid >= (long)p.tokens * units) return;
     const int t = (int)(gid / units), u = (int)(gid % units);
+    const int h1 = blockIdx.y, hs = gridDim.y;  // this thread's head slice
     T* q = reinterpret_cast<T*>(p.q);
     T* k = reinterpret_cast<T*>(p.k);
     T* kc = reinterpret_cast<T*>(p.k_cache);
@@ -72,7 +74,7 @@ AF_DEVICE void rope_body(const RopeParams& p) {
         int* kp = reinterpret_cast<int*>(p.k_pos) + reinterpret_cast<const int*>(p.slots)[t];
         const int old = *kp;
         if (old != AF_ROTATED) {
-            if (u == 0) *kp = old + reinterpret_cast<const int*>(p.positions)[t];
+            if (u == 0 && h1 == 0) *kp = old + reinterpret_cast<const int*>(p.positions)[t];
             return;
         }
     }
@@ -84,14 +86,14 @@ AF_DEVICE void rope_body(const RopeParams& p) {
         for (int i = 0; i < VP; ++i) {
             af_rope_cs(pos, inv[u * VP + i], p.attention_factor, &c[i], &s[i]);
         }
-        if (q) rotate_rows<T, VP, INTER>(q + (long)t * p.q_stride, p.q_heads, D, half, u, c, s, q + (long)t * p.q_stride);
-        rotate_rows<T, VP, INTER>(k + krow, p.k_heads, D, half, u, c, s, kdst);
+        if (q) rotate_rows<T, VP, INTER>(q + (long)t * p.q_stride, p.q_heads, D, half, u, c, s, q + (long)t * p.q_stride, h1, hs);
+        rotate_rows<T, VP, INTER>(k + krow, p.k_heads, D, half, u, c, s, kdst, h1, hs);
     }
     if (kc && u < nch) {
         // Passthrough dims of K, and V, into the cache.
         const T* v = reinterpret_cast<const T*>(p.v);
         T* vdst = reinterpret_cast<T*>(p.v_cache) + (long)reinterpret_cast<const int*>(p.slots)[t] * p.k_heads * D;
-        for (int h = 0; h < p.k_heads; ++h) {
+        for (int h = h1; h < p.k_heads; h += hs) {
             const long o = (long)h * D + u * CV;
             if (u * CV >= p.rotary_dim) {
                 af_copy<16 / sizeof(T)>(kdst + o, k + krow + o);

@@ -66,11 +66,16 @@ fn base(gpu: &Gpu, l: &RopeLaunch, s: &RopeShape, table: &RopeTable<'_>, positio
     Ok((dtype, p))
 }
 
-/// Grid of the rope kernel: one thread per (token, unit), a unit being `vp` rotary pairs or one
-/// 16-byte chunk, whichever is more (the kernel computes the same).
+/// Grid of the rope kernel: one thread per (token, unit, head slice), a unit being `vp` rotary
+/// pairs or one 16-byte chunk, whichever is more (the kernel computes the same). Few tokens
+/// (decode) spread their heads over up to one slice per head, so about 64 Ki threads run; the
+/// context shift (`gather`) keeps one slice (a hip-fused slot's position moves once).
 fn grid(p: &RopeParams, dtype: DType) -> [u64; 3] {
     let units = ((p.rotary_dim / 2 / p.vp) as u64).max(p.head_dim as u64 / (CHUNK_BYTES / dtype.size()) as u64);
-    [(p.tokens as u64 * units).div_ceil(ROPE_THREADS as u64), 1, 1]
+    let threads = (p.tokens as u64 * units).max(1);
+    let heads = p.q_heads.max(p.k_heads).max(1) as u64;
+    let slices = if p.gather != 0 { 1 } else { (64 * 1024u64).div_ceil(threads).clamp(1, heads) };
+    [(p.tokens as u64 * units).div_ceil(ROPE_THREADS as u64), slices, 1]
 }
 
 /// Points `p` at Q (when given), checked to hold `tokens` rows of its stride.
