@@ -26,7 +26,9 @@ template <typename T> AF_DEVICE void attn_merge_body(const MergeParams& p) {
 // blocks merges them into `out` as attn_merge would (reading the others' partials past L1) and
 // puts the counter back to 0, so the next launch, or a replayed graph, finds it zeroed. Called
 // by every thread of the block after its partials are written. `row_of(r)`: the partials' row of
-// the block's row r; `out_of(r)`: its first element in out.
+// the block's row r; `out_of(r)`: its first element in out. One thread per (row, column pair),
+// one pass over the splits with a running maximum, 8 splits' loads in flight at a time (one
+// block merges what attn_merge spreads over many: its loads must overlap).
 template <typename T, typename RowF, typename OutF>
 AF_DEVICE void split_merge_last(const AttnParams& p, int rows, int D, int tid, int nthreads, RowF row_of, OutF out_of) {
     __threadfence();
@@ -39,20 +41,36 @@ AF_DEVICE void split_merge_last(const AttnParams& p, int rows, int D, int tid, i
     }
     if (!__syncthreads_or(arrived == p.splits)) return;
     __threadfence();
+    constexpr int U = 8;
+    const int D2 = D / 2, W = D + 2;
     const float* partb = reinterpret_cast<const float*>(p.part);
-    for (int idx = tid; idx < rows * D; idx += nthreads) {
-        const int r = idx / D, c = idx % D;
-        const float* part = partb + row_of(r) * p.splits * (D + 2);
-        float M = -INFINITY;
-        for (int s = 0; s < p.splits; ++s) M = fmaxf(M, af_ld_coherent(part + s * (D + 2)));
-        const float base = M == -INFINITY ? 0.f : M;
-        float L = 0.f, A = 0.f;
-        for (int s = 0; s < p.splits; ++s) {
-            const float* ps = part + s * (D + 2);
-            const float w = exp2f(af_ld_coherent(ps) - base);
-            L += af_ld_coherent(ps + 1) * w;
-            A += af_ld_coherent(ps + 2 + c) * w;
+    for (int idx = tid; idx < rows * D2; idx += nthreads) {
+        const int r = idx / D2, c = (idx % D2) * 2;
+        const float* part = partb + row_of(r) * p.splits * W;
+        float M = -INFINITY, L = 0.f, A0 = 0.f, A1 = 0.f;
+        for (int s0 = 0; s0 < p.splits; s0 += U) {
+            float m[U], l[U];
+            float2 a[U];
+#pragma unroll
+            for (int j = 0; j < U; ++j) {
+                const float* ps = part + (s0 + j < p.splits ? s0 + j : s0) * W;
+                m[j] = s0 + j < p.splits ? af_ld_coherent(ps) : -INFINITY;
+                l[j] = af_ld_coherent(ps + 1);
+                a[j] = af_ld_coherent2(ps + 2 + c);
+            }
+#pragma unroll
+            for (int j = 0; j < U; ++j) {
+                const float mn = fmaxf(M, m[j]);
+                if (mn == -INFINITY) continue;  // nothing seen yet, or a split without keys
+                const float f = exp2f(M - mn), w = exp2f(m[j] - mn);
+                L = L * f + l[j] * w;
+                A0 = A0 * f + a[j].x * w;
+                A1 = A1 * f + a[j].y * w;
+                M = mn;
+            }
         }
-        reinterpret_cast<T*>(p.out)[out_of(r) + c] = af_from_float<T>(A / L);
+        T* o = reinterpret_cast<T*>(p.out) + out_of(r) + c;
+        o[0] = af_from_float<T>(A0 / L);
+        o[1] = af_from_float<T>(A1 / L);
     }
 }

@@ -9,7 +9,7 @@
 // What the kernels may use: AF_DEVICE, AF_WARP, af_shfl_xor (within a warp, offsets < 16 are
 // safe on every target), af_h2f / af_f2h (f16), af_bf2f / af_f2bf (bf16), af_f2h2 / af_f2bf2
 // (two floats to a packed pair, low element first), af_sincos, af_sincos_fast, af_cp_async16
-// (global to shared) with af_cp_async_commit / _wait_all / _wait<N>, af_ld_coherent (a float
+// (global to shared) with af_cp_async_commit / _wait_all / _wait<N>, af_ld_coherent / af_ld_coherent2 (floats
 // another block of the same kernel stored before a fence: read past the non-coherent L1), and
 // the matrix-core fragment operations af_mma_* (see below).
 #pragma once
@@ -141,8 +141,10 @@ AF_DEVICE void af_cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "m
 // Waits until at most N committed groups are still in flight (N-deep pipelines).
 template <int N> AF_DEVICE void af_cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 AF_DEVICE float af_ld_coherent(const float* p) { return __ldcg(p); }
+AF_DEVICE float2 af_ld_coherent2(const float* p) { return __ldcg(reinterpret_cast<const float2*>(p)); }
 #else
 AF_DEVICE float af_ld_coherent(const float* p) { return __uint_as_float(__atomic_load_n(reinterpret_cast<const unsigned*>(p), __ATOMIC_RELAXED)); }
+AF_DEVICE float2 af_ld_coherent2(const float* p) { return make_float2(af_ld_coherent(p), af_ld_coherent(p + 1)); }
 AF_DEVICE void af_cp_async16(void* dst, const void* src, bool valid) {
     *reinterpret_cast<uint4*>(dst) = valid ? *reinterpret_cast<const uint4*>(src) : make_uint4(0u, 0u, 0u, 0u);
 }
