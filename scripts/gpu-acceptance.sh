@@ -17,7 +17,9 @@
 #   4. quickstart, select_backend, and engine_decode on each backend (cudarc memory on the
 #      program's stream, checked in lockstep against the CPU reference);
 #   5. then, alone on the GPU, `bench --engine` (BENCH_ENGINE=0 skips it): a decode step through
-#      the owned API and through views, same run.
+#      the owned API and through views, same run; with BENCH_DECODE=1 first `bench --decode-graph`
+#      and `bench/torch_baseline.py --decode-graph` (eager / plan+run / graph replay per layer
+#      against PyTorch SDPA flash and cuDNN, eager and under a CUDA graph).
 # Every log goes to LOGDIR; the last lines printed are one summary line per run.
 set -uo pipefail
 B=${BUNDLE:-.device-bundle}
@@ -69,6 +71,11 @@ if [ "$TESTS" = 1 ]; then
   run select-backend "$B/bin/select_backend" --backend hip-hybrid
 fi
 wait "${pids[@]}"
+if [ "${BENCH_DECODE:-0}" = 1 ] && [ -x "$B/bin/bench" ]; then
+  # Plan / run / graph replay against PyTorch SDPA (flash, cuDNN; eager and CUDA graph), same call.
+  timeout "$LIMIT" "$B/bin/bench" --decode-graph --json "$LOG/bench-decode-graph.json" > "$LOG/bench-decode-graph.log" 2>&1; echo $? > "$LOG/bench-decode-graph.rc"
+  timeout "$LIMIT" python3 bench/torch_baseline.py --decode-graph --json "$LOG/torch-decode-graph.json" > "$LOG/torch-decode-graph.log" 2>&1; echo $? > "$LOG/torch-decode-graph.rc"
+fi
 if [ "${BENCH_ENGINE:-1}" = 1 ] && [ -x "$B/bin/bench" ]; then
   timeout "$LIMIT" "$B/bin/bench" --engine --json "$LOG/bench-engine.json" > "$LOG/bench-engine.log" 2>&1; echo $? > "$LOG/bench-engine.rc"
 fi
