@@ -29,11 +29,14 @@ pub enum Bug {
     /// RoPE reads and writes Q and K as if dense, ignoring the row stride of views into a fused
     /// buffer (right on owned tensors; only the engine path's cells can catch it).
     RopeIgnoresRowStride,
+    /// `update_plan` keeps the plan it was given (right for a plan run once; only the plan
+    /// path's cells, which plan a decoy step first, can catch it).
+    StalePlanUpdate,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 9] = [
         Bug::RopeStyleSwapped,
         Bug::CausalOffByOne,
         Bug::GqaModulo,
@@ -42,6 +45,7 @@ impl Bug {
         Bug::AppendIgnoresPageTable,
         Bug::ShiftWrongSign,
         Bug::RopeIgnoresRowStride,
+        Bug::StalePlanUpdate,
     ];
 
     /// Registry name: `mutant-...`.
@@ -55,6 +59,7 @@ impl Bug {
             Bug::AppendIgnoresPageTable => "mutant-append-ignores-pages",
             Bug::ShiftWrongSign => "mutant-shift-wrong-sign",
             Bug::RopeIgnoresRowStride => "mutant-rope-ignores-row-stride",
+            Bug::StalePlanUpdate => "mutant-stale-plan-update",
         }
     }
 
@@ -233,6 +238,12 @@ impl AttentionBackend for Mutant {
         let delta = if self.0 == Bug::ShiftWrongSign { -a.delta } else { a.delta };
         CpuBackend.shift_positions(ShiftArgs { delta, ..a })
     }
+    fn update_plan(&self, plan: &mut dyn PlanState, a: PlanArgs<'_>) -> Result<()> {
+        if self.0 == Bug::StalePlanUpdate {
+            return Ok(());
+        }
+        CpuBackend.update_plan(plan, a)
+    }
 }
 
 #[cfg(feature = "mutants")]
@@ -246,5 +257,5 @@ mod registered {
             }
         )*};
     }
-    register!(RopeStyleSwapped, CausalOffByOne, GqaModulo, UnwrittenElement, SoftmaxNoMax, AppendIgnoresPageTable, ShiftWrongSign, RopeIgnoresRowStride);
+    register!(RopeStyleSwapped, CausalOffByOne, GqaModulo, UnwrittenElement, SoftmaxNoMax, AppendIgnoresPageTable, ShiftWrongSign, RopeIgnoresRowStride, StalePlanUpdate);
 }

@@ -301,15 +301,28 @@ pub enum Kv {
 
 /// The step description of a planned op, bucketed to the longest capacity of the batch's
 /// sequences (so the plan's shapes are not this step's exact ones).
+#[allow(clippy::too_many_arguments)]
 fn desc<'a>(op: PlanOp, spec: &'a KvCacheSpec, meta: &'a KvMetadata, batch: &'a Batch, heads: usize, positions: &'a [u32], rope: Option<&'a RopeConfig>, params: AttentionParams) -> StepDesc<'a> {
     let bucket = batch.seq_ids().iter().map(|&s| meta.seq_capacity(s)).max();
     StepDesc { op, spec, num_heads: heads, meta, batch, positions, rope, params, max_kv_len: bucket }
 }
 
-/// Plans `d`, rewrites the plan with the same step (`update_plan`: the metadata written again in
-/// place), then runs `views` once.
+/// Plans a decoy of `d` first (every position one further on; every sequence one token longer
+/// where its capacity and the bucket allow), rewrites the plan to `d` with `update_plan`, then
+/// runs `views` once: a plan that kept any of the decoy's metadata gives other results.
 fn planned(be: &Backend, d: StepDesc<'_>, views: LayerViews<'_>) -> Result<()> {
-    let mut plan = be.plan(d)?;
+    let positions: Vec<u32> = match d.rope {
+        Some(r) => d.positions.iter().map(|&p| (p + 1) % r.max_position as u32).collect(),
+        None => d.positions.to_vec(),
+    };
+    let mut meta = d.meta.clone();
+    for &s in d.batch.seq_ids() {
+        let len = meta.seq_len(s);
+        if len < meta.seq_capacity(s) && d.max_kv_len.is_none_or(|m| len < m) {
+            meta.set_seq_len(s, len + 1)?;
+        }
+    }
+    let mut plan = be.plan(StepDesc { positions: &positions, meta: &meta, ..d })?;
     be.update_plan(&mut plan, d)?;
     be.run(&plan, views)
 }

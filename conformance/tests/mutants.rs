@@ -62,6 +62,19 @@ fn rope_ignoring_the_row_stride_is_caught_on_the_views_path() {
 
 #[test]
 fn every_bug_has_a_test() {
-    assert_eq!(Bug::ALL.len(), 8);
+    assert_eq!(Bug::ALL.len(), 9);
     assert!(Bug::ALL.iter().all(|b| Op::ALL.contains(&b.op())));
+}
+
+/// Only the plan path plans a decoy step and then updates the plan: the owned and views cells
+/// pass, the plan cell fails.
+#[test]
+fn a_plan_update_that_keeps_the_old_step_is_caught_on_the_plan_path() {
+    caught(Bug::StalePlanUpdate, DType::F32);
+    let cfg = Config { cases: 16, dtypes: vec![DType::F32], ops: vec![Op::Attention], errors: false, head_dims: vec![64], ..Config::default() };
+    let report = check_backend(&Mutant::handle(Bug::StalePlanUpdate), &cfg);
+    let cell = |op: &str| report.cells.iter().find(|c| c.op == op).unwrap();
+    assert!(cell("attention").failure.is_none(), "{}", report.to_markdown());
+    assert!(cell("attention/views").failure.is_none(), "{}", report.to_markdown());
+    assert!(cell("attention/plan").failure.is_some(), "{}", report.to_markdown());
 }

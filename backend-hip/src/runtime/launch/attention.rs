@@ -149,7 +149,7 @@ pub(crate) fn prepare(l: &AttnLaunch, c: &AttnShape<'_>) -> Result<AttnHost> {
     let b = c.q_lens.len();
     let d = c.head_dim;
     let (dmax, exact, multiple) = head_dims(main_kernel(l))?;
-    if d == 0 || d % multiple != 0 || d > dmax || (exact && d != dmax) {
+    if d == 0 || !d.is_multiple_of(multiple) || d > dmax || (exact && d != dmax) {
         return Err(Error::InvalidArgument(format!("{}: head_dim {d} is not one this kernel serves", main_kernel(l).symbol())));
     }
     if b == 0 || c.kv_lens.len() != b || c.kv_heads == 0 || !c.heads.is_multiple_of(c.kv_heads) {
