@@ -8,9 +8,10 @@
 //! (`[layers, pages, page_size, kv_heads, head_dim]` for K and for V), one fused QKV projection
 //! buffer per step (`[tokens, (H + 2 Hkv) D]`; the projection is a random matrix applied on the
 //! host here, standing in for the engine's GEMM), block tables and lengths in a `KvMetadata` the
-//! engine owns and passes to every layer. Each step: `extend` the lengths once, then per layer
-//! RoPE + append + attention (`Backend::step`) on views of the fused buffer into a view of the
-//! engine's output buffer. Along the way it forks a sequence (prefix sharing: full pages
+//! engine owns and passes to every layer. Each step: `extend` the lengths once and `plan` the
+//! step once (validation, kernel choice, the step's metadata uploaded once), then per layer
+//! RoPE + append + attention (`Backend::run` of the plan: launches only, on a GPU) on views of
+//! the fused buffer into a view of the engine's output buffer. Along the way it forks a sequence (prefix sharing: full pages
 //! shared, the partial one copied in every layer's pools) and rolls another back (speculative
 //! decoding's rejected tokens).
 //!
@@ -223,14 +224,19 @@ impl<M: Memory> Engine<M> {
         Ok(Engine { be, mem, meta })
     }
 
-    /// Layer `l` of a step: RoPE + append + attention on views, through the metadata the
-    /// engine passes to every layer.
-    fn layer(&mut self, model: &Model, l: usize, qkv: &[f32], batch: &Batch, positions: &[u32]) -> Result<Vec<f32>> {
-        let (be, meta) = (&self.be, &self.meta);
-        let mut op = |q: &mut Tensor, k: &mut Tensor, v: &Tensor, out: &mut Tensor, pools: &mut KvPools| {
-            be.step(StepViews { q, k, v, positions, rope: &model.rope, pools, meta, batch, params: AttentionParams::causal(D), out })
-        };
-        self.mem.layer(be, l, batch.total_tokens(), qkv, &mut op)
+    /// The step's plan, once for every layer: validation, kernel choice and the metadata
+    /// (lengths, block tables, positions, slots) uploaded once.
+    fn plan(&self, model: &Model, batch: &Batch, positions: &[u32]) -> Result<StepPlan> {
+        let spec = spec();
+        self.be.plan(StepDesc { op: PlanOp::Step, spec: &spec, num_heads: H, meta: &self.meta, batch, positions, rope: Some(&model.rope), params: AttentionParams::causal(D), max_kv_len: None })
+    }
+
+    /// Layer `l` of a step: RoPE + append + attention on views, run from the step's plan (only
+    /// launches on a GPU).
+    fn layer(&mut self, l: usize, qkv: &[f32], plan: &StepPlan) -> Result<Vec<f32>> {
+        let be = &self.be;
+        let mut op = |q: &mut Tensor, k: &mut Tensor, v: &Tensor, out: &mut Tensor, pools: &mut KvPools| be.run(plan, LayerViews::Step { q, k, v, pools, out });
+        self.mem.layer(be, l, plan.tokens(), qkv, &mut op)
     }
 
     /// Prefix sharing: sequence `dst` forks `src` (full pages shared; the partial one copied into
@@ -259,18 +265,24 @@ fn forward<A: Memory, B: Memory>(model: &Model, a: &mut Engine<A>, mut b: Option
     if let Some(b) = b.as_deref_mut() {
         b.meta.extend(batch)?;
     }
+    // Once per step, for all layers: the plan.
+    let plan_a = a.plan(model, batch, &positions)?;
+    let plan_b = match b.as_deref() {
+        Some(b) => Some(b.plan(model, batch, &positions)?),
+        None => None,
+    };
     let (mut x, mut worst) = (x.to_vec(), 0f32);
     for l in 0..LAYERS {
         let qkv = model.project(l, &x);
-        let out = a.layer(model, l, &qkv, batch, &positions)?;
-        x = match b.as_deref_mut() {
-            Some(b) => {
-                let reference = b.layer(model, l, &qkv, batch, &positions)?;
+        let out = a.layer(l, &qkv, &plan_a)?;
+        x = match (b.as_deref_mut(), &plan_b) {
+            (Some(b), Some(plan_b)) => {
+                let reference = b.layer(l, &qkv, plan_b)?;
                 let rms = (reference.iter().map(|v| v * v).sum::<f32>() / reference.len() as f32).sqrt().max(1e-6);
                 worst = worst.max(out.iter().zip(&reference).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max) / rms);
                 reference
             }
-            None => out,
+            _ => out,
         };
     }
     Ok((x, worst))
