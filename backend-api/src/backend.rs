@@ -561,17 +561,7 @@ impl Backend {
         let (start, _) = self.check_append(pools, meta, k, v, batch)?;
         let kv_lens: Vec<usize> = batch.seq_ids().iter().map(|&s| meta.seq_len(s)).collect();
         let mut desc = self.check_attention(q, pools, meta, batch, &kv_lens, params, out)?;
-        // q and k may be rotated in place and the pools are written: neither may share memory
-        // with what the step reads.
-        Self::check_disjoint(&[
-            ("q", q, "k", k),
-            ("q", q, "v", v),
-            ("k", k, "v", v),
-            ("out", out, "k", k),
-            ("out", out, "v", v),
-            ("K pool", pools.k(), "q", q),
-            ("V pool", pools.v(), "q", q),
-        ])?;
+        Self::check_step_disjoint(q, k, v, pools, out)?;
         desc.rope = rope_desc.rope;
         desc.validate_call()?;
         for op in [Op::Rope, Op::KvAppend, Op::Attention, Op::Step] {
@@ -769,22 +759,7 @@ impl Backend {
                 self.check_tensor("v", v, &[t, hk, d], dt)?;
                 self.check_tensor("out", out, &[t, h, d], dt)?;
                 pools_ok(pools)?;
-                Self::check_disjoint(&[
-                    ("q", q, "k", k),
-                    ("q", q, "v", v),
-                    ("k", k, "v", v),
-                    ("out", out, "q", q),
-                    ("out", out, "k", k),
-                    ("out", out, "v", v),
-                    ("K pool", pools.k(), "q", q),
-                    ("V pool", pools.v(), "q", q),
-                    ("K pool", pools.k(), "k", k),
-                    ("K pool", pools.k(), "v", v),
-                    ("V pool", pools.v(), "k", k),
-                    ("V pool", pools.v(), "v", v),
-                    ("out", out, "K pool", pools.k()),
-                    ("out", out, "V pool", pools.v()),
-                ])?;
+                Self::check_step_disjoint(q, k, v, pools, out)?;
             }
         }
         self.inner.run(plan.state.as_ref(), views, Validated(()))
@@ -824,25 +799,10 @@ impl Backend {
         let (appends, attends, ropes) = (matches!(d.op, PlanOp::Append | PlanOp::Step), matches!(d.op, PlanOp::Attention | PlanOp::Step), matches!(d.op, PlanOp::Rope | PlanOp::Step));
         let t = batch.total_tokens();
         let lens: Vec<usize> = batch.seq_ids().iter().map(|&s| meta.seq_len(s)).collect();
-        let mut start = Vec::new();
-        if appends {
-            for ((&s, &q), &len) in batch.seq_ids().iter().zip(batch.q_lens()).zip(&lens) {
-                if q > len {
-                    return Err(Error::InvalidArgument(format!("sequence {s} holds {len} tokens, fewer than its {q} new ones: grow the metadata first (KvMetadata::extend)")));
-                }
-                if len > meta.seq_capacity(s) {
-                    return Err(Error::KvCacheOverflow { seq: s, needed: len, capacity: meta.seq_capacity(s) });
-                }
-                start.push(len - q);
-            }
-        }
+        let start = if appends { Self::append_starts(meta, batch)? } else { Vec::new() };
         let kv_lens = if attends {
             Self::check_params(d.params)?;
-            for (i, (&q_len, &kv_len)) in batch.q_lens().iter().zip(&lens).enumerate() {
-                if q_len > kv_len {
-                    return Err(Error::QLenExceedsKvLen { seq: batch.seq_ids()[i], q_len, kv_len });
-                }
-            }
+            Self::check_q_within_kv(batch, &lens)?;
             lens.clone()
         } else {
             Vec::new()
@@ -853,12 +813,7 @@ impl Backend {
             if c.head_dim != spec.head_dim {
                 return Err(Error::shape("q", &[t, d.num_heads, c.head_dim], &[t, d.num_heads, spec.head_dim]));
             }
-            if d.positions.len() != t {
-                return Err(Error::shape("positions", &[t], &[d.positions.len()]));
-            }
-            if let Some((token, &p)) = d.positions.iter().enumerate().find(|(_, &p)| p as usize >= c.max_position) {
-                return Err(Error::PositionOutOfRange { token, position: p as usize, max_position: c.max_position });
-            }
+            Self::check_positions(d.positions, t, c)?;
             (Some(c), Some(c.frequencies(max_position(d.positions))?))
         } else {
             (None, None)
@@ -949,6 +904,28 @@ impl Backend {
         Ok(())
     }
 
+    /// The composite step's tensors: q and k may be rotated in place, the pools and `out` are
+    /// written, so none of them may share memory with another (the eager step and a planned run
+    /// check the same list).
+    fn check_step_disjoint(q: &Tensor, k: &Tensor, v: &Tensor, pools: &KvPools, out: &Tensor) -> Result<()> {
+        Self::check_disjoint(&[
+            ("q", q, "k", k),
+            ("q", q, "v", v),
+            ("k", k, "v", v),
+            ("out", out, "q", q),
+            ("out", out, "k", k),
+            ("out", out, "v", v),
+            ("K pool", pools.k(), "q", q),
+            ("V pool", pools.v(), "q", q),
+            ("K pool", pools.k(), "k", k),
+            ("K pool", pools.k(), "v", v),
+            ("V pool", pools.v(), "k", k),
+            ("V pool", pools.v(), "v", v),
+            ("out", out, "K pool", pools.k()),
+            ("out", out, "V pool", pools.v()),
+        ])
+    }
+
     /// The owned path's own refusals before its lengths grow: the tensors, sequences in range,
     /// capacity, and no append into a page another sequence reads.
     fn check_owned_append(&self, cache: &KvCache, k: &Tensor, v: &Tensor, batch: &Batch) -> Result<()> {
@@ -1032,12 +1009,7 @@ impl Backend {
             return Err(Error::DtypeMismatch { what: "k".into(), expected: q.dtype(), got: k.dtype() });
         }
         Self::check_heads(h, hk)?;
-        if positions.len() != t {
-            return Err(Error::shape("positions", &[t], &[positions.len()]));
-        }
-        if let Some((token, &p)) = positions.iter().enumerate().find(|(_, &p)| p as usize >= config.max_position) {
-            return Err(Error::PositionOutOfRange { token, position: p as usize, max_position: config.max_position });
-        }
+        Self::check_positions(positions, t, config)?;
         Ok(ProblemDesc {
             dtype: q.dtype(),
             num_heads: h,
@@ -1050,6 +1022,45 @@ impl Backend {
             max_q_len: t,
             max_kv_len: 0,
         })
+    }
+
+    /// One position per token, each below the table's `max_position`.
+    fn check_positions(positions: &[u32], tokens: usize, config: &RopeConfig) -> Result<()> {
+        if positions.len() != tokens {
+            return Err(Error::shape("positions", &[tokens], &[positions.len()]));
+        }
+        if let Some((token, &p)) = positions.iter().enumerate().find(|(_, &p)| p as usize >= config.max_position) {
+            return Err(Error::PositionOutOfRange { token, position: p as usize, max_position: config.max_position });
+        }
+        Ok(())
+    }
+
+    /// The engine path's append: `meta` already counts the new tokens, which go to tokens
+    /// `seq_len - q_len..seq_len` of each sequence, within its capacity. Returns the first token
+    /// written per entry.
+    fn append_starts(meta: &KvMetadata, batch: &Batch) -> Result<Vec<usize>> {
+        let mut start = Vec::with_capacity(batch.len());
+        for (&s, &q) in batch.seq_ids().iter().zip(batch.q_lens()) {
+            let len = meta.seq_len(s);
+            if q > len {
+                return Err(Error::InvalidArgument(format!("sequence {s} holds {len} tokens, fewer than its {q} new ones: grow the metadata first (KvMetadata::extend)")));
+            }
+            if len > meta.seq_capacity(s) {
+                return Err(Error::KvCacheOverflow { seq: s, needed: len, capacity: meta.seq_capacity(s) });
+            }
+            start.push(len - q);
+        }
+        Ok(start)
+    }
+
+    /// No entry has more new queries than keys to attend over.
+    fn check_q_within_kv(batch: &Batch, kv_lens: &[usize]) -> Result<()> {
+        for (i, (&q_len, &kv_len)) in batch.q_lens().iter().zip(kv_lens).enumerate() {
+            if q_len > kv_len {
+                return Err(Error::QLenExceedsKvLen { seq: batch.seq_ids()[i], q_len, kv_len });
+            }
+        }
+        Ok(())
     }
 
     fn check_seq_ids(meta: &KvMetadata, batch: &Batch) -> Result<()> {
@@ -1069,17 +1080,7 @@ impl Backend {
         self.check_tensor("k", k, &shape, spec.dtype)?;
         self.check_tensor("v", v, &shape, spec.dtype)?;
         Self::check_seq_ids(meta, batch)?;
-        let mut start = Vec::with_capacity(batch.len());
-        for (&s, &q) in batch.seq_ids().iter().zip(batch.q_lens()) {
-            let len = meta.seq_len(s);
-            if q > len {
-                return Err(Error::InvalidArgument(format!("sequence {s} holds {len} tokens, fewer than its {q} new ones: grow the metadata first (KvMetadata::extend)")));
-            }
-            if len > meta.seq_capacity(s) {
-                return Err(Error::KvCacheOverflow { seq: s, needed: len, capacity: meta.seq_capacity(s) });
-            }
-            start.push(len - q);
-        }
+        let start = Self::append_starts(meta, batch)?;
         Self::check_disjoint(&[("K pool", pools.k(), "k", k), ("K pool", pools.k(), "v", v), ("V pool", pools.v(), "k", k), ("V pool", pools.v(), "v", v)])?;
         let desc = ProblemDesc {
             dtype: spec.dtype,
@@ -1113,11 +1114,7 @@ impl Backend {
         self.check_tensor("out", out, q.shape(), spec.dtype)?;
         Self::check_params(params)?;
         Self::check_seq_ids(meta, batch)?;
-        for (i, (&q_len, &kv_len)) in batch.q_lens().iter().zip(kv_lens).enumerate() {
-            if q_len > kv_len {
-                return Err(Error::QLenExceedsKvLen { seq: batch.seq_ids()[i], q_len, kv_len });
-            }
-        }
+        Self::check_q_within_kv(batch, kv_lens)?;
         Self::check_disjoint(&[("out", out, "q", q), ("out", out, "K pool", pools.k()), ("out", out, "V pool", pools.v())])?;
         Ok(ProblemDesc {
             dtype: spec.dtype,

@@ -618,10 +618,10 @@ mod tests {
         assert!(fake.violations().is_empty(), "{:?}", fake.violations());
     }
 
-    /// The engine path adds nothing at the boundary: a decode step on views into one fused
-    /// buffer, with pools viewed out of one allocation and caller-owned metadata, makes exactly
-    /// the driver calls (launches, host-to-device metadata uploads, allocations, device copies)
-    /// of the same step through the owned API, for every strategy.
+    /// A run of a plan only launches: its driver calls are exactly the launches of the eager
+    /// step (same kernels and grids), for every strategy; a capture queues nothing else, a
+    /// replay is one graph launch, `update_plan` copies metadata and allocates nothing, and a
+    /// failure inside a capture ends it.
     #[test]
     fn a_planned_run_only_launches_and_replays_as_a_graph() {
         for strategy in [Strategy::Flash, Strategy::Hybrid, Strategy::Fused, Strategy::Separate] {
@@ -683,6 +683,10 @@ mod tests {
         }
     }
 
+    /// The engine path adds nothing at the boundary: a decode step on views into one fused
+    /// buffer, with pools viewed out of one allocation and caller-owned metadata, makes exactly
+    /// the driver calls (launches, host-to-device metadata uploads, allocations, device copies)
+    /// of the same step through the owned API, for every strategy.
     #[test]
     fn a_step_on_views_makes_the_driver_calls_of_the_owned_step() {
         for strategy in [Strategy::Flash, Strategy::Hybrid, Strategy::Fused, Strategy::Separate] {
