@@ -5,7 +5,7 @@
 //   attn_softmax_f32:    P = softmax(S) row by row, in place;
 //   attn_pv_{dtype}:     O = P V, threads over head dims.
 // Any even head_dim up to SEP_DMAX (the query row is staged in shared memory). K/V addressing is
-// the flash kernels' (`kv_row`), so caches (contiguous, paged) and plain tensors both work.
+// the flash kernels' (`KvRows`), so caches (contiguous, paged) and plain tensors both work.
 #include "attention/common.h"
 
 struct SepRow {
@@ -36,13 +36,14 @@ template <typename T> AF_DEVICE void attn_scores_body(const SepParams& p) {
     __syncthreads();
     const T* K = reinterpret_cast<const T*>(a.k);
     float* S = reinterpret_cast<float*>(a.part) + r.s0;
+    const KvRows kvr(a, r.b);
     const int lane = threadIdx.x % 16, grp = threadIdx.x / 16;
     // Every lane of a group runs the same iterations (the shuffles need all 16).
     for (int j0 = 0; j0 < r.kv_len; j0 += SEP_THREADS / 16) {
         const int j = j0 + grp;
         float acc = 0.f;
         if (j < r.kv_len) {
-            const T* krow = K + kv_row(a, r.b, j) * a.k_stride + (long)kh * D;
+            const T* krow = K + kvr(j) * a.k_stride + (long)kh * D;
             for (int d = lane; d < D; d += 16) acc += sq[d] * af_to_float(krow[d]);
         }
 #pragma unroll
@@ -90,9 +91,10 @@ template <typename T> AF_DEVICE void attn_pv_body(const SepParams& p) {
     const float* P = reinterpret_cast<const float*>(a.part) + r.s0;
     const T* V = reinterpret_cast<const T*>(a.v);
     T* O = reinterpret_cast<T*>(a.out) + o_at(a, t, h);
+    const KvRows kvr(a, r.b);
     for (int d = threadIdx.x; d < D; d += SEP_THREADS) {
         float acc = 0.f;
-        for (int j = 0; j < r.visible; ++j) acc += P[j] * af_to_float(V[kv_row(a, r.b, j) * a.v_stride + (long)kh * D + d]);
+        for (int j = 0; j < r.visible; ++j) acc += P[j] * af_to_float(V[kvr(j) * a.v_stride + (long)kh * D + d]);
         O[d] = af_from_float<T>(acc);
     }
 }

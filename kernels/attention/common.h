@@ -1,7 +1,7 @@
 // Attention helpers shared by every attention kernel (vector units, matrix cores, hip-separate):
 // K/V row addressing and RoPE inside attention. Parameters: AttnParams (af_contract.h).
 //
-// The K/V source is either a KV cache (contiguous or paged) or plain K/V tensors: `kv_row` turns
+// The K/V source is either a KV cache (contiguous or paged) or plain K/V tensors: `KvRows` turns
 // (batch entry, token) into a row of the [rows, Hk, D] K/V array, so one kernel serves both.
 // GQA by indexing: query head h reads kv head h / (H / Hk); nothing is replicated.
 //
@@ -67,8 +67,46 @@ AF_DEVICE void rope_rows(const AttnParams& p, int rows, int D, int tid, int nthr
 AF_DEVICE long q_at(const AttnParams& p, long t, int h) { return t * p.q_stride + (long)h * p.head_dim; }
 AF_DEVICE long o_at(const AttnParams& p, long t, int h) { return t * p.o_stride + (long)h * p.head_dim; }
 
-AF_DEVICE long kv_row(const AttnParams& p, int b, int t) {
-    if (p.page_size == 0) return (long)reinterpret_cast<const int*>(p.kv_base)[b] + t;
-    const int* bt = reinterpret_cast<const int*>(p.block_table);
-    return (long)bt[(long)b * p.max_pages + t / p.page_size] * p.page_size + t % p.page_size;
-}
+// K/V rows of batch entry b: `kvr(t)` is the row of its token t in the [rows, Hk, D] array,
+// kv_base[b] + t when contiguous, else block_table[b][t / page_size] * page_size + t % page_size.
+// Built once per block. The page index divides by the run-time page size with a multiply-high
+// (Granlund-Montgomery, as FlashInfer's uint_fastdiv: m = floor(2^32 (2^s - d) / d) + 1,
+// q = (mulhi(t, m) + t) >> s, exact for t < 2^31), and a power-of-two page size takes a shift
+// and a mask: a hardware integer division costs ~20 instructions per key, which was most of the
+// issue time of the matrix-core decode's loads (H200, B=1: 28.0 -> 25.0 us at L=8192; B=64
+// L=8192: 3.1 -> 4.0 TB/s).
+struct KvRows {
+    const int* table;  // entry b's row of block_table (paged) or nullptr
+    long base;         // kv_base[b] (contiguous)
+    int ps, shift;
+    unsigned magic;
+    bool pow2;
+    AF_DEVICE KvRows(const AttnParams& p, int b) : table(nullptr), base(0), ps(p.page_size), shift(0), magic(0), pow2(false) {
+        if (ps == 0) {
+            base = reinterpret_cast<const int*>(p.kv_base)[b];
+            return;
+        }
+        table = reinterpret_cast<const int*>(p.block_table) + (long)b * p.max_pages;
+        while ((1u << shift) < (unsigned)ps) ++shift;
+        pow2 = (1 << shift) == ps;
+        if (!pow2) magic = (unsigned)(((1ull << 32) * ((1ull << shift) - (unsigned)ps)) / (unsigned)ps + 1);
+    }
+    // Calls f(row) with a row function for this entry's kind of addressing (contiguous, pages
+    // of a power of two, other pages), so that a loop over keys inside f is compiled once per
+    // kind and runs without the other kinds' predicated instructions.
+    template <typename F> AF_DEVICE void with_rows(F&& f) const {
+        if (ps == 0) {
+            f([&](int t) -> long { return base + t; });
+        } else if (pow2) {
+            f([&](int t) -> long { return ((long)table[t >> shift] << shift) | (t & (ps - 1)); });
+        } else {
+            f([&](int t) -> long { return (*this)(t); });
+        }
+    }
+    AF_DEVICE long operator()(int t) const {
+        if (ps == 0) return base + t;
+        if (pow2) return ((long)table[t >> shift] << shift) | (t & (ps - 1));
+        const unsigned q = ((unsigned)(((unsigned long long)(unsigned)t * magic) >> 32) + (unsigned)t) >> shift;
+        return (long)table[q] * ps + (t - (int)q * ps);
+    }
+};

@@ -32,6 +32,7 @@ AF_DEVICE void decode_body(const AttnParams& p) {
     const int tid = threadIdx.x, lane = tid % 16, grp = tid / 16;
     const int kvh = p.kv_heads, G = p.heads / kvh;
     const int b = blockIdx.x / (kvh * p.splits);
+    const KvRows kvr(p, b);
     const int kh = (blockIdx.x / p.splits) % kvh;
     const int split = blockIdx.x % p.splits;
     const int r0 = blockIdx.y * p.rows_per_block;
@@ -99,7 +100,7 @@ AF_DEVICE void decode_body(const AttnParams& p) {
 #pragma unroll
             for (int e = 0; e < EP; ++e) kv[u][e] = 0.f;
             if (j < n) {
-                const long off = kv_row(p, b, s0 + j) * p.k_stride + (long)kh * D + lane * epd;
+                const long off = kvr(s0 + j) * p.k_stride + (long)kh * D + lane * epd;
                 if (epd == EP) {
                     af_load<EP>(K + off, kv[u]);
                 } else {
@@ -115,7 +116,7 @@ AF_DEVICE void decode_body(const AttnParams& p) {
             for (int u = 0; u < DC_KU; ++u) {
                 const int j = base + grp + u * DC_GROUPS;
                 if (j >= n) continue;
-                const long slot = kv_row(p, b, s0 + j);
+                const long slot = kvr(s0 + j);
                 const int pos = reinterpret_cast<const int*>(p.k_pos)[slot];
                 if (pos == AF_ROTATED) continue;
                 const T* krow_ptr = K + slot * p.k_stride + (long)kh * D;
@@ -188,7 +189,7 @@ AF_DEVICE void decode_body(const AttnParams& p) {
 #pragma unroll
             for (int e = 0; e < EP; ++e) vv[u][e] = 0.f;
             if (j < n) {
-                const long off = kv_row(p, b, s0 + j) * p.v_stride + (long)kh * D + lane * epd;
+                const long off = kvr(s0 + j) * p.v_stride + (long)kh * D + lane * epd;
                 if (epd == EP) {
                     af_load<EP>(V + off, vv[u]);
                 } else {

@@ -27,9 +27,9 @@ template <typename T> AF_DEVICE void attn_merge_body(const MergeParams& p) {
 // puts the counter back to 0, so the next launch, or a replayed graph, finds it zeroed. Called
 // by every thread of the block after its partials are written. `row_of(r)`: the partials' row of
 // the block's row r; `out_of(r)`: its first element in out. One thread per (row, column pair),
-// one pass over the splits with a running maximum, 8 splits' loads in flight at a time (one
+// one pass over the splits with a running maximum, U (16) splits' loads in flight at a time (one
 // block merges what attn_merge spreads over many: its loads must overlap).
-template <typename T, typename RowF, typename OutF>
+template <typename T, int U = 16, typename RowF, typename OutF>
 AF_DEVICE void split_merge_last(const AttnParams& p, int rows, int D, int tid, int nthreads, RowF row_of, OutF out_of) {
     __threadfence();
     __syncthreads();
@@ -41,7 +41,6 @@ AF_DEVICE void split_merge_last(const AttnParams& p, int rows, int D, int tid, i
     }
     if (!__syncthreads_or(arrived == p.splits)) return;
     __threadfence();
-    constexpr int U = 8;
     const int D2 = D / 2, W = D + 2;
     const float* partb = reinterpret_cast<const float*>(p.part);
     for (int idx = tid; idx < rows * D2; idx += nthreads) {

@@ -32,6 +32,7 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
     const int tid = threadIdx.x, w = tid / AF_WARP;
     const int kvh = p.kv_heads, G = p.heads / kvh;
     const int b = blockIdx.x / (kvh * p.splits);
+    const KvRows kvr(p, b);
     const int kh = (blockIdx.x / p.splits) % kvh;
     const int split = blockIdx.x % p.splits;
     const int r0 = blockIdx.y * 16;
@@ -69,15 +70,17 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
         unsigned short* dK = sKV + (j % stages) * 2 * BC * LD;
         unsigned short* dV = dK + BC * LD;
         static_assert(BC * CH % MMA_THREADS == 0, "whole chunks per thread");
+        kvr.with_rows([&](auto row) {
 #pragma unroll
-        for (int it = 0; it < BC * CH / MMA_THREADS; ++it) {
-            const int i = tid + it * MMA_THREADS, r = i / CH, c = (i % CH) * 8;
-            const int key = s0 + j * BC + r;
-            const bool ok = key < s1;
-            const long slot = ok ? kv_row(p, b, key) : 0, col = ok ? (long)kh * DM + c : 0;
-            af_cp_async16(dK + r * LD + c, K + slot * p.k_stride + col, ok);
-            af_cp_async16(dV + r * LD + c, V + slot * p.v_stride + col, ok);
-        }
+            for (int it = 0; it < BC * CH / MMA_THREADS; ++it) {
+                const int i = tid + it * MMA_THREADS, r = i / CH, c = (i % CH) * 8;
+                const int key = s0 + j * BC + r;
+                const bool ok = key < s1;
+                const long slot = ok ? row(key) : 0, col = ok ? (long)kh * DM + c : 0;
+                af_cp_async16(dK + r * LD + c, K + slot * p.k_stride + col, ok);
+                af_cp_async16(dV + r * LD + c, V + slot * p.v_stride + col, ok);
+            }
+        });
     };
     for (int st = 0; st + 1 < stages; ++st) {
         if (st < ntiles) load_tile(st);

@@ -15,7 +15,7 @@
 // S and O live in registers; probabilities go from the S accumulators to P operands without
 // leaving registers (rounded to the input type, as FlashAttention does). Online softmax in base
 // 2; masks only on tiles that cross the causal diagonal or the end of the keys. Causal tiles
-// past the diagonal are skipped; GQA by indexing; caches contiguous or paged (kv_row).
+// past the diagonal are skipped; GQA by indexing; caches contiguous or paged (KvRows).
 
 #pragma once
 #include "mma_common.h"
@@ -35,6 +35,7 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
 
     const int tid = threadIdx.x, w = tid / AF_WARP;
     const int b = reinterpret_cast<const int*>(p.tiles)[2 * blockIdx.x];
+    const KvRows kvr(p, b);
     const int q0 = reinterpret_cast<const int*>(p.tiles)[2 * blockIdx.x + 1];
     const int h = blockIdx.y, kh = h / (p.heads / p.kv_heads);
     const int qbeg = reinterpret_cast<const int*>(p.q_off)[b];
@@ -51,7 +52,7 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
         for (int it = 0; it < BC * CH / MMA_THREADS; ++it) {
             const int i = tid + it * MMA_THREADS, r = i / CH, c = (i % CH) * 8;
             const bool ok = k0 + r < kv_len;
-            af_cp_async16(dst + r * LD + c, ok ? src + kv_row(p, b, k0 + r) * stride + (long)kh * DM + c : src, ok);
+            af_cp_async16(dst + r * LD + c, ok ? src + kvr(k0 + r) * stride + (long)kh * DM + c : src, ok);
         }
     };
 

@@ -22,6 +22,7 @@ AF_DEVICE void prefill_body(const AttnParams& p) {
 
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const int b = reinterpret_cast<const int*>(p.tiles)[2 * blockIdx.x];
+    const KvRows kvr(p, b);
     const int q0 = reinterpret_cast<const int*>(p.tiles)[2 * blockIdx.x + 1];
     const int h = blockIdx.y, kh = h / (p.heads / p.kv_heads);
     const int D = p.head_dim;
@@ -70,7 +71,7 @@ AF_DEVICE void prefill_body(const AttnParams& p) {
         const int lr = tid / 4, lc = (tid % 4) * 4;
         const int qrow = q0 + lr, krow = k0 + lr;
         const T* qsrc = Q + (long)(qbeg + qrow) * qs + (long)h * D + lc;
-        const T* ksrc = krow < kv_len ? K + kv_row(p, b, krow) * p.k_stride + (long)kh * D + lc : nullptr;
+        const T* ksrc = krow < kv_len ? K + kvr(krow) * p.k_stride + (long)kh * D + lc : nullptr;
         for (int d0 = 0; d0 < D; d0 += PF_DK) {
             __syncthreads();
             float tmp[4] = {0.f, 0.f, 0.f, 0.f};
@@ -79,7 +80,7 @@ AF_DEVICE void prefill_body(const AttnParams& p) {
             float tk[4] = {0.f, 0.f, 0.f, 0.f};
             if (ksrc) af_load<4>(ksrc + d0, tk);
             if (ROPE && p.k_pos && ksrc) {
-                const int pos = reinterpret_cast<const int*>(p.k_pos)[kv_row(p, b, krow)];
+                const int pos = reinterpret_cast<const int*>(p.k_pos)[kvr(krow)];
                 if (pos != AF_ROTATED) {
 #pragma unroll
                     for (int i = 0; i < 4; ++i) tk[i] = rope_elem(p, ksrc - lc, d0 + lc + i, tk[i], pos);
@@ -139,7 +140,7 @@ AF_DEVICE void prefill_body(const AttnParams& p) {
                 const int r = idx / D, c = idx % D;
                 float tv[4] = {0.f, 0.f, 0.f, 0.f};
                 const int kr = k0 + c0 + r;
-                if (kr < kv_len) af_load<4>(V + kv_row(p, b, kr) * p.v_stride + (long)kh * D + c, tv);
+                if (kr < kv_len) af_load<4>(V + kvr(kr) * p.v_stride + (long)kh * D + c, tv);
                 float* dst = sV + r * (DMAX + 4) + c;
                 dst[0] = tv[0]; dst[1] = tv[1]; dst[2] = tv[2]; dst[3] = tv[3];
             }

@@ -19,6 +19,7 @@ AF_DEVICE void wide_body(const AttnParams& p) {
     const int t = blockIdx.x, h = blockIdx.y, D = p.head_dim;
     const int kh = h / (p.heads / p.kv_heads);
     const int b = reinterpret_cast<const int*>(p.tiles)[t];
+    const KvRows kvr(p, b);
     const int qbeg = reinterpret_cast<const int*>(p.q_off)[b];
     const int q_len = reinterpret_cast<const int*>(p.q_off)[b + 1] - qbeg;
     const int kv_len = reinterpret_cast<const int*>(p.kv_len)[b];
@@ -42,7 +43,7 @@ AF_DEVICE void wide_body(const AttnParams& p) {
         const int j = j0 + grp;
         float sc = 0.f;
         if (j < visible) {
-            const long slot = kv_row(p, b, j);
+            const long slot = kvr(j);
             const T* krow = K + slot * p.k_stride + (long)kh * D;
             const int kp = (ROPE && p.k_pos) ? reinterpret_cast<const int*>(p.k_pos)[slot] : AF_ROTATED;
             if (ROPE && kp != AF_ROTATED) {
@@ -75,7 +76,7 @@ AF_DEVICE void wide_body(const AttnParams& p) {
                 const int g = g0 + u;
                 const bool ok = g < ng;
                 w[u] = ok ? exp2f(ss[g] - mnew) : 0.f;
-                const T* vrow = V + kv_row(p, b, j0 + (ok ? g : 0)) * p.v_stride + (long)kh * D;
+                const T* vrow = V + kvr(j0 + (ok ? g : 0)) * p.v_stride + (long)kh * D;
 #pragma unroll
                 for (int i = 0; i < WIDE_EP; ++i) {
                     const int d = tid + i * WIDE_THREADS;
