@@ -141,6 +141,26 @@ fn plans_refuse_what_they_were_not_made_for_and_write_nothing() {
 }
 
 #[test]
+fn a_step_whose_rope_table_moves_needs_a_new_plan() {
+    // Dynamic NTK rescales its table once positions pass the original length: a plan keeps the
+    // table it was made with (the GPU's is uploaded once), so the update is refused, on every
+    // backend alike (the API checks it), and the plan is left as it was.
+    let be = CpuBackend::handle();
+    let s = spec();
+    let rope = RopeConfig { scaling: RopeScaling::DynamicNtk { factor: 2.0, original_max_position: 4 }, ..RopeConfig::new(D, 10000.0, 256) };
+    let mut meta = KvMetadata::new(&s).unwrap();
+    for seq in 0..3 {
+        meta.set_page_table(seq, &[4 * seq as u32, 4 * seq as u32 + 1, 4 * seq as u32 + 2, 4 * seq as u32 + 3]).unwrap();
+    }
+    let batch = Batch::uniform(3, 1).unwrap();
+    meta.extend(&batch).unwrap();
+    let mut plan = be.plan(desc(PlanOp::Step, &s, &meta, &batch, &[0, 1, 2], &rope, Some(8))).unwrap();
+    be.update_plan(&mut plan, desc(PlanOp::Step, &s, &meta, &batch, &[1, 2, 3], &rope, None)).expect("within the original length: the same table");
+    assert_eq!(kind(be.update_plan(&mut plan, desc(PlanOp::Step, &s, &meta, &batch, &[1, 2, 9], &rope, None))), "InvalidArgument");
+    be.plan(desc(PlanOp::Step, &s, &meta, &batch, &[1, 2, 9], &rope, None)).expect("a new plan takes the new table");
+}
+
+#[test]
 fn host_backends_capture_no_graphs() {
     let be = CpuBackend::handle();
     assert_eq!(be.graph_support(), GraphSupport::Never);

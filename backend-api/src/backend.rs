@@ -7,7 +7,7 @@ use crate::args::*;
 use crate::plan::{Graph, GraphExec, GraphSupport, HostPlan, LayerViews, PlanArgs, PlanOp, PlanState, StepDesc, StepPlan};
 use crate::CacheLayout;
 use crate::{
-    AttentionParams, Batch, CachedSeq, DType, Device, Error, KvCache, KvCacheSpec, KvMetadata, KvPool, KvPools, Op, PlainBatch, ProblemDesc, Result, RopeConfig, Storage, Tensor,
+    AttentionParams, Batch, CachedSeq, DType, Device, Error, KvCache, KvCacheSpec, KvMetadata, KvPool, KvPools, Op, PlainBatch, ProblemDesc, Result, RopeConfig, RopeFrequencies, Storage, Tensor,
 };
 
 /// An attention backend. Object safe; one instance serves every thread. Ops receive arguments
@@ -102,6 +102,21 @@ pub trait AttentionBackend: Send + Sync {
     /// backends, which have nothing to upload).
     fn plan(&self, args: PlanArgs<'_>) -> Result<Box<dyn PlanState>> {
         Ok(Box::new(HostPlan::new(args)))
+    }
+    /// (optional) Device bytes a plan of `args` needs in a caller's workspace
+    /// ([`AttentionBackend::plan_in`]). Default: none (host plans hold no device buffers).
+    fn plan_workspace_bytes(&self, args: PlanArgs<'_>) -> Result<usize> {
+        let _ = args;
+        Ok(0)
+    }
+    /// (optional) [`AttentionBackend::plan`] with every device buffer of the plan carved from
+    /// `workspace` (the caller's memory on this backend's device; the plan keeps the tensor and
+    /// allocates nothing). Must check the workspace (device, writable, at least
+    /// [`AttentionBackend::plan_workspace_bytes`] bytes) with typed errors. Default: a host
+    /// plan, which needs no device memory: the workspace is dropped untouched.
+    fn plan_in(&self, args: PlanArgs<'_>, workspace: Tensor) -> Result<Box<dyn PlanState>> {
+        drop(workspace);
+        self.plan(args)
     }
     /// (optional) Rewrites `plan` for the next step in place (same op, batch shape and bucket:
     /// validated). Must not change anything when it fails. Default: for the default plan.
@@ -670,9 +685,13 @@ impl Backend {
     pub fn plan(&self, d: StepDesc<'_>) -> Result<StepPlan> {
         let _span = tracing::debug_span!("plan", backend = self.name(), op = d.op.name()).entered();
         let args = self.check_plan(&d, d.max_kv_len)?;
-        let (max_kv_len, desc) = (args.max_kv_len, args.desc.clone());
+        let (max_kv_len, desc, freqs) = (args.max_kv_len, args.desc.clone(), args.freqs.clone());
         let state = self.inner.plan(args)?;
-        Ok(StepPlan {
+        Ok(self.step_plan(&d, max_kv_len, desc, freqs, state))
+    }
+
+    fn step_plan(&self, d: &StepDesc<'_>, max_kv_len: usize, desc: ProblemDesc, freqs: Option<RopeFrequencies>, state: Box<dyn PlanState>) -> StepPlan {
+        StepPlan {
             instance: self.instance(),
             backend: self.name().to_string(),
             device: self.device(),
@@ -682,16 +701,45 @@ impl Backend {
             q_lens: d.batch.q_lens().to_vec(),
             params: d.params,
             rope: d.rope.cloned(),
+            freqs,
             max_kv_len,
             desc,
             state,
-        })
+        }
+    }
+
+    /// Device bytes [`Backend::plan_in`] needs for `d` (validated as [`Backend::plan`] does):
+    /// the step's metadata (page tables as wide as the bucket), the split-K scratch and
+    /// counters, hip-separate's score buffer; 0 on host backends.
+    pub fn plan_workspace_bytes(&self, d: StepDesc<'_>) -> Result<usize> {
+        let args = self.check_plan(&d, d.max_kv_len)?;
+        self.inner.plan_workspace_bytes(args)
+    }
+
+    /// [`Backend::plan`] into the caller's memory: every device buffer of the plan is carved
+    /// from `workspace` (a tensor of any dtype and shape on this backend's device, writable,
+    /// at least [`Backend::plan_workspace_bytes`] bytes: `StorageTooSmall` otherwise; engine
+    /// memory through `HipBackend::borrow`), as FlashInfer's plan takes a workspace buffer.
+    /// The plan keeps the tensor for its life and allocates nothing on the device; RoPE tables
+    /// stay in the backend's bounded per-instance cache.
+    pub fn plan_in(&self, d: StepDesc<'_>, workspace: Tensor) -> Result<StepPlan> {
+        let _span = tracing::debug_span!("plan_in", backend = self.name(), op = d.op.name()).entered();
+        if workspace.device() != self.device() {
+            return Err(Error::WrongDevice { what: "workspace".into(), backend: self.name().into(), expected: self.device(), got: workspace.device() });
+        }
+        workspace.check_storage("workspace")?;
+        let args = self.check_plan(&d, d.max_kv_len)?;
+        let (max_kv_len, desc, freqs) = (args.max_kv_len, args.desc.clone(), args.freqs.clone());
+        let state = self.inner.plan_in(args, workspace)?;
+        Ok(self.step_plan(&d, max_kv_len, desc, freqs, state))
     }
 
     /// Rewrites `plan` for the next step in place: same op, spec, heads, query rows per entry,
     /// params and RoPE configuration, every sequence within the plan's bucket
     /// ([`StepPlan::max_kv_len`]); the sequences and their lengths, page tables and positions
-    /// may change. A device backend writes the new metadata into the plan's buffers, ordered
+    /// may change, as long as the RoPE table stays the one the plan was made with (a scaling
+    /// whose table depends on the positions, dynamic NTK past its original length, refuses
+    /// with `InvalidArgument`: make a new plan). A device backend writes the new metadata into the plan's buffers, ordered
     /// after the work already queued, so a captured graph replays the new step. On error the
     /// plan is unchanged.
     pub fn update_plan(&self, plan: &mut StepPlan, d: StepDesc<'_>) -> Result<()> {
@@ -711,6 +759,16 @@ impl Backend {
             )));
         }
         let args = self.check_plan(&d, Some(plan.max_kv_len))?;
+        // The table is uploaded once per plan (a captured graph reads it at a fixed address):
+        // one that changes with the positions (dynamic NTK past its original length) needs a
+        // new plan, on every backend alike.
+        if let (Some(have), Some(f)) = (&plan.freqs, &args.freqs) {
+            if !have.same_bits(f) {
+                return Err(Error::InvalidArgument(
+                    "update_plan: this step's RoPE table differs from the plan's (length-dependent scaling past its original length): make a new plan".into(),
+                ));
+            }
+        }
         let desc = args.desc.clone();
         self.inner.update_plan(plan.state.as_mut(), args)?;
         plan.desc = desc;

@@ -189,6 +189,8 @@ pub struct StepPlan {
     pub(crate) q_lens: Vec<usize>,
     pub(crate) params: AttentionParams,
     pub(crate) rope: Option<RopeConfig>,
+    /// The RoPE table the plan was made with (fixed for its life).
+    pub(crate) freqs: Option<RopeFrequencies>,
     pub(crate) max_kv_len: usize,
     pub(crate) desc: ProblemDesc,
     pub(crate) state: Box<dyn PlanState>,

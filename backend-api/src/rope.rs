@@ -115,6 +115,16 @@ pub struct RopeFrequencies {
     pub attention_factor: f64,
 }
 
+impl RopeFrequencies {
+    /// Whether `other` is bit for bit the same table (a plan's table is uploaded once: a step
+    /// whose table differs, dynamic NTK past its original length, needs a new plan).
+    pub fn same_bits(&self, other: &RopeFrequencies) -> bool {
+        self.attention_factor.to_bits() == other.attention_factor.to_bits()
+            && self.inv_freq.len() == other.inv_freq.len()
+            && self.inv_freq.iter().zip(&other.inv_freq).all(|(a, b)| a.to_bits() == b.to_bits())
+    }
+}
+
 impl RopeConfig {
     /// Largest `max_position`: 2^30, so that positions (`< max_position`) and positions moved
     /// by a context shift (`|delta| < max_position`) fit the kernels' signed 32-bit integers.

@@ -436,6 +436,17 @@ impl AttentionBackend for HipBackend {
         Ok(Box::new(step::planned::plan(&self.ctx(), launches, a)?))
     }
 
+    fn plan_workspace_bytes(&self, a: PlanArgs<'_>) -> Result<usize> {
+        let launches = self.op_plan(plan_op(a.op), &a.desc)?;
+        step::planned::workspace_bytes(&launches, &a)
+    }
+
+    fn plan_in(&self, a: PlanArgs<'_>, workspace: Tensor) -> Result<Box<dyn PlanState>> {
+        let op = plan_op(a.op);
+        let launches = self.op_plan(op, &a.desc)?;
+        Ok(Box::new(step::planned::plan_in(&self.ctx(), launches, a, workspace)?))
+    }
+
     fn update_plan(&self, plan: &mut dyn PlanState, a: PlanArgs<'_>) -> Result<()> {
         let p = plan.as_any_mut().downcast_mut::<step::planned::GpuPlan>().ok_or_else(|| Error::InvalidArgument(format!("{}: the plan was not made by this backend", self.name)))?;
         step::planned::update(&self.ctx(), p, a)
@@ -678,6 +689,54 @@ mod tests {
             // A failure inside a capture ends it and is returned; no graph.
             let e = be.capture(|| be.run(&plan, LayerViews::Attention { q: &q, pools: &pools, out: &mut out })).unwrap_err();
             assert_eq!(e.kind(), "InvalidArgument", "{e}");
+            be.synchronize().unwrap();
+            assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+        }
+    }
+
+    /// A plan in a caller's workspace (`plan_in`) allocates nothing on the device, runs the
+    /// launches of an own plan, and is refused with `StorageTooSmall` (nothing allocated) when
+    /// the workspace is smaller than `plan_workspace_bytes`, for every strategy.
+    #[test]
+    fn a_plan_in_a_callers_workspace_allocates_nothing() {
+        for strategy in [Strategy::Flash, Strategy::Hybrid, Strategy::Fused, Strategy::Separate] {
+            let fake = FakeDriver::new(0, h100_props());
+            let gpu = Gpu::with_driver(Box::new(fake.clone()), &fake_images()).unwrap();
+            let be = Backend::new(Arc::new(HipBackend { name: FLASH, strategy, gpu, tables: RopeTables::default() }));
+            let (h, hk, d, b) = (8usize, 2usize, 64usize, 4usize);
+            let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: DType::BF16, layout: CacheLayout::Paged { page_size: 16, num_pages: 4 * b } };
+            let rope = RopeConfig::new(d, 10000.0, 4096);
+            let batch = Batch::uniform(b, 1).unwrap();
+            let params = AttentionParams::causal(d);
+            let (mut q, mut k, v) = (be.alloc(&[b, h, d], DType::BF16).unwrap(), be.alloc(&[b, hk, d], DType::BF16).unwrap(), be.alloc(&[b, hk, d], DType::BF16).unwrap());
+            let mut out = be.alloc(&[b, h, d], DType::BF16).unwrap();
+            let mut pools = be.kv_pools(&spec, be.alloc(&spec.pool_shape(), DType::BF16).unwrap(), be.alloc(&spec.pool_shape(), DType::BF16).unwrap()).unwrap();
+            let mut meta = KvMetadata::new(&spec).unwrap();
+            for s in 0..b {
+                meta.set_page_table(s, &(4 * s as u32..4 * s as u32 + 4).collect::<Vec<_>>()).unwrap();
+            }
+            meta.extend(&batch).unwrap();
+            let positions: Vec<u32> = (0..b).map(|s| meta.seq_len(s) as u32 - 1).collect();
+            let desc = || StepDesc { op: PlanOp::Step, spec: &spec, num_heads: h, meta: &meta, batch: &batch, positions: &positions, rope: Some(&rope), params, max_kv_len: Some(32) };
+            // An own plan first (it also puts the RoPE table in the instance's cache).
+            let own = be.plan(desc()).unwrap();
+            let need = be.plan_workspace_bytes(desc()).unwrap();
+            assert!(need >= own.workspace_bytes(), "{strategy:?}: {need} < {}", own.workspace_bytes());
+            let small = be.alloc(&[need / 4], DType::BF16).unwrap();
+            let ws = be.alloc(&[need.div_ceil(2)], DType::BF16).unwrap();
+            let mallocs = || fake.calls().get("malloc").copied().unwrap_or(0);
+            let m0 = mallocs();
+            assert_eq!(be.plan_in(desc(), small).unwrap_err().kind(), "StorageTooSmall", "{strategy:?}");
+            let plan = be.plan_in(desc(), ws).unwrap();
+            assert_eq!(mallocs(), m0, "{strategy:?}: plan_in allocated");
+            let launches = |p: &StepPlan, q: &mut Tensor, k: &mut Tensor, pools: &mut KvPools, out: &mut Tensor| {
+                let n = fake.launches().len();
+                be.run(p, LayerViews::Step { q, k, v: &v, pools, out }).unwrap();
+                fake.launches()[n..].iter().map(|l| (l.symbol.clone(), l.grid)).collect::<Vec<_>>()
+            };
+            let a = launches(&own, &mut q, &mut k, &mut pools, &mut out);
+            let w = launches(&plan, &mut q, &mut k, &mut pools, &mut out);
+            assert_eq!(a, w, "{strategy:?}: a plan in a workspace launches what an own plan does");
             be.synchronize().unwrap();
             assert!(fake.violations().is_empty(), "{:?}", fake.violations());
         }

@@ -320,7 +320,8 @@ fn cudarc_borrows_end_with_their_lifetime() {
 /// A decode step over several layers captured once into a device graph, then replayed for
 /// later steps with the plan's metadata rewritten in place (growing lengths, new positions):
 /// every layer's output equals a fresh plan's eager `run` of the same step, bit for bit, on
-/// every strategy.
+/// every strategy. The captured plan's buffers are carved from a workspace the caller
+/// allocated (`plan_in`); the fresh plans allocate their own.
 #[test]
 #[serial]
 fn a_captured_decode_step_replays_with_updated_metadata() {
@@ -362,8 +363,13 @@ fn a_captured_decode_step_replays_with_updated_metadata() {
         let desc = |meta: &KvMetadata| -> (Vec<u32>, KvMetadata) { ((0..b).map(|s| meta.seq_len(s) as u32 - 1).collect(), meta.clone()) };
         meta.extend(&decode).unwrap();
         let (mut pos, mut m) = desc(&meta);
-        let mut plan = be.plan(StepDesc { op: PlanOp::Step, spec: &spec, num_heads: h, meta: &m, batch: &decode, positions: &pos, rope: Some(&rope), params, max_kv_len: Some(bucket) }).unwrap();
-        println!("{name}: plan workspace {} bytes", plan.workspace_bytes());
+        // The captured plan lives in a workspace the caller allocated (plan_in); the fresh plans
+        // it is compared with allocate their own.
+        let first = StepDesc { op: PlanOp::Step, spec: &spec, num_heads: h, meta: &m, batch: &decode, positions: &pos, rope: Some(&rope), params, max_kv_len: Some(bucket) };
+        let need = be.plan_workspace_bytes(first).unwrap();
+        let workspace = be.alloc(&[need.div_ceil(4)], DType::F32).unwrap();
+        let mut plan = be.plan_in(first, workspace).unwrap();
+        println!("{name}: plan workspace {} bytes, {need} asked of the caller", plan.workspace_bytes());
         let graph = be
             .capture(|| {
                 for l in 0..layers {

@@ -309,7 +309,9 @@ fn desc<'a>(op: PlanOp, spec: &'a KvCacheSpec, meta: &'a KvMetadata, batch: &'a 
 
 /// Plans a decoy of `d` first (every position one further on; every sequence one token longer
 /// where its capacity and the bucket allow), rewrites the plan to `d` with `update_plan`, then
-/// runs `views` once: a plan that kept any of the decoy's metadata gives other results.
+/// runs `views` once: a plan that kept any of the decoy's metadata gives other results. Where
+/// the RoPE table moves with the positions, `update_plan` must refuse and the step is planned
+/// afresh.
 fn planned(be: &Backend, d: StepDesc<'_>, views: LayerViews<'_>) -> Result<()> {
     let positions: Vec<u32> = match d.rope {
         Some(r) => d.positions.iter().map(|&p| (p + 1) % r.max_position as u32).collect(),
@@ -323,7 +325,23 @@ fn planned(be: &Backend, d: StepDesc<'_>, views: LayerViews<'_>) -> Result<()> {
         }
     }
     let mut plan = be.plan(StepDesc { positions: &positions, meta: &meta, ..d })?;
-    be.update_plan(&mut plan, d)?;
+    // A table that depends on the positions (dynamic NTK past its original length) differs
+    // between the decoy and the step: update_plan must refuse the step, and the step gets a
+    // plan of its own (a backend that kept the decoy's table would rotate with it).
+    let top = |p: &[u32]| p.iter().copied().max().unwrap_or(0) as usize;
+    let moves = match d.rope {
+        Some(r) => !r.frequencies(top(&positions))?.same_bits(&r.frequencies(top(d.positions))?),
+        None => false,
+    };
+    if moves {
+        match be.update_plan(&mut plan, d) {
+            Err(Error::InvalidArgument(_)) => plan = be.plan(d)?,
+            Err(e) => return Err(e),
+            Ok(()) => return Err(Error::Device { code: -1, message: "update_plan accepted a step whose RoPE table differs from the plan's".into() }),
+        }
+    } else {
+        be.update_plan(&mut plan, d)?;
+    }
     be.run(&plan, views)
 }
 

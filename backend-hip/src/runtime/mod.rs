@@ -395,15 +395,59 @@ impl Gpu {
     /// Int32 metadata in one upload, each part summarised (length, smallest and largest value)
     /// so launchers can check what a kernel will index with it.
     pub fn upload_meta(&self, parts: &[&[i32]]) -> Result<Meta> {
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        let mut bytes = try_vec(0, 0u8, "kernel metadata")?;
-        bytes.try_reserve_exact(4 * total).map_err(|_| Error::OutOfMemory { what: "kernel metadata (host)".into(), bytes: 4 * total })?;
-        let mut summary = Vec::with_capacity(parts.len());
-        for p in parts {
-            summary.push(MetaPart { offset: bytes.len(), len: p.len(), min: p.iter().copied().min().unwrap_or(0), max: p.iter().copied().max().unwrap_or(-1) });
-            bytes.extend(p.iter().flat_map(|x| x.to_le_bytes()));
-        }
+        let (bytes, summary) = meta_bytes(parts)?;
         Ok(Meta { buf: self.upload(&bytes)?, parts: summary })
+    }
+
+    /// [`Gpu::upload_meta`] into `buf` (a piece of a caller's workspace, [`Gpu::carve`]): the
+    /// same bytes, no allocation.
+    pub fn upload_meta_into(&self, parts: &[&[i32]], buf: DeviceBuffer) -> Result<Meta> {
+        let (bytes, summary) = meta_bytes(parts)?;
+        if bytes.len() > buf.len {
+            return Err(Error::InvalidArgument(format!("{} bytes of metadata into a workspace piece of {}", bytes.len(), buf.len)));
+        }
+        if !bytes.is_empty() {
+            self.write(buf.slice_mut(0), 0, &bytes)?;
+        }
+        Ok(Meta { buf, parts: summary })
+    }
+
+    /// Bytes [`Gpu::carve`] needs for pieces of `sizes` bytes wherever the workspace starts:
+    /// each piece rounded up to [`CARVE_ALIGN`], plus one alignment of slack.
+    pub fn carve_bytes(sizes: &[usize]) -> usize {
+        sizes.iter().map(|&n| n.max(1).next_multiple_of(CARVE_ALIGN)).sum::<usize>() + CARVE_ALIGN
+    }
+
+    /// Cuts pieces of `sizes` bytes out of `avail` bytes of `ws` from byte `start` on (a
+    /// caller's workspace tensor), each at a device address that is a multiple of
+    /// [`CARVE_ALIGN`]. The pieces are buffers of this stream that are never freed and share
+    /// `ws`'s lease (whoever holds them keeps the workspace tensor alive). `ws` must be
+    /// writable memory of this device; `StorageTooSmall` when the pieces do not fit (nothing
+    /// is cut).
+    pub fn carve(&self, ws: &DeviceBuffer, start: usize, avail: usize, sizes: &[usize]) -> Result<Vec<DeviceBuffer>> {
+        self.check_view("workspace", ws.device())?;
+        if ws.read_only || !ws.live() || start.checked_add(avail).is_none_or(|e| e > ws.len) {
+            return Err(Error::InvalidArgument(format!("workspace of {avail} bytes at byte {start} of {} is not writable live memory", ws.len)));
+        }
+        let base = ws.ptr + start as u64;
+        let mut at = (base.next_multiple_of(CARVE_ALIGN as u64) - base) as usize;
+        let mut out = Vec::with_capacity(sizes.len());
+        for &n in sizes {
+            let len = n.max(1);
+            if at + len > avail {
+                return Err(Error::StorageTooSmall { what: "workspace".into(), needed: Gpu::carve_bytes(sizes), got: avail });
+            }
+            out.push(DeviceBuffer { ptr: base + at as u64, len, owner: self.inner.clone(), borrowed: true, lease: ws.lease.clone(), read_only: false });
+            at += len.next_multiple_of(CARVE_ALIGN);
+        }
+        Ok(out)
+    }
+
+    /// Zero-fills `b` (stream-ordered).
+    pub fn zero(&self, b: &DeviceBuffer) -> Result<()> {
+        self.check_view("buffer", b.device())?;
+        // SAFETY: `b` describes `b.len` bytes of this device's memory (checked above).
+        unsafe { self.drv()?.memset(b.ptr, 0, b.len, self.inner.stream) }
     }
 
     /// Rewrites `meta` in place with `parts` of the same lengths (stream-ordered, through
@@ -736,6 +780,11 @@ impl Meta {
     pub fn bytes(&self) -> usize {
         self.buf.len
     }
+    /// Whether its memory may still be used (a caller's workspace borrowed for a lifetime:
+    /// until that borrow ends).
+    pub fn live(&self) -> bool {
+        self.buf.live()
+    }
     /// Part `i`.
     pub fn part(&self, i: usize) -> MetaRef<'_> {
         let p = self.parts[i];
@@ -767,3 +816,19 @@ impl MetaRef<'_> {
 
 #[cfg(test)]
 mod tests;
+
+/// Alignment of the pieces of a caller's workspace ([`Gpu::carve`]): what the allocators give.
+pub(crate) const CARVE_ALIGN: usize = 256;
+
+/// Metadata parts as little-endian bytes, each summarised.
+fn meta_bytes(parts: &[&[i32]]) -> Result<(Vec<u8>, Vec<MetaPart>)> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut bytes = try_vec(0, 0u8, "kernel metadata")?;
+    bytes.try_reserve_exact(4 * total).map_err(|_| Error::OutOfMemory { what: "kernel metadata (host)".into(), bytes: 4 * total })?;
+    let mut summary = Vec::with_capacity(parts.len());
+    for p in parts {
+        summary.push(MetaPart { offset: bytes.len(), len: p.len(), min: p.iter().copied().min().unwrap_or(0), max: p.iter().copied().max().unwrap_or(-1) });
+        bytes.extend(p.iter().flat_map(|x| x.to_le_bytes()));
+    }
+    Ok((bytes, summary))
+}

@@ -4,8 +4,9 @@
 //! table) and the RoPE table; `run` per layer builds views of the layer's tensors and launches,
 //! with no allocation, no host<->device copy and no wait, so it can be captured into a device
 //! graph. `update` rewrites the metadata in place (same lengths: the bucket fixes them).
+//! `plan_in` carves the same buffers out of a caller's workspace instead of allocating them.
 
-use backend_api::{AttentionParams, Error, GraphExec, KvPools, LayerViews, PlanArgs, PlanOp, PlanState, Result};
+use backend_api::{AttentionParams, Error, GraphExec, KvPools, LayerViews, PlanArgs, PlanOp, PlanState, Result, Tensor};
 
 use super::fused::{bind_table, bound};
 use super::{addressing, cache_key_rope, positions_i32, rotates_keys, slot_mapping, Ctx};
@@ -14,8 +15,8 @@ use crate::plan::{OpPlan, Strategy};
 use crate::runtime::launch::attention::{self, AttnDevice, AttnHost, AttnLaunch, AttnRope, AttnShape, AttnViews};
 use crate::runtime::launch::rope::{self, RopeLaunch, RopeShape, RopeTable};
 use crate::runtime::launch::{kv_append, Strided};
-use crate::runtime::{DevMut, DevRef, DeviceBuffer, GpuGraph, Meta};
-use crate::storage::{pools, BoundRope};
+use crate::runtime::{DevMut, DevRef, DeviceBuffer, Gpu, GpuGraph, Meta};
+use crate::storage::{pools, writable, BoundRope};
 
 /// A plan of a GPU backend.
 #[derive(Debug)]
@@ -37,6 +38,10 @@ pub(crate) struct GpuPlan {
     params: AttentionParams,
     /// The GPU stream's identity the plan's buffers are ordered on.
     stream: u64,
+    /// The caller's workspace the buffers above were carved from ([`plan_in`]): held so that
+    /// it outlives them (never read).
+    #[allow(dead_code)]
+    workspace: Option<Tensor>,
 }
 
 impl PlanState for GpuPlan {
@@ -97,6 +102,21 @@ impl Host {
     }
 }
 
+/// Bytes of the plan's device buffers, in carve order: metadata, split-K scratch,
+/// hip-separate's row table, counters (0: none).
+fn sizes(h: &Host) -> [usize; 4] {
+    let meta = 4 * h.parts().iter().map(|p| p.len()).sum::<usize>();
+    match &h.attn {
+        Some(x) => [meta, x.scratch, x.sep.len(), x.counters],
+        None => [meta, 0, 0, 0],
+    }
+}
+
+/// Device bytes [`plan_in`] needs for `a` with the launches `l`.
+pub(crate) fn workspace_bytes(l: &OpPlan, a: &PlanArgs<'_>) -> Result<usize> {
+    Ok(Gpu::carve_bytes(&sizes(&host(l, a)?)))
+}
+
 /// Makes a plan: the launches `l` (from `plan()` for the bucket) and the metadata of `a`.
 pub(crate) fn plan(ctx: &Ctx<'_>, l: OpPlan, a: PlanArgs<'_>) -> Result<GpuPlan> {
     let h = host(&l, &a)?;
@@ -109,29 +129,77 @@ pub(crate) fn plan(ctx: &Ctx<'_>, l: OpPlan, a: PlanArgs<'_>) -> Result<GpuPlan>
         ),
         None => (None, None, None),
     };
+    finish(ctx, l, a, h, meta, [scratch, sep, counters], None)
+}
+
+/// [`plan`] with every buffer carved from the caller's `workspace` (checked: this device, this
+/// instance or borrowed memory, writable, live, large enough; nothing is allocated).
+pub(crate) fn plan_in(ctx: &Ctx<'_>, l: OpPlan, a: PlanArgs<'_>, workspace: Tensor) -> Result<GpuPlan> {
+    let h = host(&l, &a)?;
+    let ws = writable(&workspace, "workspace", ctx.name, ctx.gpu)?;
+    let size = sizes(&h);
+    let (need, have) = (Gpu::carve_bytes(&size), workspace.byte_len());
+    if have < need {
+        return Err(Error::StorageTooSmall { what: "workspace".into(), needed: need, got: have });
+    }
+    let mut pieces = ctx.gpu.carve(&ws.buf, ws.offset, have, &size)?.into_iter();
+    let mut next = || pieces.next().ok_or_else(|| Error::Device { code: -1, message: "workspace carve".into() });
+    let meta = ctx.gpu.upload_meta_into(&h.parts(), next()?)?;
+    let (scratch, sep, counters) = (next()?, next()?, next()?);
+    let (mut scratch_b, mut sep_b, mut counters_b) = (None, None, None);
+    if let Some(x) = &h.attn {
+        if x.scratch > 0 {
+            scratch_b = Some(scratch);
+        }
+        if !x.sep.is_empty() {
+            ctx.gpu.write(sep.slice_mut(0), 0, &x.sep)?;
+            sep_b = Some(sep);
+        }
+        if x.counters > 0 {
+            ctx.gpu.zero(&counters)?;
+            counters_b = Some(counters);
+        }
+    }
+    finish(ctx, l, a, h, meta, [scratch_b, sep_b, counters_b], Some(workspace))
+}
+
+fn finish(ctx: &Ctx<'_>, l: OpPlan, a: PlanArgs<'_>, h: Host, meta: Meta, bufs: [Option<DeviceBuffer>; 3], workspace: Option<Tensor>) -> Result<GpuPlan> {
     let rope = match (a.config, &a.freqs) {
         (Some(c), Some(f)) => Some(bound(ctx.table(f)?, c, f)),
         _ => None,
     };
-    Ok(GpuPlan { launches: l, meta, attn: h.attn, scratch, sep, counters, rope, tokens: a.batch.total_tokens(), heads: a.num_heads, params: a.params, stream: ctx.gpu.stream_raw() })
+    let [scratch, sep, counters] = bufs;
+    Ok(GpuPlan {
+        launches: l,
+        meta,
+        attn: h.attn,
+        scratch,
+        sep,
+        counters,
+        rope,
+        tokens: a.batch.total_tokens(),
+        heads: a.num_heads,
+        params: a.params,
+        stream: ctx.gpu.stream_raw(),
+        workspace,
+    })
+}
+
+/// A plan whose workspace was memory borrowed for a lifetime that has ended is refused.
+fn check_live(ctx: &Ctx<'_>, p: &GpuPlan) -> Result<()> {
+    if p.stream != ctx.gpu.stream_raw() {
+        return Err(Error::InvalidArgument(format!("{}: the plan was made on another stream", ctx.name)));
+    }
+    if !p.meta.live() {
+        return Err(Error::InvalidArgument(format!("{}: the plan's workspace is borrowed memory whose borrow has ended", ctx.name)));
+    }
+    Ok(())
 }
 
 /// Rewrites `p` for the next step (the API checked it is the same op, shape and bucket).
 /// Nothing changes when it fails.
 pub(crate) fn update(ctx: &Ctx<'_>, p: &mut GpuPlan, a: PlanArgs<'_>) -> Result<()> {
-    if p.stream != ctx.gpu.stream_raw() {
-        return Err(Error::InvalidArgument(format!("{}: the plan was made on another stream", ctx.name)));
-    }
-    // A table that changes with the context (dynamic NTK past its original length) would move
-    // the address a captured graph reads.
-    if let (Some(have), Some(f)) = (&p.rope, &a.freqs) {
-        if have.key.len() != f.inv_freq.len() || have.key.iter().zip(&f.inv_freq).any(|(k, x)| *k != x.to_bits()) || have.factor.to_bits() != (f.attention_factor as f32).to_bits() {
-            return Err(Error::InvalidArgument(format!(
-                "{}: this step's RoPE table differs from the plan's (length-dependent scaling past its original length): make a new plan",
-                ctx.name
-            )));
-        }
-    }
+    check_live(ctx, p)?;
     let h = host(&p.launches, &a)?;
     if let (Some(new), Some(old)) = (&h.attn, &p.attn) {
         if new.sep.len() != old.sep.len() || new.scratch > old.scratch || new.counters != old.counters {
@@ -152,9 +220,7 @@ fn table(b: &BoundRope) -> RopeTable<'_> {
 
 /// One layer: launches only.
 pub(crate) fn run(ctx: &Ctx<'_>, strategy: Strategy, p: &GpuPlan, views: LayerViews<'_>) -> Result<()> {
-    if p.stream != ctx.gpu.stream_raw() {
-        return Err(Error::InvalidArgument(format!("{}: the plan was made on another stream", ctx.name)));
-    }
+    check_live(ctx, p)?;
     let no = |what: &str| Error::Device { code: -1, message: format!("{}: the plan has no {what}", ctx.name) };
     let m = &p.meta;
     match (views, &p.launches) {
