@@ -60,8 +60,9 @@ pub(crate) struct GpuPoolState {
 /// The RoPE configuration a hip-fused cache's unrotated keys belong to.
 #[derive(Debug, Clone)]
 pub(crate) struct BoundRope {
-    /// Bits of the inverse frequencies (identity of the table).
-    pub key: Vec<u64>,
+    /// Bits of the inverse frequencies (identity of the table), shared: a plan's run binds the
+    /// pools per layer, and a clone must not allocate.
+    pub key: Arc<[u64]>,
     /// The table on the device.
     pub table: Arc<DeviceBuffer>,
     pub rotary_dim: usize,

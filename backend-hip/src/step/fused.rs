@@ -20,7 +20,7 @@ fn bind_rope(ctx: &Ctx<'_>, c: &mut KvPools, config: &RopeConfig, freqs: &RopeFr
 
 /// The binding a step with `config` and `freqs` (whose device table is `table`) asks for.
 pub(crate) fn bound(table: std::sync::Arc<crate::runtime::DeviceBuffer>, config: &RopeConfig, freqs: &RopeFrequencies) -> BoundRope {
-    let key: Vec<u64> = freqs.inv_freq.iter().map(|f| f.to_bits()).collect();
+    let key: std::sync::Arc<[u64]> = freqs.inv_freq.iter().map(|f| f.to_bits()).collect();
     BoundRope { key, table, rotary_dim: config.rotary_dim, interleaved: config.style == RopeStyle::Interleaved, factor: freqs.attention_factor as f32 }
 }
 
