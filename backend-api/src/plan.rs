@@ -15,7 +15,14 @@
 //! [`crate::Backend::update_plan`] rewrites the metadata in place (stream-ordered, before the
 //! work queued after it), so a graph captured once replays for later steps with growing
 //! lengths. The batch's shape (how many sequences, query rows each) is fixed by a plan: pad a
-//! decode batch with dummy sequences to the bucket's size, as vLLM does.
+//! decode batch with dummy sequences to the bucket's size, as vLLM does. The RoPE table is
+//! fixed too: a step whose table differs (dynamic NTK past its original length) is refused by
+//! `update_plan` and needs a new plan.
+//!
+//! The plan's device buffers may live in the engine's memory:
+//! [`crate::Backend::plan_workspace_bytes`] says how many bytes a description needs and
+//! [`crate::Backend::plan_in`] carves them from a tensor the engine handed in (FlashInfer's
+//! workspace buffer), allocating nothing.
 
 use std::any::Any;
 use std::fmt;
