@@ -241,7 +241,10 @@ pub enum GraphSupport {
     Always,
 }
 
-/// A captured device graph, replayed on the stream it was captured on.
+/// A captured device graph, replayed on the stream it was captured on. A backend's graph must
+/// hold every device buffer its launches use until it is dropped (and refuse a replay over
+/// memory whose borrow has ended), so that [`Graph::replay`] is safe whatever the caller dropped
+/// after the capture.
 pub trait GraphExec: Send + Sync + fmt::Debug {
     /// Queues one replay (asynchronous, like the launches it holds).
     fn replay(&self) -> crate::Result<()>;
@@ -249,8 +252,11 @@ pub trait GraphExec: Send + Sync + fmt::Debug {
 
 /// A graph captured by [`crate::Backend::capture`]: the launches of the runs made inside it,
 /// reading the metadata their plans hold at replay time ([`crate::Backend::update_plan`]).
-/// Tensors and plans the graph uses must outlive its replays (the caller's duty, as for CUDA
-/// graphs everywhere).
+/// The graph holds every device buffer the captured runs use (tensors, pools, the plans'
+/// metadata, scratch and RoPE tables): dropping them after the capture frees nothing until the
+/// graph goes, so a replay never touches freed memory. A replay over memory borrowed for a
+/// lifetime that has ended is refused. To feed a replay new inputs, write them into the
+/// captured tensors (the graph reads them at their addresses).
 #[derive(Debug)]
 pub struct Graph {
     pub(crate) exec: Box<dyn GraphExec>,

@@ -473,10 +473,10 @@ fn strategies(rows: &mut Vec<Row>) -> Result<()> {
                 h.kv_append(&mut cache, &kv, &kv, &Batch::uniform(b, l - 1)?)?;
                 drop(kv);
                 if let Some(st) = pool_state_mut(cache.parts_mut().0) {
-                    let pos = &mut st.pos;
+                    let pos = &st.pos;
                     let p: Vec<i32> = (0..b).flat_map(|_| (0..(l + 64) as i32).map(|t| t.min(l as i32 - 2).max(0))).collect();
                     let p: Vec<i32> = p.iter().enumerate().map(|(i, &x)| if i % (l + 64) < l - 1 { x } else { i32::MIN }).collect();
-                    timer.gpu.write(pos.view_mut(), 0, &crate::storage::i32_bytes(&p))?;
+                    timer.gpu.write(pos.slice_mut(0), 0, &crate::storage::i32_bytes(&p))?;
                 }
                 let batch = Batch::uniform(b, 1)?;
                 let mut q = h.upload(&randn(b * hq * d, 34), &[b, hq, d], dt)?;

@@ -344,7 +344,7 @@ impl AttentionBackend for HipBackend {
             return Ok(None);
         }
         let pos = self.gpu.upload(&i32_bytes(&try_vec(spec.pool_slots(), i32::MIN, "hip-fused slot positions")?))?;
-        Ok(Some(Box::new(GpuPoolState { pos, rope: None })))
+        Ok(Some(Box::new(GpuPoolState { pos: Arc::new(pos), rope: None })))
     }
 
     fn rope(&self, a: RopeArgs<'_>) -> Result<()> {
@@ -424,7 +424,7 @@ impl AttentionBackend for HipBackend {
         if let Some(state) = pool_state_mut(c) {
             for &(f, t) in pages {
                 let (f, t) = (f as usize, t as usize);
-                self.gpu.copy_within(state.pos.view_mut(), f * page_size * 4, t * page_size * 4, page_size * 4)?;
+                self.gpu.copy_within(state.pos.slice_mut(0), f * page_size * 4, t * page_size * 4, page_size * 4)?;
             }
         }
         Ok(())
@@ -691,6 +691,43 @@ mod tests {
             assert_eq!(e.kind(), "InvalidArgument", "{e}");
             be.synchronize().unwrap();
             assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+        }
+    }
+
+    /// A captured graph holds every buffer its launches use: the tensors, pools and plan of a
+    /// capture, dropped after it, stay allocated until the graph goes, so a replay never
+    /// touches freed memory (the fake driver flags a replayed launch whose arguments point
+    /// into freed memory), for every strategy.
+    #[test]
+    fn a_graph_keeps_what_it_uses_alive() {
+        for strategy in [Strategy::Flash, Strategy::Hybrid, Strategy::Fused, Strategy::Separate] {
+            let fake = FakeDriver::new(0, h100_props());
+            let gpu = Gpu::with_driver(Box::new(fake.clone()), &fake_images()).unwrap();
+            let be = Backend::new(Arc::new(HipBackend { name: FLASH, strategy, gpu, tables: RopeTables::default() }));
+            let (h, hk, d, b) = (8usize, 2usize, 64usize, 4usize);
+            let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: DType::BF16, layout: CacheLayout::Paged { page_size: 16, num_pages: 4 * b } };
+            let rope = RopeConfig::new(d, 10000.0, 4096);
+            let batch = Batch::uniform(b, 1).unwrap();
+            let params = AttentionParams::causal(d);
+            let (mut q, mut k, v) = (be.alloc(&[b, h, d], DType::BF16).unwrap(), be.alloc(&[b, hk, d], DType::BF16).unwrap(), be.alloc(&[b, hk, d], DType::BF16).unwrap());
+            let mut out = be.alloc(&[b, h, d], DType::BF16).unwrap();
+            let mut pools = be.kv_pools(&spec, be.alloc(&spec.pool_shape(), DType::BF16).unwrap(), be.alloc(&spec.pool_shape(), DType::BF16).unwrap()).unwrap();
+            let mut meta = KvMetadata::new(&spec).unwrap();
+            for s in 0..b {
+                meta.set_page_table(s, &(4 * s as u32..4 * s as u32 + 4).collect::<Vec<_>>()).unwrap();
+            }
+            meta.extend(&batch).unwrap();
+            let positions: Vec<u32> = (0..b).map(|s| meta.seq_len(s) as u32 - 1).collect();
+            let plan = be.plan(StepDesc { op: PlanOp::Step, spec: &spec, num_heads: h, meta: &meta, batch: &batch, positions: &positions, rope: Some(&rope), params, max_kv_len: Some(32) }).unwrap();
+            let graph = be.capture(|| be.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools: &mut pools, out: &mut out })).unwrap();
+            drop((plan, q, k, v, out, pools));
+            be.synchronize().unwrap();
+            graph.replay().unwrap();
+            graph.replay().unwrap();
+            be.synchronize().unwrap();
+            assert!(fake.violations().is_empty(), "{strategy:?}: {:?}", fake.violations());
+            drop(graph);
+            be.synchronize().unwrap();
         }
     }
 

@@ -51,8 +51,8 @@ impl Storage for GpuTensor {
 #[derive(Debug)]
 pub(crate) struct GpuPoolState {
     /// int32 per slot, the position of an unrotated key, or `i32::MIN` for a key stored rotated
-    /// (appended by `kv_append`, or never written).
-    pub pos: DeviceBuffer,
+    /// (appended by `kv_append`, or never written). Shared, so a captured graph can hold it.
+    pub pos: Arc<DeviceBuffer>,
     /// The RoPE table its unrotated keys are rotated with, bound by the first composite step.
     pub rope: Option<BoundRope>,
 }
@@ -96,6 +96,7 @@ pub(crate) fn tensor<'a>(t: &'a Tensor, what: &str, backend: &str, gpu: &Gpu) ->
             if !s.buf.live() {
                 Err(Error::InvalidArgument(format!("{what} is borrowed memory whose borrow has ended")))
             } else if gpu.owns(&s.buf) {
+                gpu.keep(&s.buf);
                 Ok(s)
             } else {
                 Err(Error::WrongInstance { what: what.into(), backend: backend.into() })
@@ -118,7 +119,11 @@ pub(crate) fn writable<'a>(t: &'a Tensor, what: &str, backend: &str, gpu: &Gpu) 
 pub(crate) fn pools<'a>(c: &'a KvPools, backend: &str, gpu: &Gpu) -> Result<(&'a GpuTensor, &'a GpuTensor, Option<&'a GpuPoolState>)> {
     let k = tensor(c.k(), "K pool", backend, gpu)?;
     let v = tensor(c.v(), "V pool", backend, gpu)?;
-    Ok((k, v, c.state().and_then(|s| s.as_any().downcast_ref::<GpuPoolState>())))
+    let state = c.state().and_then(|s| s.as_any().downcast_ref::<GpuPoolState>());
+    if let Some(st) = state {
+        gpu.keep(&st.pos);
+    }
+    Ok((k, v, state))
 }
 
 /// hip-fused's state of `c`, writable.

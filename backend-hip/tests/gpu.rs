@@ -132,6 +132,7 @@ fn long_problems_match_the_reference() {
                             causal: true,
                             seqs: vec![SeqCase { cached, q_len }, SeqCase { cached: cached / 3, q_len }],
                             amplitude: 1.0,
+                            scale: 1.0,
                             seed: 0xA77 + i as u64,
                         };
                         // Owned and engine views (strided q/k/v/out, pools viewed out of a

@@ -47,6 +47,8 @@ pub(crate) struct Launched {
 struct State {
     next: u64,
     memory: BTreeMap<u64, Vec<u8>>,
+    /// Ranges freed (addresses are never reused), for replays that point into them.
+    freed: Vec<(u64, u64)>,
     pinned: HashMap<usize, usize>,
     streams: HashMap<u64, VecDeque<Op>>,
     /// Events recorded and not yet reached: (stream).
@@ -197,7 +199,9 @@ impl FakeDriver {
             }
             Op::Launch => {}
             Op::Free { ptr } => {
-                st.memory.remove(&ptr);
+                if let Some(m) = st.memory.remove(&ptr) {
+                    st.freed.push((ptr, ptr + m.len() as u64));
+                }
             }
         }
     }
@@ -384,6 +388,16 @@ impl Driver for FakeDriver {
     fn graph_launch(&self, g: u64, s: u64) -> Result<()> {
         let mut st = self.enter("graph_launch")?;
         let (ops, launches) = st.graphs.get(&g).cloned().ok_or_else(|| Error::Device { code: 400, message: "graph_launch: no such graph".into() })?;
+        // A replayed launch whose arguments (their 8-byte words: the pointer fields) point into
+        // freed memory would read or write it on a real device.
+        for l in &launches {
+            for w in l.params.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))) {
+                if st.freed.iter().any(|&(a, b)| (a..b).contains(&w)) {
+                    let msg = format!("graph replay of {} uses freed device memory at {w:#x}", l.symbol);
+                    st.violations.push(msg);
+                }
+            }
+        }
         st.launches.extend(launches);
         for op in ops {
             Self::queue(&mut st, s, op);

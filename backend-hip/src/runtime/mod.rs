@@ -182,6 +182,9 @@ struct Inner {
     /// What keeps a caller's stream alive (e.g. its cudarc `Arc<CudaStream>`).
     _keep: Option<Box<dyn std::any::Any + Send + Sync>>,
     staging: Staging,
+    /// While a capture runs on this stream: the buffers its launches use ([`Gpu::keep`]), for
+    /// the graph to hold.
+    captured: std::sync::Mutex<Option<Vec<Arc<DeviceBuffer>>>>,
 }
 
 impl Drop for Inner {
@@ -278,7 +281,7 @@ impl Gpu {
                 return Err(e);
             }
         };
-        Ok(Gpu { inner: Arc::new(Inner { dev: dev.clone(), stream, own_stream: true, _keep: None, staging }) })
+        Ok(Gpu { inner: Arc::new(Inner { dev: dev.clone(), stream, own_stream: true, _keep: None, staging, captured: Default::default() }) })
     }
 
     /// A `Gpu` on the caller's stream (an engine's stream: every op is queued on it, ordered
@@ -294,7 +297,7 @@ impl Gpu {
         let drv = dev.drv.as_ref();
         drv.bind()?;
         let staging = Staging::new(drv)?;
-        Ok(Gpu { inner: Arc::new(Inner { dev: dev.clone(), stream: stream.raw, own_stream: false, _keep: stream.keep, staging }) })
+        Ok(Gpu { inner: Arc::new(Inner { dev: dev.clone(), stream: stream.raw, own_stream: false, _keep: stream.keep, staging, captured: Default::default() }) })
     }
 
     /// A view of caller memory (never freed here). Checked: not null, 16-byte aligned (the
@@ -396,7 +399,7 @@ impl Gpu {
     /// so launchers can check what a kernel will index with it.
     pub fn upload_meta(&self, parts: &[&[i32]]) -> Result<Meta> {
         let (bytes, summary) = meta_bytes(parts)?;
-        Ok(Meta { buf: self.upload(&bytes)?, parts: summary })
+        Ok(Meta { buf: Arc::new(self.upload(&bytes)?), parts: summary })
     }
 
     /// [`Gpu::upload_meta`] into `buf` (a piece of a caller's workspace, [`Gpu::carve`]): the
@@ -409,7 +412,7 @@ impl Gpu {
         if !bytes.is_empty() {
             self.write(buf.slice_mut(0), 0, &bytes)?;
         }
-        Ok(Meta { buf, parts: summary })
+        Ok(Meta { buf: Arc::new(buf), parts: summary })
     }
 
     /// Bytes [`Gpu::carve`] needs for pieces of `sizes` bytes wherever the workspace starts:
@@ -478,11 +481,25 @@ impl Gpu {
     /// returned and no graph is made.
     pub fn capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<GpuGraph> {
         let drv = self.drv()?;
-        drv.capture_begin(self.inner.stream)?;
+        {
+            let mut c = self.inner.captured.lock().unwrap_or_else(|p| p.into_inner());
+            if c.is_some() {
+                return Err(Error::InvalidArgument("a capture is already running on this stream".into()));
+            }
+            *c = Some(Vec::new());
+        }
+        let taken = || self.inner.captured.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+        if let Err(e) = drv.capture_begin(self.inner.stream) {
+            taken();
+            return Err(e);
+        }
         let r = f();
         let end = self.drv().and_then(|d| d.capture_end(self.inner.stream));
+        let mut keep = taken();
+        keep.sort_by_key(|b| Arc::as_ptr(b) as usize);
+        keep.dedup_by(|a, b| Arc::ptr_eq(a, b));
         match (r, end) {
-            (Ok(()), Ok(g)) => Ok(GpuGraph { exec: g, owner: self.inner.clone() }),
+            (Ok(()), Ok(g)) => Ok(GpuGraph { exec: g, owner: self.inner.clone(), keep }),
             (Err(e), end) => {
                 if let Ok(g) = end {
                     drv.graph_destroy(g);
@@ -490,6 +507,16 @@ impl Gpu {
                 Err(e)
             }
             (Ok(()), Err(e)) => Err(e),
+        }
+    }
+
+    /// Records `b` as used by the capture running on this stream, if any: the graph holds it
+    /// until it is dropped, so a replay never touches freed memory. Every buffer a run's
+    /// launches read or write passes here (tensors and pools through `storage`, a plan's
+    /// buffers and RoPE table in `run`).
+    pub fn keep(&self, b: &Arc<DeviceBuffer>) {
+        if let Some(v) = self.inner.captured.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            v.push(b.clone());
         }
     }
 
@@ -619,6 +646,8 @@ impl Gpu {
 pub(crate) struct GpuGraph {
     exec: u64,
     owner: Arc<Inner>,
+    /// Every buffer the captured launches use, held until the graph is dropped.
+    keep: Vec<Arc<DeviceBuffer>>,
 }
 
 impl std::fmt::Debug for GpuGraph {
@@ -630,6 +659,9 @@ impl std::fmt::Debug for GpuGraph {
 impl GpuGraph {
     /// Queues one replay on the stream it was captured on.
     pub fn replay(&self) -> Result<()> {
+        if !self.keep.iter().all(|b| b.live()) {
+            return Err(Error::InvalidArgument("the graph uses memory borrowed for a lifetime that has ended: capture a new graph".into()));
+        }
         let drv = self.owner.dev.drv.as_ref();
         drv.bind()?;
         drv.graph_launch(self.exec, self.owner.stream)
@@ -771,7 +803,7 @@ struct MetaPart {
 /// Int32 metadata on the device ([`Gpu::upload_meta`]) with what each part holds.
 #[derive(Debug)]
 pub(crate) struct Meta {
-    buf: DeviceBuffer,
+    buf: Arc<DeviceBuffer>,
     parts: Vec<MetaPart>,
 }
 
@@ -784,6 +816,10 @@ impl Meta {
     /// until that borrow ends).
     pub fn live(&self) -> bool {
         self.buf.live()
+    }
+    /// Its buffer (for a capture to hold).
+    pub fn buffer(&self) -> &Arc<DeviceBuffer> {
+        &self.buf
     }
     /// Part `i`.
     pub fn part(&self, i: usize) -> MetaRef<'_> {

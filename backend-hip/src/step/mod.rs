@@ -49,7 +49,10 @@ impl Ctx<'_> {
         let slots = c.spec().pool_slots();
         let (k, v, state) = c.parts_mut();
         let (k, v) = (writable(k, "K pool", self.name, self.gpu)?, writable(v, "V pool", self.name, self.gpu)?);
-        let pos = state.and_then(|s| s.as_any_mut().downcast_mut::<GpuPoolState>()).map(|s| s.pos.view_mut());
+        let pos = state.and_then(|s| s.as_any_mut().downcast_mut::<GpuPoolState>()).map(|s| {
+            self.gpu.keep(&s.pos);
+            s.pos.slice_mut(0)
+        });
         Ok(PoolMut { k: k.view_mut(), v: v.view_mut(), pos, slots })
     }
 }

@@ -6,6 +6,8 @@
 //! graph. `update` rewrites the metadata in place (same lengths: the bucket fixes them).
 //! `plan_in` carves the same buffers out of a caller's workspace instead of allocating them.
 
+use std::sync::Arc;
+
 use backend_api::{AttentionParams, Error, GraphExec, KvPools, LayerViews, PlanArgs, PlanOp, PlanState, Result, Tensor};
 
 use super::fused::{bind_table, bound};
@@ -26,11 +28,11 @@ pub(crate) struct GpuPlan {
     /// block_table, tiles).
     meta: Meta,
     attn: Option<AttnHost>,
-    scratch: Option<DeviceBuffer>,
-    sep: Option<DeviceBuffer>,
+    scratch: Option<Arc<DeviceBuffer>>,
+    sep: Option<Arc<DeviceBuffer>>,
     /// Split-K decode: the counters with which the last split merges (zeroed; every launch
     /// leaves them zeroed).
-    counters: Option<DeviceBuffer>,
+    counters: Option<Arc<DeviceBuffer>>,
     /// The RoPE table and how it rotates (RoPE ops; hip-fused's binding).
     rope: Option<BoundRope>,
     tokens: usize,
@@ -168,7 +170,7 @@ fn finish(ctx: &Ctx<'_>, l: OpPlan, a: PlanArgs<'_>, h: Host, meta: Meta, bufs: 
         (Some(c), Some(f)) => Some(bound(ctx.table(f)?, c, f)),
         _ => None,
     };
-    let [scratch, sep, counters] = bufs;
+    let [scratch, sep, counters] = bufs.map(|b| b.map(Arc::new));
     Ok(GpuPlan {
         launches: l,
         meta,
@@ -221,6 +223,14 @@ fn table(b: &BoundRope) -> RopeTable<'_> {
 /// One layer: launches only.
 pub(crate) fn run(ctx: &Ctx<'_>, strategy: Strategy, p: &GpuPlan, views: LayerViews<'_>) -> Result<()> {
     check_live(ctx, p)?;
+    // A capture holds what its launches read (the views' tensors register themselves).
+    ctx.gpu.keep(p.meta.buffer());
+    for b in [&p.scratch, &p.sep, &p.counters].into_iter().flatten() {
+        ctx.gpu.keep(b);
+    }
+    if let Some(r) = &p.rope {
+        ctx.gpu.keep(&r.table);
+    }
     let no = |what: &str| Error::Device { code: -1, message: format!("{}: the plan has no {what}", ctx.name) };
     let m = &p.meta;
     match (views, &p.launches) {
@@ -245,6 +255,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, strategy: Strategy, p: &GpuPlan, views: LayerVi
                 }
                 (Strategy::Fused, None, Some(kernel)) => {
                     let b = bind_table(ctx.name, c, r.clone())?;
+                    ctx.gpu.keep(&b.table);
                     append(ctx, *kernel, p, k, v, c, true)?;
                     let pos = pools(c, ctx.name, ctx.gpu)?.2.map(|s| s.pos.view());
                     let rope = AttnRope { q_pos: Some(m.part(0)), k_pos: pos, table: table(&b), interleaved: b.interleaved };
