@@ -32,6 +32,9 @@ pub struct Case {
     pub seqs: Vec<SeqCase>,
     /// Scale of the random inputs (large values stress softmax overflow in f16).
     pub amplitude: f32,
+    /// The softmax scale relative to `1/sqrt(head_dim)` (1.0: the default; half the drawn cases
+    /// take another, so a backend that ignores the scale it is given fails).
+    pub scale: f32,
     /// Seed of the tensors and page tables.
     pub seed: u64,
 }
@@ -42,9 +45,9 @@ impl Case {
         self.rope.head_dim
     }
 
-    /// Attention parameters (scale 1/sqrt(head_dim)).
+    /// Attention parameters (scale `self.scale / sqrt(head_dim)`).
     pub fn params(&self) -> AttentionParams {
-        AttentionParams { causal: self.causal, scale: 1.0 / (self.head_dim() as f32).sqrt() }
+        AttentionParams { causal: self.causal, scale: self.scale / (self.head_dim() as f32).sqrt() }
     }
 
     /// The cache layout, with room for every sequence (pages: exactly enough plus spares).
@@ -167,9 +170,10 @@ pub fn cases(cfg: GenConfig) -> impl Strategy<Value = Case> {
         any::<bool>(),
         prop::collection::vec(seq, 1..=8),
         prop_oneof![3 => Just(1.0f32), 1 => Just(4.0f32), 1 => Just(0.25f32)],
+        prop_oneof![2 => Just(1.0f32), 1 => 0.05f32..1.0, 1 => 1.0f32..3.0],
         any::<u64>(),
     )
-        .prop_map(move |((heads, kv_heads), rope, page_size, causal, mut seqs, amplitude, seed)| {
+        .prop_map(move |((heads, kv_heads), rope, page_size, causal, mut seqs, amplitude, scale, seed)| {
             // Large heads: keep the reference's work bounded.
             if rope.head_dim >= 512 {
                 seqs.truncate(2);
@@ -178,6 +182,6 @@ pub fn cases(cfg: GenConfig) -> impl Strategy<Value = Case> {
                     s.q_len = s.q_len.min(4);
                 }
             }
-            Case { dtype: cfg.dtype, heads, kv_heads, rope, page_size, causal, seqs, amplitude, seed }
+            Case { dtype: cfg.dtype, heads, kv_heads, rope, page_size, causal, seqs, amplitude, scale, seed }
         })
 }

@@ -32,11 +32,14 @@ pub enum Bug {
     /// `update_plan` keeps the plan it was given (right for a plan run once; only the plan
     /// path's cells, which plan a decoy step first, can catch it).
     StalePlanUpdate,
+    /// Attention multiplies by `1/sqrt(head_dim)` whatever scale it was given (right for the
+    /// default scale; only the cases that draw another can catch it).
+    ScaleIgnored,
 }
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 10] = [
         Bug::RopeStyleSwapped,
         Bug::CausalOffByOne,
         Bug::GqaModulo,
@@ -46,6 +49,7 @@ impl Bug {
         Bug::ShiftWrongSign,
         Bug::RopeIgnoresRowStride,
         Bug::StalePlanUpdate,
+        Bug::ScaleIgnored,
     ];
 
     /// Registry name: `mutant-...`.
@@ -60,6 +64,7 @@ impl Bug {
             Bug::ShiftWrongSign => "mutant-shift-wrong-sign",
             Bug::RopeIgnoresRowStride => "mutant-rope-ignores-row-stride",
             Bug::StalePlanUpdate => "mutant-stale-plan-update",
+            Bug::ScaleIgnored => "mutant-scale-ignored",
         }
     }
 
@@ -97,7 +102,8 @@ fn buggy_attend(bug: Bug, q: &[f64], k: &[f64], v: &[f64], q_len: usize, kv_len:
         for h in 0..heads {
             let kh = if bug == Bug::GqaModulo { h % kv_heads } else { h / group };
             let qi = &q[(i * heads + h) * d..][..d];
-            let s: Vec<f64> = (0..visible).map(|j| p.scale as f64 * qi.iter().zip(&k[(j * kv_heads + kh) * d..][..d]).map(|(a, b)| a * b).sum::<f64>()).collect();
+            let scale = if bug == Bug::ScaleIgnored { 1.0 / (d as f64).sqrt() } else { p.scale as f64 };
+            let s: Vec<f64> = (0..visible).map(|j| scale * qi.iter().zip(&k[(j * kv_heads + kh) * d..][..d]).map(|(a, b)| a * b).sum::<f64>()).collect();
             let w: Vec<f64> = if bug == Bug::SoftmaxNoMax {
                 s.iter().map(|x| dtype.round(x.exp())).collect()
             } else {
@@ -201,7 +207,7 @@ impl AttentionBackend for Mutant {
                 after[last] = before[last];
                 write(out, "out", &after)
             }
-            Bug::CausalOffByOne | Bug::GqaModulo | Bug::SoftmaxNoMax => {
+            Bug::CausalOffByOne | Bug::GqaModulo | Bug::SoftmaxNoMax | Bug::ScaleIgnored => {
                 let AttentionArgs { q, pools, meta, batch, kv_lens, params, out, .. } = a;
                 let (heads, d) = (q.shape()[1], q.shape()[2]);
                 let kv_heads = pools.spec().num_kv_heads;

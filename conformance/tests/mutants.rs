@@ -45,6 +45,11 @@ fn append_ignoring_page_table_is_caught() {
 }
 
 #[test]
+fn an_ignored_softmax_scale_is_caught() {
+    caught(Bug::ScaleIgnored, DType::F32);
+}
+
+#[test]
 fn shift_with_the_wrong_sign_is_caught() {
     caught(Bug::ShiftWrongSign, DType::F32);
 }
@@ -62,7 +67,7 @@ fn rope_ignoring_the_row_stride_is_caught_on_the_views_path() {
 
 #[test]
 fn every_bug_has_a_test() {
-    assert_eq!(Bug::ALL.len(), 9);
+    assert_eq!(Bug::ALL.len(), 10);
     assert!(Bug::ALL.iter().all(|b| Op::ALL.contains(&b.op())));
 }
 
