@@ -4,7 +4,12 @@
 //!     cargo run -p conformance --release -- [--backend NAME] [--cases N] [--seed S]
 //!         [--dtype f32|f16|bf16] [--op rope|kv_append|attention|attention_plain|step]
 //!         [--report report.md] [--perf] [--no-errors] [--device K] [--shards N]
-//!         [--path owned|views|plan]
+//!         [--path owned|views|plan] [--require NAME]... [--fail-on-skip]
+//!
+//! A backend that cannot start (no GPU, no driver) is listed as skipped, with why, and does not
+//! fail the run by itself: on a GPU runner, `--require NAME` (repeatable) fails the run with
+//! the reason when backend NAME could not start (an unknown name exits 2), and `--fail-on-skip`
+//! fails it when any backend was skipped, so a runner with a broken driver cannot pass green.
 //!
 //! `--device K` runs the suite on the backend's instance on device K (`registry::get_on`; needs
 //! `--backend`). `--shards N` runs the tensor-parallel check instead (`conformance::sharded`):
@@ -20,7 +25,7 @@ use backend_api::{registry, DType, Op};
 use conformance::{check_registered, perf, Config};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: conformance [--backend NAME] [--cases N] [--seed S] [--dtype f32|f16|bf16] [--op OP] [--report FILE] [--perf] [--no-errors] [--device K] [--shards N] [--path owned|views|plan]");
+    eprintln!("usage: conformance [--backend NAME] [--cases N] [--seed S] [--dtype f32|f16|bf16] [--op OP] [--report FILE] [--perf] [--no-errors] [--device K] [--shards N] [--path owned|views|plan] [--require NAME]... [--fail-on-skip]");
     ExitCode::from(2)
 }
 
@@ -29,6 +34,7 @@ fn main() -> ExitCode {
     let mut cfg = Config::default();
     let (mut only, mut report_path, mut perf_mode) = (None, None, false);
     let (mut device, mut shards, mut soak): (Option<usize>, Option<usize>, Option<usize>) = (None, None, None);
+    let (mut require, mut fail_on_skip): (Vec<String>, bool) = (Vec::new(), false);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next();
@@ -47,6 +53,8 @@ fn main() -> ExitCode {
             "--report" => report_path = val(),
             "--perf" => perf_mode = true,
             "--no-errors" => cfg.errors = false,
+            "--require" => match val() { Some(n) => require.push(n), None => return usage() },
+            "--fail-on-skip" => fail_on_skip = true,
             "--device" => match val().and_then(|v| v.parse().ok()) { Some(n) => device = Some(n), None => return usage() },
             "--soak" => match val().and_then(|v| v.parse().ok()) { Some(n) => soak = Some(n), None => return usage() },
             "--shards" => match val().and_then(|v| v.parse().ok()) { Some(n) => shards = Some(n), None => return usage() },
@@ -54,13 +62,17 @@ fn main() -> ExitCode {
             _ => return usage(),
         }
     }
-    if let Some(name) = &only {
+    for name in only.iter().chain(&require) {
         if let Err(e) = registry::get(name) {
             if matches!(e, backend_api::Error::UnknownBackend { .. }) {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
         }
+    }
+    if let Some(name) = require.iter().find(|r| only.as_ref().is_some_and(|o| o != *r)) {
+        eprintln!("error: --require {name} with --backend {}: the required backend would not run", only.as_deref().unwrap_or(""));
+        return ExitCode::from(2);
     }
     if (device.is_some() || shards.is_some()) && only.is_none() {
         eprintln!("error: --device and --shards need --backend");
@@ -100,8 +112,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // A required backend that was skipped (or every skipped one, with --fail-on-skip) fails the
+    // run, with the reason it could not start.
+    let missing: Vec<&(String, String)> = report.skipped.iter().filter(|(n, _)| fail_on_skip || require.contains(n)).collect();
+    for (name, why) in &missing {
+        println!("conformance: required backend {name} did not run: {why}");
+    }
     let failed = report.cells.iter().filter(|c| c.failure.is_some()).count();
-    if failed > 0 {
+    if !missing.is_empty() {
+        if failed > 0 {
+            println!("conformance: {failed} cell(s) FAILED");
+        }
+        ExitCode::FAILURE
+    } else if failed > 0 {
         println!("conformance: {failed} cell(s) FAILED");
         ExitCode::FAILURE
     } else {
