@@ -10,10 +10,13 @@
 //!      (`NVIDIA_ENTRIES`) so a test can check every kernel a plan can choose;
 //!    - AMD: `hipcc --genco` with HIP_PLATFORM=amd for gfx90a and gfx1030 (`ATTNFORGE_AMD_ARCHS`).
 //!
-//!    `none` as an arch list skips that vendor. Compilers come from ATTNFORGE_NVCC /
-//!    ATTNFORGE_HIPCC, then the project's own toolchain folder (`scripts/install-toolchains.sh`
-//!    puts nvcc in .toolchain/), then PATH. A missing compiler is one cargo warning and a reason
-//!    the backend reports at run time; a kernel that fails to compile fails the build.
+//!    `none` as an arch list skips that vendor. nvcc comes from ATTNFORGE_NVCC, then CUDA_HOME /
+//!    CUDA_PATH / CUDA_ROOT (`bin/nvcc`), then PATH, then the project's own toolchain folder
+//!    (`scripts/install-toolchains.sh` puts nvcc in .toolchain/), then /usr/local/cuda; hipcc
+//!    from ATTNFORGE_HIPCC, then ROCM_PATH / HIP_PATH, then PATH, then /opt/rocm and /usr/bin. PATH is
+//!    watched only when it chose a compiler or a wanted one is missing, so other PATH changes
+//!    recompile nothing. A missing compiler is one cargo warning and a reason the backend
+//!    reports at run time; a kernel that fails to compile fails the build.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -167,39 +170,57 @@ fn generate_contract(c: &Contract) -> (String, String) {
 
 // ------------------------------------------------------------------ compilers
 
-fn find_nvcc(root: &Path) -> Option<PathBuf> {
+/// A compiler and whether it was found through PATH (then a PATH change may change which one).
+type Found = Option<(PathBuf, bool)>;
+
+/// `name` in the first PATH folder that has it.
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.is_file()))
+}
+
+/// `bin/name` under the first of the folders `vars` name (as cudarc reads CUDA_HOME and friends).
+fn under_env(vars: &[&str], name: &str) -> Option<PathBuf> {
+    vars.iter().filter_map(|v| std::env::var_os(v)).map(|d| PathBuf::from(d).join("bin").join(name)).find(|p| p.is_file())
+}
+
+/// nvcc: ATTNFORGE_NVCC, then CUDA_HOME / CUDA_PATH / CUDA_ROOT, then PATH (a user's CUDA
+/// toolkit), then the project's toolchain folder (scripts/install-toolchains.sh), then
+/// /usr/local/cuda.
+fn find_nvcc(root: &Path) -> Found {
     if let Ok(p) = std::env::var("ATTNFORGE_NVCC") {
-        return Some(PathBuf::from(p));
+        return Some((PathBuf::from(p), false));
+    }
+    if let Some(p) = under_env(&["CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"], "nvcc") {
+        return Some((p, false));
+    }
+    if let Some(p) = on_path("nvcc") {
+        return Some((p, true));
     }
     let venv = root.join(".toolchain/cuda-venv/lib");
     if let Ok(entries) = std::fs::read_dir(&venv) {
         for e in entries.flatten() {
             let p = e.path().join("site-packages/nvidia/cu13/bin/nvcc");
             if p.exists() {
-                return Some(p);
+                return Some((p, false));
             }
         }
     }
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/local/cuda/bin"]) {
-        let p = Path::new(dir).join("nvcc");
-        if p.exists() {
-            return Some(p);
-        }
-    }
-    None
+    let p = PathBuf::from("/usr/local/cuda/bin/nvcc");
+    p.is_file().then_some((p, false))
 }
 
-fn find_hipcc() -> Option<PathBuf> {
+/// hipcc: ATTNFORGE_HIPCC, then ROCM_PATH / HIP_PATH, then PATH, then /opt/rocm and /usr/bin.
+fn find_hipcc() -> Found {
     if let Ok(p) = std::env::var("ATTNFORGE_HIPCC") {
-        return Some(PathBuf::from(p));
+        return Some((PathBuf::from(p), false));
     }
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/opt/rocm/bin", "/usr/bin"]) {
-        let p = Path::new(dir).join("hipcc");
-        if p.exists() {
-            return Some(p);
-        }
+    if let Some(p) = under_env(&["ROCM_PATH", "HIP_PATH"], "hipcc") {
+        return Some((p, false));
     }
-    None
+    if let Some(p) = on_path("hipcc") {
+        return Some((p, true));
+    }
+    ["/opt/rocm/bin/hipcc", "/usr/bin/hipcc"].into_iter().map(PathBuf::from).find(|p| p.is_file()).map(|p| (p, false))
 }
 
 /// Runs the compiler; its stderr (ptxas' report) on success.
@@ -241,7 +262,7 @@ fn main() {
     let root = manifest.parent().unwrap().to_path_buf();
     let kdir = root.join("kernels");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    for v in ["ATTNFORGE_NVCC", "ATTNFORGE_HIPCC", "ATTNFORGE_CUDA_ARCHS", "ATTNFORGE_AMD_ARCHS", "PATH"] {
+    for v in ["ATTNFORGE_NVCC", "ATTNFORGE_HIPCC", "ATTNFORGE_CUDA_ARCHS", "ATTNFORGE_AMD_ARCHS", "CUDA_HOME", "CUDA_PATH", "CUDA_ROOT", "ROCM_PATH", "HIP_PATH"] {
         println!("cargo:rerun-if-env-changed={v}");
     }
     println!("cargo:rerun-if-changed={}", root.join(".toolchain").display());
@@ -265,6 +286,17 @@ fn main() {
     let amd_archs = std::env::var("ATTNFORGE_AMD_ARCHS").unwrap_or_else(|_| "gfx90a gfx1030".into());
     let nvcc = if cuda_archs.trim() == "none" { None } else { find_nvcc(&root) };
     let hipcc = if amd_archs.trim() == "none" { None } else { find_hipcc() };
+    // PATH matters only where it chose a compiler or where a wanted one is missing (one may
+    // appear on it): other PATH changes rebuild nothing. A compiler rebuilds the kernels when
+    // it changes in place.
+    let wanted_missing = (cuda_archs.trim() != "none" && nvcc.is_none()) || (amd_archs.trim() != "none" && hipcc.is_none());
+    if wanted_missing || [&nvcc, &hipcc].into_iter().flatten().any(|(_, from_path)| *from_path) {
+        println!("cargo:rerun-if-env-changed=PATH");
+    }
+    for (p, _) in [&nvcc, &hipcc].into_iter().flatten() {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
+    let (nvcc, hipcc) = (nvcc.map(|(p, _)| p), hipcc.map(|(p, _)| p));
 
     // Every (vendor, source) pair in parallel: the machine has few cores and nvcc is slow.
     let mut jobs: Vec<std::thread::JoinHandle<Option<(String, String)>>> = Vec::new();
