@@ -8,9 +8,12 @@
 //!      ptxas' report (`-Xptxas -v`: entry points, registers, spills, shared memory) is kept in
 //!      `OUT_DIR/ptxas-<module>.txt`, and the entry points it names per architecture are embedded
 //!      (`NVIDIA_ENTRIES`) so a test can check every kernel a plan can choose;
-//!    - AMD: `hipcc --genco` with HIP_PLATFORM=amd for gfx90a and gfx1030 (`ATTNFORGE_AMD_ARCHS`).
+//!    - AMD, only when ROCm is wanted (the `rocm` feature, or `ATTNFORGE_AMD_ARCHS` set):
+//!      `hipcc --genco` with HIP_PLATFORM=amd for gfx90a and gfx1030 (`ATTNFORGE_AMD_ARCHS`).
 //!
-//!    `none` as an arch list skips that vendor. nvcc comes from ATTNFORGE_NVCC, then CUDA_HOME /
+//!    `none` as an arch list skips that vendor; `native` builds for this machine's GPUs
+//!    (`nvidia-smi`, `rocm_agent_enumerator`). `ATTNFORGE_REQUIRE_KERNELS=1` fails the build
+//!    when a wanted vendor's compiler is missing. nvcc comes from ATTNFORGE_NVCC, then CUDA_HOME /
 //!    CUDA_PATH / CUDA_ROOT (`bin/nvcc`), then PATH, then the project's own toolchain folder
 //!    (`scripts/install-toolchains.sh` puts nvcc in .toolchain/), then /usr/local/cuda; hipcc
 //!    from ATTNFORGE_HIPCC, then ROCM_PATH / HIP_PATH, then PATH, then /opt/rocm and /usr/bin. PATH is
@@ -257,10 +260,42 @@ fn rerun_on_dir(dir: &Path) {
     }
 }
 
+/// `ATTNFORGE_CUDA_ARCHS=native`: the compute capabilities of this machine's GPUs
+/// (`nvidia-smi --query-gpu=compute_cap`, e.g. `9.0` -> `90`), each once.
+fn native_cuda_archs() -> String {
+    let out = Command::new("nvidia-smi").args(["--query-gpu=compute_cap", "--format=csv,noheader"]).output();
+    let text = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).to_string(),
+        Ok(o) => panic!("ATTNFORGE_CUDA_ARCHS=native: nvidia-smi failed: {}", String::from_utf8_lossy(&o.stderr).trim()),
+        Err(e) => panic!("ATTNFORGE_CUDA_ARCHS=native: cannot run nvidia-smi ({e}); name the architectures instead, e.g. ATTNFORGE_CUDA_ARCHS=\"80 90\""),
+    };
+    let mut archs: Vec<String> = text.lines().map(|l| l.trim().replace('.', "")).filter(|a| !a.is_empty()).collect();
+    archs.sort();
+    archs.dedup();
+    assert!(!archs.is_empty(), "ATTNFORGE_CUDA_ARCHS=native: nvidia-smi lists no GPU");
+    println!("cargo:warning=attnforge: ATTNFORGE_CUDA_ARCHS=native: building for sm_{}", archs.join(", sm_"));
+    archs.join(" ")
+}
+
+/// `ATTNFORGE_AMD_ARCHS=native`: the gfx targets of this machine's GPUs (ROCm's
+/// `rocm_agent_enumerator`, the host's `gfx000` left out), each once.
+fn native_amd_archs() -> String {
+    let out = Command::new("rocm_agent_enumerator").output().or_else(|_| Command::new("/opt/rocm/bin/rocm_agent_enumerator").output());
+    let text = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).to_string(),
+        _ => panic!("ATTNFORGE_AMD_ARCHS=native: rocm_agent_enumerator did not run; name the targets instead, e.g. ATTNFORGE_AMD_ARCHS=gfx90a"),
+    };
+    let mut archs: Vec<String> = text.lines().map(|l| l.trim().to_string()).filter(|a| a.starts_with("gfx") && a != "gfx000").collect();
+    archs.sort();
+    archs.dedup();
+    assert!(!archs.is_empty(), "ATTNFORGE_AMD_ARCHS=native: no AMD GPU found");
+    archs.join(" ")
+}
+
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap().to_path_buf();
-    let kdir = root.join("kernels");
+    let kdir = manifest.join("kernels");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     for v in ["ATTNFORGE_NVCC", "ATTNFORGE_HIPCC", "ATTNFORGE_CUDA_ARCHS", "ATTNFORGE_AMD_ARCHS", "CUDA_HOME", "CUDA_PATH", "CUDA_ROOT", "ROCM_PATH", "HIP_PATH"] {
         println!("cargo:rerun-if-env-changed={v}");
@@ -282,8 +317,13 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|x| x == "hip"))
         .collect();
     sources.sort();
+    // NVIDIA: by default (the NVIDIA runtime is always built); `none` opts out. AMD: only when
+    // ROCm is wanted: the `rocm` feature (the AMD runtime) or ATTNFORGE_AMD_ARCHS set.
+    let rocm = std::env::var_os("CARGO_FEATURE_ROCM").is_some();
     let cuda_archs = std::env::var("ATTNFORGE_CUDA_ARCHS").unwrap_or_else(|_| "80 90".into());
-    let amd_archs = std::env::var("ATTNFORGE_AMD_ARCHS").unwrap_or_else(|_| "gfx90a gfx1030".into());
+    let amd_archs = std::env::var("ATTNFORGE_AMD_ARCHS").unwrap_or_else(|_| if rocm { "gfx90a gfx1030".into() } else { "none".into() });
+    let cuda_archs = if cuda_archs.trim() == "native" { native_cuda_archs() } else { cuda_archs };
+    let amd_archs = if amd_archs.trim() == "native" { native_amd_archs() } else { amd_archs };
     let nvcc = if cuda_archs.trim() == "none" { None } else { find_nvcc(&root) };
     let hipcc = if amd_archs.trim() == "none" { None } else { find_hipcc() };
     // PATH matters only where it chose a compiler or where a wanted one is missing (one may
@@ -360,12 +400,20 @@ fn main() {
     let why = |name: &str, found: bool, archs: &str| {
         if found {
             String::new()
+        } else if archs.trim() == "none" && name == "hipcc" && !rocm {
+            "built without AMD kernels (they are built with the `rocm` feature or ATTNFORGE_AMD_ARCHS set)".to_string()
         } else if archs.trim() == "none" {
             format!("built without {name} kernels (ATTNFORGE_{}_ARCHS=none)", if name == "nvcc" { "CUDA" } else { "AMD" })
         } else {
             format!("built without {name}: run scripts/install-toolchains.sh (or set ATTNFORGE_{}) and rebuild", name.to_uppercase())
         }
     };
+    // CI's promise (`ATTNFORGE_REQUIRE_KERNELS=1`): every wanted vendor's kernels are built.
+    if std::env::var("ATTNFORGE_REQUIRE_KERNELS").as_deref() == Ok("1") {
+        println!("cargo:rerun-if-env-changed=ATTNFORGE_REQUIRE_KERNELS");
+        assert!(nvcc.is_some() || cuda_archs.trim() == "none", "ATTNFORGE_REQUIRE_KERNELS=1 but nvcc was not found (ATTNFORGE_NVCC, CUDA_HOME, PATH, .toolchain, /usr/local/cuda)");
+        assert!(hipcc.is_some() || amd_archs.trim() == "none", "ATTNFORGE_REQUIRE_KERNELS=1 but hipcc was not found (ATTNFORGE_HIPCC, ROCM_PATH, PATH, /opt/rocm)");
+    }
     if nvcc.is_none() && cuda_archs.trim() != "none" {
         println!("cargo:warning=attnforge: nvcc not found; hip-* backends will report themselves unavailable on NVIDIA (run scripts/install-toolchains.sh)");
     }

@@ -1,8 +1,13 @@
-"""PyTorch baselines for the problems of `backend-hip/src/bin/bench.rs`, run on the same GPU in
+"""PyTorch baselines for the problems of `attnforge bench` (backend-hip/src/bench.rs), run on the same GPU in
 the same session: a device copy (bandwidth ceiling), torch.compile'd RoPE, and SDPA with each
 backend (flash, cuDNN, efficient). Timed with triton.testing.do_bench (CUDA events, median).
 
     python3 bench/torch_baseline.py [--json out.json] [--quick] [--mma] [--decode-graph]
+
+The shapes of `--mma` and `--decode-graph` come from backend-hip/bench/shapes.json, the file
+`attnforge bench` reads, so both sides time the same problems. Rows with a counterpart carry the
+plot keys `table`, `shape` and `series` (`attnforge bench --from ours.json --torch this.json
+--plots DIR` draws them side by side).
 
 `--mma`: only the matrix-core issue's shapes (bench --mma): causal prefill f16/bf16, D=64/128,
 S=1024/4096/16384, B=1/4, GQA 32/8 and MHA; decode bf16 B=1/16/64, L=4096/8192/131072.
@@ -12,6 +17,8 @@ L=4096/8192/131072): 32 layers of SDPA (flash, cuDNN) each over its own K/V (up 
 reused), eager and replayed from a CUDA graph; time per layer. `--quick`: B=1/16 at L=8192.
 """
 import json
+import math
+import os
 import sys
 
 import torch
@@ -30,8 +37,15 @@ def bench(fn):
     return do_bench(fn, warmup=25, rep=200, return_mode="median")
 
 
-def add(name, dtype, ms, nbytes, flops=0.0):
-    rows.append({"op": name, "dtype": dtype, "ms": ms, "bytes": nbytes, "flops": flops})
+SHAPES = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "backend-hip", "bench", "shapes.json")))
+
+
+def add(name, dtype, ms, nbytes, flops=0.0, key=None):
+    """One row; `key` = (table, shape, series) for rows that `attnforge bench --plots` draws."""
+    r = {"op": name, "dtype": dtype, "ms": ms, "bytes": nbytes, "flops": flops}
+    if key:
+        r.update(table=key[0], shape=key[1], series=key[2])
+    rows.append(r)
 
 
 n = 1 << 30
@@ -41,7 +55,7 @@ add("device copy 1 GiB (read + write)", "f32", bench(lambda: dst.copy_(src)), 2.
 del src, dst
 
 
-def sdpa_rows(label, q, k, v, causal, flops, nbytes, dtype_name, backends=("flash", "cudnn", "efficient")):
+def sdpa_rows(label, q, k, v, causal, flops, nbytes, dtype_name, backends=("flash", "cudnn", "efficient"), key=None):
     table = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
     for bname in backends:
         try:
@@ -50,7 +64,7 @@ def sdpa_rows(label, q, k, v, causal, flops, nbytes, dtype_name, backends=("flas
                 fn()
                 torch.cuda.synchronize()
                 ms = bench(fn)
-            add(f"torch sdpa {bname} {label}", dtype_name, ms, nbytes, flops)
+            add(f"torch sdpa {bname} {label}", dtype_name, ms, nbytes, flops, key and (key[0], key[1], f"torch sdpa {bname}"))
         except Exception as e:  # a backend that does not take this problem
             print(f"  sdpa {bname} {label} {dtype_name}: not run ({str(e).splitlines()[0][:100]})")
 
@@ -63,30 +77,36 @@ def report():
         tbs = r["bytes"] / r["ms"] / 1e9
         print(f"{r['op']:<62} {r['dtype']:<5} {r['ms']:>9.4f} {tbs:>8.3f} {100 * tbs / copy_bw:>6.1f}% {r['flops'] / r['ms'] / 1e9:>9.2f}")
     if out_path:
-        json.dump(rows, open(out_path, "w"), indent=1)
+        # Valid JSON: a value that is not a number is written as null, never NaN.
+        clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
+        json.dump(clean, open(out_path, "w"), indent=1, allow_nan=False)
 
 
 if "--mma" in sys.argv:
-    HQ = 32
-    for name in ("f16", "bf16"):
+    P = SHAPES["mma_prefill"]
+    HQ = P["heads"]
+    for name in P["dtypes"]:
         dt = DT[name]
-        for Dd in (64, 128):
-            for S in (1024, 4096, 16384):
-                for B in (1, 4):
-                    for HK in (8, 32):
+        for Dd in P["head_dim"]:
+            for S in P["seq_len"]:
+                for B in P["batch"]:
+                    for HK in P["kv_heads"]:
                         q = torch.randn(B, HQ, S, Dd, device=dev, dtype=dt)
                         k = torch.randn(B, HK, S, Dd, device=dev, dtype=dt)
                         v = torch.randn(B, HK, S, Dd, device=dev, dtype=dt)
                         sdpa_rows(f"mma prefill causal B={B} H={HQ}/{HK} S={S} D={Dd}", q, k, v, True, 4.0 * B * HQ * Dd * S * (S + 1) / 2,
-                                  (2 * B * S * HQ * Dd + 2 * B * S * HK * Dd) * q.element_size(), name, ("flash", "cudnn"))
+                                  (2 * B * S * HQ * Dd + 2 * B * S * HK * Dd) * q.element_size(), name, ("flash", "cudnn"),
+                                  key=("mma-prefill", f"{name} B={B} H={HQ}/{HK} S={S} D={Dd}"))
                         del q, k, v
-    HK, Dd = 8, 128
-    for B in (1, 16, 64):
-        for L in (4096, 8192, 131072):
+    P = SHAPES["mma_decode"]
+    HQ, HK, Dd = P["heads"], P["kv_heads"], P["head_dim"]
+    for B in P["batch"]:
+        for L in P["kv_len"]:
             q = torch.randn(B, HQ, 1, Dd, device=dev, dtype=torch.bfloat16)
             k = torch.randn(B, HK, L, Dd, device=dev, dtype=torch.bfloat16)
             v = torch.randn(B, HK, L, Dd, device=dev, dtype=torch.bfloat16)
-            sdpa_rows(f"mma decode B={B} L={L} H={HQ}/{HK} D={Dd}", q, k, v, False, 4.0 * B * L * HQ * Dd, (2 * B * L * HK * Dd + 2 * B * HQ * Dd) * 2, "bf16", ("flash", "cudnn"))
+            sdpa_rows(f"mma decode B={B} L={L} H={HQ}/{HK} D={Dd}", q, k, v, False, 4.0 * B * L * HQ * Dd, (2 * B * L * HK * Dd + 2 * B * HQ * Dd) * 2, "bf16", ("flash", "cudnn"),
+                      key=("mma-decode", f"B={B} L={L}"))
             del q, k, v
             torch.cuda.empty_cache()
     report()
@@ -94,8 +114,9 @@ if "--mma" in sys.argv:
 
 
 if "--decode-graph" in sys.argv:
-    HQ, HK, Dd, LAYERS = 32, 8, 128, 32
-    shapes = [(1, 8192), (16, 8192)] if quick else [(b, l) for b in (1, 16, 64) for l in (4096, 8192, 131072)]
+    P = SHAPES["decode_graph"]
+    HQ, HK, Dd, LAYERS = P["heads"], P["kv_heads"], P["head_dim"], P["layers"]
+    shapes = [tuple(x) for x in P["quick"]] if quick else [(b, l) for b in P["batch"] for l in P["kv_len"]]
     table = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
     for B, L in shapes:
         layer_bytes = 2 * B * HK * L * Dd * 2
@@ -113,7 +134,7 @@ if "--decode-graph" in sys.argv:
                 with sdpa_kernel(backend):
                     step()
                     torch.cuda.synchronize()
-                    add(f"torch sdpa {bname} decode/layer eager B={B} L={L} x{LAYERS} layers", "bf16", bench(step) / LAYERS, nbytes)
+                    add(f"torch sdpa {bname} decode/layer eager B={B} L={L} x{LAYERS} layers", "bf16", bench(step) / LAYERS, nbytes, 0.0, ("decode-graph", f"B={B} L={L}", f"torch sdpa {bname} eager"))
                     g = torch.cuda.CUDAGraph()
                     s_ = torch.cuda.Stream()
                     s_.wait_stream(torch.cuda.current_stream())
@@ -123,7 +144,7 @@ if "--decode-graph" in sys.argv:
                     torch.cuda.current_stream().wait_stream(s_)
                     with torch.cuda.graph(g):
                         step()
-                    add(f"torch sdpa {bname} decode/layer CUDA graph B={B} L={L} x{LAYERS} layers", "bf16", bench(g.replay) / LAYERS, nbytes)
+                    add(f"torch sdpa {bname} decode/layer CUDA graph B={B} L={L} x{LAYERS} layers", "bf16", bench(g.replay) / LAYERS, nbytes, 0.0, ("decode-graph", f"B={B} L={L}", f"torch sdpa {bname} CUDA graph"))
                     del g
             except Exception as e:
                 print(f"  sdpa {bname} decode B={B} L={L}: not run ({str(e).splitlines()[0][:100]})")

@@ -164,8 +164,8 @@ inventory::submit! {
 
 fn main() {
     let be = registry::get("host-f32").expect("registered through inventory");
-    let cfg = conformance::Config { cases: 64, dtypes: DType::ALL.to_vec(), ops: vec![Op::Rope, Op::KvAppend, Op::Attention, Op::Step], ..Default::default() };
-    let report = conformance::check_backend(&be, &cfg);
+    let cfg = attnforge_conformance::Config { cases: 64, dtypes: DType::ALL.to_vec(), ops: vec![Op::Rope, Op::KvAppend, Op::Attention, Op::Step], ..Default::default() };
+    let report = attnforge_conformance::check_backend(&be, &cfg);
     println!("{}", report.to_markdown());
     if !report.passed() {
         std::process::exit(1);

@@ -20,8 +20,8 @@
 //! CPU backend it is host buffers (`HostBuffer`, viewed with `CpuBackend::tensor_in`). The
 //! attnforge calls are the same. A GPU run is checked in lockstep against the CPU reference:
 //! every layer of every step gets the same inputs on both and the outputs must agree.
-use attnforge::backend_cpu::storage::HostBuffer;
-use attnforge::backend_cpu::CpuBackend;
+use attnforge::attnforge_cpu::storage::HostBuffer;
+use attnforge::attnforge_cpu::CpuBackend;
 use attnforge::*;
 
 /// The model and the run.
@@ -94,8 +94,8 @@ impl Memory for HostMemory {
 mod cuda {
     //! cudarc memory and stream the program owns (NVIDIA).
     use super::*;
-    use attnforge::backend_hip::cudarc::driver::{CudaSlice, CudaStream, DriverError};
-    use attnforge::backend_hip::{Borrowed, ForeignStream, HipBackend, Strategy};
+    use attnforge::attnforge_hip::cudarc::driver::{CudaSlice, CudaStream, DriverError};
+    use attnforge::attnforge_hip::{Borrowed, ForeignStream, HipBackend, Strategy};
     use std::sync::Arc;
 
     pub fn dev(e: DriverError) -> Error {
@@ -341,8 +341,8 @@ fn main() -> Result<()> {
     let max_tokens = 64;
     let cpu = CpuBackend::handle();
     #[cfg(feature = "cudarc")]
-    if let Some(&static_name) = attnforge::backend_hip::NAMES.iter().find(|&&n| n == name) {
-        use attnforge::backend_hip::cudarc::driver::CudaContext;
+    if let Some(&static_name) = attnforge::attnforge_hip::NAMES.iter().find(|&&n| n == name) {
+        use attnforge::attnforge_hip::cudarc::driver::CudaContext;
         let ctx = CudaContext::new(0).map_err(cuda::dev)?;
         let stream = ctx.new_stream().map_err(cuda::dev)?;
         let n = LAYERS * spec().pool_len();

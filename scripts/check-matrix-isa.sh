@@ -6,11 +6,11 @@
 #   scripts/check-matrix-isa.sh        (after scripts/install-toolchains.sh; CI runs it)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-src="$root/kernels/attention_mma.hip"
+src="$root/backend-hip/kernels/attention_mma.hip"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 nvcc=${ATTNFORGE_NVCC:-$(ls "$root"/.toolchain/cuda-venv/lib/python3*/site-packages/nvidia/cu13/bin/nvcc | head -1)}
-"$nvcc" -x cu -std=c++17 -O3 -I "$root/kernels" -arch=sm_90 --ptx "$src" -o "$tmp/mma.ptx"
-(cd "$tmp" && HIP_PLATFORM=amd hipcc --genco -O3 -std=c++17 -I "$root/kernels" \
+"$nvcc" -x cu -std=c++17 -O3 -I "$root/backend-hip/kernels" -arch=sm_90 --ptx "$src" -o "$tmp/mma.ptx"
+(cd "$tmp" && HIP_PLATFORM=amd hipcc --genco -O3 -std=c++17 -I "$root/backend-hip/kernels" \
   --offload-arch=gfx90a --offload-arch=gfx1030 -save-temps "$src" -o mma.hsaco 2>/dev/null)
 fail=0
 count() { grep -c "$1" "$2" || true; }

@@ -2,7 +2,7 @@
 # GPU acceptance run for the HIP backends, on a machine with a GPU and no Rust toolchain.
 #
 # Build here (no GPU needed):
-#   DEVICE_BUNDLE_EXTRA="bench conformance quickstart select_backend engine_decode" \
+#   DEVICE_BUNDLE_EXTRA="attnforge quickstart select_backend engine_decode" \
 #     ../shared/tools/device-bundle --workspace
 # then, on the GPU machine, from the repository root:
 #   bash scripts/gpu-acceptance.sh [LOGDIR]
@@ -16,8 +16,8 @@
 #      backend, and memcheck over the long-problem GPU test;
 #   4. quickstart, select_backend, and engine_decode on each backend (cudarc memory on the
 #      program's stream, checked in lockstep against the CPU reference);
-#   5. then, alone on the GPU, `bench --engine` (BENCH_ENGINE=0 skips it): a decode step through
-#      the owned API and through views, same run; with BENCH_DECODE=1 first `bench --decode-graph`
+#   5. then, alone on the GPU, `attnforge bench --mode engine` (BENCH_ENGINE=0 skips it): a decode step through
+#      the owned API and through views, same run; with BENCH_DECODE=1 first `attnforge bench --mode decode-graph`
 #      and `bench/torch_baseline.py --decode-graph` (eager / plan+run / graph replay per layer
 #      against PyTorch SDPA flash and cuDNN, eager and under a CUDA graph).
 # Every log goes to LOGDIR; the last lines printed are one summary line per run.
@@ -50,13 +50,13 @@ run_in() { # dir, name, command...
 run() { run_in . "$@"; }
 for b in $BACKENDS; do
   if [ "$CONFORM" = 1 ]; then
-    run "conformance-$b" "$B/bin/conformance" --backend "$b" --cases "$CASES" --report "$LOG/conformance-$b.md"
+    run "conformance-$b" "$B/bin/attnforge" conformance --no-progress --require "$b" --backend "$b" --cases "$CASES" --report "$LOG/conformance-$b.md" --json "$LOG/conformance-$b.json" --junit "$LOG/conformance-$b.xml"
   fi
   if [ "$SANITIZE" = 1 ]; then
-    run "memcheck-$b" compute-sanitizer "$B/bin/conformance" --backend "$b" --cases "$SAN_CASES"
-    run "initcheck-$b" compute-sanitizer --tool initcheck "$B/bin/conformance" --backend "$b" --cases "$SAN_CASES"
-    run "synccheck-$b" compute-sanitizer --tool synccheck "$B/bin/conformance" --backend "$b" --cases "$SAN_CASES"
-    run "racecheck-$b" compute-sanitizer --tool racecheck "$B/bin/conformance" --backend "$b" --cases "$RACE_CASES"
+    run "memcheck-$b" compute-sanitizer "$B/bin/attnforge" conformance --no-progress --backend "$b" --cases "$SAN_CASES"
+    run "initcheck-$b" compute-sanitizer --tool initcheck "$B/bin/attnforge" conformance --no-progress --backend "$b" --cases "$SAN_CASES"
+    run "synccheck-$b" compute-sanitizer --tool synccheck "$B/bin/attnforge" conformance --no-progress --backend "$b" --cases "$SAN_CASES"
+    run "racecheck-$b" compute-sanitizer --tool racecheck "$B/bin/attnforge" conformance --no-progress --backend "$b" --cases "$RACE_CASES"
   fi
   if [ "$TESTS" = 1 ] && [ -x "$B/bin/engine_decode" ]; then
     run "engine-decode-$b" env ATTNFORGE_BACKEND="$b" "$B/bin/engine_decode"
@@ -71,13 +71,15 @@ if [ "$TESTS" = 1 ]; then
   run select-backend "$B/bin/select_backend" --backend hip-hybrid
 fi
 wait "${pids[@]}"
-if [ "${BENCH_DECODE:-0}" = 1 ] && [ -x "$B/bin/bench" ]; then
+if [ "${BENCH_DECODE:-0}" = 1 ] && [ -x "$B/bin/attnforge" ]; then
   # Plan / run / graph replay against PyTorch SDPA (flash, cuDNN; eager and CUDA graph), same call.
-  timeout "$LIMIT" "$B/bin/bench" --decode-graph --json "$LOG/bench-decode-graph.json" > "$LOG/bench-decode-graph.log" 2>&1; echo $? > "$LOG/bench-decode-graph.rc"
+  timeout "$LIMIT" "$B/bin/attnforge" bench --mode decode-graph --json "$LOG/bench-decode-graph.json" > "$LOG/bench-decode-graph.log" 2>&1; echo $? > "$LOG/bench-decode-graph.rc"
   timeout "$LIMIT" python3 bench/torch_baseline.py --decode-graph --json "$LOG/torch-decode-graph.json" > "$LOG/torch-decode-graph.log" 2>&1; echo $? > "$LOG/torch-decode-graph.rc"
+  # The plots: ours next to PyTorch's, per shape, and % of the copy's bandwidth.
+  "$B/bin/attnforge" bench --from "$LOG/bench-decode-graph.json" --torch "$LOG/torch-decode-graph.json" --plots "$LOG/plots" > "$LOG/plots.log" 2>&1; echo $? > "$LOG/plots.rc"
 fi
-if [ "${BENCH_ENGINE:-1}" = 1 ] && [ -x "$B/bin/bench" ]; then
-  timeout "$LIMIT" "$B/bin/bench" --engine --json "$LOG/bench-engine.json" > "$LOG/bench-engine.log" 2>&1; echo $? > "$LOG/bench-engine.rc"
+if [ "${BENCH_ENGINE:-1}" = 1 ] && [ -x "$B/bin/attnforge" ]; then
+  timeout "$LIMIT" "$B/bin/attnforge" bench --mode engine --json "$LOG/bench-engine.json" > "$LOG/bench-engine.log" 2>&1; echo $? > "$LOG/bench-engine.rc"
 fi
 
 for rc in "$LOG"/*.rc; do

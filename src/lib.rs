@@ -35,18 +35,18 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
-pub use backend_api::*;
+pub use attnforge_api::*;
 
 #[cfg(feature = "cpu")]
-pub use backend_cpu;
+pub use attnforge_cpu;
 #[cfg(feature = "hip-core")]
-pub use backend_hip;
+pub use attnforge_hip;
 
 /// The backend registry, with every backend crate of this build linked in. See
-/// [`backend_api::registry`] for the semantics.
+/// [`attnforge_api::registry`] for the semantics.
 pub mod registry {
-    pub use backend_api::registry::{BackendEntry, BackendInfo, Constructor, DeviceBackendEntry, DeviceConstructor, Selection, BACKEND_ENV};
-    use backend_api::{Backend, ProblemDesc, Result};
+    pub use attnforge_api::registry::{BackendEntry, BackendInfo, Constructor, DeviceBackendEntry, DeviceConstructor, Selection, BACKEND_ENV};
+    use attnforge_api::{Backend, ProblemDesc, Result};
 
     /// Names of the backends this build links (every name each linked crate registers),
     /// whether available here or not.
@@ -55,9 +55,9 @@ pub mod registry {
         static LINKED: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
             let mut names: Vec<&'static str> = Vec::new();
             #[cfg(feature = "cpu")]
-            names.extend_from_slice(backend_cpu::NAMES);
+            names.extend_from_slice(attnforge_cpu::NAMES);
             #[cfg(feature = "hip-core")]
-            names.extend_from_slice(backend_hip::NAMES);
+            names.extend_from_slice(attnforge_hip::NAMES);
             names
         });
         &LINKED
@@ -66,58 +66,58 @@ pub mod registry {
     /// Every registered name, sorted.
     pub fn names() -> Vec<String> {
         crate::link_backends();
-        backend_api::registry::names()
+        attnforge_api::registry::names()
     }
 
     /// Every registered backend with its availability, highest priority first.
     pub fn list() -> Vec<BackendInfo> {
         crate::link_backends();
-        backend_api::registry::list()
+        attnforge_api::registry::list()
     }
 
     /// The shared instance of backend `name`.
     pub fn get(name: &str) -> Result<Backend> {
         crate::link_backends();
-        backend_api::registry::get(name)
+        attnforge_api::registry::get(name)
     }
 
     /// Devices backend `name` can run on (1 for host backends, 0 for a GPU backend without a
     /// GPU).
     pub fn device_count(name: &str) -> Result<usize> {
         crate::link_backends();
-        backend_api::registry::device_count(name)
+        attnforge_api::registry::device_count(name)
     }
 
     /// The shared instance of backend `name` on device `ordinal` (see
-    /// [`backend_api::registry::get_on`]).
+    /// [`attnforge_api::registry::get_on`]).
     pub fn get_on(name: &str, ordinal: usize) -> Result<Backend> {
         crate::link_backends();
-        backend_api::registry::get_on(name, ordinal)
+        attnforge_api::registry::get_on(name, ordinal)
     }
 
     /// A new instance of backend `name` on device `ordinal`, with its own stream (see
-    /// [`backend_api::registry::create_on`]).
+    /// [`attnforge_api::registry::create_on`]).
     pub fn create_on(name: &str, ordinal: usize) -> Result<Backend> {
         crate::link_backends();
-        backend_api::registry::create_on(name, ordinal)
+        attnforge_api::registry::create_on(name, ordinal)
     }
 
     /// Picks a backend for `problem` (`ATTNFORGE_BACKEND` overrides).
     pub fn select(problem: &ProblemDesc) -> Result<Selection> {
         crate::link_backends();
-        backend_api::registry::select(problem)
+        attnforge_api::registry::select(problem)
     }
 
-    /// [`select_with`] on device `ordinal` (see [`backend_api::registry::select_on`]).
+    /// [`select_with`] on device `ordinal` (see [`attnforge_api::registry::select_on`]).
     pub fn select_on(problem: &ProblemDesc, forced: Option<&str>, ordinal: usize) -> Result<Selection> {
         crate::link_backends();
-        backend_api::registry::select_on(problem, forced, ordinal)
+        attnforge_api::registry::select_on(problem, forced, ordinal)
     }
 
     /// [`select`] with an explicit override instead of the environment.
     pub fn select_with(problem: &ProblemDesc, forced: Option<&str>) -> Result<Selection> {
         crate::link_backends();
-        backend_api::registry::select_with(problem, forced)
+        attnforge_api::registry::select_with(problem, forced)
     }
 }
 
@@ -125,7 +125,7 @@ pub mod registry {
 /// (an unreferenced crate's submissions can be dropped: inventory#7).
 fn link_backends() {
     #[cfg(feature = "cpu")]
-    backend_cpu::link();
+    attnforge_cpu::link();
     #[cfg(feature = "hip-core")]
-    backend_hip::link();
+    attnforge_hip::link();
 }

@@ -3,8 +3,8 @@
 //! the owned path's bit for bit (one code path), and bad input is a typed error that writes
 //! nothing.
 
-use attnforge::backend_cpu::storage::HostBuffer;
-use attnforge::backend_cpu::CpuBackend;
+use attnforge::attnforge_cpu::storage::HostBuffer;
+use attnforge::attnforge_cpu::CpuBackend;
 use attnforge::*;
 
 const H: usize = 4;
@@ -21,7 +21,7 @@ fn kind<T: std::fmt::Debug>(r: Result<T>) -> &'static str {
 }
 
 fn normals(n: usize, seed: u64) -> Vec<f32> {
-    let mut r = conformance::rng::Rng::new(seed);
+    let mut r = attnforge_conformance::rng::Rng::new(seed);
     r.normals(n, 1.0)
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use attnforge::registry::BackendEntry;
 use attnforge::*;
-use backend_cpu::CpuBackend;
+use attnforge_cpu::CpuBackend;
 
 fn cpu() -> Backend {
     registry::get("cpu").expect("cpu backend is linked")

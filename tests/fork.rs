@@ -6,7 +6,7 @@
 use attnforge::*;
 
 fn randn(n: usize, seed: u64) -> Vec<f32> {
-    conformance::rng::Rng::new(seed).normals(n, 1.0)
+    attnforge_conformance::rng::Rng::new(seed).normals(n, 1.0)
 }
 
 #[test]

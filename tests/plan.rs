@@ -4,7 +4,7 @@
 //! with typed errors that write nothing. (The GPU's plans, their zero-copy runs and graph
 //! replays are tested in backend-hip: fake driver in CI, `tests/gpu.rs` on a GPU.)
 
-use attnforge::backend_cpu::CpuBackend;
+use attnforge::attnforge_cpu::CpuBackend;
 use attnforge::*;
 
 const H: usize = 4;
@@ -17,7 +17,7 @@ fn kind<T: std::fmt::Debug>(r: Result<T>) -> &'static str {
 }
 
 fn normals(n: usize, seed: u64) -> Vec<f32> {
-    conformance::rng::Rng::new(seed).normals(n, 1.0)
+    attnforge_conformance::rng::Rng::new(seed).normals(n, 1.0)
 }
 
 fn spec() -> KvCacheSpec {

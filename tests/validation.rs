@@ -3,7 +3,7 @@
 //! them before) and, through the conformance suite's error checks, on every backend.
 
 use attnforge::*;
-use backend_cpu::storage::{CpuTensor, HostBuffer};
+use attnforge_cpu::storage::{CpuTensor, HostBuffer};
 
 fn cpu() -> Backend {
     registry::get("cpu").expect("cpu backend is linked")

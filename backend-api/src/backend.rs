@@ -641,7 +641,7 @@ impl Backend {
             return Err(Error::shape("RoPE head_dim against the KV cache's", &[spec.head_dim], &[rope.head_dim]));
         }
         if rope.is_length_dependent() {
-            return Err(Error::InvalidArgument(format!("context shift needs a position-independent RoPE table; {:?} changes the table with the context length", rope.scaling)));
+            return Err(Error::InvalidArgument(format!("context shift needs a position-independent RoPE table; {} scaling changes the table with the context length", rope.scaling.name())));
         }
         if seq >= meta.num_seqs() {
             return Err(Error::InvalidArgument(format!("sequence {seq} is outside the cache ({} sequences)", meta.num_seqs())));

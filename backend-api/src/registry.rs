@@ -4,7 +4,7 @@
 //! and once, and picks one for a problem.
 //!
 //! ```
-//! use backend_api::registry;
+//! use attnforge_api::registry;
 //! for info in registry::list() {
 //!     println!("{} (priority {}): {:?}", info.name, info.priority, info.available);
 //! }

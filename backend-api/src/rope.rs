@@ -88,6 +88,24 @@ pub enum RopeScaling {
     },
 }
 
+impl RopeScaling {
+    /// The method's short name (`"linear"`, `"yarn"`, `"longrope"`, ...), as Hugging Face's
+    /// `rope_type` spells it: what errors and unsupported reasons print instead of the whole
+    /// configuration (a LongRoPE one carries two factor lists).
+    pub fn name(&self) -> &'static str {
+        match self {
+            RopeScaling::None => "default",
+            RopeScaling::Linear { .. } => "linear",
+            RopeScaling::NtkAware { .. } => "ntk",
+            RopeScaling::DynamicNtk { .. } => "dynamic",
+            RopeScaling::Yarn { .. } => "yarn",
+            RopeScaling::Llama3 { .. } => "llama3",
+            RopeScaling::LongRope { .. } => "longrope",
+            RopeScaling::Custom { .. } => "custom",
+        }
+    }
+}
+
 /// A complete RoPE configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RopeConfig {

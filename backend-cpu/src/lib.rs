@@ -15,8 +15,8 @@ pub mod storage;
 
 use std::sync::Arc;
 
-use backend_api::registry::BackendEntry;
-use backend_api::*;
+use attnforge_api::registry::BackendEntry;
+use attnforge_api::*;
 
 use storage::{host, CpuTensor, HostBuffer};
 

@@ -4,7 +4,7 @@ use std::any::Any;
 
 use std::sync::{Arc, RwLock};
 
-use backend_api::{try_vec, DType, Device, Error, Region, Result, Storage, Tensor};
+use attnforge_api::{try_vec, DType, Device, Error, Region, Result, Storage, Tensor};
 use half::{bf16, f16};
 
 /// Host memory of one dtype. Values are stored rounded to the dtype, exactly as a GPU stores them.
@@ -51,8 +51,8 @@ impl CpuStorage {
     pub fn set(&mut self, i: usize, x: f64) {
         match self {
             CpuStorage::F32(v) => v[i] = x as f32,
-            CpuStorage::F16(v) => v[i] = backend_api::f16_from_f64(x),
-            CpuStorage::BF16(v) => v[i] = backend_api::bf16_from_f64(x),
+            CpuStorage::F16(v) => v[i] = attnforge_api::f16_from_f64(x),
+            CpuStorage::BF16(v) => v[i] = attnforge_api::bf16_from_f64(x),
         }
     }
 

@@ -1,8 +1,8 @@
 //! The reference against hand-computed small cases (never against itself). Scaling values were
 //! computed independently from the Hugging Face formulas in Python and pasted here.
 
-use backend_api::*;
-use backend_cpu::CpuBackend;
+use attnforge_api::*;
+use attnforge_cpu::CpuBackend;
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol * b.abs().max(1e-300) || (a - b).abs() < 1e-15

@@ -1,4 +1,4 @@
-//! The benchmark binary's body (`cargo run -p backend-hip --release --bin bench`), inside the
+//! The body of `attnforge bench` (the CLI, package attnforge-cli), inside the
 //! crate because it times with device events on the backend's stream and launches the fused
 //! RoPE + append kernel alone; it uses nothing that takes a device address.
 //!
@@ -7,24 +7,25 @@
 //! runs do not measure the cache. Prints a table and writes JSON (`--json FILE`).
 //!
 //! ```text
-//! cargo run -p backend-hip --release --bin bench -- [--json bench.json] [--quick] [--only-strategies] [--mma]
+//! cargo run -p attnforge-cli --release -- bench [--json bench.json] [--quick] [--mode all|strategies|mma|engine|decode-graph|profile-mma]
+//!     [--torch torch.json --plots DIR]
 //! ```
 //!
-//! `--profile-mma`: for a kernel profiler, runs twice each, untimed: the matrix-core prefill
+//! `--mode profile-mma`: for a kernel profiler, runs twice each, untimed: the matrix-core prefill
 //! (bf16, B=1, GQA 32/8, S=4096, D=128) as hip-flash's attention and inside hip-flash's and
 //! hip-hybrid's steps (hip-hybrid's kernel rotates Q inside), and decode bf16 B=16 L=8192.
 //!
-//! `--mma`: only the matrix-core shapes (the device copy, then causal prefill f16/bf16 at
+//! `--mode mma`: only the matrix-core shapes (the device copy, then causal prefill f16/bf16 at
 //! D=64/128, S=1024/4096/16384, B=1/4, GQA 32/8 and MHA 32/32; decode bf16 at B=1/16/64,
 //! L=4096/8192/131072); `bench/torch_baseline.py --mma` times the same with PyTorch.
 //!
-//! `--engine`: one decode step (hip-flash's composite step, bf16, GQA 32/8, D=128, paged
+//! `--mode engine`: one decode step (hip-flash's composite step, bf16, GQA 32/8, D=128, paged
 //! pages of 16, L=8192, B=1/16/64) through the owned API (separate q/k/v tensors, a `KvCache`)
 //! and through the engine path (q/k/v views into one fused QKV buffer, pools viewed out of a
 //! two-layer allocation, engine-owned `KvMetadata`), alternating in the same run: the boundary
 //! must cost nothing.
 //!
-//! `--decode-graph`: time per layer of a decode step over 32 layers (hip-flash's composite
+//! `--mode decode-graph`: time per layer of a decode step over 32 layers (hip-flash's composite
 //! step, bf16, GQA 32/8, D=128, pages of 16; B = 1/16/64 x L = 4096/8192/131072; layers have
 //! pools of their own up to 64 GB, then reuse them, so no layer's keys are in L2): the owned
 //! API (eager: validation, metadata and uploads per layer), plan once + run per layer, and a
@@ -36,7 +37,7 @@
 //! strategy: hip-separate, hip-fused, hip-hybrid, hip-flash.
 use std::fmt::Write as _;
 
-use backend_api::*;
+use attnforge_api::*;
 
 use crate::plan::{plan, OpPlan, Strategy as Variant};
 use crate::runtime::launch::rope::{into_cache, RopeShape, RopeTable};
@@ -47,6 +48,8 @@ use crate::storage::{pool_state_mut, pools, tensor};
 use crate::HipBackend;
 
 struct Row {
+    /// (table, shape, series) of rows that have a PyTorch counterpart (plotted per shape).
+    key: Option<(&'static str, String, String)>,
     name: String,
     dtype: DType,
     ms: f64,
@@ -112,66 +115,136 @@ fn randn(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Runs the benchmark with the process's arguments (see the module docs).
-pub fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let json = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
-    let quick = args.iter().any(|a| a == "--quick");
+/// The shapes of the `mma` and `decode-graph` modes (`bench/shapes.json` in this package, read
+/// by `bench/torch_baseline.py` too, so both sides time the same problems).
+static SHAPES: std::sync::LazyLock<serde_json::Value> =
+    std::sync::LazyLock::new(|| serde_json::from_str(include_str!("../bench/shapes.json")).expect("bench/shapes.json is valid JSON"));
+
+fn num(v: &serde_json::Value) -> usize {
+    v.as_u64().expect("a number in bench/shapes.json") as usize
+}
+
+fn nums(v: &serde_json::Value) -> Vec<usize> {
+    v.as_array().expect("a list in bench/shapes.json").iter().map(num).collect()
+}
+
+/// What to time (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// RoPE, append, attention per dtype, then the fusion strategies.
+    #[default]
+    All,
+    /// The composite step of each fusion strategy only.
+    Strategies,
+    /// The matrix-core shapes (`bench/shapes.json`: `mma_prefill`, `mma_decode`).
+    Mma,
+    /// The owned and the engine path of one decode step.
+    Engine,
+    /// A decode step over 32 layers: eager, plan + run, graph replay (`decode_graph`).
+    DecodeGraph,
+    /// The matrix-core prefill and decode, twice each, untimed (for a kernel profiler).
+    ProfileMma,
+}
+
+/// Options of a benchmark run.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// What to time.
+    pub mode: Mode,
+    /// Fewer shapes.
+    pub quick: bool,
+    /// Run each strategy problem of this backend twice, untimed, for a kernel profiler.
+    pub profile: Option<String>,
+}
+
+/// One timed problem.
+#[derive(Debug, Clone)]
+pub struct BenchRow {
+    /// What was timed, with its shape.
+    pub name: String,
+    /// For rows with a PyTorch counterpart: the table (`decode-graph`, `mma-prefill`,
+    /// `mma-decode`), the shape (`B=16 L=8192`) and the series (`graph replay`), the keys the
+    /// plots group by; `bench/torch_baseline.py` writes the same fields.
+    pub table: Option<String>,
+    /// See `table`.
+    pub shape: Option<String>,
+    /// See `table`.
+    pub series: Option<String>,
+    /// Dtype of the data.
+    pub dtype: DType,
+    /// Median milliseconds per call (NaN where not measured).
+    pub ms: f64,
+    /// Bytes read and written per call (NaN where not meaningful).
+    pub bytes: f64,
+    /// Floating-point operations per call.
+    pub flops: f64,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    /// `NVIDIA H200 (sm_90, 132 SMs)`.
+    pub device: String,
+    /// Every timed problem, the device copy (the bandwidth ceiling) first where it was run.
+    pub rows: Vec<BenchRow>,
+}
+
+impl BenchReport {
+    /// Bandwidth of the 1 GiB device copy, GB/s (NaN if not run).
+    pub fn copy_gbps(&self) -> f64 {
+        self.rows.iter().find(|r| r.name.starts_with("device copy")).map(|r| r.bytes / r.ms / 1e6).unwrap_or(f64::NAN)
+    }
+
+    /// The table the CLI prints: ms, TB/s, % of the copy's bandwidth, TFLOP/s per row.
+    pub fn table(&self) -> String {
+        let copy = self.copy_gbps() / 1e3;
+        let mut out = format!("device: {}\n", self.device);
+        let _ = writeln!(out, "{:<58} {:<5} {:>9} {:>8} {:>7} {:>9}", "op", "dtype", "ms", "TB/s", "% copy", "TFLOP/s");
+        for r in &self.rows {
+            let tbs = r.bytes / r.ms / 1e9;
+            let _ = writeln!(out, "{:<58} {:<5} {:>9.4} {:>8.3} {:>6.1}% {:>9.2}", r.name, r.dtype, r.ms, tbs, 100.0 * tbs / copy, r.flops / r.ms / 1e9);
+        }
+        out
+    }
+}
+
+/// Runs the benchmark on GPU 0 (hip-flash's instance; other strategies open their own), or
+/// says why it cannot.
+pub fn run_bench(opts: &Options) -> std::result::Result<BenchReport, String> {
     // One instance: the events that time a call must be on the stream the call runs on (every
     // instance has its own).
-    let hb = match HipBackend::open("hip-flash", Variant::Flash) {
-        Ok(b) => std::sync::Arc::new(b),
-        Err(e) => {
-            eprintln!("bench: no GPU backend here: {e}");
-            std::process::exit(2);
-        }
-    };
+    let hb = std::sync::Arc::new(HipBackend::open("hip-flash", Variant::Flash).map_err(|e| format!("no GPU backend here: {e}"))?);
     let be: &HipBackend = &hb;
     let h = Backend::new(hb.clone());
-    let profile = args.iter().position(|a| a == "--profile").and_then(|i| args.get(i + 1)).cloned();
-    let only_strategies = profile.is_some() || args.iter().any(|a| a == "--only-strategies");
-    PROFILE.set(profile).expect("set once");
+    let only_strategies = opts.profile.is_some() || opts.mode == Mode::Strategies;
+    if PROFILE.set(opts.profile.clone()).is_err() && PROFILE.get() != Some(&opts.profile) {
+        return Err("one profile per process".into());
+    }
     let mut rows = Vec::new();
-    let r = if args.iter().any(|a| a == "--decode-graph") {
-        copy_row(be, &mut rows).and_then(|_| decode_graph_rows(be, &h, quick, &mut rows))
-    } else if args.iter().any(|a| a == "--engine") {
-        engine_rows(be, &h, &mut rows)
-    } else if args.iter().any(|a| a == "--profile-mma") {
-        profile_mma(&h)
-    } else if args.iter().any(|a| a == "--mma") {
-        copy_row(be, &mut rows).and_then(|_| mma_shapes(be, &h, &mut rows))
-    } else if only_strategies {
-        strategies(&mut rows)
-    } else {
-        run(be, &h, quick, &mut rows).and_then(|_| strategies(&mut rows))
+    let quick = opts.quick;
+    let r = match opts.mode {
+        Mode::DecodeGraph => copy_row(be, &mut rows).and_then(|_| decode_graph_rows(be, &h, quick, &mut rows)),
+        Mode::Engine => engine_rows(be, &h, &mut rows),
+        Mode::ProfileMma => profile_mma(&h),
+        Mode::Mma => copy_row(be, &mut rows).and_then(|_| mma_shapes(be, &h, &mut rows)),
+        _ if only_strategies => strategies(&mut rows),
+        _ => run(be, &h, quick, &mut rows).and_then(|_| strategies(&mut rows)),
     };
-    if let Err(e) = r {
-        eprintln!("bench: {e}");
-        std::process::exit(1);
-    }
-    let copy_bw = rows.iter().find(|r| r.name.starts_with("device copy")).map(|r| r.bytes / r.ms / 1e9).unwrap_or(f64::NAN);
-    let mut out = format!("device: {} ({}, {} SMs)\n", be.gpu.props().name, be.gpu.props().arch, be.gpu.props().sm_count);
-    let _ = writeln!(out, "{:<58} {:<5} {:>9} {:>8} {:>7} {:>9}", "op", "dtype", "ms", "TB/s", "% copy", "TFLOP/s");
-    let mut js = String::from("[\n");
-    for (i, r) in rows.iter().enumerate() {
-        let tbs = r.bytes / r.ms / 1e9;
-        let _ = writeln!(out, "{:<58} {:<5} {:>9.4} {:>8.3} {:>6.1}% {:>9.2}", r.name, r.dtype, r.ms, tbs, 100.0 * tbs / copy_bw, r.flops / r.ms / 1e9);
-        let _ = writeln!(
-            js,
-            "  {{\"op\": {:?}, \"dtype\": \"{}\", \"ms\": {}, \"bytes\": {}, \"flops\": {}}}{}",
-            r.name,
-            r.dtype,
-            r.ms,
-            r.bytes,
-            r.flops,
-            if i + 1 < rows.len() { "," } else { "" }
-        );
-    }
-    js.push(']');
-    print!("{out}");
-    if let Some(p) = json {
-        std::fs::write(p, js).expect("writing the JSON");
-    }
+    r.map_err(|e| e.to_string())?;
+    let p = be.gpu.props();
+    Ok(BenchReport {
+        device: format!("{} ({}, {} SMs)", p.name, p.arch, p.sm_count),
+        rows: rows
+            .into_iter()
+            .map(|r| {
+                let (table, shape, series) = match r.key {
+                    Some((t, sh, se)) => (Some(t.to_string()), Some(sh), Some(se)),
+                    None => (None, None, None),
+                };
+                BenchRow { name: r.name, table, shape, series, dtype: r.dtype, ms: r.ms, bytes: r.bytes, flops: r.flops }
+            })
+            .collect(),
+    })
 }
 
 /// Ceiling: a 1 GiB device-to-device copy, bytes read + written.
@@ -181,7 +254,7 @@ fn copy_row(be: &HipBackend, rows: &mut Vec<Row>) -> Result<()> {
     let src = gpu.alloc(n)?;
     let mut dst = gpu.alloc(n)?;
     let ms = median_ms(be, || gpu.copy(dst.view_mut(), src.view(), n))?;
-    rows.push(Row { name: "device copy 1 GiB (read + write)".into(), dtype: DType::F32, ms, bytes: 2.0 * n as f64, flops: 0.0 });
+    rows.push(Row { key: None, name: "device copy 1 GiB (read + write)".into(), dtype: DType::F32, ms, bytes: 2.0 * n as f64, flops: 0.0 });
     Ok(())
 }
 
@@ -250,13 +323,15 @@ fn filled_cache(h: &Backend, b: usize, l: usize, hk: usize, d: usize, dt: DType)
 
 /// The matrix-core issue's shapes (hip-flash).
 fn mma_shapes(be: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()> {
-    let hq = 32usize;
-    for dt in [DType::F16, DType::BF16] {
+    let p = &SHAPES["mma_prefill"];
+    let hq = num(&p["heads"]);
+    let dtypes: Vec<DType> = p["dtypes"].as_array().into_iter().flatten().filter_map(|v| DType::ALL.into_iter().find(|d| Some(d.name()) == v.as_str())).collect();
+    for dt in dtypes {
         let es = dt.size() as f64;
-        for d in [64usize, 128] {
-            for s in [1024usize, 4096, 16384] {
-                for b in [1usize, 4] {
-                    for hk in [8usize, 32] {
+        for d in nums(&p["head_dim"]) {
+            for s in nums(&p["seq_len"]) {
+                for b in nums(&p["batch"]) {
+                    for hk in nums(&p["kv_heads"]) {
                         let q = h.upload(&randn(b * s * hq * d, 40), &[b * s, hq, d], dt)?;
                         let k = h.upload(&randn(b * s * hk * d, 41), &[b * s, hk, d], dt)?;
                         let v = h.upload(&randn(b * s * hk * d, 42), &[b * s, hk, d], dt)?;
@@ -265,17 +340,19 @@ fn mma_shapes(be: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()> {
                         let ms = median_ms(be, || h.attention_plain(&q, &k, &v, &pb, AttentionParams::causal(d), &mut out))?;
                         let flops = 4.0 * (b * hq * d) as f64 * (s * (s + 1) / 2) as f64;
                         let bytes = (2 * b * s * hq * d + 2 * b * s * hk * d) as f64 * es;
-                        rows.push(Row { name: format!("mma prefill causal B={b} H={hq}/{hk} S={s} D={d}"), dtype: dt, ms, bytes, flops });
+                        let shape = format!("{dt} B={b} H={hq}/{hk} S={s} D={d}");
+                        rows.push(Row { key: Some(("mma-prefill", shape, "hip-flash".into())), name: format!("mma prefill causal B={b} H={hq}/{hk} S={s} D={d}"), dtype: dt, ms, bytes, flops });
                     }
                 }
             }
         }
     }
     // Decode: bf16, GQA 32/8, D=128, one new token over L cached ones.
-    let (hk, d, dt) = (8usize, 128usize, DType::BF16);
+    let p = &SHAPES["mma_decode"];
+    let (hq, hk, d, dt) = (num(&p["heads"]), num(&p["kv_heads"]), num(&p["head_dim"]), DType::BF16);
     let es = dt.size() as f64;
-    for b in [1usize, 16, 64] {
-        for l in [4096usize, 8192, 131072] {
+    for b in nums(&p["batch"]) {
+        for l in nums(&p["kv_len"]) {
             let cache = filled_cache(h, b, l, hk, d, dt)?;
             let q = h.upload(&randn(b * hq * d, 45), &[b, hq, d], dt)?;
             let mut out = h.alloc(&[b, hq, d], dt)?;
@@ -283,7 +360,7 @@ fn mma_shapes(be: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()> {
             let batch = Batch::uniform(b, 1)?;
             let ms = median_ms(be, || h.attention(&q, &cache, &batch, AttentionParams::causal(d), &mut out))?;
             let bytes = (2 * b * l * hk * d + 2 * b * hq * d) as f64 * es;
-            rows.push(Row { name: format!("mma decode B={b} L={l} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes, flops: 4.0 * (b * l * hq * d) as f64 });
+            rows.push(Row { key: Some(("mma-decode", format!("B={b} L={l}"), "hip-flash".into())), name: format!("mma decode B={b} L={l} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes, flops: 4.0 * (b * l * hq * d) as f64 });
         }
     }
     Ok(())
@@ -302,7 +379,7 @@ fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result
         let mut k = h.upload(&randn(t * hk * d, 2), &[t, hk, d], dt)?;
         let v = h.upload(&randn(t * hk * d, 3), &[t, hk, d], dt)?;
         let ms = median_ms(be, || h.rope(&mut q, &mut k, &positions, &rope))?;
-        rows.push(Row { name: format!("rope q+k T={t} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes: 2.0 * (t * (hq + hk) * d) as f64 * es, flops: 0.0 });
+        rows.push(Row { key: None, name: format!("rope q+k T={t} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes: 2.0 * (t * (hq + hk) * d) as f64 * es, flops: 0.0 });
         // Fused: Q rotated in place, rotated K and V written into a contiguous cache (the first
         // kernel of hip-flash's step, alone).
         let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: t } };
@@ -339,7 +416,7 @@ fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result
         })?;
         // Q read + written, K read, V read, K and V written to the cache.
         let bytes = (2 * t * hq * d + 4 * t * hk * d) as f64 * es;
-        rows.push(Row { name: format!("fused rope+append T={t} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes, flops: 0.0 });
+        rows.push(Row { key: None, name: format!("fused rope+append T={t} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes, flops: 0.0 });
     }
     // Decode: GQA 32/8, D = 128, one new token per sequence over L cached tokens.
     for &(b, l) in &[(16usize, 8192usize), (1, 8192)] {
@@ -357,7 +434,7 @@ fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result
             let mut out = h.alloc(&[b, hq, d], dt)?;
             let ms = median_ms(be, || h.attention(&q, &cache, &batch, AttentionParams::causal(d), &mut out))?;
             let bytes = (2 * b * l * hk * d + 2 * b * hq * d) as f64 * es;
-            rows.push(Row { name: format!("decode B={b} L={l} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes, flops: 4.0 * (b * l * hq * d) as f64 });
+            rows.push(Row { key: None, name: format!("decode B={b} L={l} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes, flops: 4.0 * (b * l * hq * d) as f64 });
         }
     }
     // Prefill: causal, B = 8, H = 32 (MHA), S = 1024, D = 64, plain attention.
@@ -372,7 +449,7 @@ fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result
         let pb = PlainBatch::new(vec![s; b], vec![s; b])?;
         let ms = median_ms(be, || h.attention_plain(&q, &k, &v, &pb, AttentionParams::causal(dd), &mut out))?;
         let flops = 4.0 * (b * hh * dd) as f64 * (s * (s + 1) / 2) as f64;
-        rows.push(Row { name: format!("prefill causal B={b} H={hh} S={s} D={dd}"), dtype: dt, ms, bytes: 4.0 * n as f64 * es, flops });
+        rows.push(Row { key: None, name: format!("prefill causal B={b} H={hh} S={s} D={dd}"), dtype: dt, ms, bytes: 4.0 * n as f64 * es, flops });
     }
     // Prefill at the tensor-core issue's shapes: B=1, GQA 32/8, D=128, S=4096 (every dtype) and
     // S=16384 (f16/bf16: the f32 kernel would take seconds per batch).
@@ -389,7 +466,7 @@ fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result
         let pb = PlainBatch::new(vec![s], vec![s])?;
         let ms = median_ms(be, || h.attention_plain(&q, &k, &k, &pb, AttentionParams::causal(dd), &mut out))?;
         let flops = 4.0 * (hq * dd) as f64 * (s * (s + 1) / 2) as f64;
-        rows.push(Row { name: format!("prefill causal B=1 H={hq}/{hk} S={s} D={dd}"), dtype: dt, ms, bytes: (2 * s * hq * dd + 2 * s * hk * dd) as f64 * es, flops });
+        rows.push(Row { key: None, name: format!("prefill causal B=1 H={hq}/{hk} S={s} D={dd}"), dtype: dt, ms, bytes: (2 * s * hq * dd + 2 * s * hk * dd) as f64 * es, flops });
     }
     Ok(())
 }
@@ -428,7 +505,7 @@ fn strategies(rows: &mut Vec<Row>) -> Result<()> {
                 h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params, out: &mut out })
             })?;
             let flops = 4.0 * (n * n * d) as f64;
-            rows.push(Row { name: format!("step {name} study 64x64 H=1 D={d} rot={rot}"), dtype: dt, ms, bytes: (5 * n * d) as f64 * 4.0, flops });
+            rows.push(Row { key: None, name: format!("step {name} study 64x64 H=1 D={d} rot={rot}"), dtype: dt, ms, bytes: (5 * n * d) as f64 * 4.0, flops });
         }
     }
     // Realistic shapes.
@@ -461,7 +538,7 @@ fn strategies(rows: &mut Vec<Row>) -> Result<()> {
                 })
             })?;
             let flops = 4.0 * (hq * d) as f64 * (s * (s + 1) / 2) as f64;
-            rows.push(Row { name: format!("step {name} prefill B=1 S={s} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes: (2 * s * hq * d + 4 * s * hk * d) as f64 * es, flops });
+            rows.push(Row { key: None, name: format!("step {name} prefill B=1 S={s} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes: (2 * s * hq * d + 4 * s * hk * d) as f64 * es, flops });
             drop((q, k, v, out, cache));
             // Decode: B sequences of L - 1 cached tokens (hip-fused's slots hold their positions,
             // as its own step would leave them), one new token each per step.
@@ -498,7 +575,7 @@ fn strategies(rows: &mut Vec<Row>) -> Result<()> {
                     })
                 })?;
                 let bytes = (2 * b * l * hk * d + 2 * b * hq * d) as f64 * es;
-                rows.push(Row { name: format!("step {name} decode B={b} L={l} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes, flops: 4.0 * (b * l * hq * d) as f64 });
+                rows.push(Row { key: None, name: format!("step {name} decode B={b} L={l} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes, flops: 4.0 * (b * l * hq * d) as f64 });
             }
         }
     }
@@ -507,17 +584,22 @@ fn strategies(rows: &mut Vec<Row>) -> Result<()> {
 
 /// `--decode-graph` (see the module docs).
 fn decode_graph_rows(hbe: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result<()> {
-    const LAYERS: usize = 32;
-    let (hq, hk, d, ps) = (32usize, 8usize, 128usize, 16usize);
+    let p = &SHAPES["decode_graph"];
+    let layers = num(&p["layers"]);
+    let (hq, hk, d, ps) = (num(&p["heads"]), num(&p["kv_heads"]), num(&p["head_dim"]), num(&p["page_size"]));
     let dt = DType::BF16;
     let rope = RopeConfig { theta: 500000.0, ..RopeConfig::new(d, 10000.0, 1 << 18) };
     let params = AttentionParams::causal(d);
-    let shapes: Vec<(usize, usize)> = if quick { vec![(1, 8192), (16, 8192)] } else { [1usize, 16, 64].iter().flat_map(|&b| [4096usize, 8192, 131072].map(|l| (b, l))).collect() };
+    let shapes: Vec<(usize, usize)> = if quick {
+        p["quick"].as_array().into_iter().flatten().map(|bl| (num(&bl[0]), num(&bl[1]))).collect()
+    } else {
+        nums(&p["batch"]).into_iter().flat_map(|b| nums(&p["kv_len"]).into_iter().map(move |l| (b, l))).collect()
+    };
     for (b, l) in shapes {
         let pages_per_seq = l.div_ceil(ps);
         let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Paged { page_size: ps, num_pages: b * pages_per_seq } };
         let layer_bytes = 2 * spec.pool_bytes();
-        let distinct = (64usize << 30).div_ceil(layer_bytes).clamp(1, LAYERS);
+        let distinct = (64usize << 30).div_ceil(layer_bytes).clamp(1, layers);
         let tables: Vec<Vec<u32>> = (0..b).map(|s| ((s * pages_per_seq) as u32..((s + 1) * pages_per_seq) as u32).collect()).collect();
         // The pools hold zeros: the time does not depend on the values.
         let mut caches = Vec::new();
@@ -541,11 +623,11 @@ fn decode_graph_rows(hbe: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<
         let v = h.upload(&randn(b * hk * d, 43), &[b, hk, d], dt)?;
         let mut out = h.alloc(&[b, hq, d], dt)?;
         let bytes = (2 * b * l * hk * d) as f64 * dt.size() as f64;
-        let many = bytes * (LAYERS as f64) < 8e9;
-        let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> { Ok(if many { median_ms(hbe, f)? } else { median_ms_few(hbe, f)? } / LAYERS as f64) };
+        let many = bytes * (layers as f64) < 8e9;
+        let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> { Ok(if many { median_ms(hbe, f)? } else { median_ms_few(hbe, f)? } / layers as f64) };
         // Eager: each layer's step through the owned API (lengths rolled back: the same step).
         let eager = time(&mut || {
-            for li in 0..LAYERS {
+            for li in 0..layers {
                 let cache = &mut caches[li % distinct];
                 for s in 0..b {
                     cache.truncate(s, l - 1)?;
@@ -561,7 +643,7 @@ fn decode_graph_rows(hbe: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<
         // Plan once per step, run per layer.
         let planned = time(&mut || {
             let plan = desc(&meta)?;
-            for li in 0..LAYERS {
+            for li in 0..layers {
                 let pools = caches[li % distinct].parts_mut().0;
                 h.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools, out: &mut out })?;
             }
@@ -570,7 +652,7 @@ fn decode_graph_rows(hbe: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<
         // Captured once; per step: update_plan (the metadata rewritten in place) and a replay.
         let mut plan = desc(&meta)?;
         let graph = h.capture(|| {
-            for li in 0..LAYERS {
+            for li in 0..layers {
                 let pools = caches[li % distinct].parts_mut().0;
                 h.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools, out: &mut out })?;
             }
@@ -584,7 +666,7 @@ fn decode_graph_rows(hbe: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<
         let adesc = StepDesc { op: PlanOp::Attention, spec: &spec, num_heads: hq, meta: &meta, batch: &batch, positions: &[], rope: None, params, max_kv_len: Some(l) };
         let mut aplan = h.plan(adesc)?;
         let agraph = h.capture(|| {
-            for li in 0..LAYERS {
+            for li in 0..layers {
                 let pools = caches[li % distinct].pools();
                 h.run(&aplan, LayerViews::Attention { q: &q, pools, out: &mut out })?;
             }
@@ -604,12 +686,12 @@ fn decode_graph_rows(hbe: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<
         }
         let plan_host = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
         hbe.gpu.synchronize()?;
-        let label = format!("B={b} L={l} x{LAYERS} layers ({distinct} pools)");
-        rows.push(Row { name: format!("decode/layer eager owned {label}"), dtype: dt, ms: eager, bytes, flops: 0.0 });
-        rows.push(Row { name: format!("decode/layer plan+run {label}"), dtype: dt, ms: planned, bytes, flops: 0.0 });
-        rows.push(Row { name: format!("decode/layer graph replay {label}"), dtype: dt, ms: replay, bytes, flops: 0.0 });
-        rows.push(Row { name: format!("decode/layer attention only, graph replay {label}"), dtype: dt, ms: attn_replay, bytes, flops: 0.0 });
-        rows.push(Row { name: format!("  host time of plan() B={b} L={l}"), dtype: dt, ms: plan_host, bytes: f64::NAN, flops: 0.0 });
+        let label = format!("B={b} L={l} x{layers} layers ({distinct} pools)");
+        rows.push(Row { key: Some(("decode-graph", format!("B={b} L={l}"), "eager owned".into())), name: format!("decode/layer eager owned {label}"), dtype: dt, ms: eager, bytes, flops: 0.0 });
+        rows.push(Row { key: Some(("decode-graph", format!("B={b} L={l}"), "plan+run".into())), name: format!("decode/layer plan+run {label}"), dtype: dt, ms: planned, bytes, flops: 0.0 });
+        rows.push(Row { key: Some(("decode-graph", format!("B={b} L={l}"), "graph replay".into())), name: format!("decode/layer graph replay {label}"), dtype: dt, ms: replay, bytes, flops: 0.0 });
+        rows.push(Row { key: Some(("decode-graph", format!("B={b} L={l}"), "attention only, graph replay".into())), name: format!("decode/layer attention only, graph replay {label}"), dtype: dt, ms: attn_replay, bytes, flops: 0.0 });
+        rows.push(Row { key: None, name: format!("  host time of plan() B={b} L={l}"), dtype: dt, ms: plan_host, bytes: f64::NAN, flops: 0.0 });
         for s in 0..b {
             meta.truncate(s, l - 1)?;
         }
@@ -691,7 +773,7 @@ fn engine_rows(hbe: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()>
             h.step(StepViews { q, k, v, positions: &positions, rope: &rope, pools, meta, batch: &batch, params, out })
         };
         for round in 0..2 {
-            let mut row = |name: String, ms: f64| rows.push(Row { name: format!("{name} ({})", round + 1), dtype: dt, ms, bytes, flops: 0.0 });
+            let mut row = |name: String, ms: f64| rows.push(Row { key: None, name: format!("{name} ({})", round + 1), dtype: dt, ms, bytes, flops: 0.0 });
             row(format!("engine decode step owned B={b} L={l}"), median_ms(hbe, || owned_step(&mut cache, &mut q, &mut k, &v, &mut out))?);
             row(format!("engine decode step views B={b} L={l}"), median_ms(hbe, || views_step(&mut meta, &mut qv, &mut kv_, &vv, &mut pools, &mut ov))?);
             row(format!("  views, q/k/v dense B={b}"), median_ms(hbe, || views_step(&mut meta, &mut qd, &mut kd, &vd, &mut pools, &mut ov))?);
@@ -713,8 +795,8 @@ fn engine_rows(hbe: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()>
         }
         let views_host = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
         hbe.gpu.synchronize()?;
-        rows.push(Row { name: format!("  host time per call, owned B={b}"), dtype: dt, ms: owned_host, bytes: f64::NAN, flops: 0.0 });
-        rows.push(Row { name: format!("  host time per call, views B={b}"), dtype: dt, ms: views_host, bytes: f64::NAN, flops: 0.0 });
+        rows.push(Row { key: None, name: format!("  host time per call, owned B={b}"), dtype: dt, ms: owned_host, bytes: f64::NAN, flops: 0.0 });
+        rows.push(Row { key: None, name: format!("  host time per call, views B={b}"), dtype: dt, ms: views_host, bytes: f64::NAN, flops: 0.0 });
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 //!
 //! This is the lowest layer of the crate: it imports nothing from it.
 
-use backend_api::DType;
+use attnforge_api::DType;
 
 #[allow(dead_code)] // every limit of the contract, whether the Rust side uses it or not
 mod generated {

@@ -34,12 +34,12 @@
 //!
 //! ```compile_fail
 //! // The runtime is not reachable from outside the crate.
-//! use backend_hip::runtime::Gpu;
+//! use attnforge_hip::runtime::Gpu;
 //! ```
 //!
 //! ```compile_fail
 //! // Nor is device storage: a tensor cannot be assembled around a foreign buffer.
-//! use backend_hip::storage::GpuTensor;
+//! use attnforge_hip::storage::GpuTensor;
 //! ```
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -70,8 +70,8 @@ pub use runtime::foreign::{ForeignMemory, ForeignStream};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use backend_api::registry::{BackendEntry, DeviceBackendEntry};
-use backend_api::*;
+use attnforge_api::registry::{BackendEntry, DeviceBackendEntry};
+use attnforge_api::*;
 
 use plan::{plan, OpPlan};
 use runtime::Gpu;
@@ -105,6 +105,52 @@ fn device(ordinal: usize) -> std::result::Result<Gpu, String> {
 /// GPUs the HIP backends can run on (0 without a driver, a GPU or kernels for it).
 pub fn device_count() -> usize {
     runtime::device_count()
+}
+
+/// One GPU as the backends see it (`attnforge list`): what the plans are made from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceSummary {
+    /// Ordinal.
+    pub ordinal: usize,
+    /// `NVIDIA` or `AMD`.
+    pub vendor: &'static str,
+    /// As the driver reports it.
+    pub name: String,
+    /// `sm_90`, `gfx90a`, ...
+    pub arch: String,
+    /// Streaming multiprocessors (NVIDIA) or compute units (AMD).
+    pub sm_count: usize,
+    /// Lanes of a warp or wavefront.
+    pub warp_size: usize,
+    /// Shared memory a block may use (with the opt-in).
+    pub smem_per_block: usize,
+    /// Whether the matrix-core kernels run on matrix instructions here.
+    pub matrix_cores: bool,
+}
+
+/// Every GPU the backends can open, with its properties, or per ordinal the reason it cannot
+/// be opened (no kernels for its arch, a driver error).
+pub fn devices() -> Vec<std::result::Result<DeviceSummary, String>> {
+    (0..device_count().max(1))
+        .map(|i| {
+            device(i).map(|g| {
+                let p = g.props();
+                DeviceSummary {
+                    ordinal: i,
+                    vendor: match p.vendor {
+                        crate::contract::Vendor::Nvidia => "NVIDIA",
+                        crate::contract::Vendor::Amd => "AMD",
+                    },
+                    name: p.name.clone(),
+                    arch: p.arch.clone(),
+                    sm_count: p.sm_count,
+                    warp_size: p.warp_size,
+                    smem_per_block: p.smem_per_block_optin,
+                    matrix_cores: p.matrix_cores,
+                }
+            })
+        })
+        .collect()
 }
 
 impl HipBackend {
@@ -452,7 +498,7 @@ impl AttentionBackend for HipBackend {
         step::planned::update(&self.ctx(), p, a)
     }
 
-    fn run(&self, plan: &dyn PlanState, views: LayerViews<'_>, _: backend_api::args::Validated) -> Result<()> {
+    fn run(&self, plan: &dyn PlanState, views: LayerViews<'_>, _: attnforge_api::args::Validated) -> Result<()> {
         let p = plan.as_any().downcast_ref::<step::planned::GpuPlan>().ok_or_else(|| Error::InvalidArgument(format!("{}: the plan was not made by this backend", self.name)))?;
         step::planned::run(&self.ctx(), self.strategy, p, views)
     }

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use backend_api::{CacheLayout, DType, Op, ProblemDesc, RopeStyle};
+use attnforge_api::{CacheLayout, DType, Op, ProblemDesc, RopeStyle};
 
 use crate::contract::*;
 use crate::runtime::launch::attention::AttnLaunch;

@@ -4,7 +4,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use backend_api::{DType, Device, Error, KvPools, Region, Result, Storage, Tensor};
+use attnforge_api::{DType, Device, Error, KvPools, Region, Result, Storage, Tensor};
 
 use crate::runtime::{DevMut, DevRef, DeviceBuffer, Gpu};
 

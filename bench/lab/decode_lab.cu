@@ -1,9 +1,9 @@
 // Decode-kernel lab (issue 13): times the matrix-core split-K decode kernel of
-// kernels/attention/mma_decode.h and variants of it on synthetic paged caches (random bf16,
+// backend-hip/kernels/attention/mma_decode.h and variants of it on synthetic paged caches (random bf16,
 // shuffled pages, enough pools per shape to cycle past the L2), standalone: nvcc on the GPU
 // machine, no Rust. Each variant's output is compared with the first's (maxdiff; the load-only
-// variant computes nothing). Not part of the library: the variants that win move into kernels/.
-//   nvcc -O3 -std=c++17 -gencode arch=compute_90,code=sm_90 -I kernels bench/lab/decode_lab.cu -o lab
+// variant computes nothing). Not part of the library: the variants that win move into backend-hip/kernels/.
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90,code=sm_90 -I backend-hip/kernels bench/lab/decode_lab.cu -o lab
 //   ./lab [B L PAGE_SIZE [VARIANT-PREFIX]]
 // bench/lab/top_stalls.py lists the SASS lines with the most stall samples of an
 // `ncu --page source --csv --print-source sass` export.

@@ -1,7 +1,7 @@
 //! Valid problems, as proptest strategies. A [`Case`] is small and shrinkable; its tensors are
 //! drawn from its `seed` when it runs, so every case sees fresh random normals (never zeros).
 
-use backend_api::{AttentionParams, CacheLayout, DType, Op, ProblemDesc, RopeConfig, RopeScaling, RopeStyle};
+use attnforge_api::{AttentionParams, CacheLayout, DType, Op, ProblemDesc, RopeConfig, RopeScaling, RopeStyle};
 use proptest::prelude::*;
 
 /// One sequence of a case: tokens already in the cache, then new tokens.

@@ -1,7 +1,7 @@
 //! Error conformance: invalid problems, one per error kind, must get the same error variant
 //! from the backend as from the reference, and never a panic.
 
-use backend_api::{AttentionParams, Backend, Batch, CacheLayout, Error, KvCacheSpec, KvPool, PlainBatch, Result, RopeConfig, RopeScaling, StepInputs, Tensor};
+use attnforge_api::{AttentionParams, Backend, Batch, CacheLayout, Error, KvCacheSpec, KvPool, PlainBatch, Result, RopeConfig, RopeScaling, StepInputs, Tensor};
 
 use crate::case::Case;
 use crate::setup::{poisoned, upload, Data};
@@ -133,7 +133,7 @@ fn run(be: &Backend, other: &Backend, case: &Case, d: &Data, c: Corruption) -> R
     let spec = KvCacheSpec { num_seqs: case.seqs.len(), num_kv_heads: hk, head_dim: hd, dtype: case.dtype, layout: CacheLayout::Contiguous { capacity: 4 } };
     match c {
         Corruption::Dtype => {
-            let other_dtype = if case.dtype == backend_api::DType::F32 { backend_api::DType::BF16 } else { backend_api::DType::F32 };
+            let other_dtype = if case.dtype == attnforge_api::DType::F32 { attnforge_api::DType::BF16 } else { attnforge_api::DType::F32 };
             let mut k2 = be.upload(&d.k, &[t, hk, hd], other_dtype)?;
             be.rope(&mut q, &mut k2, &d.pos, rope)
         }
@@ -192,7 +192,7 @@ fn run(be: &Backend, other: &Backend, case: &Case, d: &Data, c: Corruption) -> R
         }
         Corruption::StorageDtype => {
             // The same bytes under another dtype: f32 [hd] as f16 [2 hd], or 16-bit [2 hd] as f32 [hd].
-            use backend_api::DType::{F16, F32};
+            use attnforge_api::DType::{F16, F32};
             let (x, shape, as_dtype) = if case.dtype == F32 { (be.alloc(&[hd], F32)?, 2 * hd, F16) } else { (be.alloc(&[2 * hd], case.dtype)?, hd, F32) };
             Tensor::from_storage(vec![shape], as_dtype, be.device(), x.into_storage()).map(|_| ())
         }
@@ -209,7 +209,7 @@ fn run(be: &Backend, other: &Backend, case: &Case, d: &Data, c: Corruption) -> R
             let mut params = case.params();
             let mut out = match c {
                 Corruption::OutShape => poisoned(be, 2, h, case)?,
-                Corruption::OutDtype => be.alloc(&[1, h, hd], if case.dtype == backend_api::DType::F32 { backend_api::DType::BF16 } else { backend_api::DType::F32 })?,
+                Corruption::OutDtype => be.alloc(&[1, h, hd], if case.dtype == attnforge_api::DType::F32 { attnforge_api::DType::BF16 } else { attnforge_api::DType::F32 })?,
                 _ => poisoned(be, 1, h, case)?,
             };
             if c == Corruption::NanScale {
@@ -312,7 +312,7 @@ fn check_with(be: &Backend, rf: &Backend, case: &Case, d: &Data, c: Corruption) 
         (Some(w), Some(g)) if w == g => Ok(Some(w)),
         // A backend that does not support the case's problem (a dtype it leaves out, say) may
         // refuse the corruption's setup before reaching the corruption: not comparable.
-        (Some(_), Some("Unsupported")) if be.supports_problem(&case.desc(backend_api::Op::Step)).is_err() => Ok(None),
+        (Some(_), Some("Unsupported")) if be.supports_problem(&case.desc(attnforge_api::Op::Step)).is_err() => Ok(None),
         (None, _) => Err(format!("{c:?}: the reference accepted a corrupted problem (bug in the generator)")),
         (Some(w), g) => Err(format!("{c:?}: reference says {w}, {} says {}", be.name(), g.unwrap_or("Ok (accepted invalid input)"))),
     }

@@ -19,8 +19,8 @@
 //! Test your own backend in one call:
 //!
 //! ```
-//! use conformance::{check_backend, Config};
-//! let backend = backend_cpu::CpuBackend::handle(); // yours here
+//! use attnforge_conformance::{check_backend, Config};
+//! let backend = attnforge_cpu::CpuBackend::handle(); // yours here
 //! let report = check_backend(&backend, &Config { cases: 4, ..Config::default() });
 //! assert!(report.passed(), "{}", report.to_markdown());
 //! ```
@@ -40,8 +40,8 @@ pub mod tolerance;
 use std::cell::{Cell, RefCell};
 use std::fmt::Write;
 
-use backend_api::{registry, AttentionBackend, Backend, DType, Op};
-use backend_cpu::CpuBackend;
+use attnforge_api::{registry, AttentionBackend, Backend, DType, Op};
+use attnforge_cpu::CpuBackend;
 use proptest::test_runner::{Config as PtConfig, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 
 use case::{cases, GenConfig};
@@ -82,7 +82,7 @@ impl Default for Config {
 }
 
 /// One failure, shrunk, with what reproduces it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Failure {
     /// What went wrong.
     pub message: String,
@@ -90,16 +90,21 @@ pub struct Failure {
     pub case: String,
     /// The run's seed (`--seed`).
     pub seed: u64,
+    /// The `attnforge conformance` arguments that run this cell alone, with the same cases:
+    /// a cell's cases depend only on the seed, its op, path and dtype (not on which other cells
+    /// run), so the line reproduces the failure whatever filters the failing run had.
+    pub reproduce: String,
 }
 
 /// Counts of one backend × op × dtype cell.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct CellResult {
     /// Backend name.
     pub backend: String,
     /// Op (or `errors` for the invalid-problem checks).
     pub op: String,
     /// Dtype.
+    #[serde(serialize_with = "dtype_name")]
     pub dtype: DType,
     /// Cases that matched the reference.
     pub passed: u32,
@@ -107,17 +112,37 @@ pub struct CellResult {
     pub unsupported: u32,
     /// The failure, if any (the cell stops at the first, then shrinks it).
     pub failure: Option<Failure>,
-    /// A sample of the reasons given for unsupported cases.
-    pub unsupported_reasons: Vec<String>,
+    /// The distinct reasons given for unsupported cases (reasons that differ only in their
+    /// numbers count as one), each with how many cases gave it; the text is the first seen.
+    pub unsupported_reasons: Vec<(String, u32)>,
+    /// Wall time of the cell, seconds.
+    pub seconds: f64,
+}
+
+fn dtype_name<S: serde::Serializer>(d: &DType, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(d.name())
+}
+
+/// A registered backend that could not be created here.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Skipped {
+    /// Backend name.
+    pub backend: String,
+    /// Why it could not start (the registry's error).
+    pub reason: String,
 }
 
 /// The result of a run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Report {
+    /// The run's seed.
+    pub seed: u64,
+    /// Random cases per op and dtype.
+    pub cases: u32,
     /// One entry per backend × op × dtype.
     pub cells: Vec<CellResult>,
     /// Registered backends that could not be created here, with the reason.
-    pub skipped: Vec<(String, String)>,
+    pub skipped: Vec<Skipped>,
 }
 
 impl Report {
@@ -133,22 +158,122 @@ impl Report {
         for c in &self.cells {
             let _ = writeln!(s, "| {} | {} | {} | {} | {} | {} |", c.backend, c.op, c.dtype, c.passed, c.failure.is_some() as u32, c.unsupported);
         }
-        for (name, why) in &self.skipped {
-            let _ = writeln!(s, "| {name} | (all) | - | skipped: {why} | | |");
+        for k in &self.skipped {
+            let _ = writeln!(s, "| {} | (all) | - | skipped: {} | | |", k.backend, k.reason);
         }
         for c in self.cells.iter().filter(|c| c.failure.is_some()) {
             let f = c.failure.as_ref().unwrap();
-            let _ = writeln!(s, "\n### FAILED: {} {} {}\n\n{}\n\nreproduce with `--backend {} --seed {}`; shrunk case:\n\n```\n{}\n```", c.backend, c.op, c.dtype, f.message, c.backend, f.seed, f.case);
+            let _ = writeln!(s, "\n### FAILED: {} {} {}\n\n{}\n\nreproduce with `attnforge conformance {}`; shrunk case:\n\n```\n{}\n```", c.backend, c.op, c.dtype, f.message, f.reproduce, f.case);
         }
         for c in self.cells.iter().filter(|c| !c.unsupported_reasons.is_empty()) {
-            let _ = writeln!(s, "\nunsupported by {} for {} {}: {}", c.backend, c.op, c.dtype, c.unsupported_reasons.join("; "));
+            let rs: Vec<String> = c.unsupported_reasons.iter().map(|(r, n)| format!("{r} ({n}x)")).collect();
+            let _ = writeln!(s, "\nunsupported by {} for {} {}: {}", c.backend, c.op, c.dtype, rs.join("; "));
         }
         s
     }
+
+    /// The report as JSON (`serde_json`): seed, case count, every cell (with its failure and
+    /// unsupported reasons) and every skipped backend.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report serialises")
+    }
+
+    /// The report as JUnit XML, the format CI systems show as test results: one test suite per
+    /// backend, one test case per cell (`op/dtype`), a `<failure>` with the message, the
+    /// reproduction line and the shrunk case for a failed cell, a `<skipped>` with the reason
+    /// for a backend that could not start (so `--require` is not needed to see it).
+    pub fn to_junit(&self) -> String {
+        use quick_junit::{NonSuccessKind, Property, TestCase, TestCaseStatus, TestSuite};
+        let mut report = quick_junit::Report::new("attnforge conformance");
+        let mut backends: Vec<&str> = Vec::new();
+        for c in &self.cells {
+            if !backends.contains(&c.backend.as_str()) {
+                backends.push(&c.backend);
+            }
+        }
+        for b in backends {
+            let mut suite = TestSuite::new(b);
+            suite.add_property(Property::new("seed", self.seed.to_string()));
+            suite.add_property(Property::new("cases", self.cases.to_string()));
+            for c in self.cells.iter().filter(|c| c.backend == b) {
+                let status = match &c.failure {
+                    None => TestCaseStatus::success(),
+                    Some(f) => {
+                        let mut st = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                        st.set_message(f.message.clone());
+                        st.set_description(format!("reproduce with: attnforge conformance {}\nshrunk case:\n{}", f.reproduce, f.case));
+                        st
+                    }
+                };
+                let mut tc = TestCase::new(format!("{}/{}", c.op, c.dtype), status);
+                tc.set_classname(format!("conformance.{b}"));
+                tc.set_time(std::time::Duration::from_secs_f64(c.seconds.max(0.0)));
+                tc.set_system_out(format!("{} passed, {} unsupported", c.passed, c.unsupported));
+                suite.add_test_case(tc);
+            }
+            report.add_test_suite(suite);
+        }
+        for k in &self.skipped {
+            let mut suite = TestSuite::new(k.backend.as_str());
+            let mut st = TestCaseStatus::skipped();
+            st.set_message(k.reason.clone());
+            let mut tc = TestCase::new("(all)", st);
+            tc.set_classname(format!("conformance.{}", k.backend));
+            suite.add_test_case(tc);
+            report.add_test_suite(suite);
+        }
+        report.to_string().expect("a report serialises")
+    }
 }
 
-fn runner(cfg: &Config, salt: u64) -> TestRunner {
-    let seed = cfg.seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+/// What a run reports while it goes: drive a progress bar or print lines from it.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A cell starts; `cases` is how many random cases it draws (shrinking may add runs).
+    CellStart {
+        /// Backend name.
+        backend: &'a str,
+        /// Op and path (`attention/views`), or `errors`.
+        cell: &'a str,
+        /// Dtype.
+        dtype: DType,
+        /// Cases it will draw.
+        cases: u32,
+    },
+    /// One case of the current cell finished (passed, unsupported or failed).
+    Case,
+    /// The cell finished; `line` is the one-line summary the CLI prints.
+    CellDone {
+        /// Its result.
+        result: &'a CellResult,
+        /// A one-line summary.
+        line: &'a str,
+    },
+    /// A registered backend could not be created here.
+    Skipped {
+        /// Backend name.
+        backend: &'a str,
+        /// Why.
+        reason: &'a str,
+    },
+}
+
+/// The seed of one cell: the run's seed mixed with a hash (FNV-1a) of the cell's name and
+/// dtype, so it depends on nothing else (not on which cells run before it).
+fn cell_seed(seed: u64, cell: &str, dtype: DType) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in cell.bytes().chain([b'|']).chain(dtype.name().bytes()) {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    seed ^ h
+}
+
+/// Reasons that differ only in their numbers are one reason.
+fn reason_key(r: &str) -> String {
+    r.chars().filter(|c| !c.is_ascii_digit()).collect()
+}
+
+fn runner(cfg: &Config, seed: u64) -> TestRunner {
     let mut bytes = [0u8; 32];
     for (i, b) in bytes.iter_mut().enumerate() {
         *b = (seed.rotate_left(i as u32 * 8) & 0xff) as u8 ^ i as u8;
@@ -157,51 +282,77 @@ fn runner(cfg: &Config, salt: u64) -> TestRunner {
     TestRunner::new_with_rng(pt, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
 }
 
+/// The `attnforge conformance` arguments that run one cell alone.
+fn reproduce(backend: &str, cfg: &Config, op: Option<Op>, path: setup::Path, dtype: DType) -> String {
+    let path = match path {
+        setup::Path::Owned => "owned",
+        setup::Path::Views => "views",
+        setup::Path::Plan => "plan",
+    };
+    let op = op.map(|o| format!("--op {} --path {path}", o.name())).unwrap_or_else(|| "--op errors".into());
+    let dims: Vec<String> = cfg.head_dims.iter().map(ToString::to_string).collect();
+    let dims = if cfg.head_dims == GenConfig::new(dtype).head_dims { String::new() } else { format!(" --head-dims {}", dims.join(",")) };
+    format!("--backend {backend} --seed {} --cases {} --dtype {} {op}{dims}", cfg.seed, cfg.cases, dtype.name())
+}
+
 #[allow(clippy::too_many_arguments)]
-fn run_cell(be: &Backend, rf: &Backend, cfg: &Config, op: Option<Op>, path: setup::Path, dtype: DType, salt: u64, progress: &dyn Fn(&str)) -> CellResult {
+fn run_cell(be: &Backend, rf: &Backend, cfg: &Config, op: Option<Op>, path: setup::Path, dtype: DType, events: &dyn Fn(Event)) -> CellResult {
     let passed = Cell::new(0u32);
     let unsupported = Cell::new(0u32);
     let failed_once = Cell::new(false);
-    let reasons = RefCell::new(Vec::<String>::new());
+    let reasons = RefCell::new(Vec::<(String, String, u32)>::new());
     let gen = GenConfig { head_dims: cfg.head_dims.clone(), ..GenConfig::new(dtype) };
-    let mut r = runner(cfg, salt);
-    fn shrunk<T: std::fmt::Debug>(r: Result<(), TestError<T>>, seed: u64) -> Option<Failure> {
-        match r {
-            Ok(()) => None,
-            Err(TestError::Fail(msg, case)) => Some(Failure { message: msg.to_string(), case: format!("{case:#?}"), seed }),
-            Err(TestError::Abort(msg)) => Some(Failure { message: format!("aborted: {msg}"), case: String::new(), seed }),
-        }
-    }
+    let name = op.map(|o| format!("{}{}", o.name(), path.suffix())).unwrap_or_else(|| "errors".into());
+    let mut r = runner(cfg, cell_seed(cfg.seed, &name, dtype));
+    let repro = reproduce(be.name(), cfg, op, path, dtype);
+    let shrunk = |r: Result<(), TestError<case::Case>>| match r {
+        Ok(()) => None,
+        Err(TestError::Fail(msg, case)) => Some(Failure { message: msg.to_string(), case: format!("{case:#?}"), seed: cfg.seed, reproduce: repro.clone() }),
+        Err(TestError::Abort(msg)) => Some(Failure { message: format!("aborted: {msg}"), case: String::new(), seed: cfg.seed, reproduce: repro.clone() }),
+    };
+    events(Event::CellStart { backend: be.name(), cell: &name, dtype, cases: cfg.cases });
+    let t0 = std::time::Instant::now();
     let failure = match op {
-        Some(op) => r.run(&cases(gen), |case| match ops::check(op, path, be, rf, &case) {
-            Outcome::Pass => {
-                if !failed_once.get() {
-                    passed.set(passed.get() + 1);
-                }
-                Ok(())
+        Some(op) => r.run(&cases(gen), |case| {
+            let out = ops::check(op, path, be, rf, &case);
+            if !failed_once.get() {
+                events(Event::Case);
             }
-            Outcome::Unsupported(why) => {
-                if !failed_once.get() {
-                    unsupported.set(unsupported.get() + 1);
-                    let mut rs = reasons.borrow_mut();
-                    for w in why {
-                        if rs.len() < 6 && !rs.contains(&w) {
-                            rs.push(w);
+            match out {
+                Outcome::Pass => {
+                    if !failed_once.get() {
+                        passed.set(passed.get() + 1);
+                    }
+                    Ok(())
+                }
+                Outcome::Unsupported(why) => {
+                    if !failed_once.get() {
+                        unsupported.set(unsupported.get() + 1);
+                        let mut rs = reasons.borrow_mut();
+                        for w in why {
+                            let key = reason_key(&w);
+                            match rs.iter_mut().find(|(k, _, _)| *k == key) {
+                                Some(e) => e.2 += 1,
+                                None => rs.push((key, w, 1)),
+                            }
                         }
                     }
+                    Ok(())
                 }
-                Ok(())
+                Outcome::Fail(msg) => {
+                    failed_once.set(true);
+                    Err(TestCaseError::fail(msg))
+                }
             }
-            Outcome::Fail(msg) => {
-                failed_once.set(true);
-                Err(TestCaseError::fail(msg))
-            }
-        })
-        .map_or_else(|e| shrunk::<case::Case>(Err(e), cfg.seed), |_| None),
+        }),
         // Every corruption kind on every drawn case: each kind is compared with the reference
         // in every run, whatever the case count.
-        None => r
-            .run(&cases(gen), |case| match invalid::check_all(be, rf, &case) {
+        None => r.run(&cases(gen), |case| {
+            let out = invalid::check_all(be, rf, &case);
+            if !failed_once.get() {
+                events(Event::Case);
+            }
+            match out {
                 Ok(_) => {
                     if !failed_once.get() {
                         passed.set(passed.get() + 1);
@@ -212,32 +363,43 @@ fn run_cell(be: &Backend, rf: &Backend, cfg: &Config, op: Option<Op>, path: setu
                     failed_once.set(true);
                     Err(TestCaseError::fail(msg))
                 }
-            })
-            .map_or_else(|e| shrunk::<case::Case>(Err(e), cfg.seed), |_| None),
+            }
+        }),
     };
-    let name = op.map(|o| format!("{}{}", o.name(), path.suffix())).unwrap_or_else(|| "errors".into());
-    progress(&format!("{:<28} {:<16} {:<5} {:>4} passed {:>4} unsupported {}", be.name(), name, dtype.name(), passed.get(), unsupported.get(), if failure.is_some() { "FAILED" } else { "ok" }));
-    CellResult {
+    let failure = shrunk(failure);
+    let result = CellResult {
         backend: be.name().to_string(),
         op: name,
         dtype,
         passed: passed.get(),
         unsupported: unsupported.get(),
         failure,
-        unsupported_reasons: reasons.into_inner(),
-    }
+        unsupported_reasons: reasons.into_inner().into_iter().map(|(_, w, n)| (w, n)).collect(),
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    let line = format!(
+        "{:<28} {:<16} {:<5} {:>4} passed {:>4} unsupported {}",
+        result.backend,
+        result.op,
+        dtype.name(),
+        result.passed,
+        result.unsupported,
+        if result.failure.is_some() { "FAILED" } else { "ok" }
+    );
+    events(Event::CellDone { result: &result, line: &line });
+    result
 }
 
 /// References every backend crate this build links, so their registrations survive linking.
 pub fn link_backends() {
-    backend_cpu::link();
+    attnforge_cpu::link();
     #[cfg(feature = "hip")]
-    backend_hip::link();
+    attnforge_hip::link();
 }
 
 /// Runs the whole suite on one backend against the CPU reference.
 pub fn check_backend(backend: &Backend, config: &Config) -> Report {
-    check_backend_with(backend, config, &|_| {})
+    check_backend_observed(backend, config, &|_| {})
 }
 
 /// [`check_backend`] for a bare trait object (e.g. a backend you have not registered).
@@ -245,25 +407,31 @@ pub fn check_backend_dyn(backend: std::sync::Arc<dyn AttentionBackend>, config: 
     check_backend(&Backend::new(backend), config)
 }
 
-/// [`check_backend`], reporting each finished cell through `progress`.
+/// [`check_backend`], reporting each finished cell's summary line through `progress`.
 pub fn check_backend_with(backend: &Backend, config: &Config, progress: &dyn Fn(&str)) -> Report {
+    check_backend_observed(backend, config, &|e| lines(e, progress))
+}
+
+fn lines(e: Event, progress: &dyn Fn(&str)) {
+    match e {
+        Event::CellDone { line, .. } => progress(line),
+        Event::Skipped { backend, reason } => progress(&format!("{backend:<28} skipped: {reason}")),
+        _ => {}
+    }
+}
+
+/// [`check_backend`], reporting every [`Event`] (cell starts, each case, cell results).
+pub fn check_backend_observed(backend: &Backend, config: &Config, events: &dyn Fn(Event)) -> Report {
     let rf = CpuBackend::handle();
-    let mut report = Report::default();
-    for (di, &dtype) in config.dtypes.iter().enumerate() {
-        for (oi, &op) in config.ops.iter().enumerate() {
+    let mut report = Report { seed: config.seed, cases: config.cases, ..Report::default() };
+    for &dtype in &config.dtypes {
+        for &op in &config.ops {
             for &path in config.paths.iter().filter(|p| p.runs(op)) {
-                let salt = (di * 16 + oi) as u64
-                    + 1
-                    + match path {
-                        setup::Path::Owned => 0,
-                        setup::Path::Views => 1 << 20,
-                        setup::Path::Plan => 2 << 20,
-                    };
-                report.cells.push(run_cell(backend, &rf, config, Some(op), path, dtype, salt, progress));
+                report.cells.push(run_cell(backend, &rf, config, Some(op), path, dtype, events));
             }
         }
         if config.errors {
-            report.cells.push(run_cell(backend, &rf, config, None, setup::Path::Owned, dtype, (di * 16 + 15) as u64 + 1, progress));
+            report.cells.push(run_cell(backend, &rf, config, None, setup::Path::Owned, dtype, events));
         }
     }
     report
@@ -273,20 +441,26 @@ pub fn check_backend_with(backend: &Backend, config: &Config, progress: &dyn Fn(
 /// cannot be created here. The reference itself is included: against the golden f64 results it
 /// checks the generators and the tolerance model.
 pub fn check_registered(config: &Config, only: Option<&str>, progress: &dyn Fn(&str)) -> Report {
+    check_registered_observed(config, only, &|e| lines(e, progress))
+}
+
+/// [`check_registered`], reporting every [`Event`].
+pub fn check_registered_observed(config: &Config, only: Option<&str>, events: &dyn Fn(Event)) -> Report {
     link_backends();
-    let mut report = Report::default();
+    let mut report = Report { seed: config.seed, cases: config.cases, ..Report::default() };
     for info in registry::list() {
         if only.is_some_and(|n| n != info.name) {
             continue;
         }
         match registry::get(&info.name) {
             Ok(be) => {
-                let r = check_backend_with(&be, config, progress);
+                let r = check_backend_observed(&be, config, events);
                 report.cells.extend(r.cells);
             }
             Err(e) => {
-                progress(&format!("{:<28} skipped: {e}", info.name));
-                report.skipped.push((info.name.clone(), e.to_string()));
+                let reason = e.to_string();
+                events(Event::Skipped { backend: &info.name, reason: &reason });
+                report.skipped.push(Skipped { backend: info.name.clone(), reason });
             }
         }
     }

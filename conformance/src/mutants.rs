@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use backend_api::*;
-use backend_cpu::storage::{read, read_at, write, write_at};
-use backend_cpu::CpuBackend;
+use attnforge_api::*;
+use attnforge_cpu::storage::{read, read_at, write, write_at};
+use attnforge_cpu::CpuBackend;
 
 /// The planted bugs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +153,7 @@ impl AttentionBackend for Mutant {
             for (t, what) in [(q, "q"), (k, "k")] {
                 let (heads, n) = (t.shape()[1], t.numel());
                 let mut x = read_at(t, what, 0, n)?;
-                backend_cpu::ops::rope::rope_rows(&mut x, heads, positions, config, &freqs);
+                attnforge_cpu::ops::rope::rope_rows(&mut x, heads, positions, config, &freqs);
                 write_at(t, what, 0, &x)?;
             }
             return Ok(());
@@ -255,7 +255,7 @@ impl AttentionBackend for Mutant {
 #[cfg(feature = "mutants")]
 mod registered {
     use super::*;
-    use backend_api::registry::BackendEntry;
+    use attnforge_api::registry::BackendEntry;
     macro_rules! register {
         ($($bug:ident),*) => {$(
             inventory::submit! {

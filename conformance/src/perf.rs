@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use backend_api::{Backend, DType, KvCacheSpec, Op, PlainBatch, Result, StepInputs};
+use attnforge_api::{Backend, DType, KvCacheSpec, Op, PlainBatch, Result, StepInputs};
 use proptest::strategy::{Strategy, ValueTree};
 
 use crate::case::{cases, Case, GenConfig};

@@ -1,6 +1,6 @@
 //! Building one case's inputs on a backend: tensors, positions, caches with random page tables.
 
-use backend_api::{
+use attnforge_api::{
     AttentionParams, Backend, Batch, CacheLayout, DType, Error, KvCache, KvCacheSpec, KvMetadata, KvPool, KvPools, LayerViews, Op, PlanOp, Result, RopeConfig, StepDesc, StepInputs, StepViews, Tensor,
 };
 
@@ -62,7 +62,7 @@ impl Data {
         let layout = case.layout();
         let pool = KvCacheSpec { num_seqs: case.seqs.len(), num_kv_heads: hk, head_dim: d, dtype: case.dtype, layout }.pool_len();
         let mut page_tables = Vec::new();
-        if let backend_api::CacheLayout::Paged { page_size, num_pages } = layout {
+        if let attnforge_api::CacheLayout::Paged { page_size, num_pages } = layout {
             // A random permutation of the pool, dealt out to the sequences.
             let mut pages: Vec<u32> = (0..num_pages as u32).collect();
             for i in (1..pages.len()).rev() {
@@ -104,7 +104,7 @@ pub fn cache(be: &Backend, case: &Case, data: &Data) -> Result<KvCache> {
     for (s, t) in data.page_tables.iter().enumerate() {
         c.set_page_table(s, t)?;
     }
-    be.write_kv_pool(&mut c, &backend_api::KvPool { k: data.sentinel_k.clone(), v: data.sentinel_v.clone() })?;
+    be.write_kv_pool(&mut c, &attnforge_api::KvPool { k: data.sentinel_k.clone(), v: data.sentinel_v.clone() })?;
     Ok(c)
 }
 

@@ -9,7 +9,7 @@
 //! prefill in chunks (the later chunks attend to the cached earlier ones: chunked prefill), then
 //! single-token decode steps.
 
-use backend_api::{AttentionParams, Backend, Batch, CacheLayout, DType, KvCacheSpec, RopeConfig, StepInputs};
+use attnforge_api::{AttentionParams, Backend, Batch, CacheLayout, DType, KvCacheSpec, RopeConfig, StepInputs};
 
 use crate::rng::Rng;
 use crate::tolerance::compare;
@@ -107,7 +107,7 @@ fn slice_heads(x: &[f32], heads: usize, d: usize, h0: usize, n: usize) -> Vec<f3
 /// Runs every step of `p` on `be` for query heads `h0..h0 + h` and KV heads `k0..k0 + hk`;
 /// returns each step's output `[T, h, D]`.
 fn run(be: &Backend, p: &ShardProblem, data: &[StepData], (h0, h): (usize, usize), (k0, hk): (usize, usize)) -> Result<Vec<Vec<f32>>, String> {
-    let e = |what: &'static str| move |err: backend_api::Error| format!("{} on {}: {what}: {err}", be.name(), be.device());
+    let e = |what: &'static str| move |err: attnforge_api::Error| format!("{} on {}: {what}: {err}", be.name(), be.device());
     let d = p.head_dim;
     let rope = RopeConfig { theta: 500000.0, ..RopeConfig::new(d, 10000.0, p.capacity().max(1)) };
     let spec = KvCacheSpec { num_seqs: p.seqs, num_kv_heads: hk, head_dim: d, dtype: p.dtype, layout: CacheLayout::Contiguous { capacity: p.capacity() } };
@@ -195,7 +195,7 @@ pub fn soak(shards: &[Backend], p: &ShardProblem, steps: usize) -> Result<Vec<So
     }
     let (h, hk, d) = (p.heads / n, p.kv_heads / n, p.head_dim);
     let one = |be: &Backend| -> Result<SoakShard, String> {
-        let e = |what: &'static str| move |err: backend_api::Error| format!("{} on {}: {what}: {err}", be.name(), be.device());
+        let e = |what: &'static str| move |err: attnforge_api::Error| format!("{} on {}: {what}: {err}", be.name(), be.device());
         let cap = 64usize;
         let rope = RopeConfig { theta: 500000.0, ..RopeConfig::new(d, 10000.0, cap) };
         let spec = KvCacheSpec { num_seqs: p.seqs, num_kv_heads: hk, head_dim: d, dtype: p.dtype, layout: CacheLayout::Contiguous { capacity: cap } };

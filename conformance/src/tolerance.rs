@@ -36,7 +36,7 @@
 //!   does the same rounding (measured on the H100: hip-flash 4.1e-4 on such a case).
 //! - Copies (KV append) are exact: the cache must hold the bits it was given.
 
-use backend_api::DType;
+use attnforge_api::DType;
 
 /// Tolerance constants of one dtype.
 #[derive(Debug, Clone, Copy)]
@@ -115,8 +115,8 @@ pub fn exact(what: &str, got: &[f32], want: &[f32]) -> Result<(), String> {
 
 /// `max over visible (query, key) pairs of scale * sum_i |q_i k_i|`, times `max |v|`: the
 /// condition of attention's f32 dot products (see the module docs). Inputs as for
-/// `backend_cpu::ops::attention::attend`.
-pub fn attention_condition(q: &[f64], k: &[f64], v: &[f64], s: backend_cpu::ops::attention::SeqShape, scale: f32) -> f64 {
+/// `attnforge_cpu::ops::attention::attend`.
+pub fn attention_condition(q: &[f64], k: &[f64], v: &[f64], s: attnforge_cpu::ops::attention::SeqShape, scale: f32) -> f64 {
     let d = s.head_dim;
     let group = s.heads / s.kv_heads;
     let mut m = 0.0f64;

@@ -1,9 +1,9 @@
 //! The suite must catch every planted bug. Each mutant runs only the check of the op it breaks,
 //! in the dtype where the bug shows (f16 for the softmax overflow).
 
-use backend_api::{DType, Op};
-use conformance::mutants::{Bug, Mutant};
-use conformance::{check_backend, Config};
+use attnforge_api::{DType, Op};
+use attnforge_conformance::mutants::{Bug, Mutant};
+use attnforge_conformance::{check_backend, Config};
 
 fn caught(bug: Bug, dtype: DType) {
     let cfg = Config { cases: 64, dtypes: vec![dtype], ops: vec![bug.op()], errors: false, head_dims: vec![32, 64, 128], ..Config::default() };

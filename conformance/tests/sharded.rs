@@ -2,12 +2,12 @@
 //! reference (`registry::create_on`), driven from N threads at once. The same code path runs
 //! one GPU instance per device on a multi-GPU machine (`conformance --shards N`).
 
-use backend_api::{registry, DType};
-use conformance::mutants::{Bug, Mutant};
-use conformance::sharded::{check_sharded, ShardProblem};
+use attnforge_api::{registry, DType};
+use attnforge_conformance::mutants::{Bug, Mutant};
+use attnforge_conformance::sharded::{check_sharded, ShardProblem};
 
-fn cpu_shards(n: usize) -> Vec<backend_api::Backend> {
-    conformance::link_backends();
+fn cpu_shards(n: usize) -> Vec<attnforge_api::Backend> {
+    attnforge_conformance::link_backends();
     (0..n).map(|_| registry::create_on("cpu", 0).unwrap()).collect()
 }
 

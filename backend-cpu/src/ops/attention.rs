@@ -1,6 +1,6 @@
 //! Attention, the reference.
 
-use backend_api::{AttentionArgs, AttentionParams, PlainAttentionArgs, Result};
+use attnforge_api::{AttentionArgs, AttentionParams, PlainAttentionArgs, Result};
 
 use crate::storage::{read, write};
 

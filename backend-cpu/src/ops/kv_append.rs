@@ -1,6 +1,6 @@
 //! KV append, the reference: copy each new row into its slot (through the page table).
 
-use backend_api::{AppendArgs, Result};
+use attnforge_api::{AppendArgs, Result};
 
 use crate::storage::{read, write_at};
 

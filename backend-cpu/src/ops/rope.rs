@@ -1,6 +1,6 @@
 //! RoPE, the reference.
 
-use backend_api::{Result, RopeArgs, RopeConfig, RopeFrequencies, RopeStyle, ShiftArgs};
+use attnforge_api::{Result, RopeArgs, RopeConfig, RopeFrequencies, RopeStyle, ShiftArgs};
 
 use crate::storage::{read, read_at, write, write_at};
 

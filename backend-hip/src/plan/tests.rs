@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use backend_api::{CacheLayout, DType, Op, ProblemDesc, RopeConfig, RopeScaling};
+use attnforge_api::{CacheLayout, DType, Op, ProblemDesc, RopeConfig, RopeScaling};
 
 use super::*;
 use crate::runtime::launch::attention::AttnLaunch;
@@ -87,7 +87,7 @@ fn grid() -> Vec<(DeviceProps, Strategy, Op, ProblemDesc)> {
         for dtype in DType::ALL {
             for d in [32usize, 64, 128, 256] {
                 for rotary in [d, d / 2, d / 4, 2, 4, 12] {
-                    for style in [backend_api::RopeStyle::HalfSplit, backend_api::RopeStyle::Interleaved] {
+                    for style in [attnforge_api::RopeStyle::HalfSplit, attnforge_api::RopeStyle::Interleaved] {
                         for op in [Op::Rope, Op::Step, Op::Shift] {
                             let mut p = problem(dtype, (8, 2), d, 2, 3, 40, layouts[1]);
                             p.rope = Some(RopeConfig { rotary_dim: rotary, style, ..RopeConfig::new(d, 1e4, 4096) });

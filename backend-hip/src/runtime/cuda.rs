@@ -5,7 +5,7 @@
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
-use backend_api::{Error, Result};
+use attnforge_api::{Error, Result};
 use cudarc::driver::sys::{self, CUdevice_attribute as A, CUevent_flags, CUfunction_attribute as FA};
 use cudarc::driver::{result, CudaContext, CudaModule, DriverError};
 use cudarc::nvrtc::Ptx;

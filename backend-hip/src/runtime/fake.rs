@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
-use backend_api::{Error, Result};
+use attnforge_api::{Error, Result};
 
 use super::{DeviceProps, Driver};
 use crate::contract::Vendor;

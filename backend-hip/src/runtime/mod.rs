@@ -32,7 +32,7 @@ use std::ffi::c_void;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use backend_api::{try_vec, Device, Error, Result};
+use attnforge_api::{try_vec, Device, Error, Result};
 
 use crate::contract::{Kernel, Vendor};
 use staging::Staging;

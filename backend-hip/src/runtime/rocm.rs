@@ -10,7 +10,7 @@
 use std::ffi::{c_void, CStr, CString};
 use std::sync::Mutex;
 
-use backend_api::{Error, Result};
+use attnforge_api::{Error, Result};
 use hip_sys::hiprt as sys;
 
 use super::{DeviceProps, Driver};

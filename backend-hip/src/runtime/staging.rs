@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use backend_api::{Error, Result};
+use attnforge_api::{Error, Result};
 
 use super::Driver;
 

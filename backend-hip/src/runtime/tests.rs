@@ -9,7 +9,7 @@ use super::launch::PoolMut;
 use super::staging::{STAGE_BYTES, STAGE_SLOTS};
 use super::*;
 use crate::contract::{Kernel, DC_THREADS};
-use backend_api::DType;
+use attnforge_api::DType;
 
 fn gpu_on(fake: &FakeDriver) -> Gpu {
     Gpu::with_driver(Box::new(fake.clone()), &fake_images()).expect("the fake opens")

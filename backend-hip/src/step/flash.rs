@@ -1,7 +1,7 @@
 //! hip-flash's step: one kernel rotates Q in place and writes rotated K and V into the cache,
 //! then attention without RoPE (matrix cores where the plan chose them).
 
-use backend_api::{Result, StepArgs};
+use attnforge_api::{Result, StepArgs};
 
 use super::{cache_attention, rope_into_cache, Ctx};
 use crate::runtime::launch::attention::AttnLaunch;

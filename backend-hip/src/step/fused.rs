@@ -3,7 +3,7 @@
 //! the first step's RoPE table: another table is refused (one cache serves one configuration),
 //! so a context shift only has to move positions.
 
-use backend_api::{Error, KvPools, Result, RopeConfig, RopeFrequencies, RopeStyle, StepArgs};
+use attnforge_api::{Error, KvPools, Result, RopeConfig, RopeFrequencies, RopeStyle, StepArgs};
 
 use super::{cache_attention, positions_i32, slot_mapping, Ctx};
 use crate::contract::Kernel;

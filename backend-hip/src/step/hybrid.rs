@@ -2,7 +2,7 @@
 //! attention rotates Q as it loads it (once per block, in shared memory), so Q is never written
 //! back.
 
-use backend_api::{Result, RopeStyle, StepArgs};
+use attnforge_api::{Result, RopeStyle, StepArgs};
 
 use super::{cache_attention, rope_into_cache, Ctx};
 use crate::runtime::launch::attention::{AttnLaunch, AttnRope};

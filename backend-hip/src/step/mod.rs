@@ -11,7 +11,7 @@ pub(crate) mod tables;
 
 use std::sync::Arc;
 
-use backend_api::{
+use attnforge_api::{
     AppendArgs, AttentionArgs, AttentionParams, Batch, CacheLayout, Error, KvCacheSpec, KvMetadata, KvPools, PlainAttentionArgs, Result, RopeArgs, RopeFrequencies, ShiftArgs, StepArgs, Tensor,
 };
 

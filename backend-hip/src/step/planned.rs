@@ -1,4 +1,4 @@
-//! Plan / run ([`backend_api::plan`]): a plan holds the step's launches, its metadata in one
+//! Plan / run ([`attnforge_api::plan`]): a plan holds the step's launches, its metadata in one
 //! device buffer at a fixed address (positions, slot mapping, query offsets, key lengths, row
 //! bases, page tables, tiles), the split-K scratch (or hip-separate's score buffer and row
 //! table) and the RoPE table; `run` per layer builds views of the layer's tensors and launches,
@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use backend_api::{AttentionParams, Error, GraphExec, KvPools, LayerViews, PlanArgs, PlanOp, PlanState, Result, Tensor};
+use attnforge_api::{AttentionParams, Error, GraphExec, KvPools, LayerViews, PlanArgs, PlanOp, PlanState, Result, Tensor};
 
 use super::fused::{bind_table, bound};
 use super::{addressing, cache_key_rope, positions_i32, rotates_keys, slot_mapping, Ctx};
@@ -275,7 +275,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, strategy: Strategy, p: &GpuPlan, views: LayerVi
 }
 
 /// The append kernel with the plan's slot mapping (and, for hip-fused's step, positions).
-fn append(ctx: &Ctx<'_>, kernel: Kernel, p: &GpuPlan, k: &backend_api::Tensor, v: &backend_api::Tensor, c: &mut KvPools, with_positions: bool) -> Result<()> {
+fn append(ctx: &Ctx<'_>, kernel: Kernel, p: &GpuPlan, k: &attnforge_api::Tensor, v: &attnforge_api::Tensor, c: &mut KvPools, with_positions: bool) -> Result<()> {
     let spec = c.spec().clone();
     let (kv, vv) = (ctx.q(k, "k")?, ctx.q(v, "v")?);
     let pool = ctx.pools_mut(c)?;
@@ -285,7 +285,7 @@ fn append(ctx: &Ctx<'_>, kernel: Kernel, p: &GpuPlan, k: &backend_api::Tensor, v
 
 /// hip-flash's / hip-hybrid's fused RoPE + append with the plan's positions and slots.
 #[allow(clippy::too_many_arguments)]
-fn into_cache(ctx: &Ctx<'_>, l: &RopeLaunch, p: &GpuPlan, r: &BoundRope, q: Option<&mut backend_api::Tensor>, k: &backend_api::Tensor, v: &backend_api::Tensor, c: &mut KvPools) -> Result<()> {
+fn into_cache(ctx: &Ctx<'_>, l: &RopeLaunch, p: &GpuPlan, r: &BoundRope, q: Option<&mut attnforge_api::Tensor>, k: &attnforge_api::Tensor, v: &attnforge_api::Tensor, c: &mut KvPools) -> Result<()> {
     let spec = c.spec().clone();
     let s = RopeShape { tokens: p.tokens, q_heads: p.heads, k_heads: spec.num_kv_heads, head_dim: spec.head_dim };
     let q = match q {

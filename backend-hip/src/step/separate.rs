@@ -1,7 +1,7 @@
 //! hip-separate's step: the unfused baseline, the trait's default composition: RoPE kernel,
 //! append kernel, then attention as three kernels over a score buffer.
 
-use backend_api::{Result, StepArgs};
+use attnforge_api::{Result, StepArgs};
 
 use super::{attention, kv_append, rope, Ctx};
 use crate::contract::Kernel;

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use backend_api::{Result, RopeFrequencies};
+use attnforge_api::{Result, RopeFrequencies};
 
 use crate::runtime::{DeviceBuffer, Gpu};
 
@@ -64,9 +64,9 @@ mod tests {
         let gpu = Gpu::with_driver(Box::new(FakeDriver::new(0, h100_props())), &crate::runtime::fake::fake_images()).unwrap();
         let tables = RopeTables::default();
         // A dynamic-NTK decode past its original length: a new table every step.
-        let cfg = backend_api::RopeConfig {
-            scaling: backend_api::RopeScaling::DynamicNtk { factor: 4.0, original_max_position: 16 },
-            ..backend_api::RopeConfig::new(64, 10000.0, 1 << 20)
+        let cfg = attnforge_api::RopeConfig {
+            scaling: attnforge_api::RopeScaling::DynamicNtk { factor: 4.0, original_max_position: 16 },
+            ..attnforge_api::RopeConfig::new(64, 10000.0, 1 << 20)
         };
         let first = tables.get(&gpu, &cfg.frequencies(0).unwrap()).unwrap();
         for step in 16..2000 {

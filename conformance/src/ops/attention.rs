@@ -1,6 +1,6 @@
 //! Attention of new queries over a cache filled by two appends (prefix, then the new tokens).
 
-use backend_api::{Backend, Result};
+use attnforge_api::{Backend, Result};
 
 use super::{fail, golden_attention, seq_rows};
 use crate::case::Case;

@@ -1,14 +1,14 @@
 //! KV append: the cache holds exactly the appended bits at the slots the page table names, and
 //! every other slot keeps its sentinel.
 
-use backend_api::{Backend, Result};
+use attnforge_api::{Backend, Result};
 
 use super::fail;
 use crate::case::Case;
 use crate::setup::{append_case_io, Data, Io, Kv, Path};
 use crate::tolerance::exact;
 
-fn run(be: &Backend, case: &Case, d: &Data, path: Path) -> Result<(Kv, backend_api::KvPool, backend_api::KvPool)> {
+fn run(be: &Backend, case: &Case, d: &Data, path: Path) -> Result<(Kv, attnforge_api::KvPool, attnforge_api::KvPool)> {
     let io = Io { be, case, path };
     let mut c = io.kv(d)?;
     let before = c.read_pool(be)?;

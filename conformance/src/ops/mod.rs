@@ -8,8 +8,8 @@ pub mod rope;
 pub mod shift;
 pub mod step;
 
-use backend_api::{Backend, Error, Op};
-use backend_cpu::ops::attention::{attend, SeqShape};
+use attnforge_api::{Backend, Error, Op};
+use attnforge_cpu::ops::attention::{attend, SeqShape};
 
 use crate::case::Case;
 use crate::setup::{rounded, views_supported, Data, Path};

@@ -1,6 +1,6 @@
 //! Plain attention over given Q, K, V (variable length, no cache).
 
-use backend_api::{Backend, PlainBatch, Result};
+use attnforge_api::{Backend, PlainBatch, Result};
 
 use super::{fail, golden_attention, seq_rows};
 use crate::case::Case;

@@ -1,7 +1,7 @@
 //! RoPE: Q and K rotated in place at arbitrary positions.
 
-use backend_api::{Backend, Result};
-use backend_cpu::ops::rope::rope_rows;
+use attnforge_api::{Backend, Result};
+use attnforge_cpu::ops::rope::rope_rows;
 
 use super::fail;
 use crate::case::Case;

@@ -4,8 +4,8 @@
 //! op's meaning (later attention sees the keys at `p + delta`) whatever a backend stores: keys
 //! rotated in place (re-rotated by `delta`) or unrotated keys with positions (`hip-fused`).
 
-use backend_api::{Backend, Result, RopeScaling};
-use backend_cpu::ops::rope::rope_rows;
+use attnforge_api::{Backend, Result, RopeScaling};
+use attnforge_cpu::ops::rope::rope_rows;
 
 use super::step::gather;
 use super::{fail, golden_attention, seq_rows};

@@ -2,8 +2,8 @@
 //! for the new tokens, whose output is compared. How a backend stores K is its own business;
 //! only the output counts.
 
-use backend_api::{Backend, Result};
-use backend_cpu::ops::rope::rope_rows;
+use attnforge_api::{Backend, Result};
+use attnforge_cpu::ops::rope::rope_rows;
 
 use super::{fail, golden_attention, seq_rows};
 use crate::case::Case;

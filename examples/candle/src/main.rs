@@ -10,7 +10,7 @@
 //!     cargo run --release --manifest-path examples/candle/Cargo.toml
 use std::sync::Arc;
 
-use attnforge::backend_hip::{ForeignStream, HipBackend, Strategy};
+use attnforge::attnforge_hip::{ForeignStream, HipBackend, Strategy};
 use attnforge::{AttentionParams, Backend, DType, PlainBatch};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp3, Device, Layout, Shape, Tensor, D};

@@ -3,7 +3,7 @@
 //! from typed host input, checked against the views, uploaded, and the kernels the plan chose
 //! are launched (with the split-K merge, or hip-separate's three kernels).
 
-use backend_api::{try_vec, DType, Error, Result};
+use attnforge_api::{try_vec, DType, Error, Result};
 
 use super::rope::RopeTable;
 use super::{bytes_of, i32_of, need_meta, need_mut, need_ref, span_bytes, Strided};

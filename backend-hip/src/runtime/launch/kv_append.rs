@@ -1,6 +1,6 @@
 //! KV append (rows into pool slots through a slot mapping) and fill (kernels/kv_append.hip).
 
-use backend_api::{DType, Error, Result};
+use attnforge_api::{DType, Error, Result};
 
 use super::{bytes_of, i32_of, need_meta, need_mut, need_ref, span_bytes, PoolMut, Strided};
 use crate::contract::{AppendParams, FillParams, Kernel, APPEND_THREADS, CHUNK_BYTES, FILL_THREADS};

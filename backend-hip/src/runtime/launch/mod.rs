@@ -11,7 +11,7 @@ pub(crate) mod attention;
 pub(crate) mod kv_append;
 pub(crate) mod rope;
 
-use backend_api::{DType, Error, Result};
+use attnforge_api::{DType, Error, Result};
 
 use super::{DevMut, DevRef, Gpu, MetaRef};
 

@@ -2,7 +2,7 @@
 //! their pool slots), and the context shift (pool rows rotated by a delta, or hip-fused slot
 //! positions moved).
 
-use backend_api::{DType, Error, Result};
+use attnforge_api::{DType, Error, Result};
 
 use super::{i32_of, need_meta, need_mut, need_ref, span_bytes, PoolMut, Strided};
 use crate::contract::{Kernel, RopeParams, CHUNK_BYTES, ROPE_THREADS};
