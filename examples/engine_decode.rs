@@ -333,6 +333,9 @@ fn run<A: Memory, B: Memory>(model: &Model, a: &mut Engine<A>, mut b: Option<&mu
 }
 
 fn main() -> Result<()> {
+    // The libraries' spans and events (per op: backend, shapes, dtype, the plan; selection
+    // decisions) on stderr when RUST_LOG asks, e.g. RUST_LOG=attnforge_api=debug,attnforge_hip=debug.
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     let model = Model::new();
     let problem = ProblemDesc::step(DTYPE, H, HKV, model.rope.clone(), spec().layout);
     let chosen = registry::select(&problem)?;

@@ -6,6 +6,9 @@
 use attnforge::*;
 
 fn main() {
+    // The libraries' spans and events (per op: backend, shapes, dtype, the plan; selection
+    // decisions) on stderr when RUST_LOG asks, e.g. RUST_LOG=attnforge_api=debug,attnforge_hip=debug.
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     if let Err(e) = run() {
         eprintln!("error: {e}");
         std::process::exit(1);

@@ -5,6 +5,9 @@
 use attnforge::*;
 
 fn main() {
+    // The libraries' spans and events (per op: backend, shapes, dtype, the plan; selection
+    // decisions) on stderr when RUST_LOG asks, e.g. RUST_LOG=attnforge_api=debug,attnforge_hip=debug.
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let named = match args.as_slice() {
         [flag, name, ..] if flag == "--backend" => Some(name.clone()),

@@ -6,6 +6,49 @@ use std::sync::Arc;
 use crate::args::*;
 use crate::plan::{Graph, GraphExec, GraphSupport, HostPlan, LayerViews, PlanArgs, PlanOp, PlanState, StepDesc, StepPlan};
 use crate::CacheLayout;
+
+/// The span of one public op: backend and op at once, the problem's shape once validated
+/// ([`record_problem`]), so a subscriber sees which problem each call ran.
+macro_rules! op_span {
+    ($name:literal, $backend:expr) => {
+        tracing::debug_span!(
+            $name,
+            backend = $backend,
+            dtype = tracing::field::Empty,
+            seqs = tracing::field::Empty,
+            heads = tracing::field::Empty,
+            kv_heads = tracing::field::Empty,
+            head_dim = tracing::field::Empty,
+            max_q_len = tracing::field::Empty,
+            max_kv_len = tracing::field::Empty,
+            causal = tracing::field::Empty,
+            paged = tracing::field::Empty,
+            rope = tracing::field::Empty,
+        )
+        .entered()
+    };
+}
+
+/// Writes the validated problem into the current op span (fields declared by `op_span!`).
+fn record_problem(desc: &ProblemDesc) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    span.record("dtype", desc.dtype.name());
+    span.record("seqs", desc.batch_size);
+    span.record("heads", desc.num_heads);
+    span.record("kv_heads", desc.num_kv_heads);
+    span.record("head_dim", desc.head_dim);
+    span.record("max_q_len", desc.max_q_len);
+    span.record("max_kv_len", desc.max_kv_len);
+    span.record("causal", desc.causal);
+    span.record("paged", matches!(desc.layout, Some(CacheLayout::Paged { .. })));
+    if let Some(r) = &desc.rope {
+        span.record("rope", r.scaling.name());
+    }
+}
+
 use crate::{
     AttentionParams, Batch, CachedSeq, DType, Device, Error, KvCache, KvCacheSpec, KvMetadata, KvPool, KvPools, Op, PlainBatch, ProblemDesc, Result, RopeConfig, RopeFrequencies, Storage, Tensor,
 };
@@ -275,6 +318,7 @@ impl Backend {
     /// are not built on every call (host cost per call stays that of the launches).
     fn supports_call(&self, op: Op, desc: &ProblemDesc) -> Result<()> {
         desc.validate_call()?;
+        record_problem(desc);
         self.inner.supports(op, desc).map_err(|reasons| self.unsupported(op, reasons))
     }
 
@@ -500,7 +544,7 @@ impl Backend {
 
     /// RoPE on Q `[T, H, D]` and K `[T, Hkv, D]` in place, token `t` at `positions[t]`.
     pub fn rope(&self, q: &mut Tensor, k: &mut Tensor, positions: &[u32], config: &RopeConfig) -> Result<()> {
-        let _span = tracing::debug_span!("rope", backend = self.name()).entered();
+        let _span = op_span!("rope", self.name());
         let desc = self.check_rope(q, k, positions, config)?;
         Self::check_disjoint(&[("q", q, "k", k)])?;
         self.supports_call(Op::Rope, &desc)?;
@@ -523,7 +567,7 @@ impl Backend {
     /// layers). `meta` is not changed. Writing into a page another sequence still reads is the
     /// caller's duty to avoid ([`KvMetadata::append_conflict`]).
     pub fn append_kv(&self, pools: &mut KvPools, meta: &KvMetadata, k: &Tensor, v: &Tensor, batch: &Batch) -> Result<()> {
-        let _span = tracing::debug_span!("kv_append", backend = self.name()).entered();
+        let _span = op_span!("kv_append", self.name());
         let (start, mut desc) = self.check_append(pools, meta, k, v, batch)?;
         desc.max_kv_len = batch.seq_ids().iter().map(|&s| meta.seq_len(s)).max().unwrap_or(0);
         self.supports_call(Op::KvAppend, &desc)?;
@@ -539,7 +583,7 @@ impl Backend {
     /// The engine path of attention: Q `[T, H, D]` (may be strided) over each sequence's
     /// `meta.seq_len` tokens in `pools`, into `out` (may be strided; must not overlap `q`).
     pub fn attend(&self, q: &Tensor, pools: &KvPools, meta: &KvMetadata, batch: &Batch, params: AttentionParams, out: &mut Tensor) -> Result<()> {
-        let _span = tracing::debug_span!("attention", backend = self.name()).entered();
+        let _span = op_span!("attention", self.name());
         let kv_lens: Vec<usize> = batch.seq_ids().iter().map(|&s| meta.seq_len(s)).collect();
         let desc = self.check_attention(q, pools, meta, batch, &kv_lens, params, out)?;
         self.supports_call(Op::Attention, &desc)?;
@@ -549,7 +593,7 @@ impl Backend {
     /// Attention over Q `[Tq, H, D]`, K and V `[Tk, Hkv, D]` into `out` `[Tq, H, D]` (any of
     /// them may be strided; `out` must not overlap the inputs).
     pub fn attention_plain(&self, q: &Tensor, k: &Tensor, v: &Tensor, batch: &PlainBatch, params: AttentionParams, out: &mut Tensor) -> Result<()> {
-        let _span = tracing::debug_span!("attention_plain", backend = self.name()).entered();
+        let _span = op_span!("attention_plain", self.name());
         let desc = self.check_plain(q, k, v, batch, params, out)?;
         Self::check_disjoint(&[("out", out, "q", q), ("out", out, "k", k), ("out", out, "v", v)])?;
         self.supports_call(Op::AttentionPlain, &desc)?;
@@ -570,7 +614,7 @@ impl Backend {
     /// and pools in the caller's memory, with metadata the caller owns (already counting the
     /// step's tokens, as for [`Backend::append_kv`]).
     pub fn step(&self, s: StepViews<'_>) -> Result<()> {
-        let _span = tracing::debug_span!("rope_append_attend", backend = self.name()).entered();
+        let _span = op_span!("rope_append_attend", self.name());
         let StepViews { q, k, v, positions, rope, pools, meta, batch, params, out } = s;
         let rope_desc = self.check_rope(q, k, positions, rope)?;
         let (start, _) = self.check_append(pools, meta, k, v, batch)?;
@@ -579,6 +623,7 @@ impl Backend {
         Self::check_step_disjoint(q, k, v, pools, out)?;
         desc.rope = rope_desc.rope;
         desc.validate_call()?;
+        record_problem(&desc);
         for op in [Op::Rope, Op::KvAppend, Op::Attention, Op::Step] {
             self.inner.supports(op, &desc).map_err(|reasons| self.unsupported(op, reasons))?;
         }
@@ -632,7 +677,7 @@ impl Backend {
 
     /// [`Backend::shift_positions`] on pools and metadata the caller owns (one layer's pools).
     pub fn shift_positions_in(&self, pools: &mut KvPools, meta: &KvMetadata, seq: usize, tokens: std::ops::Range<usize>, delta: i64, rope: &RopeConfig) -> Result<()> {
-        let _span = tracing::debug_span!("shift_positions", backend = self.name()).entered();
+        let _span = op_span!("shift_positions", self.name());
         self.check_pools(pools, meta)?;
         rope.validate_params()?;
         let spec = pools.spec().clone();

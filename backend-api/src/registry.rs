@@ -339,6 +339,7 @@ fn select_impl(problem: &ProblemDesc, forced: Option<&str>, ordinal: usize) -> R
             }
             None => {
                 let reasons = verdicts.iter().map(|(s, v)| format!("{}: {}", s.entry.name, v.as_ref().err().cloned().unwrap_or_default())).collect();
+                tracing::warn!(reasons = ?reasons, "no registered backend can run the problem");
                 return Err(Error::Unsupported { backend: "every registered backend".into(), op: "this problem".into(), reasons });
             }
         },
@@ -357,6 +358,10 @@ fn select_impl(problem: &ProblemDesc, forced: Option<&str>, ordinal: usize) -> R
             };
             (slot.entry.name.to_string(), why)
         })
-        .collect();
+        .collect::<Vec<(String, String)>>();
+    tracing::info!(backend = backend.name(), reason = reason.as_str(), "selected");
+    for (name, why) in &rejected {
+        tracing::debug!(backend = name.as_str(), why = why.as_str(), "passed over");
+    }
     Ok(Selection { backend, reason, rejected })
 }

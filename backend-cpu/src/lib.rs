@@ -93,22 +93,27 @@ impl AttentionBackend for CpuBackend {
     }
 
     fn rope(&self, args: RopeArgs<'_>) -> Result<()> {
+        tracing::trace!(tokens = args.positions.len(), rotary_dim = args.config.rotary_dim, "cpu rope: f64 loops per token and head");
         ops::rope::run(args)
     }
 
     fn kv_append(&self, args: AppendArgs<'_>) -> Result<()> {
+        tracing::trace!(seqs = args.batch.seq_ids().len(), "cpu kv_append: row copies through the page tables");
         ops::kv_append::run(args)
     }
 
     fn attention(&self, args: AttentionArgs<'_>) -> Result<()> {
+        tracing::trace!(seqs = args.batch.seq_ids().len(), keys = args.kv_lens.iter().sum::<usize>(), "cpu attention: f64 softmax per query row");
         ops::attention::run_cache(args)
     }
 
     fn attention_plain(&self, args: PlainAttentionArgs<'_>) -> Result<()> {
+        tracing::trace!("cpu attention_plain: f64 softmax per query row");
         ops::attention::run_plain(args)
     }
 
     fn shift_positions(&self, args: ShiftArgs<'_>) -> Result<()> {
+        tracing::trace!(delta = args.delta, "cpu shift: keys rotated by the position delta");
         ops::rope::shift(args)
     }
 }

@@ -260,11 +260,35 @@ impl HipBackend {
     }
 
     fn op_plan(&self, op: Op, problem: &ProblemDesc) -> Result<OpPlan> {
-        plan(self.gpu.props(), self.strategy, op, problem).map_err(|r| Error::Unsupported {
+        let p = plan(self.gpu.props(), self.strategy, op, problem).map_err(|r| Error::Unsupported {
             backend: self.name.into(),
             op: op.name().into(),
             reasons: r.iter().map(ToString::to_string).collect(),
-        })
+        })?;
+        // The launches chosen (kernels, tiles, splits, pipeline depth), inside the op's span.
+        tracing::debug!(backend = self.name, op = op.name(), plan = ?p, "plan");
+        Ok(p)
+    }
+
+    /// Runs `f` (an op's launches). With the `device-time` feature, outside a graph capture,
+    /// the launches are bracketed by device events and their time is a tracing event
+    /// (`device_ms`); this waits for the device, so it is for profiling runs only.
+    fn timed(&self, op: Op, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        #[cfg(feature = "device-time")]
+        if !self.gpu.capturing() && tracing::enabled!(tracing::Level::DEBUG) {
+            let mut f = Some(f);
+            let mut result = Ok(());
+            let ms = self.gpu.time(1, || {
+                if let Some(f) = f.take() {
+                    result = f();
+                }
+                Ok(())
+            })?;
+            tracing::debug!(backend = self.name, op = op.name(), device_ms = ms, "device time");
+            return result;
+        }
+        let _ = op;
+        f()
     }
 
     fn mismatch(&self, op: Op) -> Error {
@@ -395,28 +419,28 @@ impl AttentionBackend for HipBackend {
 
     fn rope(&self, a: RopeArgs<'_>) -> Result<()> {
         match self.op_plan(Op::Rope, &a.desc)? {
-            OpPlan::Rope(l) => step::rope(&self.ctx(), &l, a),
+            OpPlan::Rope(l) => self.timed(Op::Rope, || step::rope(&self.ctx(), &l, a)),
             _ => Err(self.mismatch(Op::Rope)),
         }
     }
 
     fn kv_append(&self, a: AppendArgs<'_>) -> Result<()> {
         match self.op_plan(Op::KvAppend, &a.desc)? {
-            OpPlan::Append(k) => step::kv_append(&self.ctx(), k, a),
+            OpPlan::Append(k) => self.timed(Op::KvAppend, || step::kv_append(&self.ctx(), k, a)),
             _ => Err(self.mismatch(Op::KvAppend)),
         }
     }
 
     fn attention(&self, a: AttentionArgs<'_>) -> Result<()> {
         match self.op_plan(Op::Attention, &a.desc)? {
-            OpPlan::Attention(l) => step::attention(&self.ctx(), &l, a),
+            OpPlan::Attention(l) => self.timed(Op::Attention, || step::attention(&self.ctx(), &l, a)),
             _ => Err(self.mismatch(Op::Attention)),
         }
     }
 
     fn attention_plain(&self, a: PlainAttentionArgs<'_>) -> Result<()> {
         match self.op_plan(Op::AttentionPlain, &a.desc)? {
-            OpPlan::Attention(l) => step::attention_plain(&self.ctx(), &l, a),
+            OpPlan::Attention(l) => self.timed(Op::AttentionPlain, || step::attention_plain(&self.ctx(), &l, a)),
             _ => Err(self.mismatch(Op::AttentionPlain)),
         }
     }
@@ -427,20 +451,20 @@ impl AttentionBackend for HipBackend {
             return Err(self.mismatch(Op::Step));
         };
         let ctx = self.ctx();
-        match (self.strategy, rope, append) {
+        self.timed(Op::Step, || match (self.strategy, rope, append) {
             (Strategy::Flash, Some(r), None) => step::flash::step(&ctx, &r, &attention, a),
             (Strategy::Hybrid, Some(r), None) => step::hybrid::step(&ctx, &r, &attention, a),
             (Strategy::Separate, Some(r), Some(k)) => step::separate::step(&ctx, &r, k, &attention, a),
             (Strategy::Fused, None, Some(k)) => step::fused::step(&ctx, k, &attention, a),
             _ => Err(self.mismatch(Op::Step)),
-        }
+        })
     }
 
     /// Context shift: keys stored rotated are rotated by `delta` in place (the rope kernel over
     /// the tokens' cache slots); hip-fused slots that hold a position only move it.
     fn shift_positions(&self, a: ShiftArgs<'_>) -> Result<()> {
         match self.op_plan(Op::Shift, &a.desc)? {
-            OpPlan::Rope(l) => step::shift(&self.ctx(), &l, a),
+            OpPlan::Rope(l) => self.timed(Op::Shift, || step::shift(&self.ctx(), &l, a)),
             _ => Err(self.mismatch(Op::Shift)),
         }
     }

@@ -53,7 +53,8 @@ fn main() -> ExitCode {
         use tracing_subscriber::fmt::format::FmtSpan;
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("attnforge_api=debug,attnforge_cpu=debug,attnforge_hip=debug"));
-        tracing_subscriber::fmt().with_env_filter(filter).with_span_events(FmtSpan::CLOSE).with_writer(std::io::stderr).init();
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        tracing_subscriber::fmt().with_env_filter(filter).with_span_events(FmtSpan::CLOSE).with_ansi(ansi).with_writer(std::io::stderr).init();
     }
     attnforge_conformance::link_backends();
     match cli.command {

@@ -92,13 +92,16 @@ pub struct GenConfig {
     pub max_q_len: usize,
     /// Largest number of tokens cached before the op.
     pub max_cached: usize,
+    /// Largest number of cached tokens of a long decode (a seventh of the drawn sequences:
+    /// `max_cached + 1 ..= max_long_decode` keys, enough for the GPU backends' split-K decode).
+    pub max_long_decode: usize,
 }
 
 impl GenConfig {
     /// The default mix for `dtype`: head dims {32, 64, 80, 96, 128, 256} and the large ones
     /// (512, 2048) that backends may claim, lengths sized for a CPU reference.
     pub fn new(dtype: DType) -> Self {
-        GenConfig { dtype, head_dims: vec![32, 64, 80, 96, 128, 256, 512, 2048], max_q_len: 24, max_cached: 48 }
+        GenConfig { dtype, head_dims: vec![32, 64, 80, 96, 128, 256, 512, 2048], max_q_len: 24, max_cached: 48, max_long_decode: 400 }
     }
 }
 
@@ -154,14 +157,17 @@ fn rope(head_dims: Vec<usize>) -> impl Strategy<Value = RopeConfig> {
 
 /// Strategy for valid [`Case`]s.
 pub fn cases(cfg: GenConfig) -> impl Strategy<Value = Case> {
-    let (max_q, max_cached) = (cfg.max_q_len, cfg.max_cached);
+    let (max_q, max_cached, long) = (cfg.max_q_len, cfg.max_cached, cfg.max_long_decode);
     let seq = prop_oneof![
         // decode
-        (0..=max_cached).prop_map(|cached| SeqCase { cached, q_len: 1 }),
+        2 => (0..=max_cached).prop_map(|cached| SeqCase { cached, q_len: 1 }),
+        // long decode: more keys than one split of the GPU backends' split-K decode (128 keys
+        // on the vector units, 256 on the matrix cores), so the merge of splits runs
+        1 => (max_cached + 1..=long.max(max_cached + 1)).prop_map(|cached| SeqCase { cached, q_len: 1 }),
         // prefill
-        (1..=max_q).prop_map(|q_len| SeqCase { cached: 0, q_len }),
+        2 => (1..=max_q).prop_map(|q_len| SeqCase { cached: 0, q_len }),
         // chunked prefill
-        ((1..=max_cached), (1..=max_q)).prop_map(|(cached, q_len)| SeqCase { cached, q_len }),
+        2 => ((1..=max_cached), (1..=max_q)).prop_map(|(cached, q_len)| SeqCase { cached, q_len }),
     ];
     (
         heads(),

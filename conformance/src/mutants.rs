@@ -35,11 +35,28 @@ pub enum Bug {
     /// Attention multiplies by `1/sqrt(head_dim)` whatever scale it was given (right for the
     /// default scale; only the cases that draw another can catch it).
     ScaleIgnored,
+    /// The composite step rotates K twice (a fused RoPE + append kernel handed keys the RoPE
+    /// pass already rotated): the standalone ops are right, only the step cells can catch it.
+    StepRotatesKTwice,
+    /// The composite step leaves Q unrotated (hip-hybrid rotates Q inside the attention kernel;
+    /// a plan that picks the plain kernel for that path forgets it).
+    HybridQUnrotated,
+    /// Split-K decode merges its partial results but drops the last split (a merge loop bound
+    /// off by one): right while a decode's keys fit one split of [`SPLIT_KEYS`], so only the
+    /// long decodes the suite draws (more keys than the GPU backends' split sizes) catch it.
+    SplitMergeDropsSplit,
+    /// A scaled RoPE table shifted by one pair (`inv_freq[i + 1]` used for pair `i`, a per-pair
+    /// factor table read off by one): right for plain RoPE, caught by the scaled cases.
+    ScalingTableShifted,
 }
+
+/// Keys per split of [`Bug::SplitMergeDropsSplit`]: the vector decode's least split size (128
+/// keys; the matrix-core decode's is 256), so any decode the GPU backends split is split here.
+pub const SPLIT_KEYS: usize = 128;
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 10] = [
+    pub const ALL: [Bug; 14] = [
         Bug::RopeStyleSwapped,
         Bug::CausalOffByOne,
         Bug::GqaModulo,
@@ -50,6 +67,10 @@ impl Bug {
         Bug::RopeIgnoresRowStride,
         Bug::StalePlanUpdate,
         Bug::ScaleIgnored,
+        Bug::StepRotatesKTwice,
+        Bug::HybridQUnrotated,
+        Bug::SplitMergeDropsSplit,
+        Bug::ScalingTableShifted,
     ];
 
     /// Registry name: `mutant-...`.
@@ -65,13 +86,18 @@ impl Bug {
             Bug::RopeIgnoresRowStride => "mutant-rope-ignores-row-stride",
             Bug::StalePlanUpdate => "mutant-stale-plan-update",
             Bug::ScaleIgnored => "mutant-scale-ignored",
+            Bug::StepRotatesKTwice => "mutant-step-rotates-k-twice",
+            Bug::HybridQUnrotated => "mutant-hybrid-q-unrotated",
+            Bug::SplitMergeDropsSplit => "mutant-split-merge-drops-split",
+            Bug::ScalingTableShifted => "mutant-scaling-table-shifted",
         }
     }
 
     /// The op whose check must catch it.
     pub fn op(self) -> Op {
         match self {
-            Bug::RopeStyleSwapped | Bug::RopeIgnoresRowStride => Op::Rope,
+            Bug::RopeStyleSwapped | Bug::RopeIgnoresRowStride | Bug::ScalingTableShifted => Op::Rope,
+            Bug::StepRotatesKTwice | Bug::HybridQUnrotated => Op::Step,
             Bug::AppendIgnoresPageTable => Op::KvAppend,
             Bug::ShiftWrongSign => Op::Shift,
             _ => Op::Attention,
@@ -98,6 +124,10 @@ fn buggy_attend(bug: Bug, q: &[f64], k: &[f64], v: &[f64], q_len: usize, kv_len:
         let mut visible = if p.causal { kv_len - q_len + i + 1 } else { kv_len };
         if bug == Bug::CausalOffByOne && p.causal {
             visible = (visible + 1).min(kv_len);
+        }
+        if bug == Bug::SplitMergeDropsSplit && q_len == 1 && visible > SPLIT_KEYS {
+            // The splits are [0, 128), [128, 256), ...; the merge forgets the last one.
+            visible = (visible - 1) / SPLIT_KEYS * SPLIT_KEYS;
         }
         for h in 0..heads {
             let kh = if bug == Bug::GqaModulo { h % kv_heads } else { h / group };
@@ -158,6 +188,14 @@ impl AttentionBackend for Mutant {
             }
             return Ok(());
         }
+        if self.0 == Bug::ScalingTableShifted && a.config.scaling != RopeScaling::None {
+            let mut freqs = a.freqs.clone();
+            let n = freqs.inv_freq.len();
+            for i in 0..n.saturating_sub(1) {
+                freqs.inv_freq[i] = a.freqs.inv_freq[i + 1];
+            }
+            return CpuBackend.rope(RopeArgs { freqs, ..a });
+        }
         if self.0 != Bug::RopeStyleSwapped {
             return CpuBackend.rope(a);
         }
@@ -207,7 +245,7 @@ impl AttentionBackend for Mutant {
                 after[last] = before[last];
                 write(out, "out", &after)
             }
-            Bug::CausalOffByOne | Bug::GqaModulo | Bug::SoftmaxNoMax | Bug::ScaleIgnored => {
+            Bug::CausalOffByOne | Bug::GqaModulo | Bug::SoftmaxNoMax | Bug::ScaleIgnored | Bug::SplitMergeDropsSplit => {
                 let AttentionArgs { q, pools, meta, batch, kv_lens, params, out, .. } = a;
                 let (heads, d) = (q.shape()[1], q.shape()[2]);
                 let kv_heads = pools.spec().num_kv_heads;
@@ -240,6 +278,29 @@ impl AttentionBackend for Mutant {
         CpuBackend.attention_plain(a)
     }
 
+    fn rope_append_attend(&self, mut args: StepArgs<'_>) -> Result<()> {
+        match self.0 {
+            Bug::StepRotatesKTwice => {
+                self.rope(args.rope_args())?;
+                // ... and once more, K alone, before the append.
+                let RopeArgs { k, positions, config, freqs, .. } = args.rope_args();
+                let mut x = read(k, "k")?;
+                attnforge_cpu::ops::rope::rope_rows(&mut x, k.shape()[1], positions, config, &freqs);
+                write(k, "k", &x)?;
+            }
+            Bug::HybridQUnrotated => {
+                let RopeArgs { q, .. } = args.rope_args();
+                let unrotated = read(q, "q")?;
+                self.rope(args.rope_args())?;
+                let RopeArgs { q, .. } = args.rope_args();
+                write(q, "q", &unrotated)?;
+            }
+            _ => self.rope(args.rope_args())?,
+        }
+        self.kv_append(args.append_args())?;
+        self.attention(args.attention_args())
+    }
+
     fn shift_positions(&self, a: ShiftArgs<'_>) -> Result<()> {
         let delta = if self.0 == Bug::ShiftWrongSign { -a.delta } else { a.delta };
         CpuBackend.shift_positions(ShiftArgs { delta, ..a })
@@ -263,5 +324,20 @@ mod registered {
             }
         )*};
     }
-    register!(RopeStyleSwapped, CausalOffByOne, GqaModulo, UnwrittenElement, SoftmaxNoMax, AppendIgnoresPageTable, ShiftWrongSign, RopeIgnoresRowStride, StalePlanUpdate);
+    register!(
+        RopeStyleSwapped,
+        CausalOffByOne,
+        GqaModulo,
+        UnwrittenElement,
+        SoftmaxNoMax,
+        AppendIgnoresPageTable,
+        ShiftWrongSign,
+        RopeIgnoresRowStride,
+        StalePlanUpdate,
+        ScaleIgnored,
+        StepRotatesKTwice,
+        HybridQUnrotated,
+        SplitMergeDropsSplit,
+        ScalingTableShifted
+    );
 }

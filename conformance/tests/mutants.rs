@@ -67,7 +67,7 @@ fn rope_ignoring_the_row_stride_is_caught_on_the_views_path() {
 
 #[test]
 fn every_bug_has_a_test() {
-    assert_eq!(Bug::ALL.len(), 10);
+    assert_eq!(Bug::ALL.len(), 14);
     assert!(Bug::ALL.iter().all(|b| Op::ALL.contains(&b.op())));
 }
 
@@ -82,4 +82,26 @@ fn a_plan_update_that_keeps_the_old_step_is_caught_on_the_plan_path() {
     assert!(cell("attention").failure.is_none(), "{}", report.to_markdown());
     assert!(cell("attention/views").failure.is_none(), "{}", report.to_markdown());
     assert!(cell("attention/plan").failure.is_some(), "{}", report.to_markdown());
+}
+
+#[test]
+fn a_step_that_rotates_k_twice_is_caught() {
+    caught(Bug::StepRotatesKTwice, DType::F32);
+}
+
+#[test]
+fn a_step_that_leaves_q_unrotated_is_caught() {
+    caught(Bug::HybridQUnrotated, DType::BF16);
+}
+
+/// Only decodes over more keys than one split show it: the suite draws them.
+#[test]
+fn a_split_k_merge_that_drops_a_split_is_caught() {
+    caught(Bug::SplitMergeDropsSplit, DType::F16);
+}
+
+/// Plain RoPE is right: only the scaled cases show it.
+#[test]
+fn a_scaling_table_shifted_by_one_pair_is_caught() {
+    caught(Bug::ScalingTableShifted, DType::F32);
 }

@@ -510,6 +510,12 @@ impl Gpu {
         }
     }
 
+    /// Whether a graph capture is running on this stream (nothing may synchronise it then).
+    #[cfg_attr(not(feature = "device-time"), allow(dead_code))]
+    pub fn capturing(&self) -> bool {
+        self.inner.captured.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
     /// Records `b` as used by the capture running on this stream, if any: the graph holds it
     /// until it is dropped, so a replay never touches freed memory. Every buffer a run's
     /// launches read or write passes here (tensors and pools through `storage`, a plan's
