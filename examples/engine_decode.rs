@@ -166,17 +166,14 @@ mod cuda {
     }
 }
 
-/// A deterministic normal generator (Box-Muller over an LCG).
-struct Rng(u64);
+/// Seeded normals (rand's StdRng, the generator the whole repository uses).
+struct Rng(rand::rngs::StdRng);
 impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let u = |x: u64| ((x >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
-        let (a, b) = (u(self.0), u(self.0.rotate_left(21)));
-        (-2.0 * a.ln()).sqrt() * (std::f32::consts::TAU * b).cos()
+    fn new(seed: u64) -> Self {
+        Rng(rand::SeedableRng::seed_from_u64(seed))
     }
     fn normals(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.next()).collect()
+        (0..n).map(|_| rand::Rng::sample::<f32, _>(&mut self.0, rand_distr::StandardNormal)).collect()
     }
 }
 
@@ -188,7 +185,7 @@ struct Model {
 
 impl Model {
     fn new() -> Self {
-        let mut r = Rng(7);
+        let mut r = Rng::new(7);
         let scale = 1.0 / (HIDDEN as f32).sqrt();
         Model { wqkv: (0..LAYERS).map(|_| r.normals(HIDDEN * W).iter().map(|x| x * scale).collect()).collect(), rope: RopeConfig::new(D, 500000.0, 4096) }
     }
@@ -292,7 +289,7 @@ fn forward<A: Memory, B: Memory>(model: &Model, a: &mut Engine<A>, mut b: Option
 /// is forked into 3 at step 4, sequence 1 rolled back by two tokens at step 8.
 fn run<A: Memory, B: Memory>(model: &Model, a: &mut Engine<A>, mut b: Option<&mut Engine<B>>) -> Result<f32> {
     let prompts = [37usize, 20, 5];
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     let mut active: Vec<usize> = vec![0, 1, 2];
     let mut batch = Batch::new(active.clone(), prompts.to_vec())?;
     let mut x = rng.normals(batch.total_tokens() * HIDDEN);

@@ -49,8 +49,8 @@ fn run() -> Result<()> {
 
     let batch = Batch::new(vec![0, 1], prompt_lens.to_vec())?;
     let t = batch.total_tokens();
-    let mut rng = 0x2545F4914F6CDD1Du64;
-    let mut normals = |n: usize| -> Vec<f32> { (0..n).map(|_| normal(&mut rng)).collect() };
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+    let mut normals = |n: usize| -> Vec<f32> { (0..n).map(|_| rand::Rng::sample::<f32, _>(&mut rng, rand_distr::StandardNormal)).collect() };
     let mut q = backend.upload(&normals(t * h * d), &[t, h, d], dtype)?;
     let mut k = backend.upload(&normals(t * hk * d), &[t, hk, d], dtype)?;
     let v = backend.upload(&normals(t * hk * d), &[t, hk, d], dtype)?;
@@ -68,16 +68,4 @@ fn run() -> Result<()> {
     println!("\nprefill of {t} tokens: cache lengths {} and {}", cache.seq_len(0), cache.seq_len(1));
     println!("output [{t}, {h}, {d}] checksum {checksum:.6} (sum |x| {abs:.6})");
     Ok(())
-}
-
-/// A standard normal from a xorshift generator (Box-Muller); keeps the example dependency-free.
-fn normal(state: &mut u64) -> f32 {
-    let mut uniform = || {
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        ((*state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
-    let (u1, u2) = (uniform(), uniform());
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }

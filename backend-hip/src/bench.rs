@@ -103,16 +103,11 @@ fn median_ms_few(be: &HipBackend, mut f: impl FnMut() -> Result<()>) -> Result<f
     Ok(v[1])
 }
 
+/// `n` standard normals from `seed` (rand's StdRng, as the test data everywhere).
 fn randn(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.4
-        })
-        .collect()
+    use rand::{Rng as _, SeedableRng};
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| r.sample::<f32, _>(rand_distr::StandardNormal)).collect()
 }
 
 /// The shapes of the `mma` and `decode-graph` modes (`bench/shapes.json` in this package, read

@@ -53,6 +53,11 @@ mod storage;
 #[doc(hidden)]
 pub mod bench;
 
+// Host buffers go to the device as they lie in memory (bytemuck casts): the devices are
+// little-endian, so the host must be.
+#[cfg(target_endian = "big")]
+compile_error!("attnforge-hip: host buffers are copied to the device as they are; a big-endian host is not supported");
+
 /// Code objects embedded by build.rs (module name, bytes), the architectures they were built
 /// for and the entry points ptxas compiled.
 #[allow(missing_docs)]

@@ -131,26 +131,36 @@ pub(crate) fn pool_state_mut(c: &mut KvPools) -> Option<&mut GpuPoolState> {
     c.parts_mut().2.and_then(|s| s.as_any_mut().downcast_mut::<GpuPoolState>())
 }
 
+/// f32 values as the dtype's bytes (`half`'s slice conversions: round to nearest even, the
+/// hardware's conversion; device memory is little-endian like the host, see the crate root).
 pub(crate) fn encode(src: &[f32], dtype: DType) -> Vec<u8> {
-    let mut out = Vec::with_capacity(src.len() * dtype.size());
+    use half::slice::HalfFloatSliceExt;
     match dtype {
-        DType::F32 => src.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        DType::F16 => src.iter().for_each(|&x| out.extend_from_slice(&half::f16::from_f32(x).to_bits().to_le_bytes())),
-        DType::BF16 => src.iter().for_each(|&x| out.extend_from_slice(&half::bf16::from_f32(x).to_bits().to_le_bytes())),
+        DType::F32 => bytemuck::cast_slice(src).to_vec(),
+        DType::F16 => {
+            let mut h = vec![half::f16::ZERO; src.len()];
+            h.convert_from_f32_slice(src);
+            bytemuck::cast_slice(&h).to_vec()
+        }
+        DType::BF16 => {
+            let mut h = vec![half::bf16::ZERO; src.len()];
+            h.convert_from_f32_slice(src);
+            bytemuck::cast_slice(&h).to_vec()
+        }
     }
-    out
 }
 
-/// The dtype's bytes to f32 (exact).
+/// The dtype's bytes to f32 (exact). `bytes` may be unaligned (a byte buffer from the device).
 pub(crate) fn decode(bytes: &[u8], dtype: DType) -> Vec<f32> {
+    use half::slice::HalfFloatSliceExt;
     match dtype {
-        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        DType::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
-        DType::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
+        DType::F32 => bytemuck::pod_collect_to_vec(bytes),
+        DType::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(bytes).to_f32_vec(),
+        DType::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(bytes).to_f32_vec(),
     }
 }
 
-/// i32 values as little-endian bytes.
+/// i32 values as bytes.
 pub(crate) fn i32_bytes(v: &[i32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    bytemuck::cast_slice(v).to_vec()
 }

@@ -467,7 +467,7 @@ impl Gpu {
         let mut summary = Vec::with_capacity(parts.len());
         for p in parts {
             summary.push(MetaPart { offset: bytes.len(), len: p.len(), min: p.iter().copied().min().unwrap_or(0), max: p.iter().copied().max().unwrap_or(-1) });
-            bytes.extend(p.iter().flat_map(|x| x.to_le_bytes()));
+            bytes.extend_from_slice(bytemuck::cast_slice(p));
         }
         if !bytes.is_empty() {
             self.inner.staging.upload(self.drv()?, self.inner.stream, meta.buf.ptr, &bytes)?;
@@ -870,7 +870,7 @@ fn meta_bytes(parts: &[&[i32]]) -> Result<(Vec<u8>, Vec<MetaPart>)> {
     let mut summary = Vec::with_capacity(parts.len());
     for p in parts {
         summary.push(MetaPart { offset: bytes.len(), len: p.len(), min: p.iter().copied().min().unwrap_or(0), max: p.iter().copied().max().unwrap_or(-1) });
-        bytes.extend(p.iter().flat_map(|x| x.to_le_bytes()));
+        bytes.extend_from_slice(bytemuck::cast_slice(p));
     }
     Ok((bytes, summary))
 }

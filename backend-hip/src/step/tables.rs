@@ -36,7 +36,7 @@ impl RopeTables {
             *used = now;
             return Ok(t.clone());
         }
-        let bytes: Vec<u8> = freqs.inv_freq.iter().flat_map(|f| f.to_le_bytes()).collect();
+        let bytes: Vec<u8> = bytemuck::cast_slice(&freqs.inv_freq).to_vec();
         let t = Arc::new(gpu.upload(&bytes)?);
         if lru.tables.len() >= MAX_TABLES {
             if let Some(oldest) = lru.tables.iter().min_by_key(|(_, (_, u))| *u).map(|(k, _)| k.clone()) {

@@ -271,7 +271,7 @@ pub(crate) fn prepare(l: &AttnLaunch, c: &AttnShape<'_>) -> Result<AttnHost> {
             }
             let most = c.q_lens.iter().try_fold(0usize, |a, &ql| a.checked_add(ql.checked_mul(c.heads)?.checked_mul(bucket)?));
             scratch = most.and_then(|x| x.checked_mul(4)).ok_or_else(|| Error::InvalidArgument("score buffer size overflows".into()))?;
-            sep = row_entry.iter().flat_map(|x| x.to_le_bytes()).collect();
+            sep = bytemuck::cast_slice(&row_entry).to_vec();
             sep_at = sep.len().next_multiple_of(8);
             sep.resize(sep_at, 0);
             sep.extend_from_slice(&s_off);
