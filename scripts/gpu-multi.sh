@@ -26,23 +26,23 @@ for f in "$B"/bin/*.xz "$B"/test/*.xz; do [ -e "$f" ] && xz -d -f -T0 "$f"; done
 chmod +x "$B"/bin/* "$B"/test/* 2>/dev/null
 N=$(nvidia-smi -L | grep -c '^GPU')
 { nvidia-smi -L; nvidia-smi topo -m; } > "$LOG/device.txt" 2>&1
-C="$B/bin/conformance"
+C="$B/bin/attnforge conformance --no-progress"
 pids=()
 run() { local name=$1; shift; ( timeout "$LIMIT" "$@" > "$LOG/$name.log" 2>&1; echo $? > "$LOG/$name.rc" ) & pids+=($!); }
 for b in $BACKENDS; do
   for k in $(seq 0 $((N - 1))); do
-    run "conformance-$b-gpu$k" "$C" --backend "$b" --device "$k" --cases "$CASES" --report "$LOG/conformance-$b-gpu$k.md"
+    run "conformance-$b-gpu$k" $C --backend "$b" --device "$k" --cases "$CASES" --report "$LOG/conformance-$b-gpu$k.md"
   done
 done
 run tests bash "$B/run"
 wait "${pids[@]}"
 # Sharded runs and the soak on quiet GPUs (the soak reads device-wide memory).
 for b in hip-flash hip-hybrid; do
-  timeout 200 "$C" --backend "$b" --shards "$N" > "$LOG/sharded-$b.log" 2>&1; echo $? > "$LOG/sharded-$b.rc"
-  timeout 200 "$C" --backend "$b" --shards 1 > "$LOG/sharded1-$b.log" 2>&1; echo $? > "$LOG/sharded1-$b.rc"
+  timeout 200 $C --backend "$b" --shards "$N" > "$LOG/sharded-$b.log" 2>&1; echo $? > "$LOG/sharded-$b.rc"
+  timeout 200 $C --backend "$b" --shards 1 > "$LOG/sharded1-$b.log" 2>&1; echo $? > "$LOG/sharded1-$b.rc"
 done
-timeout 300 "$C" --backend hip-flash --shards "$N" --dtype bf16 --soak "$SOAK" > "$LOG/soak.log" 2>&1; echo $? > "$LOG/soak.rc"
-timeout 300 compute-sanitizer "$C" --backend hip-flash --shards "$N" --dtype bf16 > "$LOG/memcheck-sharded.log" 2>&1; echo $? > "$LOG/memcheck-sharded.rc"
+timeout 300 $C --backend hip-flash --shards "$N" --dtype bf16 --soak "$SOAK" > "$LOG/soak.log" 2>&1; echo $? > "$LOG/soak.rc"
+timeout 300 compute-sanitizer $C --backend hip-flash --shards "$N" --dtype bf16 > "$LOG/memcheck-sharded.log" 2>&1; echo $? > "$LOG/memcheck-sharded.rc"
 for rc in "$LOG"/*.rc; do
   n=$(basename "$rc" .rc)
   s=$(grep -h "ERROR SUMMARY" "$LOG/$n.log" | tail -1)

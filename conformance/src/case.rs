@@ -178,8 +178,17 @@ pub fn cases(cfg: GenConfig) -> impl Strategy<Value = Case> {
         prop_oneof![3 => Just(1.0f32), 1 => Just(4.0f32), 1 => Just(0.25f32)],
         prop_oneof![2 => Just(1.0f32), 1 => 0.05f32..1.0, 1 => 1.0f32..3.0],
         any::<u64>(),
+        // A quarter of the batches decode only (every sequence one new token): the GPU backends
+        // run their decode kernels only when no sequence of the batch has more than a few
+        // queries, and split the long ones (split-K) only there.
+        prop_oneof![3 => Just(false), 1 => Just(true)],
     )
-        .prop_map(move |((heads, kv_heads), rope, page_size, causal, mut seqs, amplitude, scale, seed)| {
+        .prop_map(move |((heads, kv_heads), rope, page_size, causal, mut seqs, amplitude, scale, seed, decode_only)| {
+            if decode_only {
+                for s in &mut seqs {
+                    s.q_len = 1;
+                }
+            }
             // Large heads: keep the reference's work bounded.
             if rope.head_dim >= 512 {
                 seqs.truncate(2);
