@@ -156,7 +156,13 @@ fn heads_batches_and_lengths() {
     let (mut q0, mut k0) = (t(&be, &[0, 2, 8], DType::F32), t(&be, &[0, 2, 8], DType::F32));
     assert_eq!(kind(be.rope(&mut q0, &mut k0, &[], &RopeConfig::new(8, 1e4, 8))), "EmptyBatch");
 
-    assert_eq!(PlainBatch::new(vec![3], vec![2]).unwrap_err(), Error::QLenExceedsKvLen { seq: 0, q_len: 3, kv_len: 2 });
+    // More queries than keys: cross-attention for non-causal attention, refused by causal.
+    let pb = PlainBatch::new(vec![2, 3], vec![2, 1]).unwrap();
+    let (q5, kv3) = (t(&be, &[5, 4, 8], DType::F32), t(&be, &[3, 2, 8], DType::F32));
+    let mut out5 = t(&be, &[5, 4, 8], DType::F32);
+    assert_eq!(be.attention_plain(&q5, &kv3, &kv3, &pb, AttentionParams::causal(8), &mut out5).unwrap_err(), Error::QLenExceedsKvLen { seq: 1, q_len: 3, kv_len: 1 });
+    be.attention_plain(&q5, &kv3, &kv3, &pb, AttentionParams::full(8), &mut out5).unwrap();
+    assert_eq!(kind(PlainBatch::new(vec![3], vec![0])), "EmptyBatch");
     // Attention over a cache that holds fewer tokens than the queries.
     let c = cache(&be, CacheLayout::Contiguous { capacity: 8 });
     let q = t(&be, &[2, 4, 8], DType::F32);

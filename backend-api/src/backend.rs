@@ -1245,6 +1245,15 @@ impl Backend {
         Self::check_heads(h, hk)?;
         self.check_tensor("out", out, q.shape(), dtype)?;
         Self::check_params(params)?;
+        if params.causal {
+            // Causal rows see keys up to kv_len - q_len + i: with more queries than keys the
+            // first rows would see none.
+            for (i, (&q_len, &kv_len)) in batch.q_lens().iter().zip(batch.kv_lens()).enumerate() {
+                if q_len > kv_len {
+                    return Err(Error::QLenExceedsKvLen { seq: i, q_len, kv_len });
+                }
+            }
+        }
         Ok(ProblemDesc {
             dtype,
             num_heads: h,

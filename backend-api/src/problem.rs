@@ -92,7 +92,10 @@ pub struct PlainBatch {
 }
 
 impl PlainBatch {
-    /// Errors on an empty batch, a zero length, mismatched lengths or `q_len > kv_len`.
+    /// Errors on an empty batch, a zero length (queries or keys) or mismatched lengths. An entry
+    /// may have more queries than keys (encoder self-attention over a shorter memory,
+    /// cross-attention into a fixed memory): non-causal attention takes it; causal attention
+    /// refuses it (`QLenExceedsKvLen`: its first rows would see no key).
     pub fn new(q_lens: Vec<usize>, kv_lens: Vec<usize>) -> Result<Self> {
         if q_lens.is_empty() {
             return Err(Error::EmptyBatch { detail: "a batch needs at least one sequence".into() });
@@ -103,10 +106,8 @@ impl PlainBatch {
         if let Some(i) = q_lens.iter().position(|&q| q == 0) {
             return Err(Error::EmptyBatch { detail: format!("batch entry {i} has q_len 0") });
         }
-        for (i, (&q, &kv)) in q_lens.iter().zip(&kv_lens).enumerate() {
-            if q > kv {
-                return Err(Error::QLenExceedsKvLen { seq: i, q_len: q, kv_len: kv });
-            }
+        if let Some(i) = kv_lens.iter().position(|&kv| kv == 0) {
+            return Err(Error::EmptyBatch { detail: format!("batch entry {i} has kv_len 0 (attention needs a key)") });
         }
         let q_offsets = prefix_sum(&q_lens)?;
         let kv_offsets = prefix_sum(&kv_lens)?;
@@ -301,7 +302,9 @@ impl ProblemDesc {
         if let Some(layout) = self.layout {
             KvCacheSpec { num_seqs: self.batch_size, num_kv_heads: self.num_kv_heads, head_dim: self.head_dim, dtype: self.dtype, layout }.validate()?;
         }
-        if self.max_kv_len > 0 && self.max_q_len > self.max_kv_len {
+        // More queries than keys: only causal attention cannot take it (non-causal plain
+        // attention is cross-attention; a cache always holds the new tokens too).
+        if self.causal && self.max_kv_len > 0 && self.max_q_len > self.max_kv_len {
             return Err(Error::QLenExceedsKvLen { seq: 0, q_len: self.max_q_len, kv_len: self.max_kv_len });
         }
         crate::tensor::checked_bytes(&[self.batch_size, self.max_q_len, self.num_heads, self.head_dim], self.dtype)?;

@@ -128,6 +128,7 @@ fn long_problems_match_the_reference() {
                             continue; // MHA at head_dim 128 only (the reference's time)
                         }
                         let case = Case {
+                            cross: false,
                             dtype,
                             heads,
                             kv_heads,

@@ -122,10 +122,9 @@ fn list(json: bool) -> ExitCode {
     }
     for d in &devices {
         println!(
-            "GPU {}: {} {} ({}, {} SMs, warp {}, {} KiB shared memory per block, matrix cores: {})",
+            "GPU {}: {} ({}, {} SMs, warp {}, {} KiB shared memory per block, matrix cores: {})",
             d.ordinal,
-            d.vendor,
-            d.name,
+            if d.name.starts_with(d.vendor) { d.name.clone() } else { format!("{} {}", d.vendor, d.name) },
             d.arch,
             d.sms,
             d.warp_size,

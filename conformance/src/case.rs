@@ -37,9 +37,24 @@ pub struct Case {
     pub scale: f32,
     /// Seed of the tensors and page tables.
     pub seed: u64,
+    /// Cross-attention in the `attention_plain` cells (only when not causal; drawn in half of
+    /// those cases): each sequence's keys and values are its cached rows and its first new row
+    /// only (`kv_len = cached + 1`), so a sequence has more queries than keys whenever `q_len >
+    /// cached + 1` (an encoder over a shorter memory, cross-attention into a fixed one).
+    pub cross: bool,
 }
 
 impl Case {
+    /// Keys of sequence `s` in `op`: its cached and new rows, or for a cross-attention case's
+    /// plain attention its cached rows and first new row.
+    pub fn plain_kv_len(&self, s: &SeqCase, op: Op) -> usize {
+        if self.cross && op == Op::AttentionPlain {
+            s.cached + 1
+        } else {
+            s.cached + s.q_len
+        }
+    }
+
     /// Size of one head.
     pub fn head_dim(&self) -> usize {
         self.rope.head_dim
@@ -65,7 +80,7 @@ impl Case {
     /// What a capability query sees for `op`.
     pub fn desc(&self, op: Op) -> ProblemDesc {
         let max_q = self.seqs.iter().map(|s| s.q_len).max().unwrap_or(0);
-        let max_kv = self.seqs.iter().map(|s| s.cached + s.q_len).max().unwrap_or(0);
+        let max_kv = self.seqs.iter().map(|s| self.plain_kv_len(s, op)).max().unwrap_or(0);
         ProblemDesc {
             dtype: self.dtype,
             num_heads: if op == Op::KvAppend { self.kv_heads } else { self.heads },
@@ -182,8 +197,9 @@ pub fn cases(cfg: GenConfig) -> impl Strategy<Value = Case> {
         // run their decode kernels only when no sequence of the batch has more than a few
         // queries, and split the long ones (split-K) only there.
         prop_oneof![3 => Just(false), 1 => Just(true)],
+        any::<bool>(),
     )
-        .prop_map(move |((heads, kv_heads), rope, page_size, causal, mut seqs, amplitude, scale, seed, decode_only)| {
+        .prop_map(move |((heads, kv_heads), rope, page_size, causal, mut seqs, amplitude, scale, seed, decode_only, cross)| {
             if decode_only {
                 for s in &mut seqs {
                     s.q_len = 1;
@@ -197,6 +213,6 @@ pub fn cases(cfg: GenConfig) -> impl Strategy<Value = Case> {
                     s.q_len = s.q_len.min(4);
                 }
             }
-            Case { dtype: cfg.dtype, heads, kv_heads, rope, page_size, causal, seqs, amplitude, scale, seed }
+            Case { dtype: cfg.dtype, heads, kv_heads, rope, page_size, causal, seqs, amplitude, scale, seed, cross: cross && !causal }
         })
 }

@@ -48,6 +48,10 @@ pub enum Bug {
     /// A scaled RoPE table shifted by one pair (`inv_freq[i + 1]` used for pair `i`, a per-pair
     /// factor table read off by one): right for plain RoPE, caught by the scaled cases.
     ScalingTableShifted,
+    /// Plain attention leaves unwritten the query rows past a sequence's key count (a grid sized
+    /// by the keys): right while queries never outnumber keys, caught by the cross-attention
+    /// cases (non-causal, more queries than keys).
+    CrossRowsUnwritten,
 }
 
 /// Keys per split of [`Bug::SplitMergeDropsSplit`]: the vector decode's least split size (128
@@ -56,7 +60,7 @@ pub const SPLIT_KEYS: usize = 128;
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 14] = [
+    pub const ALL: [Bug; 15] = [
         Bug::RopeStyleSwapped,
         Bug::CausalOffByOne,
         Bug::GqaModulo,
@@ -71,6 +75,7 @@ impl Bug {
         Bug::HybridQUnrotated,
         Bug::SplitMergeDropsSplit,
         Bug::ScalingTableShifted,
+        Bug::CrossRowsUnwritten,
     ];
 
     /// Registry name: `mutant-...`.
@@ -90,6 +95,7 @@ impl Bug {
             Bug::HybridQUnrotated => "mutant-hybrid-q-unrotated",
             Bug::SplitMergeDropsSplit => "mutant-split-merge-drops-split",
             Bug::ScalingTableShifted => "mutant-scaling-table-shifted",
+            Bug::CrossRowsUnwritten => "mutant-cross-rows-unwritten",
         }
     }
 
@@ -98,6 +104,7 @@ impl Bug {
         match self {
             Bug::RopeStyleSwapped | Bug::RopeIgnoresRowStride | Bug::ScalingTableShifted => Op::Rope,
             Bug::StepRotatesKTwice | Bug::HybridQUnrotated => Op::Step,
+            Bug::CrossRowsUnwritten => Op::AttentionPlain,
             Bug::AppendIgnoresPageTable => Op::KvAppend,
             Bug::ShiftWrongSign => Op::Shift,
             _ => Op::Attention,
@@ -275,7 +282,21 @@ impl AttentionBackend for Mutant {
     }
 
     fn attention_plain(&self, a: PlainAttentionArgs<'_>) -> Result<()> {
-        CpuBackend.attention_plain(a)
+        if self.0 != Bug::CrossRowsUnwritten {
+            return CpuBackend.attention_plain(a);
+        }
+        let PlainAttentionArgs { q, k, v, batch, params, out, desc, validated } = a;
+        let before = read(out, "out")?;
+        CpuBackend.attention_plain(PlainAttentionArgs { q, k, v, batch, params, out: &mut *out, desc, validated })?;
+        let mut after = read(out, "out")?;
+        let row = out.shape()[1] * out.shape()[2];
+        for (i, (&q_len, &kv_len)) in batch.q_lens().iter().zip(batch.kv_lens()).enumerate() {
+            let first = batch.q_offsets()[i];
+            for r in first + kv_len.min(q_len)..first + q_len {
+                after[r * row..(r + 1) * row].copy_from_slice(&before[r * row..(r + 1) * row]);
+            }
+        }
+        write(out, "out", &after)
     }
 
     fn rope_append_attend(&self, mut args: StepArgs<'_>) -> Result<()> {
@@ -338,6 +359,7 @@ mod registered {
         StepRotatesKTwice,
         HybridQUnrotated,
         SplitMergeDropsSplit,
-        ScalingTableShifted
+        ScalingTableShifted,
+        CrossRowsUnwritten
     );
 }

@@ -67,7 +67,7 @@ fn rope_ignoring_the_row_stride_is_caught_on_the_views_path() {
 
 #[test]
 fn every_bug_has_a_test() {
-    assert_eq!(Bug::ALL.len(), 14);
+    assert_eq!(Bug::ALL.len(), 15);
     assert!(Bug::ALL.iter().all(|b| Op::ALL.contains(&b.op())));
 }
 
@@ -104,4 +104,10 @@ fn a_split_k_merge_that_drops_a_split_is_caught() {
 #[test]
 fn a_scaling_table_shifted_by_one_pair_is_caught() {
     caught(Bug::ScalingTableShifted, DType::F32);
+}
+
+/// Only non-causal attention with more queries than keys shows it: the cross cases.
+#[test]
+fn cross_attention_rows_left_unwritten_are_caught() {
+    caught(Bug::CrossRowsUnwritten, DType::BF16);
 }

@@ -1,22 +1,27 @@
-//! Plain attention over given Q, K, V (variable length, no cache).
+//! Plain attention over given Q, K, V (variable length, no cache). In a cross-attention case
+//! ([`Case::cross`]) each sequence's keys are its cached rows and first new row only, so a
+//! sequence may have more queries than keys.
 
-use attnforge_api::{Backend, PlainBatch, Result};
+use attnforge_api::{Backend, Op, PlainBatch, Result};
+use attnforge_cpu::ops::attention::{attend, SeqShape};
 
-use super::{fail, golden_attention, seq_rows};
+use super::{fail, seq_rows};
 use crate::case::Case;
 use crate::setup::{rounded, Data, Io, Path};
 use crate::tolerance::{compare_cond, exact};
 
-/// K/V rows of every sequence (prefix then new), concatenated by sequence.
+/// K/V rows of every sequence (prefix then new; in a cross case the first new row only),
+/// concatenated by sequence.
 fn kv(case: &Case, d: &Data) -> (Vec<f32>, Vec<f32>) {
     let row = case.kv_heads * case.head_dim();
     let (mut k, mut v) = (Vec::new(), Vec::new());
     let (mut p0, mut n0) = (0, 0);
     for sc in &case.seqs {
+        let new = case.plain_kv_len(sc, Op::AttentionPlain) - sc.cached;
         k.extend_from_slice(&d.k_prefix[p0 * row..(p0 + sc.cached) * row]);
-        k.extend_from_slice(&d.k[n0 * row..(n0 + sc.q_len) * row]);
+        k.extend_from_slice(&d.k[n0 * row..(n0 + new) * row]);
         v.extend_from_slice(&d.v_prefix[p0 * row..(p0 + sc.cached) * row]);
-        v.extend_from_slice(&d.v[n0 * row..(n0 + sc.q_len) * row]);
+        v.extend_from_slice(&d.v[n0 * row..(n0 + new) * row]);
         p0 += sc.cached;
         n0 += sc.q_len;
     }
@@ -25,7 +30,7 @@ fn kv(case: &Case, d: &Data) -> (Vec<f32>, Vec<f32>) {
 
 fn run(be: &Backend, case: &Case, d: &Data, path: Path) -> Result<(Vec<f32>, Vec<f32>)> {
     let io = Io { be, case, path };
-    let batch = PlainBatch::new(case.seqs.iter().map(|s| s.q_len).collect(), case.seqs.iter().map(|s| s.cached + s.q_len).collect())?;
+    let batch = PlainBatch::new(case.seqs.iter().map(|s| s.q_len).collect(), case.seqs.iter().map(|s| case.plain_kv_len(s, Op::AttentionPlain)).collect())?;
     let (kd, vd) = kv(case, d);
     let q = io.fused(&[(&d.q, case.heads)])?.remove(0);
     let mut kv = io.fused(&[(&kd, case.kv_heads), (&vd, case.kv_heads)])?.into_iter();
@@ -43,10 +48,21 @@ pub fn check(be: &Backend, rf: &Backend, case: &Case, path: Path) -> Result<(), 
     let d = Data::new(case);
     let (out, again) = run(be, case, &d, path).map_err(fail("attention_plain", be))?;
     let (reference, _) = run(rf, case, &d, path).map_err(fail("attention_plain", rf))?;
-    let n = case.seqs.len();
-    let k: Vec<Vec<f64>> = (0..n).map(|s| seq_rows(case, &d.k_prefix, &d.k, case.kv_heads, s)).collect();
-    let v: Vec<Vec<f64>> = (0..n).map(|s| seq_rows(case, &d.v_prefix, &d.v, case.kv_heads, s)).collect();
-    let (golden, cond) = golden_attention(case, &rounded(&d.q, case.dtype), &k, &v);
+    // Golden: each sequence's queries over its keys (all of them: the case is not causal when
+    // it is a cross case), in f64.
+    let (row, krow) = (case.heads * case.head_dim(), case.kv_heads * case.head_dim());
+    let q_new = rounded(&d.q, case.dtype);
+    let (mut golden, mut cond, mut off) = (Vec::with_capacity(q_new.len()), 0.0f64, 0);
+    for (s, sc) in case.seqs.iter().enumerate() {
+        let kv_len = case.plain_kv_len(sc, Op::AttentionPlain);
+        let k = &seq_rows(case, &d.k_prefix, &d.k, case.kv_heads, s)[..kv_len * krow];
+        let v = &seq_rows(case, &d.v_prefix, &d.v, case.kv_heads, s)[..kv_len * krow];
+        let shape = SeqShape { q_len: sc.q_len, kv_len, heads: case.heads, kv_heads: case.kv_heads, head_dim: case.head_dim() };
+        let q = &q_new[off..off + sc.q_len * row];
+        golden.extend(attend(q, k, v, shape, case.params()));
+        cond = cond.max(crate::tolerance::attention_condition(q, k, v, shape, case.params().scale));
+        off += sc.q_len * row;
+    }
     compare_cond("attention_plain output", &out, &reference, &golden, case.dtype, cond)?;
     exact("attention_plain output, second run (determinism)", &again, &out)
 }
