@@ -163,8 +163,10 @@ pub(crate) fn prepare(l: &AttnLaunch, c: &AttnShape<'_>) -> Result<AttnHost> {
     q_off.push(0i32);
     let mut acc = 0usize;
     for (&ql, &kl) in c.q_lens.iter().zip(c.kv_lens) {
-        if ql == 0 || ql > kl {
-            return Err(Error::InvalidArgument(format!("attention: q_len {ql} over kv_len {kl}")));
+        // Causal rows see keys up to kl - ql + row: more queries than keys only without the mask
+        // (cross-attention); every kernel takes kl as the visible count then.
+        if ql == 0 || kl == 0 || (c.causal && ql > kl) {
+            return Err(Error::InvalidArgument(format!("attention: q_len {ql} over kv_len {kl}{}", if c.causal { " (causal)" } else { "" })));
         }
         acc += ql;
         q_off.push(i32_of(acc, "query rows")?);
