@@ -139,7 +139,10 @@ impl AttentionBackend for HostF32 {
                     let (mut m, mut l, mut acc) = (f32::NEG_INFINITY, 0f32, vec![0f32; d]);
                     for j in 0..seen {
                         let o = slot(a.pools, a.meta, s, j, hh / (h / hk));
-                        let sc = a.params.scale * q[r..r + d].iter().zip(&pk[o..o + d]).map(|(x, y)| x * y).sum::<f32>();
+                        let mut sc = a.params.scale * q[r..r + d].iter().zip(&pk[o..o + d]).map(|(x, y)| x * y).sum::<f32>();
+                        if let Some(cap) = a.params.softcap {
+                            sc = cap * (sc / cap).tanh(); // logit soft-capping (Gemma 2)
+                        }
                         let m2 = m.max(sc);
                         let (corr, w) = ((m - m2).exp(), (sc - m2).exp());
                         l = l * corr + w;

@@ -1204,6 +1204,11 @@ impl Backend {
         if !params.scale.is_finite() {
             return Err(Error::InvalidArgument(format!("softmax scale must be finite, got {}", params.scale)));
         }
+        if let Some(cap) = params.softcap {
+            if !(cap.is_finite() && cap > 0.0) {
+                return Err(Error::InvalidArgument(format!("logit soft-cap must be finite and positive, got {cap}")));
+            }
+        }
         Ok(())
     }
 

@@ -165,17 +165,26 @@ pub struct AttentionParams {
     pub causal: bool,
     /// Multiplies `q . k` before the softmax; usually `1 / sqrt(head_dim)`.
     pub scale: f32,
+    /// Logit soft-capping (Gemma 2, Grok): each logit `s = scale * (q . k)` becomes
+    /// `cap * tanh(s / cap)` before the softmax, so none exceeds `cap` in magnitude. `None`: off.
+    /// Must be finite and positive.
+    pub softcap: Option<f32>,
 }
 
 impl AttentionParams {
     /// Causal attention with scale `1 / sqrt(head_dim)`.
     pub fn causal(head_dim: usize) -> Self {
-        AttentionParams { causal: true, scale: 1.0 / (head_dim as f32).sqrt() }
+        AttentionParams { causal: true, scale: 1.0 / (head_dim as f32).sqrt(), softcap: None }
     }
 
     /// Non-causal attention with scale `1 / sqrt(head_dim)`.
     pub fn full(head_dim: usize) -> Self {
-        AttentionParams { causal: false, scale: 1.0 / (head_dim as f32).sqrt() }
+        AttentionParams { causal: false, scale: 1.0 / (head_dim as f32).sqrt(), softcap: None }
+    }
+
+    /// The same with logits soft-capped at `cap` (`cap * tanh(s / cap)`; Gemma 2 uses 50).
+    pub fn with_softcap(self, cap: f32) -> Self {
+        AttentionParams { softcap: Some(cap), ..self }
     }
 }
 

@@ -48,7 +48,7 @@ template <typename T> AF_DEVICE void attn_scores_body(const SepParams& p) {
         }
 #pragma unroll
         for (int o = 8; o > 0; o >>= 1) acc += af_shfl_xor(acc, o);
-        if (lane == 0 && j < r.kv_len) S[j] = j < r.visible ? acc : -INFINITY;
+        if (lane == 0 && j < r.kv_len) S[j] = j < r.visible ? af_cap2(acc, a.softcap_log2) : -INFINITY;
     }
 }
 AF_STAMP(attn_scores, SepParams, (SEP_THREADS), attn_scores_body)

@@ -494,7 +494,7 @@ fn strategies(rows: &mut Vec<Row>) -> Result<()> {
             let mut out = h.alloc(&[n, 1, d], dt)?;
             let mut cache = h.create_kv_cache(&KvCacheSpec { num_seqs: 1, num_kv_heads: 1, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: n } })?;
             let batch = Batch::uniform(1, n)?;
-            let params = AttentionParams { causal: false, scale: 1.0 / (d as f32).sqrt() };
+            let params = AttentionParams { causal: false, scale: 1.0 / (d as f32).sqrt(), softcap: None };
             let ms = median_ms(timer, || {
                 cache.reset(0)?;
                 h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params, out: &mut out })

@@ -129,6 +129,7 @@ fn long_problems_match_the_reference() {
                         }
                         let case = Case {
                             cross: false,
+                            softcap: None,
                             dtype,
                             heads,
                             kv_heads,

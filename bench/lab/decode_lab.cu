@@ -19,7 +19,7 @@
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e)); exit(1); } } while (0)
 
 // Variant: the same body with the layout and the compute switchable.
-//   HND: pools [Hk][slots][D] (p.pad = slots); else [slots][Hk][D].
+//   HND: pools [Hk][slots][D] (p.rotary_dim = slots: no RoPE here); else [slots][Hk][D].
 //   LOADONLY: stream the tiles, skip the products (what the load pattern alone reaches).
 template <typename T, int DM, int STAGES, bool HND, bool LOADONLY, int MU = 8, int PSMODE = 0, bool ROWLOAD = false>
 __global__ void __launch_bounds__(MMA_THREADS) lab_decode(AttnParams p) {
@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(MMA_THREADS) lab_decode(AttnParams p) {
             const int key = s0 + j * BC + r;
             const bool ok = key < s1;
             const long slot = ok ? slot_of(key) : 0;
-            const long off = HND ? ((long)kh * p.pad + slot) * DM + c : (ok ? slot * p.k_stride + (long)kh * DM + c : 0);
+            const long off = HND ? ((long)kh * p.rotary_dim + slot) * DM + c : (ok ? slot * p.k_stride + (long)kh * DM + c : 0);
             af_cp_async16(dK + r * LD + c, K + off, ok);
             af_cp_async16(dV + r * LD + c, V + off, ok);
         }
@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(MMA_THREADS) lab_decode(AttnParams p) {
             af_mma_qk16<BF16>(s, qf, kf);
         }
         float corr[AF_MMA_SLOTS];
-        mma_softmax_step<16 / AF_MMA_SN>(s, m, l, lim, true, k0, p.scale_log2, corr);
+        mma_softmax_step<16 / AF_MMA_SN>(s, m, l, lim, true, k0, p.scale_log2, 0.f, corr);
         unsigned pf[AF_MMA_PW];
         af_mma_pack_p<BF16>(pf, s);
 #pragma unroll
@@ -285,7 +285,7 @@ int main(int argc, char** argv) {
             p.q = (af_ptr)dQ; p.out = (af_ptr)dO; p.q_off = (af_ptr)dQo; p.kv_len = (af_ptr)dKl; p.block_table = (af_ptr)dT;
             p.part = (af_ptr)dPart; p.heads = H; p.kv_heads = Hk; p.head_dim = D; p.page_size = PS; p.max_pages = mp;
             p.causal = 1; p.splits = splits; p.rows_per_block = 16; p.scale_log2 = 0.0884f * 1.4427f; p.stages = v.stages;
-            p.q_stride = H * D; p.o_stride = H * D; p.k_stride = Hk * D; p.v_stride = Hk * D; p.pad = (int)slots;
+            p.q_stride = H * D; p.o_stride = H * D; p.k_stride = Hk * D; p.v_stride = Hk * D; p.rotary_dim = (int)slots;
             p.counters = splits > 1 ? (af_ptr)dCnt : 0;
             dim3 grid(B * Hk * splits, 1);
             auto launch = [&](int l) { p.k = (af_ptr)Ks[l]; p.v = (af_ptr)Vs[l]; v.fn<<<grid, MMA_THREADS, shared>>>(p); };

@@ -42,6 +42,9 @@ pub struct Case {
     /// only (`kv_len = cached + 1`), so a sequence has more queries than keys whenever `q_len >
     /// cached + 1` (an encoder over a shorter memory, cross-attention into a fixed one).
     pub cross: bool,
+    /// Logit soft-cap of the attention (Gemma 2, Grok): drawn in a quarter of the cases, 0.5-20
+    /// (logits of the drawn data reach a few units, so the cap bends them).
+    pub softcap: Option<f32>,
 }
 
 impl Case {
@@ -62,7 +65,7 @@ impl Case {
 
     /// Attention parameters (scale `self.scale / sqrt(head_dim)`).
     pub fn params(&self) -> AttentionParams {
-        AttentionParams { causal: self.causal, scale: self.scale / (self.head_dim() as f32).sqrt() }
+        AttentionParams { causal: self.causal, scale: self.scale / (self.head_dim() as f32).sqrt(), softcap: self.softcap }
     }
 
     /// The cache layout, with room for every sequence (pages: exactly enough plus spares).
@@ -198,8 +201,9 @@ pub fn cases(cfg: GenConfig) -> impl Strategy<Value = Case> {
         // queries, and split the long ones (split-K) only there.
         prop_oneof![3 => Just(false), 1 => Just(true)],
         any::<bool>(),
+        prop_oneof![3 => Just(None), 1 => (0.5f32..20.0).prop_map(Some)],
     )
-        .prop_map(move |((heads, kv_heads), rope, page_size, causal, mut seqs, amplitude, scale, seed, decode_only, cross)| {
+        .prop_map(move |((heads, kv_heads), rope, page_size, causal, mut seqs, amplitude, scale, seed, decode_only, cross, softcap)| {
             if decode_only {
                 for s in &mut seqs {
                     s.q_len = 1;
@@ -213,6 +217,6 @@ pub fn cases(cfg: GenConfig) -> impl Strategy<Value = Case> {
                     s.q_len = s.q_len.min(4);
                 }
             }
-            Case { dtype: cfg.dtype, heads, kv_heads, rope, page_size, causal, seqs, amplitude, scale, seed, cross: cross && !causal }
+            Case { dtype: cfg.dtype, heads, kv_heads, rope, page_size, causal, seqs, amplitude, scale, seed, cross: cross && !causal, softcap }
         })
 }

@@ -52,6 +52,9 @@ pub enum Bug {
     /// by the keys): right while queries never outnumber keys, caught by the cross-attention
     /// cases (non-causal, more queries than keys).
     CrossRowsUnwritten,
+    /// Attention without the logit soft-cap it was given (right for the uncapped cases; the
+    /// quarter of the cases that draw a cap catch it).
+    SoftcapIgnored,
 }
 
 /// Keys per split of [`Bug::SplitMergeDropsSplit`]: the vector decode's least split size (128
@@ -60,7 +63,7 @@ pub const SPLIT_KEYS: usize = 128;
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 15] = [
+    pub const ALL: [Bug; 16] = [
         Bug::RopeStyleSwapped,
         Bug::CausalOffByOne,
         Bug::GqaModulo,
@@ -76,6 +79,7 @@ impl Bug {
         Bug::SplitMergeDropsSplit,
         Bug::ScalingTableShifted,
         Bug::CrossRowsUnwritten,
+        Bug::SoftcapIgnored,
     ];
 
     /// Registry name: `mutant-...`.
@@ -96,6 +100,7 @@ impl Bug {
             Bug::SplitMergeDropsSplit => "mutant-split-merge-drops-split",
             Bug::ScalingTableShifted => "mutant-scaling-table-shifted",
             Bug::CrossRowsUnwritten => "mutant-cross-rows-unwritten",
+            Bug::SoftcapIgnored => "mutant-softcap-ignored",
         }
     }
 
@@ -140,7 +145,11 @@ fn buggy_attend(bug: Bug, q: &[f64], k: &[f64], v: &[f64], q_len: usize, kv_len:
             let kh = if bug == Bug::GqaModulo { h % kv_heads } else { h / group };
             let qi = &q[(i * heads + h) * d..][..d];
             let scale = if bug == Bug::ScaleIgnored { 1.0 / (d as f64).sqrt() } else { p.scale as f64 };
-            let s: Vec<f64> = (0..visible).map(|j| scale * qi.iter().zip(&k[(j * kv_heads + kh) * d..][..d]).map(|(a, b)| a * b).sum::<f64>()).collect();
+            let cap = if bug == Bug::SoftcapIgnored { None } else { p.softcap.map(f64::from) };
+            let s: Vec<f64> = (0..visible)
+                .map(|j| scale * qi.iter().zip(&k[(j * kv_heads + kh) * d..][..d]).map(|(a, b)| a * b).sum::<f64>())
+                .map(|s| cap.map_or(s, |c| c * (s / c).tanh()))
+                .collect();
             let w: Vec<f64> = if bug == Bug::SoftmaxNoMax {
                 s.iter().map(|x| dtype.round(x.exp())).collect()
             } else {
@@ -252,7 +261,7 @@ impl AttentionBackend for Mutant {
                 after[last] = before[last];
                 write(out, "out", &after)
             }
-            Bug::CausalOffByOne | Bug::GqaModulo | Bug::SoftmaxNoMax | Bug::ScaleIgnored | Bug::SplitMergeDropsSplit => {
+            Bug::CausalOffByOne | Bug::GqaModulo | Bug::SoftmaxNoMax | Bug::ScaleIgnored | Bug::SplitMergeDropsSplit | Bug::SoftcapIgnored => {
                 let AttentionArgs { q, pools, meta, batch, kv_lens, params, out, .. } = a;
                 let (heads, d) = (q.shape()[1], q.shape()[2]);
                 let kv_heads = pools.spec().num_kv_heads;
@@ -360,6 +369,7 @@ mod registered {
         HybridQUnrotated,
         SplitMergeDropsSplit,
         ScalingTableShifted,
-        CrossRowsUnwritten
+        CrossRowsUnwritten,
+        SoftcapIgnored
     );
 }

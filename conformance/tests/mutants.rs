@@ -67,7 +67,7 @@ fn rope_ignoring_the_row_stride_is_caught_on_the_views_path() {
 
 #[test]
 fn every_bug_has_a_test() {
-    assert_eq!(Bug::ALL.len(), 15);
+    assert_eq!(Bug::ALL.len(), 16);
     assert!(Bug::ALL.iter().all(|b| Op::ALL.contains(&b.op())));
 }
 
@@ -110,4 +110,10 @@ fn a_scaling_table_shifted_by_one_pair_is_caught() {
 #[test]
 fn cross_attention_rows_left_unwritten_are_caught() {
     caught(Bug::CrossRowsUnwritten, DType::BF16);
+}
+
+/// Only the quarter of the cases that draw a soft-cap show it.
+#[test]
+fn an_ignored_logit_soft_cap_is_caught() {
+    caught(Bug::SoftcapIgnored, DType::F32);
 }

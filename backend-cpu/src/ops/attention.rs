@@ -26,6 +26,7 @@ pub struct SeqShape {
 /// g        = H / Hkv                    query head h reads kv head h / g (GQA; MQA when Hkv = 1)
 /// last(i)  = kv_len - q_len + i         causal: query i sees keys 0..=last(i); otherwise all
 /// s_j      = scale * (q_i . k_j)
+/// s_j      = cap * tanh(s_j / cap)      with logit soft-capping (`params.softcap = Some(cap)`)
 /// p_j      = exp(s_j - max s) / sum_j exp(s_j - max s)
 /// out_i    = sum_j p_j v_j
 /// ```
@@ -41,7 +42,11 @@ pub fn attend(q: &[f64], k: &[f64], v: &[f64], s: SeqShape, params: AttentionPar
             let scores: Vec<f64> = (0..visible)
                 .map(|j| {
                     let kj = &k[(j * kv_heads + kh) * d..][..d];
-                    params.scale as f64 * qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>()
+                    let s = params.scale as f64 * qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>();
+                    match params.softcap {
+                        Some(cap) => cap as f64 * (s / cap as f64).tanh(),
+                        None => s,
+                    }
                 })
                 .collect();
             let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);

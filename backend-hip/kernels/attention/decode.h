@@ -135,7 +135,7 @@ AF_DEVICE void decode_body(const AttnParams& p) {
                 for (int e = 0; e < EP; ++e) sc += q[r][e] * kv[u][e];
 #pragma unroll
                 for (int o = 8; o > 0; o >>= 1) sc += af_shfl_xor(sc, o);
-                if (lane == 0 && j < n) sS[r * DC_MAXK + j] = (s0 + j < limit[r]) ? sc * p.scale_log2 : -INFINITY;
+                if (lane == 0 && j < n) sS[r * DC_MAXK + j] = (s0 + j < limit[r]) ? af_logit2(sc, p.scale_log2, p.softcap_log2) : -INFINITY;
             }
         }
     }

@@ -29,7 +29,7 @@ template <int DM> struct MmaTile {
 // row maxima `m` and this lane's partial sums `l`, turn the scores into probabilities in place,
 // and leave in `corr` each row's factor for rescaling its accumulators.
 template <int NF>
-AF_DEVICE void mma_softmax_step(float (*s)[4], float* m, float* l, const int* lim, bool masked, int key0, float scale_log2, float* corr) {
+AF_DEVICE void mma_softmax_step(float (*s)[4], float* m, float* l, const int* lim, bool masked, int key0, float scale_log2, float softcap_log2, float* corr) {
     float mx[AF_MMA_SLOTS], base[AF_MMA_SLOTS];
 #pragma unroll
     for (int sl = 0; sl < AF_MMA_SLOTS; ++sl) mx[sl] = -INFINITY;
@@ -38,7 +38,7 @@ AF_DEVICE void mma_softmax_step(float (*s)[4], float* m, float* l, const int* li
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int sl = af_mma_slot(e);
-            float x = s[f][e] * scale_log2;
+            float x = af_logit2(s[f][e], scale_log2, softcap_log2);
             if (masked && key0 + f * AF_MMA_SN + af_mma_col(e) >= lim[sl]) x = -INFINITY;
             s[f][e] = x;
             mx[sl] = fmaxf(mx[sl], x);

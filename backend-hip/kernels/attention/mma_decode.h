@@ -118,7 +118,7 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
             af_mma_qk16<BF16>(s, qf, kf);
         }
         float corr[AF_MMA_SLOTS];
-        mma_softmax_step<16 / AF_MMA_SN>(s, m, l, lim, true, k0, p.scale_log2, corr);
+        mma_softmax_step<16 / AF_MMA_SN>(s, m, l, lim, true, k0, p.scale_log2, p.softcap_log2, corr);
         unsigned pf[AF_MMA_PW];
         af_mma_pack_p<BF16>(pf, s);
 #pragma unroll

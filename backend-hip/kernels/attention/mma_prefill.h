@@ -146,7 +146,7 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
             float corr[AF_MMA_SLOTS];
-            mma_softmax_step<SF>(s[mt], m[mt], l[mt], lim[mt], masked, k0, p.scale_log2, corr);
+            mma_softmax_step<SF>(s[mt], m[mt], l[mt], lim[mt], masked, k0, p.scale_log2, p.softcap_log2, corr);
 #pragma unroll
             for (int c = 0; c < BC / 16; ++c) af_mma_pack_p<BF16>(pf[mt][c], &s[mt][c * (16 / AF_MMA_SN)]);
 #pragma unroll

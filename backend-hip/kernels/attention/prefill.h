@@ -111,7 +111,7 @@ AF_DEVICE void prefill_body(const AttnParams& p) {
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int kj = k0 + tx + 16 * j;
-                s[i][j] = (kj < limit && kj < kv_len && qi < q_len) ? s[i][j] * p.scale_log2 : -INFINITY;
+                s[i][j] = (kj < limit && kj < kv_len && qi < q_len) ? af_logit2(s[i][j], p.scale_log2, p.softcap_log2) : -INFINITY;
                 mx = fmaxf(mx, s[i][j]);
             }
 #pragma unroll

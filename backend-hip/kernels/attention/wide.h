@@ -56,7 +56,7 @@ AF_DEVICE void wide_body(const AttnParams& p) {
         }
 #pragma unroll
         for (int o = 8; o > 0; o >>= 1) sc += af_shfl_xor(sc, o);
-        if (lane == 0) ss[grp] = j < visible ? sc : -INFINITY;
+        if (lane == 0) ss[grp] = j < visible ? af_cap2(sc, p.softcap_log2) : -INFINITY;
         __syncthreads();
         float cm = -INFINITY;
 #pragma unroll

@@ -11,6 +11,12 @@ AF_DEVICE float af_to_float(float v) { return v; }
 AF_DEVICE float af_to_float(af_f16 v) { return af_h2f(v.x); }
 AF_DEVICE float af_to_float(af_bf16 v) { return af_bf2f(v.x); }
 
+// Logit soft-capping in base 2 (AttnParams.softcap_log2 = cap * log2(e), 0 when off; then
+// scale_log2 = scale / cap): y = x * scale_log2 of a raw score x becomes cap * tanh(scale * x /
+// cap) * log2(e). af_cap2 takes y; kernels that scale Q ahead have y as their dot product.
+AF_DEVICE float af_cap2(float y, float softcap_log2) { return softcap_log2 > 0.f ? softcap_log2 * tanhf(y) : y; }
+AF_DEVICE float af_logit2(float x, float scale_log2, float softcap_log2) { return af_cap2(x * scale_log2, softcap_log2); }
+
 template <typename T> AF_DEVICE T af_from_float(float f);
 template <> AF_DEVICE float af_from_float<float>(float f) { return f; }
 template <> AF_DEVICE af_f16 af_from_float<af_f16>(float f) { af_f16 r; r.x = af_f2h(f); return r; }

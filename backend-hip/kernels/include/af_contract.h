@@ -131,7 +131,7 @@ AF_FIELD(int, max_pages)             // columns of block_table
 AF_FIELD(int, causal)
 AF_FIELD(int, splits)                // split-K splits of the decode
 AF_FIELD(int, rows_per_block)        // decode: (query, head) rows per block
-AF_FIELD(float, scale_log2)          // softmax scale * log2(e)
+AF_FIELD(float, scale_log2)          // softmax scale * log2(e) (with soft-capping: scale / cap)
 AF_FIELD(int, stages)                // matrix-core decode: K/V pipeline depth (1..MMA_DC_MAX_STAGES)
 AF_FIELD(af_ptr, q_pos)              // RoPE inside: int32 [Tq] position of each query (0: Q as given)
 AF_FIELD(af_ptr, k_pos)              // RoPE inside: int32 [slots] position of each cached key (0: K as given)
@@ -143,7 +143,7 @@ AF_FIELD(int, q_stride)              // elements between consecutive query rows 
 AF_FIELD(int, o_stride)              // ... of out
 AF_FIELD(int, k_stride)              // elements between consecutive K rows (a pool: Hk * D)
 AF_FIELD(int, v_stride)              // ... of V
-AF_FIELD(int, pad)
+AF_FIELD(float, softcap_log2)        // logit soft-cap * log2(e); 0: none (then scale_log2 = scale / cap)
 AF_FIELD(af_ptr, counters)           // decode, splits > 1: int32 [B, Hk, row chunks], zero; set: the last split merges (no attn_merge)
 AF_END(AttnParams)
 

@@ -161,6 +161,7 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
             kv: KvSource { k: st(kk, hk * d), v: st(vv, hk * d), rows, kv_heads: hk, at },
             causal: true,
             scale: 0.125,
+            softcap: 0.0,
             rope: None,
         };
         let e = attention(&gpu, &launch, call).unwrap_err();
@@ -182,6 +183,7 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
         kv: KvSource { k: st(pk.view(), hk * d), v: st(pv.view(), hk * d), rows: slots, kv_heads: hk, at: KvAddressing::Rows(&[0]) },
         causal: true,
         scale: 0.125,
+            softcap: 0.0,
         rope: None,
     };
     assert!(attention(&gpu, &launch, call).unwrap_err().to_string().contains("lives on"));
@@ -198,6 +200,7 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
         kv: KvSource { k: st(pk.view(), hk * d), v: st(pv.view(), hk * d), rows: slots, kv_heads: hk, at: KvAddressing::Pages { page_size: ps, tables: vec![&[3, 0]] } },
         causal: true,
         scale: 0.125,
+            softcap: 0.0,
         rope: None,
     };
     attention(&gpu, &launch, call).unwrap();

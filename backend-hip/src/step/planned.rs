@@ -310,6 +310,7 @@ fn attend(ctx: &Ctx<'_>, l: &AttnLaunch, p: &GpuPlan, q: Strided<DevRef<'_>>, c:
         v: Strided { mem: v.view(), stride: row },
         dtype: spec.dtype,
         scale: p.params.scale,
+        softcap: p.params.softcap.unwrap_or(0.0),
         causal: p.params.causal,
         rope,
     };

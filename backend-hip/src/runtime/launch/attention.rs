@@ -76,6 +76,8 @@ pub(crate) struct AttnCall<'a> {
     pub kv: KvSource<'a>,
     pub causal: bool,
     pub scale: f32,
+    /// Logit soft-cap (0: none).
+    pub softcap: f32,
     pub rope: Option<AttnRope<'a>>,
 }
 
@@ -309,6 +311,8 @@ pub(crate) struct AttnViews<'a> {
     pub v: Strided<DevRef<'a>>,
     pub dtype: DType,
     pub scale: f32,
+    /// Logit soft-cap (0: none).
+    pub softcap: f32,
     pub causal: bool,
     pub rope: Option<AttnRope<'a>>,
 }
@@ -333,7 +337,7 @@ pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()
     let meta = gpu.upload_meta(&[a, b, cc, d, e])?;
     let mut scratch = if host.scratch > 0 { Some(gpu.alloc_uninit(host.scratch)?) } else { None };
     let sep = if host.sep.is_empty() { None } else { Some(gpu.upload(&host.sep)?) };
-    let views = AttnViews { q: c.q, out: c.out, k: c.kv.k, v: c.kv.v, dtype: c.dtype, scale: c.scale, causal: c.causal, rope: c.rope };
+    let views = AttnViews { q: c.q, out: c.out, k: c.kv.k, v: c.kv.v, dtype: c.dtype, scale: c.scale, softcap: c.softcap, causal: c.causal, rope: c.rope };
     // Eager: the merge runs as its own kernel (no counters to zero per call).
     let dev = AttnDevice { meta: [meta.part(0), meta.part(1), meta.part(2), meta.part(3), meta.part(4)], scratch: scratch.as_mut().map(|s| s.view_mut()), sep: sep.as_ref().map(|s| s.view()), counters: None };
     // Scratch and metadata are freed stream-ordered, after the launches.
@@ -391,7 +395,10 @@ pub(crate) fn launch(gpu: &Gpu, l: &AttnLaunch, h: &AttnHost, c: AttnViews<'_>, 
         causal: c.causal as i32,
         splits: 1,
         rows_per_block: 0,
-        scale_log2: c.scale * std::f32::consts::LOG2_E,
+        // Soft-capped logits: the kernels take softcap_log2 * tanh(x * scale_log2) for a raw
+        // score x, i.e. cap * tanh(scale * x / cap) in base 2; plain: x * scale * log2(e).
+        scale_log2: if c.softcap > 0.0 { c.scale / c.softcap } else { c.scale * std::f32::consts::LOG2_E },
+        softcap_log2: if c.softcap > 0.0 { c.softcap * std::f32::consts::LOG2_E } else { 0.0 },
         stages: 1,
         ..Default::default()
     };
