@@ -4,10 +4,10 @@
 #   bash scripts/gpu-multi.sh [LOGDIR]
 # Runs, with N = the number of visible GPUs:
 #   1. the full conformance suite (CASES cases) of each HIP backend on each ordinal
-#      (`conformance --backend B --device K`), all at once;
+#      (`attnforge conformance --backend B --device K`), all at once;
 #   2. the sharded check: GQA 32/8 split over N GPUs, one instance and one thread per GPU,
 #      prefill in chunks then decode, every dtype, against the unsharded CPU reference
-#      (`conformance --backend B --shards N`), and the same with N = 1;
+#      (`attnforge conformance --backend B --shards N`), and the same with N = 1;
 #   3. the soak: SOAK decode steps on every GPU at once; device memory in use must come back to
 #      its level after the warm-up (`--soak`);
 #   4. the bundled tests (backend-hip/tests/gpu.rs shards over every GPU) and compute-sanitizer
