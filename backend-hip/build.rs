@@ -409,8 +409,9 @@ fn main() {
         }
     };
     // CI's promise (`ATTNFORGE_REQUIRE_KERNELS=1`): every wanted vendor's kernels are built.
+    // (Watched whatever its value: setting it after a build without it must run the check.)
+    println!("cargo:rerun-if-env-changed=ATTNFORGE_REQUIRE_KERNELS");
     if std::env::var("ATTNFORGE_REQUIRE_KERNELS").as_deref() == Ok("1") {
-        println!("cargo:rerun-if-env-changed=ATTNFORGE_REQUIRE_KERNELS");
         assert!(nvcc.is_some() || cuda_archs.trim() == "none", "ATTNFORGE_REQUIRE_KERNELS=1 but nvcc was not found (ATTNFORGE_NVCC, CUDA_HOME, PATH, .toolchain, /usr/local/cuda)");
         assert!(hipcc.is_some() || amd_archs.trim() == "none", "ATTNFORGE_REQUIRE_KERNELS=1 but hipcc was not found (ATTNFORGE_HIPCC, ROCM_PATH, PATH, /opt/rocm)");
     }
