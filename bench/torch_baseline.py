@@ -2,7 +2,7 @@
 the same session: a device copy (bandwidth ceiling), torch.compile'd RoPE, and SDPA with each
 backend (flash, cuDNN, efficient). Timed with triton.testing.do_bench (CUDA events, median).
 
-    python3 bench/torch_baseline.py [--json out.json] [--quick] [--mma] [--decode-graph]
+    python3 bench/torch_baseline.py [--json out.json] [--quick] [--mma] [--decode-graph] [--window]
 
 The shapes of `--mma` and `--decode-graph` come from backend-hip/bench/shapes.json, the file
 `attnforge bench` reads, so both sides time the same problems. Rows with a counterpart carry the
@@ -15,6 +15,9 @@ S=1024/4096/16384, B=1/4, GQA 32/8 and MHA; decode bf16 B=1/16/64, L=4096/8192/1
 `--decode-graph`: the shapes of `bench --decode-graph` (decode bf16 GQA 32/8 D=128, B=1/16/64,
 L=4096/8192/131072): 32 layers of SDPA (flash, cuDNN) each over its own K/V (up to 64 GB, then
 reused), eager and replayed from a CUDA graph; time per layer. `--quick`: B=1/16 at L=8192.
+
+`--window`: the shapes of `bench --mode window` (`window_decode`): the same decode at L=131072,
+full and as SDPA's equivalent of a sliding window of 4096 keys (attention over the last 4096).
 """
 import json
 import math
@@ -113,45 +116,64 @@ if "--mma" in sys.argv:
     sys.exit(0)
 
 
+def decode_layers(B, L, table_key, shape_key, P):
+    """32 layers of SDPA (flash, cuDNN) decode over L keys, each layer its own K/V (up to 64 GB,
+    then reused), eager and replayed from a CUDA graph; rows per layer."""
+    HQ, HK, Dd, LAYERS = P["heads"], P["kv_heads"], P["head_dim"], P["layers"]
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+    layer_bytes = 2 * B * HK * L * Dd * 2
+    distinct = max(1, min(LAYERS, -(-(64 << 30) // layer_bytes)))
+    q = torch.randn(B, HQ, 1, Dd, device=dev, dtype=torch.bfloat16)
+    kv = [(torch.randn(B, HK, L, Dd, device=dev, dtype=torch.bfloat16), torch.randn(B, HK, L, Dd, device=dev, dtype=torch.bfloat16)) for _ in range(distinct)]
+    out = torch.empty_like(q)
+    nbytes = 2 * B * L * HK * Dd * 2
+    for bname, backend in backends.items():
+        def step():
+            for i in range(LAYERS):
+                k, v = kv[i % distinct]
+                out.copy_(F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+        try:
+            with sdpa_kernel(backend):
+                step()
+                torch.cuda.synchronize()
+                add(f"torch sdpa {bname} decode/layer eager {shape_key} x{LAYERS} layers", "bf16", bench(step) / LAYERS, nbytes, 0.0, (table_key, shape_key, f"torch sdpa {bname} eager"))
+                g = torch.cuda.CUDAGraph()
+                s_ = torch.cuda.Stream()
+                s_.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(s_):
+                    for _ in range(3):
+                        step()
+                torch.cuda.current_stream().wait_stream(s_)
+                with torch.cuda.graph(g):
+                    step()
+                add(f"torch sdpa {bname} decode/layer CUDA graph {shape_key} x{LAYERS} layers", "bf16", bench(g.replay) / LAYERS, nbytes, 0.0, (table_key, shape_key, f"torch sdpa {bname} CUDA graph"))
+                del g
+        except Exception as e:
+            print(f"  sdpa {bname} decode {shape_key}: not run ({str(e).splitlines()[0][:100]})")
+    del q, kv, out
+    torch.cuda.empty_cache()
+
+
 if "--decode-graph" in sys.argv:
     P = SHAPES["decode_graph"]
-    HQ, HK, Dd, LAYERS = P["heads"], P["kv_heads"], P["head_dim"], P["layers"]
     shapes = [tuple(x) for x in P["quick"]] if quick else [(b, l) for b in P["batch"] for l in P["kv_len"]]
-    table = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
     for B, L in shapes:
-        layer_bytes = 2 * B * HK * L * Dd * 2
-        distinct = max(1, min(LAYERS, -(-(64 << 30) // layer_bytes)))
-        q = torch.randn(B, HQ, 1, Dd, device=dev, dtype=torch.bfloat16)
-        kv = [(torch.randn(B, HK, L, Dd, device=dev, dtype=torch.bfloat16), torch.randn(B, HK, L, Dd, device=dev, dtype=torch.bfloat16)) for _ in range(distinct)]
-        out = torch.empty_like(q)
-        nbytes = 2 * B * L * HK * Dd * 2
-        for bname, backend in table.items():
-            def step():
-                for i in range(LAYERS):
-                    k, v = kv[i % distinct]
-                    out.copy_(F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
-            try:
-                with sdpa_kernel(backend):
-                    step()
-                    torch.cuda.synchronize()
-                    add(f"torch sdpa {bname} decode/layer eager B={B} L={L} x{LAYERS} layers", "bf16", bench(step) / LAYERS, nbytes, 0.0, ("decode-graph", f"B={B} L={L}", f"torch sdpa {bname} eager"))
-                    g = torch.cuda.CUDAGraph()
-                    s_ = torch.cuda.Stream()
-                    s_.wait_stream(torch.cuda.current_stream())
-                    with torch.cuda.stream(s_):
-                        for _ in range(3):
-                            step()
-                    torch.cuda.current_stream().wait_stream(s_)
-                    with torch.cuda.graph(g):
-                        step()
-                    add(f"torch sdpa {bname} decode/layer CUDA graph B={B} L={L} x{LAYERS} layers", "bf16", bench(g.replay) / LAYERS, nbytes, 0.0, ("decode-graph", f"B={B} L={L}", f"torch sdpa {bname} CUDA graph"))
-                    del g
-            except Exception as e:
-                print(f"  sdpa {bname} decode B={B} L={L}: not run ({str(e).splitlines()[0][:100]})")
-        del q, kv, out
-        torch.cuda.empty_cache()
+        decode_layers(B, L, "decode-graph", f"B={B} L={L}", P)
     report()
     sys.exit(0)
+
+
+if "--window" in sys.argv:
+    # SDPA has no sliding window: its equivalent of a decode step under a window of W keys is
+    # attention over the last W keys, K/V tensors of W rows (what a windowed kernel reads).
+    P = SHAPES["window_decode"]
+    L, W = P["kv_len"], P["window"]
+    for B in P["batch"]:
+        decode_layers(B, L, "window-decode", f"B={B} L={L} full", P)
+        decode_layers(B, W, "window-decode", f"B={B} L={L} W={W}", P)
+    report()
+    sys.exit(0)
+
 
 
 def rope_ref(q, k, cos, sin, pos):

@@ -132,12 +132,13 @@ impl AttentionBackend for HostF32 {
         for (i, (&s, &ql)) in a.batch.seq_ids().iter().zip(a.batch.q_lens()).enumerate() {
             let kvl = a.kv_lens[i];
             for t in 0..ql {
-                let seen = if a.params.causal { kvl - ql + t + 1 } else { kvl };
+                // keys this query sees: causal mask and sliding window (Mistral, Gemma)
+                let seen = a.params.visible_keys(t, ql, kvl);
                 for hh in 0..h {
                     let r = ((a.batch.offsets()[i] + t) * h + hh) * d;
                     // online softmax: running max m, running sum l, unnormalised accumulator
                     let (mut m, mut l, mut acc) = (f32::NEG_INFINITY, 0f32, vec![0f32; d]);
-                    for j in 0..seen {
+                    for j in seen.clone() {
                         let o = slot(a.pools, a.meta, s, j, hh / (h / hk));
                         let mut sc = a.params.scale * q[r..r + d].iter().zip(&pk[o..o + d]).map(|(x, y)| x * y).sum::<f32>();
                         if let Some(cap) = a.params.softcap {

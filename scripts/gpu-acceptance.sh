@@ -19,7 +19,9 @@
 #   5. then, alone on the GPU, `attnforge bench --mode engine` (BENCH_ENGINE=0 skips it): a decode step through
 #      the owned API and through views, same run; with BENCH_DECODE=1 first `attnforge bench --mode decode-graph`
 #      and `bench/torch_baseline.py --decode-graph` (eager / plan+run / graph replay per layer
-#      against PyTorch SDPA flash and cuDNN, eager and under a CUDA graph).
+#      against PyTorch SDPA flash and cuDNN, eager and under a CUDA graph); with BENCH_WINDOW=1
+#      `attnforge bench --mode window` and `bench/torch_baseline.py --window` (sliding-window
+#      decode against full attention at L=131072).
 # Every log goes to LOGDIR; the last lines printed are one summary line per run.
 set -uo pipefail
 B=${BUNDLE:-.device-bundle}
@@ -77,6 +79,11 @@ if [ "${BENCH_DECODE:-0}" = 1 ] && [ -x "$B/bin/attnforge" ]; then
   timeout "$LIMIT" python3 bench/torch_baseline.py --decode-graph --json "$LOG/torch-decode-graph.json" > "$LOG/torch-decode-graph.log" 2>&1; echo $? > "$LOG/torch-decode-graph.rc"
   # The plots: ours next to PyTorch's, per shape, and % of the copy's bandwidth.
   "$B/bin/attnforge" bench --from "$LOG/bench-decode-graph.json" --torch "$LOG/torch-decode-graph.json" --plots "$LOG/plots" > "$LOG/plots.log" 2>&1; echo $? > "$LOG/plots.rc"
+fi
+if [ "${BENCH_WINDOW:-0}" = 1 ] && [ -x "$B/bin/attnforge" ]; then
+  timeout "$LIMIT" "$B/bin/attnforge" bench --mode window --json "$LOG/bench-window.json" > "$LOG/bench-window.log" 2>&1; echo $? > "$LOG/bench-window.rc"
+  timeout "$LIMIT" python3 bench/torch_baseline.py --window --json "$LOG/torch-window.json" > "$LOG/torch-window.log" 2>&1; echo $? > "$LOG/torch-window.rc"
+  "$B/bin/attnforge" bench --from "$LOG/bench-window.json" --torch "$LOG/torch-window.json" --plots "$LOG/plots-window" > "$LOG/plots-window.log" 2>&1; echo $? > "$LOG/plots-window.rc"
 fi
 if [ "${BENCH_ENGINE:-1}" = 1 ] && [ -x "$B/bin/attnforge" ]; then
   timeout "$LIMIT" "$B/bin/attnforge" bench --mode engine --json "$LOG/bench-engine.json" > "$LOG/bench-engine.log" 2>&1; echo $? > "$LOG/bench-engine.rc"

@@ -169,8 +169,13 @@ fn heads_batches_and_lengths() {
     let mut out = t(&be, &[2, 4, 8], DType::F32);
     let e = be.attention(&q, &c, &Batch::new(vec![0], vec![2]).unwrap(), AttentionParams::causal(8), &mut out).unwrap_err();
     assert_eq!(e, Error::QLenExceedsKvLen { seq: 0, q_len: 2, kv_len: 0 });
-    let nan_scale = AttentionParams { causal: false, scale: f32::NAN, softcap: None };
+    let nan_scale = AttentionParams { causal: false, scale: f32::NAN, softcap: None, window: None };
     assert_eq!(kind(be.attention(&q, &c, &Batch::new(vec![0], vec![2]).unwrap(), nan_scale, &mut out)), "InvalidArgument");
+    // A sliding window of no keys, or without the causal mask.
+    for (params, what) in [(AttentionParams::causal(8).with_window(0), "at least 1 key"), (AttentionParams::full(8).with_window(16), "needs causal")] {
+        let e = be.attention(&q, &c, &Batch::new(vec![0], vec![2]).unwrap(), params, &mut out).unwrap_err();
+        assert!(matches!(&e, Error::InvalidArgument(m) if m.contains(what)), "{e}");
+    }
     assert_eq!(kind(be.alloc(&[usize::MAX, 4], DType::F32)), "InvalidArgument");
 }
 

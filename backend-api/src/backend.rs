@@ -712,6 +712,7 @@ impl Backend {
             batch_size: 1,
             max_q_len: tokens.len(),
             max_kv_len: len,
+            window: None,
         };
         self.supports_call(Op::Shift, &desc)?;
         let freqs = rope.frequencies(0)?;
@@ -938,6 +939,7 @@ impl Backend {
             batch_size: batch.len(),
             max_q_len: batch.q_lens().iter().copied().max().unwrap_or(0),
             max_kv_len,
+            window: d.params.window,
         };
         let desc = match d.op {
             PlanOp::Rope => {
@@ -1124,6 +1126,7 @@ impl Backend {
             batch_size: 1,
             max_q_len: t,
             max_kv_len: 0,
+            window: None,
         })
     }
 
@@ -1196,6 +1199,7 @@ impl Backend {
             batch_size: batch.len(),
             max_q_len: batch.q_lens().iter().copied().max().unwrap_or(0),
             max_kv_len: 0,
+            window: None,
         };
         Ok((start, desc))
     }
@@ -1208,6 +1212,12 @@ impl Backend {
             if !(cap.is_finite() && cap > 0.0) {
                 return Err(Error::InvalidArgument(format!("logit soft-cap must be finite and positive, got {cap}")));
             }
+        }
+        match params.window {
+            Some(0) => return Err(Error::InvalidArgument("sliding window must hold at least 1 key, got 0".into())),
+            Some(w) if !params.causal => return Err(Error::InvalidArgument(format!("sliding window of {w} keys needs causal attention"))),
+            Some(w) if w > i32::MAX as usize => return Err(Error::InvalidArgument(format!("sliding window of {w} keys is past i32::MAX"))),
+            _ => {}
         }
         Ok(())
     }
@@ -1235,6 +1245,7 @@ impl Backend {
             batch_size: batch.len(),
             max_q_len: batch.q_lens().iter().copied().max().unwrap_or(0),
             max_kv_len: kv_lens.iter().copied().max().unwrap_or(0),
+            window: params.window,
         })
     }
 
@@ -1270,6 +1281,7 @@ impl Backend {
             batch_size: batch.len(),
             max_q_len: batch.q_lens().iter().copied().max().unwrap_or(0),
             max_kv_len: batch.kv_lens().iter().copied().max().unwrap_or(0),
+            window: params.window,
         })
     }
 }

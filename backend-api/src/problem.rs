@@ -169,22 +169,45 @@ pub struct AttentionParams {
     /// `cap * tanh(s / cap)` before the softmax, so none exceeds `cap` in magnitude. `None`: off.
     /// Must be finite and positive.
     pub softcap: Option<f32>,
+    /// Sliding-window attention (Mistral, Gemma 2/3's local layers, gpt-oss): query `i` sees at
+    /// most the `window` keys ending at its own position, `last(i) + 1 - window ..= last(i)`
+    /// (`last(i) = kv_len - q_len + i`), as Hugging Face's `sliding_window` and
+    /// FlashAttention's `window_size = (window - 1, 0)`. Needs `causal`; at least 1. Kernels
+    /// skip the keys outside every query's window: the work grows with the window, not the
+    /// context. `None`: off.
+    pub window: Option<usize>,
 }
 
 impl AttentionParams {
     /// Causal attention with scale `1 / sqrt(head_dim)`.
     pub fn causal(head_dim: usize) -> Self {
-        AttentionParams { causal: true, scale: 1.0 / (head_dim as f32).sqrt(), softcap: None }
+        AttentionParams { causal: true, scale: 1.0 / (head_dim as f32).sqrt(), softcap: None, window: None }
     }
 
     /// Non-causal attention with scale `1 / sqrt(head_dim)`.
     pub fn full(head_dim: usize) -> Self {
-        AttentionParams { causal: false, scale: 1.0 / (head_dim as f32).sqrt(), softcap: None }
+        AttentionParams { causal: false, scale: 1.0 / (head_dim as f32).sqrt(), softcap: None, window: None }
     }
 
     /// The same with logits soft-capped at `cap` (`cap * tanh(s / cap)`; Gemma 2 uses 50).
     pub fn with_softcap(self, cap: f32) -> Self {
         AttentionParams { softcap: Some(cap), ..self }
+    }
+
+    /// The same with a sliding window of `window` keys (Mistral uses 4096; needs causal).
+    pub fn with_window(self, window: usize) -> Self {
+        AttentionParams { window: Some(window), ..self }
+    }
+
+    /// Keys query `i` of a sequence with `q_len` queries over `kv_len` keys sees: `first..end`.
+    /// Empty when a non-causal query has no keys (never for a valid problem).
+    pub fn visible_keys(&self, i: usize, q_len: usize, kv_len: usize) -> std::ops::Range<usize> {
+        if !self.causal {
+            return 0..kv_len;
+        }
+        let end = (kv_len + i + 1).saturating_sub(q_len).min(kv_len);
+        let first = self.window.map_or(0, |w| end.saturating_sub(w));
+        first..end
     }
 }
 
@@ -252,6 +275,9 @@ pub struct ProblemDesc {
     pub max_q_len: usize,
     /// Longest kv_len in the batch (after the append).
     pub max_kv_len: usize,
+    /// Sliding window of the attention, if any ([`AttentionParams::window`]): plans size their
+    /// key splits from the keys a query sees, not the context.
+    pub window: Option<usize>,
 }
 
 impl ProblemDesc {
@@ -269,6 +295,15 @@ impl ProblemDesc {
             batch_size: 1,
             max_q_len: 1,
             max_kv_len: 1,
+            window: None,
+        }
+    }
+
+    /// The most keys one query sees: `max_kv_len`, or less under a sliding window.
+    pub fn max_visible_keys(&self) -> usize {
+        match self.window {
+            Some(w) if self.causal => self.max_kv_len.min(w.saturating_add(self.max_q_len).saturating_sub(1)),
+            _ => self.max_kv_len,
         }
     }
 

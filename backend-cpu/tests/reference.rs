@@ -142,7 +142,7 @@ fn plain(q: &[f32], k: &[f32], v: &[f32], h: usize, hk: usize, d: usize, q_len: 
 #[test]
 fn two_token_softmax() {
     // scores q.k0 = 1, q.k1 = 0: weights e/(1+e) and 1/(1+e) on v0 = [1, 0], v1 = [0, 1].
-    let p = AttentionParams { causal: false, scale: 1.0, softcap: None };
+    let p = AttentionParams { causal: false, scale: 1.0, softcap: None, window: None };
     let out = plain(&[1.0, 0.0], &[1.0, 0.0, 0.0, 1.0], &[1.0, 0.0, 0.0, 1.0], 1, 1, 2, 1, 2, p);
     let e = std::f64::consts::E;
     assert_all_close(&out, &[e / (1.0 + e), 1.0 / (1.0 + e)], 1e-7);
@@ -152,10 +152,10 @@ fn two_token_softmax() {
 fn causal_mask_is_bottom_right_aligned() {
     // q_len 2, kv_len 3: query 0 sees keys 0..=1, query 1 sees all three. All scores equal, so
     // the output is the mean of the visible values.
-    let p = AttentionParams { causal: true, scale: 1.0, softcap: None };
+    let p = AttentionParams { causal: true, scale: 1.0, softcap: None, window: None };
     let out = plain(&[0.0; 4], &[0.0; 6], &[3.0, 0.0, 5.0, 0.0, 10.0, 0.0], 1, 1, 2, 2, 3, p);
     assert_all_close(&out, &[4.0, 0.0, 6.0, 0.0], 1e-6);
-    let full = plain(&[0.0; 4], &[0.0; 6], &[3.0, 0.0, 5.0, 0.0, 10.0, 0.0], 1, 1, 2, 2, 3, AttentionParams { causal: false, scale: 1.0, softcap: None });
+    let full = plain(&[0.0; 4], &[0.0; 6], &[3.0, 0.0, 5.0, 0.0, 10.0, 0.0], 1, 1, 2, 2, 3, AttentionParams { causal: false, scale: 1.0, softcap: None, window: None });
     assert_all_close(&full, &[6.0, 0.0, 6.0, 0.0], 1e-6);
 }
 

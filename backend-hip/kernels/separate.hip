@@ -1,6 +1,6 @@
 // hip-separate's attention: the unfused baseline an engine starts from. Three kernels over an
 // f32 score buffer in global memory, as a textbook implementation does:
-//   attn_scores_{dtype}: S = scale * Q K^T (causal entries -inf), one block per (query, head),
+//   attn_scores_{dtype}: S = scale * Q K^T (entries outside the causal mask or window -inf), one block per (query, head),
 //                        16-lane groups per key;
 //   attn_softmax_f32:    P = softmax(S) row by row, in place;
 //   attn_pv_{dtype}:     O = P V, threads over head dims.
@@ -9,7 +9,7 @@
 #include "attention/common.h"
 
 struct SepRow {
-    int b, qi, q_len, kv_len, visible;
+    int b, qi, q_len, kv_len, first, visible;  // the row sees keys first .. visible - 1
     long long s0;  // first score of this (query, head) row
 };
 AF_DEVICE SepRow sep_row(const SepParams& p, int t, int h) {
@@ -21,6 +21,7 @@ AF_DEVICE SepRow sep_row(const SepParams& p, int t, int h) {
     r.q_len = reinterpret_cast<const int*>(a.q_off)[r.b + 1] - qbeg;
     r.kv_len = reinterpret_cast<const int*>(a.kv_len)[r.b];
     r.visible = a.causal ? r.kv_len - r.q_len + r.qi + 1 : r.kv_len;
+    r.first = af_first_key(a, r.visible);
     r.s0 = reinterpret_cast<const long long*>(p.s_off)[r.b] + ((long long)r.qi * a.heads + h) * r.kv_len;
     return r;
 }
@@ -42,13 +43,13 @@ template <typename T> AF_DEVICE void attn_scores_body(const SepParams& p) {
     for (int j0 = 0; j0 < r.kv_len; j0 += SEP_THREADS / 16) {
         const int j = j0 + grp;
         float acc = 0.f;
-        if (j < r.kv_len) {
+        if (j >= r.first && j < r.visible) {
             const T* krow = K + kvr(j) * a.k_stride + (long)kh * D;
             for (int d = lane; d < D; d += 16) acc += sq[d] * af_to_float(krow[d]);
         }
 #pragma unroll
         for (int o = 8; o > 0; o >>= 1) acc += af_shfl_xor(acc, o);
-        if (lane == 0 && j < r.kv_len) S[j] = j < r.visible ? af_cap2(acc, a.softcap_log2) : -INFINITY;
+        if (lane == 0 && j < r.kv_len) S[j] = (j >= r.first && j < r.visible) ? af_cap2(acc, a.softcap_log2) : -INFINITY;
     }
 }
 AF_STAMP(attn_scores, SepParams, (SEP_THREADS), attn_scores_body)
@@ -94,7 +95,7 @@ template <typename T> AF_DEVICE void attn_pv_body(const SepParams& p) {
     const KvRows kvr(a, r.b);
     for (int d = threadIdx.x; d < D; d += SEP_THREADS) {
         float acc = 0.f;
-        for (int j = 0; j < r.visible; ++j) acc += P[j] * af_to_float(V[kvr(j) * a.v_stride + (long)kh * D + d]);
+        for (int j = r.first; j < r.visible; ++j) acc += P[j] * af_to_float(V[kvr(j) * a.v_stride + (long)kh * D + d]);
         O[d] = af_from_float<T>(acc);
     }
 }

@@ -137,6 +137,9 @@ pub enum Mode {
     Engine,
     /// A decode step over 32 layers: eager, plan + run, graph replay (`decode_graph`).
     DecodeGraph,
+    /// Sliding-window decode against full attention over the same long context, as
+    /// `DecodeGraph` (`window_decode`): the window's work should not grow with the context.
+    Window,
     /// The matrix-core prefill and decode, twice each, untimed (for a kernel profiler).
     ProfileMma,
 }
@@ -219,6 +222,7 @@ pub fn run_bench(opts: &Options) -> std::result::Result<BenchReport, String> {
     let quick = opts.quick;
     let r = match opts.mode {
         Mode::DecodeGraph => copy_row(be, &mut rows).and_then(|_| decode_graph_rows(be, &h, quick, &mut rows)),
+        Mode::Window => copy_row(be, &mut rows).and_then(|_| window_rows(be, &h, &mut rows)),
         Mode::Engine => engine_rows(be, &h, &mut rows),
         Mode::ProfileMma => profile_mma(&h),
         Mode::Mma => copy_row(be, &mut rows).and_then(|_| mma_shapes(be, &h, &mut rows)),
@@ -390,6 +394,7 @@ fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result
             batch_size: 1,
             max_q_len: t,
             max_kv_len: t,
+            window: None,
         };
         let Ok(OpPlan::Step { rope: Some(launch), .. }) = plan(be.gpu.props(), Variant::Flash, Op::Step, &desc) else {
             return Err(Error::Device { code: -1, message: "no fused RoPE + append plan".into() });
@@ -494,7 +499,7 @@ fn strategies(rows: &mut Vec<Row>) -> Result<()> {
             let mut out = h.alloc(&[n, 1, d], dt)?;
             let mut cache = h.create_kv_cache(&KvCacheSpec { num_seqs: 1, num_kv_heads: 1, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: n } })?;
             let batch = Batch::uniform(1, n)?;
-            let params = AttentionParams { causal: false, scale: 1.0 / (d as f32).sqrt(), softcap: None };
+            let params = AttentionParams { causal: false, scale: 1.0 / (d as f32).sqrt(), softcap: None, window: None };
             let ms = median_ms(timer, || {
                 cache.reset(0)?;
                 h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params, out: &mut out })
@@ -580,17 +585,48 @@ fn strategies(rows: &mut Vec<Row>) -> Result<()> {
 /// `--decode-graph` (see the module docs).
 fn decode_graph_rows(hbe: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result<()> {
     let p = &SHAPES["decode_graph"];
-    let layers = num(&p["layers"]);
-    let (hq, hk, d, ps) = (num(&p["heads"]), num(&p["kv_heads"]), num(&p["head_dim"]), num(&p["page_size"]));
-    let dt = DType::BF16;
-    let rope = RopeConfig { theta: 500000.0, ..RopeConfig::new(d, 10000.0, 1 << 18) };
-    let params = AttentionParams::causal(d);
     let shapes: Vec<(usize, usize)> = if quick {
         p["quick"].as_array().into_iter().flatten().map(|bl| (num(&bl[0]), num(&bl[1]))).collect()
     } else {
         nums(&p["batch"]).into_iter().flat_map(|b| nums(&p["kv_len"]).into_iter().map(move |l| (b, l))).collect()
     };
     for (b, l) in shapes {
+        decode_graph_shape(hbe, h, p, "decode-graph", b, l, None, rows)?;
+    }
+    Ok(())
+}
+
+/// `window_decode`: each batch size at one long context, full attention and a sliding window.
+fn window_rows(hbe: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()> {
+    let p = &SHAPES["window_decode"];
+    let (l, w) = (num(&p["kv_len"]), num(&p["window"]));
+    for b in nums(&p["batch"]) {
+        for window in [None, Some(w)] {
+            decode_graph_shape(hbe, h, p, "window-decode", b, l, window, rows)?;
+        }
+    }
+    Ok(())
+}
+
+/// One decode shape of `p` (a `decode_graph`-like entry of shapes.json) over `layers` layers:
+/// eager, plan + run, graph replay, attention alone; under `window`, sliding-window attention
+/// (bytes: the keys the window reads). Rows keyed (`table`, shape, series).
+#[allow(clippy::too_many_arguments)]
+fn decode_graph_shape(hbe: &HipBackend, h: &Backend, p: &serde_json::Value, table: &'static str, b: usize, l: usize, window: Option<usize>, rows: &mut Vec<Row>) -> Result<()> {
+    let layers = num(&p["layers"]);
+    let (hq, hk, d, ps) = (num(&p["heads"]), num(&p["kv_heads"]), num(&p["head_dim"]), num(&p["page_size"]));
+    let dt = DType::BF16;
+    let rope = RopeConfig { theta: 500000.0, ..RopeConfig::new(d, 10000.0, 1 << 18) };
+    let params = match window {
+        Some(w) => AttentionParams::causal(d).with_window(w),
+        None => AttentionParams::causal(d),
+    };
+    let shape = match window {
+        Some(w) => format!("B={b} L={l} W={w}"),
+        None if table == "window-decode" => format!("B={b} L={l} full"),
+        None => format!("B={b} L={l}"),
+    };
+    {
         let pages_per_seq = l.div_ceil(ps);
         let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Paged { page_size: ps, num_pages: b * pages_per_seq } };
         let layer_bytes = 2 * spec.pool_bytes();
@@ -617,7 +653,8 @@ fn decode_graph_rows(hbe: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<
         let mut k = h.upload(&randn(b * hk * d, 42), &[b, hk, d], dt)?;
         let v = h.upload(&randn(b * hk * d, 43), &[b, hk, d], dt)?;
         let mut out = h.alloc(&[b, hq, d], dt)?;
-        let bytes = (2 * b * l * hk * d) as f64 * dt.size() as f64;
+        // Bytes of K/V the attention reads: under a window, the window's.
+        let bytes = (2 * b * window.map_or(l, |w| w.min(l)) * hk * d) as f64 * dt.size() as f64;
         let many = bytes * (layers as f64) < 8e9;
         let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> { Ok(if many { median_ms(hbe, f)? } else { median_ms_few(hbe, f)? } / layers as f64) };
         // Eager: each layer's step through the owned API (lengths rolled back: the same step).
@@ -681,12 +718,13 @@ fn decode_graph_rows(hbe: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<
         }
         let plan_host = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
         hbe.gpu.synchronize()?;
-        let label = format!("B={b} L={l} x{layers} layers ({distinct} pools)");
-        rows.push(Row { key: Some(("decode-graph", format!("B={b} L={l}"), "eager owned".into())), name: format!("decode/layer eager owned {label}"), dtype: dt, ms: eager, bytes, flops: 0.0 });
-        rows.push(Row { key: Some(("decode-graph", format!("B={b} L={l}"), "plan+run".into())), name: format!("decode/layer plan+run {label}"), dtype: dt, ms: planned, bytes, flops: 0.0 });
-        rows.push(Row { key: Some(("decode-graph", format!("B={b} L={l}"), "graph replay".into())), name: format!("decode/layer graph replay {label}"), dtype: dt, ms: replay, bytes, flops: 0.0 });
-        rows.push(Row { key: Some(("decode-graph", format!("B={b} L={l}"), "attention only, graph replay".into())), name: format!("decode/layer attention only, graph replay {label}"), dtype: dt, ms: attn_replay, bytes, flops: 0.0 });
-        rows.push(Row { key: None, name: format!("  host time of plan() B={b} L={l}"), dtype: dt, ms: plan_host, bytes: f64::NAN, flops: 0.0 });
+        let label = format!("{shape} x{layers} layers ({distinct} pools)");
+        let key = |series: &str| Some((table, shape.clone(), series.to_string()));
+        rows.push(Row { key: key("eager owned"), name: format!("decode/layer eager owned {label}"), dtype: dt, ms: eager, bytes, flops: 0.0 });
+        rows.push(Row { key: key("plan+run"), name: format!("decode/layer plan+run {label}"), dtype: dt, ms: planned, bytes, flops: 0.0 });
+        rows.push(Row { key: key("graph replay"), name: format!("decode/layer graph replay {label}"), dtype: dt, ms: replay, bytes, flops: 0.0 });
+        rows.push(Row { key: key("attention only, graph replay"), name: format!("decode/layer attention only, graph replay {label}"), dtype: dt, ms: attn_replay, bytes, flops: 0.0 });
+        rows.push(Row { key: None, name: format!("  host time of plan() {shape}"), dtype: dt, ms: plan_host, bytes: f64::NAN, flops: 0.0 });
         for s in 0..b {
             meta.truncate(s, l - 1)?;
         }

@@ -262,7 +262,7 @@ fn attention(props: &DeviceProps, strategy: Strategy, op: Op, p: &ProblemDesc) -
                 let shared = mma_decode_shared_bytes(d, stages);
                 let chunks = (group * p.max_q_len).div_ceil(16);
                 let blocks = p.batch_size * p.num_kv_heads * chunks;
-                let splits = mma_decode_splits(blocks, p.max_kv_len, props.sm_count * blocks_per_sm(props, shared));
+                let splits = mma_decode_splits(blocks, p.max_visible_keys(), props.sm_count * blocks_per_sm(props, shared));
                 return Ok(AttnLaunch::Decode {
                     kernel: Kernel::MmaDecode { dim: d as u16, qrope, dtype },
                     rows_per_block: 16,
@@ -284,8 +284,10 @@ fn attention(props: &DeviceProps, strategy: Strategy, op: Op, p: &ProblemDesc) -
         let blocks = p.batch_size * p.num_kv_heads * chunks;
         // Enough splits to put ~4 blocks on every SM with at least 128 keys per split, and never
         // more than DC_MAXK keys per split (the kernel keeps a split's logits in shared memory).
+        // Under a sliding window a block reads the keys of its queries' windows only.
+        let keys = p.max_visible_keys();
         let want = (4 * props.sm_count).div_ceil(blocks.max(1));
-        let splits = want.clamp(1, p.max_kv_len.div_ceil(128).max(1)).max(p.max_kv_len.div_ceil(DC_MAXK));
+        let splits = want.clamp(1, keys.div_ceil(128).max(1)).max(keys.div_ceil(DC_MAXK));
         return Ok(AttnLaunch::Decode {
             kernel: Kernel::Decode { dim: dmax as u16, rows: rows as u8, rope, dtype },
             rows_per_block: rows,

@@ -20,6 +20,8 @@ enum ModeArg {
     Engine,
     /// A decode step over 32 layers: eager, plan + run, graph replay.
     DecodeGraph,
+    /// Sliding-window decode (window 4096) against full attention at L=131072, as decode-graph.
+    Window,
     /// The matrix-core prefill and decode twice each, untimed (for a kernel profiler).
     ProfileMma,
 }
@@ -147,6 +149,7 @@ fn go(a: Args) -> Result<(), String> {
                 ModeArg::Mma => Mode::Mma,
                 ModeArg::Engine => Mode::Engine,
                 ModeArg::DecodeGraph => Mode::DecodeGraph,
+                ModeArg::Window => Mode::Window,
                 ModeArg::ProfileMma => Mode::ProfileMma,
             };
             let report = run_bench(&Options { mode, quick: a.quick, profile: a.profile.clone() })?;

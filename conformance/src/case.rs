@@ -45,6 +45,11 @@ pub struct Case {
     /// Logit soft-cap of the attention (Gemma 2, Grok): drawn in a quarter of the cases, 0.5-20
     /// (logits of the drawn data reach a few units, so the cap bends them).
     pub softcap: Option<f32>,
+    /// Sliding window of the attention (Mistral, Gemma, gpt-oss): drawn in half of the causal
+    /// cases (a quarter of all), 1-300 keys: often fewer than a sequence's keys (cached up to
+    /// `max_cached`, long decodes up to `max_long_decode`), so the window cuts, across the
+    /// GPU decode's splits and the prefill's key tiles.
+    pub window: Option<usize>,
 }
 
 impl Case {
@@ -65,7 +70,7 @@ impl Case {
 
     /// Attention parameters (scale `self.scale / sqrt(head_dim)`).
     pub fn params(&self) -> AttentionParams {
-        AttentionParams { causal: self.causal, scale: self.scale / (self.head_dim() as f32).sqrt(), softcap: self.softcap }
+        AttentionParams { causal: self.causal, scale: self.scale / (self.head_dim() as f32).sqrt(), softcap: self.softcap, window: self.window }
     }
 
     /// The cache layout, with room for every sequence (pages: exactly enough plus spares).
@@ -95,6 +100,7 @@ impl Case {
             batch_size: self.seqs.len(),
             max_q_len: max_q,
             max_kv_len: if op == Op::KvAppend || op == Op::Rope { 0 } else { max_kv },
+            window: if matches!(op, Op::Attention | Op::AttentionPlain | Op::Step) && self.causal { self.window } else { None },
         }
     }
 }
@@ -202,8 +208,9 @@ pub fn cases(cfg: GenConfig) -> impl Strategy<Value = Case> {
         prop_oneof![3 => Just(false), 1 => Just(true)],
         any::<bool>(),
         prop_oneof![3 => Just(None), 1 => (0.5f32..20.0).prop_map(Some)],
+        prop_oneof![2 => Just(None), 1 => Just(Some(1usize)), 3 => (2usize..24).prop_map(Some), 2 => (24usize..300).prop_map(Some)],
     )
-        .prop_map(move |((heads, kv_heads), rope, page_size, causal, mut seqs, amplitude, scale, seed, decode_only, cross, softcap)| {
+        .prop_map(move |((heads, kv_heads), rope, page_size, causal, mut seqs, amplitude, scale, seed, decode_only, cross, softcap, window)| {
             if decode_only {
                 for s in &mut seqs {
                     s.q_len = 1;
@@ -217,6 +224,6 @@ pub fn cases(cfg: GenConfig) -> impl Strategy<Value = Case> {
                     s.q_len = s.q_len.min(4);
                 }
             }
-            Case { dtype: cfg.dtype, heads, kv_heads, rope, page_size, causal, seqs, amplitude, scale, seed, cross: cross && !causal, softcap }
+            Case { dtype: cfg.dtype, heads, kv_heads, rope, page_size, causal, seqs, amplitude, scale, seed, cross: cross && !causal, softcap, window: window.filter(|_| causal) }
         })
 }

@@ -55,6 +55,10 @@ pub enum Bug {
     /// Attention without the logit soft-cap it was given (right for the uncapped cases; the
     /// quarter of the cases that draw a cap catch it).
     SoftcapIgnored,
+    /// The sliding window lets each query see one key more, the one just before its window (a
+    /// `>` for a `>=` in the lower bound): right without a window, or where the window holds
+    /// every key; caught by the windowed cases whose window cuts.
+    WindowOffByOne,
 }
 
 /// Keys per split of [`Bug::SplitMergeDropsSplit`]: the vector decode's least split size (128
@@ -63,7 +67,7 @@ pub const SPLIT_KEYS: usize = 128;
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 16] = [
+    pub const ALL: [Bug; 17] = [
         Bug::RopeStyleSwapped,
         Bug::CausalOffByOne,
         Bug::GqaModulo,
@@ -80,6 +84,7 @@ impl Bug {
         Bug::ScalingTableShifted,
         Bug::CrossRowsUnwritten,
         Bug::SoftcapIgnored,
+        Bug::WindowOffByOne,
     ];
 
     /// Registry name: `mutant-...`.
@@ -101,6 +106,7 @@ impl Bug {
             Bug::ScalingTableShifted => "mutant-scaling-table-shifted",
             Bug::CrossRowsUnwritten => "mutant-cross-rows-unwritten",
             Bug::SoftcapIgnored => "mutant-softcap-ignored",
+            Bug::WindowOffByOne => "mutant-window-off-by-one",
         }
     }
 
@@ -133,9 +139,13 @@ fn buggy_attend(bug: Bug, q: &[f64], k: &[f64], v: &[f64], q_len: usize, kv_len:
     let group = heads / kv_heads;
     let mut out = vec![0.0; q_len * heads * d];
     for i in 0..q_len {
-        let mut visible = if p.causal { kv_len - q_len + i + 1 } else { kv_len };
+        let keys = p.visible_keys(i, q_len, kv_len);
+        let (mut first, mut visible) = (keys.start, keys.end);
         if bug == Bug::CausalOffByOne && p.causal {
             visible = (visible + 1).min(kv_len);
+        }
+        if bug == Bug::WindowOffByOne {
+            first = first.saturating_sub(1);
         }
         if bug == Bug::SplitMergeDropsSplit && q_len == 1 && visible > SPLIT_KEYS {
             // The splits are [0, 128), [128, 256), ...; the merge forgets the last one.
@@ -146,7 +156,7 @@ fn buggy_attend(bug: Bug, q: &[f64], k: &[f64], v: &[f64], q_len: usize, kv_len:
             let qi = &q[(i * heads + h) * d..][..d];
             let scale = if bug == Bug::ScaleIgnored { 1.0 / (d as f64).sqrt() } else { p.scale as f64 };
             let cap = if bug == Bug::SoftcapIgnored { None } else { p.softcap.map(f64::from) };
-            let s: Vec<f64> = (0..visible)
+            let s: Vec<f64> = (first..visible)
                 .map(|j| scale * qi.iter().zip(&k[(j * kv_heads + kh) * d..][..d]).map(|(a, b)| a * b).sum::<f64>())
                 .map(|s| cap.map_or(s, |c| c * (s / c).tanh()))
                 .collect();
@@ -157,7 +167,7 @@ fn buggy_attend(bug: Bug, q: &[f64], k: &[f64], v: &[f64], q_len: usize, kv_len:
                 s.iter().map(|x| (x - m).exp()).collect()
             };
             let total: f64 = w.iter().sum();
-            for (j, wj) in w.iter().enumerate() {
+            for (j, wj) in (first..visible).zip(&w) {
                 for e in 0..d {
                     out[(i * heads + h) * d + e] += wj / total * v[(j * kv_heads + kh) * d + e];
                 }
@@ -261,7 +271,7 @@ impl AttentionBackend for Mutant {
                 after[last] = before[last];
                 write(out, "out", &after)
             }
-            Bug::CausalOffByOne | Bug::GqaModulo | Bug::SoftmaxNoMax | Bug::ScaleIgnored | Bug::SplitMergeDropsSplit | Bug::SoftcapIgnored => {
+            Bug::CausalOffByOne | Bug::GqaModulo | Bug::SoftmaxNoMax | Bug::ScaleIgnored | Bug::SplitMergeDropsSplit | Bug::SoftcapIgnored | Bug::WindowOffByOne => {
                 let AttentionArgs { q, pools, meta, batch, kv_lens, params, out, .. } = a;
                 let (heads, d) = (q.shape()[1], q.shape()[2]);
                 let kv_heads = pools.spec().num_kv_heads;
@@ -370,6 +380,7 @@ mod registered {
         SplitMergeDropsSplit,
         ScalingTableShifted,
         CrossRowsUnwritten,
-        SoftcapIgnored
+        SoftcapIgnored,
+        WindowOffByOne
     );
 }

@@ -67,7 +67,7 @@ fn rope_ignoring_the_row_stride_is_caught_on_the_views_path() {
 
 #[test]
 fn every_bug_has_a_test() {
-    assert_eq!(Bug::ALL.len(), 16);
+    assert_eq!(Bug::ALL.len(), 17);
     assert!(Bug::ALL.iter().all(|b| Op::ALL.contains(&b.op())));
 }
 
@@ -116,4 +116,10 @@ fn cross_attention_rows_left_unwritten_are_caught() {
 #[test]
 fn an_ignored_logit_soft_cap_is_caught() {
     caught(Bug::SoftcapIgnored, DType::F32);
+}
+
+/// Only windowed cases whose window holds fewer keys than the query sees show it.
+#[test]
+fn a_sliding_window_one_key_too_wide_is_caught() {
+    caught(Bug::WindowOffByOne, DType::BF16);
 }

@@ -25,6 +25,7 @@ pub struct SeqShape {
 /// ```text
 /// g        = H / Hkv                    query head h reads kv head h / g (GQA; MQA when Hkv = 1)
 /// last(i)  = kv_len - q_len + i         causal: query i sees keys 0..=last(i); otherwise all
+/// first(i) = max(0, last(i) + 1 - W)    with a sliding window of W keys: keys first(i)..=last(i)
 /// s_j      = scale * (q_i . k_j)
 /// s_j      = cap * tanh(s_j / cap)      with logit soft-capping (`params.softcap = Some(cap)`)
 /// p_j      = exp(s_j - max s) / sum_j exp(s_j - max s)
@@ -35,11 +36,12 @@ pub fn attend(q: &[f64], k: &[f64], v: &[f64], s: SeqShape, params: AttentionPar
     let group = heads / kv_heads;
     let mut out = vec![0.0; q_len * heads * d];
     for i in 0..q_len {
-        let visible = if params.causal { kv_len - q_len + i + 1 } else { kv_len };
+        let visible = params.visible_keys(i, q_len, kv_len);
         for h in 0..heads {
             let kh = h / group;
             let qi = &q[(i * heads + h) * d..][..d];
-            let scores: Vec<f64> = (0..visible)
+            let scores: Vec<f64> = visible
+                .clone()
                 .map(|j| {
                     let kj = &k[(j * kv_heads + kh) * d..][..d];
                     let s = params.scale as f64 * qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>();
@@ -53,7 +55,7 @@ pub fn attend(q: &[f64], k: &[f64], v: &[f64], s: SeqShape, params: AttentionPar
             let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
             let total: f64 = weights.iter().sum();
             let o = &mut out[(i * heads + h) * d..][..d];
-            for (j, w) in weights.iter().enumerate() {
+            for (j, w) in visible.clone().zip(&weights) {
                 let vj = &v[(j * kv_heads + kh) * d..][..d];
                 for (oe, ve) in o.iter_mut().zip(vj) {
                     *oe += w / total * ve;

@@ -62,6 +62,10 @@ AF_DEVICE void rope_rows(const AttnParams& p, int rows, int D, int tid, int nthr
     }
 }
 
+// First key a query sees whose keys end (exclusive) at `end`: under a sliding window the
+// `p.window` keys before `end`, else key 0 (the host allows a window only with causal masks).
+AF_DEVICE int af_first_key(const AttnParams& p, int end) { return p.window > 0 ? max(0, end - p.window) : 0; }
+
 // Element offset of (token t, head h) in q and in out: tokens `q_stride` / `o_stride` elements
 // apart (views into a fused QKV buffer), a token's heads dense.
 AF_DEVICE long q_at(const AttnParams& p, long t, int h) { return t * p.q_stride + (long)h * p.head_dim; }

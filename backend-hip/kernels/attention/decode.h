@@ -47,11 +47,12 @@ AF_DEVICE void decode_body(const AttnParams& p) {
     const T* V = reinterpret_cast<const T*>(p.v);
 
     float q[RMAX][EP];
-    int limit[RMAX];
+    int limit[RMAX], first[RMAX];  // row r sees keys first[r] .. limit[r] - 1
 #pragma unroll
     for (int r = 0; r < RMAX; ++r) {
         const int rr = r0 + (r < rows ? r : 0), qi = rr / G, h = kh * G + rr % G;
         limit[r] = r < rows ? (p.causal ? kv_len - q_len + qi + 1 : kv_len) : 0;
+        first[r] = af_first_key(p, limit[r]);
         const T* src = Q + q_at(p, qbeg + qi, h) + lane * epd;
 #pragma unroll
         for (int e = 0; e < EP; ++e) q[r][e] = 0.f;
@@ -84,11 +85,15 @@ AF_DEVICE void decode_body(const AttnParams& p) {
             for (int e = 0; e < EP; ++e)
                 if (e < epd) q[r][e] = sQr[(r < rows ? r : 0) * DMAX + lane * epd + e];
     }
-    int kv_end = 0;
+    // The block's keys, kv_beg .. kv_end - 1 (a sliding window starts past 0), cut into p.splits.
+    int kv_end = 0, kv_beg = kv_len;
 #pragma unroll
-    for (int r = 0; r < RMAX; ++r) kv_end = max(kv_end, limit[r]);
-    const int chunk = (kv_len + p.splits - 1) / p.splits;
-    const int s0 = split * chunk, s1 = min(kv_end, s0 + chunk);
+    for (int r = 0; r < RMAX; ++r) {
+        kv_end = max(kv_end, limit[r]);
+        if (r < rows) kv_beg = min(kv_beg, first[r]);
+    }
+    const int chunk = (kv_len - kv_beg + p.splits - 1) / p.splits;
+    const int s0 = kv_beg + split * chunk, s1 = min(kv_end, s0 + chunk);
     const int n = max(0, s1 - s0);
 
     // Phase 1: logits. Every lane runs the same iterations (the shuffles need the whole warp).
@@ -135,7 +140,7 @@ AF_DEVICE void decode_body(const AttnParams& p) {
                 for (int e = 0; e < EP; ++e) sc += q[r][e] * kv[u][e];
 #pragma unroll
                 for (int o = 8; o > 0; o >>= 1) sc += af_shfl_xor(sc, o);
-                if (lane == 0 && j < n) sS[r * DC_MAXK + j] = (s0 + j < limit[r]) ? af_logit2(sc, p.scale_log2, p.softcap_log2) : -INFINITY;
+                if (lane == 0 && j < n) sS[r * DC_MAXK + j] = (s0 + j < limit[r] && s0 + j >= first[r]) ? af_logit2(sc, p.scale_log2, p.softcap_log2) : -INFINITY;
             }
         }
     }

@@ -25,11 +25,12 @@ template <int DM> struct MmaTile {
 };
 
 // One online-softmax step for one 16-row tile of this group over NF score fragments whose first
-// key is key0: scale to base 2, mask keys at or past the row's `lim` (when `masked`), update the
+// key is key0: scale to base 2, mask keys at or past the row's `lim` or before its `lo` (when
+// `masked`; lo: the first key of a sliding window, else 0), update the
 // row maxima `m` and this lane's partial sums `l`, turn the scores into probabilities in place,
 // and leave in `corr` each row's factor for rescaling its accumulators.
 template <int NF>
-AF_DEVICE void mma_softmax_step(float (*s)[4], float* m, float* l, const int* lim, bool masked, int key0, float scale_log2, float softcap_log2, float* corr) {
+AF_DEVICE void mma_softmax_step(float (*s)[4], float* m, float* l, const int* lim, const int* lo, bool masked, int key0, float scale_log2, float softcap_log2, float* corr) {
     float mx[AF_MMA_SLOTS], base[AF_MMA_SLOTS];
 #pragma unroll
     for (int sl = 0; sl < AF_MMA_SLOTS; ++sl) mx[sl] = -INFINITY;
@@ -39,7 +40,8 @@ AF_DEVICE void mma_softmax_step(float (*s)[4], float* m, float* l, const int* li
         for (int e = 0; e < 4; ++e) {
             const int sl = af_mma_slot(e);
             float x = af_logit2(s[f][e], scale_log2, softcap_log2);
-            if (masked && key0 + f * AF_MMA_SN + af_mma_col(e) >= lim[sl]) x = -INFINITY;
+            const int key = key0 + f * AF_MMA_SN + af_mma_col(e);
+            if (masked && (key >= lim[sl] || key < lo[sl])) x = -INFINITY;
             s[f][e] = x;
             mx[sl] = fmaxf(mx[sl], x);
         }

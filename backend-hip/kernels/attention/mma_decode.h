@@ -61,10 +61,12 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
         }
     }
     // This split's keys: a multiple of the tile, up to the last key any row sees.
+    // (A sliding window starts at the first key of the block's earliest query.)
     int kv_end = 0;
     for (int r = 0; r < rows; ++r) kv_end = max(kv_end, p.causal ? kv_len - q_len + (r0 + r) / G + 1 : kv_len);
-    const int chunk = (((kv_len + p.splits - 1) / p.splits) + BC - 1) / BC * BC;
-    const int s0 = split * chunk, s1 = min(kv_end, s0 + chunk);
+    const int kv_beg = af_first_key(p, p.causal ? kv_len - q_len + r0 / G + 1 : kv_len);
+    const int chunk = (((kv_len - kv_beg + p.splits - 1) / p.splits) + BC - 1) / BC * BC;
+    const int s0 = kv_beg + split * chunk, s1 = min(kv_end, s0 + chunk);
     const int ntiles = s1 > s0 ? (s1 - s0 + BC - 1) / BC : 0;
     auto load_tile = [&](int j) {
         unsigned short* dK = sKV + (j % stages) * 2 * BC * LD;
@@ -91,13 +93,15 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
 #pragma unroll
     for (int f = 0; f < OF; ++f) o[f][0] = o[f][1] = o[f][2] = o[f][3] = 0.f;
     float m[AF_MMA_SLOTS], l[AF_MMA_SLOTS];
-    int lim[AF_MMA_SLOTS];
+    int lim[AF_MMA_SLOTS], lo[AF_MMA_SLOTS];
 #pragma unroll
     for (int sl = 0; sl < AF_MMA_SLOTS; ++sl) {
         m[sl] = -INFINITY;
         l[sl] = 0.f;
         const int r = af_mma_row(sl);
-        lim[sl] = r < rows ? min(s1, p.causal ? kv_len - q_len + (r0 + r) / G + 1 : kv_len) : 0;
+        const int end = p.causal ? kv_len - q_len + (r0 + r) / G + 1 : kv_len;
+        lim[sl] = r < rows ? min(s1, end) : 0;
+        lo[sl] = af_first_key(p, end);
     }
     for (int j = 0; j < ntiles; ++j) {
         if (j + stages - 1 < ntiles) load_tile(j + stages - 1);
@@ -118,7 +122,7 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
             af_mma_qk16<BF16>(s, qf, kf);
         }
         float corr[AF_MMA_SLOTS];
-        mma_softmax_step<16 / AF_MMA_SN>(s, m, l, lim, true, k0, p.scale_log2, p.softcap_log2, corr);
+        mma_softmax_step<16 / AF_MMA_SN>(s, m, l, lim, lo, true, k0, p.scale_log2, p.softcap_log2, corr);
         unsigned pf[AF_MMA_PW];
         af_mma_pack_p<BF16>(pf, s);
 #pragma unroll

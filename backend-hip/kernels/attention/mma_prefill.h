@@ -67,7 +67,10 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
     const int last_row = q0 + rows - 1;
     const int kv_end = p.causal ? min(kv_len, kv_len - q_len + last_row + 1) : kv_len;
     const int ntiles = (kv_end + BC - 1) / BC;
-    if (ntiles > 0) load_kv(sK, K, p.k_stride, 0);
+    // Under a sliding window the tile's first row sees no key before af_first_key: skip the
+    // tiles wholly before it (the work grows with the window, not the context).
+    const int j0 = p.causal ? af_first_key(p, min(kv_len, kv_len - q_len + q0 + 1)) / BC : 0;
+    if (ntiles > j0) load_kv(sK, K, p.k_stride, j0 * BC);
     af_cp_async_commit();
     af_cp_async_wait_all();
     __syncthreads();
@@ -108,10 +111,12 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
     }
     // Tiles from here on need masks for some row of this group.
     const int mask_from = p.causal ? min(kv_len, kv_len - q_len + q0 + 16 * MT * w + 1) : kv_len;
+    // ... and tiles before the window start of this group's last row.
+    const int mask_below = p.causal ? af_first_key(p, min(kv_len, kv_len - q_len + q0 + 16 * MT * (w + 1))) : 0;
 
-    for (int j = 0; j < ntiles; ++j) {
+    for (int j = j0; j < ntiles; ++j) {
         const int k0 = j * BC;
-        if (j > 0) {
+        if (j > j0) {
             af_cp_async_wait_all();  // K tile j has landed
             __syncthreads();         // ... for every group, and every group is done with sV
         }
@@ -141,12 +146,15 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
             }
         }
         // Scale (base 2), mask, online softmax; probabilities to operands.
-        const bool masked = k0 + BC > mask_from;
+        const bool masked = k0 + BC > mask_from || k0 < mask_below;
         unsigned pf[MT][BC / 16][AF_MMA_PW];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
             float corr[AF_MMA_SLOTS];
-            mma_softmax_step<SF>(s[mt], m[mt], l[mt], lim[mt], masked, k0, p.scale_log2, p.softcap_log2, corr);
+            int lo[AF_MMA_SLOTS];
+#pragma unroll
+            for (int sl = 0; sl < AF_MMA_SLOTS; ++sl) lo[sl] = af_first_key(p, lim[mt][sl]);
+            mma_softmax_step<SF>(s[mt], m[mt], l[mt], lim[mt], lo, masked, k0, p.scale_log2, p.softcap_log2, corr);
 #pragma unroll
             for (int c = 0; c < BC / 16; ++c) af_mma_pack_p<BF16>(pf[mt][c], &s[mt][c * (16 / AF_MMA_SN)]);
 #pragma unroll

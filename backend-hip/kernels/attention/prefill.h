@@ -61,7 +61,10 @@ AF_DEVICE void prefill_body(const AttnParams& p) {
     const int last_row = min(q0 + PF_BR, q_len) - 1;
     const int kv_end = p.causal ? min(kv_len, kv_len - q_len + last_row + 1) : kv_len;
 
-    for (int k0 = 0; k0 < kv_end; k0 += PF_BC) {
+    // Under a sliding window, key tiles wholly before the first row's window are skipped.
+    const int k_start = p.causal ? af_first_key(p, min(kv_len, kv_len - q_len + q0 + 1)) / PF_BC * PF_BC : 0;
+
+    for (int k0 = k_start; k0 < kv_end; k0 += PF_BC) {
         float s[4][4];
 #pragma unroll
         for (int i = 0; i < 4; ++i)
@@ -106,12 +109,13 @@ AF_DEVICE void prefill_body(const AttnParams& p) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int qi = q0 + ty * 4 + i;
-            const int limit = p.causal ? kv_len - q_len + qi + 1 : kv_len;  // keys < limit visible
+            const int limit = p.causal ? kv_len - q_len + qi + 1 : kv_len;  // keys first .. limit - 1 visible
+            const int first = af_first_key(p, limit);
             float mx = -INFINITY;
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int kj = k0 + tx + 16 * j;
-                s[i][j] = (kj < limit && kj < kv_len && qi < q_len) ? af_logit2(s[i][j], p.scale_log2, p.softcap_log2) : -INFINITY;
+                s[i][j] = (kj < limit && kj >= first && kj < kv_len && qi < q_len) ? af_logit2(s[i][j], p.scale_log2, p.softcap_log2) : -INFINITY;
                 mx = fmaxf(mx, s[i][j]);
             }
 #pragma unroll

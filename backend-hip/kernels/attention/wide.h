@@ -25,6 +25,7 @@ AF_DEVICE void wide_body(const AttnParams& p) {
     const int kv_len = reinterpret_cast<const int*>(p.kv_len)[b];
     const int qi = t - qbeg;
     const int visible = p.causal ? kv_len - q_len + qi + 1 : kv_len;
+    const int first = af_first_key(p, visible);  // keys first .. visible - 1
     const T* Qrow = reinterpret_cast<const T*>(p.q) + q_at(p, t, h);
     const T* K = reinterpret_cast<const T*>(p.k);
     const T* V = reinterpret_cast<const T*>(p.v);
@@ -39,7 +40,7 @@ AF_DEVICE void wide_body(const AttnParams& p) {
 #pragma unroll
     for (int i = 0; i < WIDE_EP; ++i) acc[i] = 0.f;
     float m = -INFINITY, l = 0.f;
-    for (int j0 = 0; j0 < visible; j0 += WIDE_THREADS / 16) {
+    for (int j0 = first; j0 < visible; j0 += WIDE_THREADS / 16) {
         const int j = j0 + grp;
         float sc = 0.f;
         if (j < visible) {

@@ -145,6 +145,8 @@ AF_FIELD(int, k_stride)              // elements between consecutive K rows (a p
 AF_FIELD(int, v_stride)              // ... of V
 AF_FIELD(float, softcap_log2)        // logit soft-cap * log2(e); 0: none (then scale_log2 = scale / cap)
 AF_FIELD(af_ptr, counters)           // decode, splits > 1: int32 [B, Hk, row chunks], zero; set: the last split merges (no attn_merge)
+AF_FIELD(int, window)                // sliding window (causal only): a query sees the `window` keys ending at its own; 0: none
+AF_FIELD(int, pad)
 AF_END(AttnParams)
 
 AF_STRUCT(SepParams)                 // separate.hip: scores, softmax, P.V over a score buffer

@@ -55,7 +55,7 @@ fn devices() -> Vec<DeviceProps> {
 const STRATEGIES: [Strategy; 4] = [Strategy::Flash, Strategy::Hybrid, Strategy::Fused, Strategy::Separate];
 
 fn problem(dtype: DType, (h, hk): (usize, usize), d: usize, batch: usize, q: usize, kv: usize, layout: Option<CacheLayout>) -> ProblemDesc {
-    ProblemDesc { dtype, num_heads: h, num_kv_heads: hk, head_dim: d, rope: Some(RopeConfig::new(d, 10000.0, 1 << 20)), layout, causal: true, batch_size: batch, max_q_len: q, max_kv_len: kv }
+    ProblemDesc { dtype, num_heads: h, num_kv_heads: hk, head_dim: d, rope: Some(RopeConfig::new(d, 10000.0, 1 << 20)), layout, causal: true, batch_size: batch, max_q_len: q, max_kv_len: kv, window: None }
 }
 
 /// Every (device, strategy, op, problem) of a grid wide enough to reach every kernel.
@@ -245,6 +245,25 @@ fn decode_splits_come_from_the_devices_shared_memory() {
         for kv in [1, 255, 256, 4097, 100_000] {
             let s = mma_decode_splits(blocks, kv, slots);
             assert!(s >= 1 && s <= kv.div_ceil(256).max(1));
+        }
+    }
+}
+
+/// A sliding window's decode splits its window's keys, not the context's: at L = 131072 with a
+/// window of 4096 the plan is the one of a 4096-key context, on every device and both kernels.
+#[test]
+fn a_sliding_window_decode_is_split_like_a_context_of_the_window() {
+    for dev in devices() {
+        for dtype in [DType::BF16, DType::F32] {
+            let mut p = problem(dtype, (32, 8), 128, 1, 1, 131_072, Some(CacheLayout::Contiguous { capacity: 131_072 }));
+            p.window = Some(4096);
+            assert_eq!(p.max_visible_keys(), 4096);
+            let short = problem(dtype, (32, 8), 128, 1, 1, 4096, Some(CacheLayout::Contiguous { capacity: 4096 }));
+            let split = |p: &ProblemDesc| match plan(&dev, Strategy::Flash, Op::Attention, p).unwrap() {
+                OpPlan::Attention(AttnLaunch::Decode { splits, .. }) => splits,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(split(&p), split(&short), "{} {dtype:?}", dev.name);
         }
     }
 }

@@ -162,6 +162,7 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
             causal: true,
             scale: 0.125,
             softcap: 0.0,
+            window: 0,
             rope: None,
         };
         let e = attention(&gpu, &launch, call).unwrap_err();
@@ -184,6 +185,7 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
         causal: true,
         scale: 0.125,
             softcap: 0.0,
+            window: 0,
         rope: None,
     };
     assert!(attention(&gpu, &launch, call).unwrap_err().to_string().contains("lives on"));
@@ -200,7 +202,8 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
         kv: KvSource { k: st(pk.view(), hk * d), v: st(pv.view(), hk * d), rows: slots, kv_heads: hk, at: KvAddressing::Pages { page_size: ps, tables: vec![&[3, 0]] } },
         causal: true,
         scale: 0.125,
-            softcap: 0.0,
+        softcap: 0.0,
+        window: 0,
         rope: None,
     };
     attention(&gpu, &launch, call).unwrap();

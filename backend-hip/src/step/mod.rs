@@ -134,7 +134,7 @@ fn cache_attention(
         kv_heads: spec.num_kv_heads,
         at: addressing(c.spec(), meta, batch, &mut bases),
     };
-    let call = AttnCall { dtype: spec.dtype, heads, head_dim: spec.head_dim, q, out, q_lens: batch.q_lens(), kv_lens, kv, causal: params.causal, scale: params.scale, softcap: params.softcap.unwrap_or(0.0), rope };
+    let call = AttnCall { dtype: spec.dtype, heads, head_dim: spec.head_dim, q, out, q_lens: batch.q_lens(), kv_lens, kv, causal: params.causal, scale: params.scale, softcap: params.softcap.unwrap_or(0.0), window: params.window.unwrap_or(0), rope };
     attention::attention(ctx.gpu, l, call)
 }
 
@@ -182,6 +182,7 @@ pub(crate) fn attention_plain(ctx: &Ctx<'_>, l: &AttnLaunch, a: PlainAttentionAr
         causal: a.params.causal,
         scale: a.params.scale,
         softcap: a.params.softcap.unwrap_or(0.0),
+        window: a.params.window.unwrap_or(0),
         rope: None,
     };
     attention::attention(ctx.gpu, l, call)

@@ -84,6 +84,7 @@ fn host(l: &OpPlan, a: &PlanArgs<'_>) -> Result<Host> {
                 kv_lens: &a.kv_lens,
                 at: &at,
                 causal: a.params.causal,
+                window: a.params.window.unwrap_or(0),
                 bucket: Some(a.max_kv_len),
             };
             Some(attention::prepare(al, &shape)?)
@@ -312,6 +313,7 @@ fn attend(ctx: &Ctx<'_>, l: &AttnLaunch, p: &GpuPlan, q: Strided<DevRef<'_>>, c:
         scale: p.params.scale,
         softcap: p.params.softcap.unwrap_or(0.0),
         causal: p.params.causal,
+        window: p.params.window.unwrap_or(0),
         rope,
     };
     let m = &p.meta;

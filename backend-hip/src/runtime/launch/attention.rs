@@ -78,6 +78,8 @@ pub(crate) struct AttnCall<'a> {
     pub scale: f32,
     /// Logit soft-cap (0: none).
     pub softcap: f32,
+    /// Sliding window in keys (0: none; causal only).
+    pub window: usize,
     pub rope: Option<AttnRope<'a>>,
 }
 
@@ -141,6 +143,8 @@ pub(crate) struct AttnShape<'a> {
     pub kv_lens: &'a [usize],
     pub at: &'a KvAddressing<'a>,
     pub causal: bool,
+    /// Sliding window in keys (0: none).
+    pub window: usize,
     /// The plan's bucket: the longest sequence later steps may have (sizes the page-table
     /// width and the score buffer; the split count is the launch's). None: this call's.
     pub bucket: Option<usize>,
@@ -167,7 +171,7 @@ pub(crate) fn prepare(l: &AttnLaunch, c: &AttnShape<'_>) -> Result<AttnHost> {
     for (&ql, &kl) in c.q_lens.iter().zip(c.kv_lens) {
         // Causal rows see keys up to kl - ql + row: more queries than keys only without the mask
         // (cross-attention); every kernel takes kl as the visible count then.
-        if ql == 0 || kl == 0 || (c.causal && ql > kl) {
+        if ql == 0 || kl == 0 || (c.causal && ql > kl) || (c.window > 0 && !c.causal) {
             return Err(Error::InvalidArgument(format!("attention: q_len {ql} over kv_len {kl}{}", if c.causal { " (causal)" } else { "" })));
         }
         acc += ql;
@@ -175,6 +179,7 @@ pub(crate) fn prepare(l: &AttnLaunch, c: &AttnShape<'_>) -> Result<AttnHost> {
     }
     let max_q = c.q_lens.iter().copied().max().unwrap_or(0);
     let max_kv = c.kv_lens.iter().copied().max().unwrap_or(0);
+    i32_of(c.window, "sliding window")?;
     let bucket = match c.bucket {
         Some(m) if m < max_kv => return Err(Error::InvalidArgument(format!("attention: {max_kv} keys past the plan's bucket of {m}"))),
         Some(m) => m,
@@ -234,7 +239,10 @@ pub(crate) fn prepare(l: &AttnLaunch, c: &AttnShape<'_>) -> Result<AttnHost> {
             }
             let keys = |&(i, q0): &(usize, usize)| {
                 if c.causal {
-                    (c.kv_lens[i] + (q0 + rows).min(c.q_lens[i])).saturating_sub(c.q_lens[i])
+                    let end = (c.kv_lens[i] + (q0 + rows).min(c.q_lens[i])).saturating_sub(c.q_lens[i]);
+                    // A sliding window starts at the first row's window.
+                    let first = if c.window > 0 { (c.kv_lens[i] + q0 + 1).saturating_sub(c.q_lens[i] + c.window) } else { 0 };
+                    end - first.min(end)
                 } else {
                     c.kv_lens[i]
                 }
@@ -252,8 +260,11 @@ pub(crate) fn prepare(l: &AttnLaunch, c: &AttnShape<'_>) -> Result<AttnHost> {
                 return Err(Error::InvalidArgument(format!("decode launch with {rows_per_block} rows, {splits} splits, {stages} stages")));
             }
             if let Some(most) = max_keys_per_split {
-                if bucket.div_ceil((*splits).max(1)) > *most {
-                    return Err(Error::InvalidArgument(format!("decode: {splits} splits of {bucket} keys exceed {most} keys per split")));
+                // A block's keys: the bucket, or under a sliding window the window and the
+                // block's other queries.
+                let span = if c.window > 0 { bucket.min(c.window + max_q - 1) } else { bucket };
+                if span.div_ceil((*splits).max(1)) > *most {
+                    return Err(Error::InvalidArgument(format!("decode: {splits} splits of {span} keys exceed {most} keys per split")));
                 }
             }
             if *splits > 1 {
@@ -314,6 +325,8 @@ pub(crate) struct AttnViews<'a> {
     /// Logit soft-cap (0: none).
     pub softcap: f32,
     pub causal: bool,
+    /// Sliding window in keys (0: none).
+    pub window: usize,
     pub rope: Option<AttnRope<'a>>,
 }
 
@@ -331,13 +344,13 @@ pub(crate) struct AttnDevice<'a> {
 /// Checks the call against the views, builds and uploads its metadata, launches (the eager
 /// path: metadata and scratch per call).
 pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()> {
-    let shape = AttnShape { heads: c.heads, head_dim: c.head_dim, kv_heads: c.kv.kv_heads, rows: c.kv.rows, q_lens: c.q_lens, kv_lens: c.kv_lens, at: &c.kv.at, causal: c.causal, bucket: None };
+    let shape = AttnShape { heads: c.heads, head_dim: c.head_dim, kv_heads: c.kv.kv_heads, rows: c.kv.rows, q_lens: c.q_lens, kv_lens: c.kv_lens, at: &c.kv.at, causal: c.causal, window: c.window, bucket: None };
     let host = prepare(l, &shape)?;
     let [a, b, cc, d, e] = &host.parts;
     let meta = gpu.upload_meta(&[a, b, cc, d, e])?;
     let mut scratch = if host.scratch > 0 { Some(gpu.alloc_uninit(host.scratch)?) } else { None };
     let sep = if host.sep.is_empty() { None } else { Some(gpu.upload(&host.sep)?) };
-    let views = AttnViews { q: c.q, out: c.out, k: c.kv.k, v: c.kv.v, dtype: c.dtype, scale: c.scale, softcap: c.softcap, causal: c.causal, rope: c.rope };
+    let views = AttnViews { q: c.q, out: c.out, k: c.kv.k, v: c.kv.v, dtype: c.dtype, scale: c.scale, softcap: c.softcap, causal: c.causal, window: c.window, rope: c.rope };
     // Eager: the merge runs as its own kernel (no counters to zero per call).
     let dev = AttnDevice { meta: [meta.part(0), meta.part(1), meta.part(2), meta.part(3), meta.part(4)], scratch: scratch.as_mut().map(|s| s.view_mut()), sep: sep.as_ref().map(|s| s.view()), counters: None };
     // Scratch and metadata are freed stream-ordered, after the launches.
@@ -400,6 +413,7 @@ pub(crate) fn launch(gpu: &Gpu, l: &AttnLaunch, h: &AttnHost, c: AttnViews<'_>, 
         scale_log2: if c.softcap > 0.0 { c.scale / c.softcap } else { c.scale * std::f32::consts::LOG2_E },
         softcap_log2: if c.softcap > 0.0 { c.softcap * std::f32::consts::LOG2_E } else { 0.0 },
         stages: 1,
+        window: if c.causal { i32_of(c.window, "sliding window")? } else { 0 },
         ..Default::default()
     };
     if let Some(r) = &c.rope {
