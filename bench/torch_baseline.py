@@ -171,6 +171,16 @@ if "--window" in sys.argv:
     for B in P["batch"]:
         decode_layers(B, L, "window-decode", f"B={B} L={L} full", P)
         decode_layers(B, W, "window-decode", f"B={B} L={L} W={W}", P)
+    # Prefill: SDPA's causal attention over S tokens (it has no windowed prefill to compare).
+    HQ, HK, Dd = P["heads"], P["kv_heads"], P["head_dim"]
+    for S in P["prefill_seq_len"]:
+        q = torch.randn(1, HQ, S, Dd, device=dev, dtype=torch.bfloat16)
+        k = torch.randn(1, HK, S, Dd, device=dev, dtype=torch.bfloat16)
+        v = torch.randn(1, HK, S, Dd, device=dev, dtype=torch.bfloat16)
+        sdpa_rows(f"window prefill S={S} full H={HQ}/{HK} D={Dd}", q, k, v, True, 4.0 * HQ * Dd * S * (S + 1) / 2,
+                  (2 * S * HQ * Dd + 2 * S * HK * Dd) * 2, "bf16", ("flash", "cudnn"), key=("window-prefill", f"prefill S={S} full"))
+        del q, k, v
+        torch.cuda.empty_cache()
     report()
     sys.exit(0)
 

@@ -128,6 +128,7 @@ impl AttentionBackend for HostF32 {
     fn attention(&self, a: AttentionArgs<'_>) -> Result<()> {
         let (h, d, hk) = (a.q.shape()[1], a.q.shape()[2], a.pools.spec().num_kv_heads);
         let (q, pk, pv) = (data(a.q)?, data(a.pools.k())?, data(a.pools.v())?);
+        let sinks = a.sinks.map(data).transpose()?; // attention sinks (gpt-oss): a logit per head
         let out = data_mut(a.out)?;
         for (i, (&s, &ql)) in a.batch.seq_ids().iter().zip(a.batch.q_lens()).enumerate() {
             let kvl = a.kv_lens[i];
@@ -149,6 +150,9 @@ impl AttentionBackend for HostF32 {
                         l = l * corr + w;
                         acc.iter_mut().zip(&pv[o..o + d]).for_each(|(a, v)| *a = *a * corr + w * v);
                         m = m2;
+                    }
+                    if let Some(sk) = sinks {
+                        l += (sk[hh] - m).exp(); // the sink joins the denominator only
                     }
                     out[r..r + d].iter_mut().zip(&acc).for_each(|(o, a)| *o = a / l);
                 }

@@ -232,7 +232,7 @@ impl<M: Memory> Engine<M> {
     /// launches on a GPU).
     fn layer(&mut self, l: usize, qkv: &[f32], plan: &StepPlan) -> Result<Vec<f32>> {
         let be = &self.be;
-        let mut op = |q: &mut Tensor, k: &mut Tensor, v: &Tensor, out: &mut Tensor, pools: &mut KvPools| be.run(plan, LayerViews::Step { q, k, v, pools, out });
+        let mut op = |q: &mut Tensor, k: &mut Tensor, v: &Tensor, out: &mut Tensor, pools: &mut KvPools| be.run(plan, LayerViews::Step { q, k, v, pools, out, sinks: None });
         self.mem.layer(be, l, plan.tokens(), qkv, &mut op)
     }
 

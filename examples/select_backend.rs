@@ -48,6 +48,7 @@ fn run(named: Option<&str>) -> Result<()> {
         be.rope_append_attend(StepInputs {
             q: &mut q, k: &mut k, v: &v, positions: &[step], rope: &rope, cache: &mut cache,
             batch: &Batch::uniform(1, 1)?, params: AttentionParams::causal(d), out: &mut out,
+            sinks: None,
         })?;
         let o = be.download(&out)?;
         println!("step {step}: kv_len {}  out[0..4] = {:?}", cache.seq_len(0), &o[..4]);

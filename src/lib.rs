@@ -26,7 +26,7 @@
 //! let mut out = backend.alloc(&[1, h, d], DType::F32)?;
 //! backend.rope_append_attend(StepInputs {
 //!     q: &mut q, k: &mut k, v: &v, positions: &[0], rope: &rope, cache: &mut cache,
-//!     batch: &batch, params: AttentionParams::causal(d), out: &mut out,
+//!     batch: &batch, params: AttentionParams::causal(d), sinks: None, out: &mut out,
 //! })?;
 //! assert_eq!(cache.seq_len(0), 1);
 //! assert_eq!(backend.download(&out)?, vec![1.0; 4 * 8]); // one key: all weight on its value

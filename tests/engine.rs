@@ -74,12 +74,12 @@ fn views_and_engine_metadata_give_the_owned_results_bit_for_bit() {
         let (mut q, mut k) = (be.upload(&qd, &[t, H, D], DType::BF16).unwrap(), be.upload(&kd, &[t, HK, D], DType::BF16).unwrap());
         let v = be.upload(&vd, &[t, HK, D], DType::BF16).unwrap();
         let mut out = be.alloc(&[t, H, D], DType::BF16).unwrap();
-        be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut owned, batch: &batch, params, out: &mut out }).unwrap();
+        be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut owned, batch: &batch, params, out: &mut out, sinks: None }).unwrap();
         // Engine: views into one fused buffer, a strided output, its metadata.
         let (mut qv, mut kv, vv) = fused(&buf, t, &qd, &kd, &vd);
         let mut ov = CpuBackend::tensor_in(&out_buf, 2, &[t, H, D], H * D + 4, DType::BF16).unwrap();
         meta.extend(&batch).unwrap();
-        be.step(StepViews { q: &mut qv, k: &mut kv, v: &vv, positions: &positions, rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params, out: &mut ov }).unwrap();
+        be.step(StepViews { q: &mut qv, k: &mut kv, v: &vv, positions: &positions, rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params, out: &mut ov, sinks: None }).unwrap();
         assert_eq!(be.download(&ov).unwrap(), be.download(&out).unwrap(), "step {step}");
         assert_eq!(be.read_kv_pools(&pools).unwrap(), be.read_kv_pool(&owned).unwrap(), "step {step}: pools");
         // Attention alone, again through both paths.
@@ -231,11 +231,11 @@ fn a_step_whose_q_shares_memory_with_v_or_the_pools_is_refused() {
     let before = buf.read_f32(0..t * W + 2 * n).unwrap();
     // q over v's columns (and beyond, into the padding and the next row's q).
     let mut q = CpuBackend::tensor_in(&buf, (H + HK) * D, &[t, H, D], W, DType::BF16).unwrap();
-    let e = be.step(StepViews { q: &mut q, k: &mut k, v: &v, positions: &[0, 1], rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params: AttentionParams::causal(D), out: &mut out });
+    let e = be.step(StepViews { q: &mut q, k: &mut k, v: &v, positions: &[0, 1], rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params: AttentionParams::causal(D), out: &mut out, sinks: None });
     assert_eq!(kind(e), "InvalidArgument");
     // q inside the K pool.
     let mut q = CpuBackend::tensor_in(&buf, t * W, &[t, H, D], H * D, DType::BF16).unwrap();
-    let e = be.step(StepViews { q: &mut q, k: &mut k, v: &v, positions: &[0, 1], rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params: AttentionParams::causal(D), out: &mut out });
+    let e = be.step(StepViews { q: &mut q, k: &mut k, v: &v, positions: &[0, 1], rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params: AttentionParams::causal(D), out: &mut out, sinks: None });
     assert_eq!(kind(e), "InvalidArgument");
     assert_eq!(buf.read_f32(0..t * W + 2 * n).unwrap(), before, "a refused step wrote something");
 }

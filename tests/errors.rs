@@ -171,6 +171,14 @@ fn heads_batches_and_lengths() {
     assert_eq!(e, Error::QLenExceedsKvLen { seq: 0, q_len: 2, kv_len: 0 });
     let nan_scale = AttentionParams { causal: false, scale: f32::NAN, softcap: None, window: None };
     assert_eq!(kind(be.attention(&q, &c, &Batch::new(vec![0], vec![2]).unwrap(), nan_scale, &mut out)), "InvalidArgument");
+    // Attention sinks: f32 [H] only, and never where the output goes.
+    let kv = t(&be, &[2, 4, 8], DType::F32);
+    let pb = PlainBatch::new(vec![2], vec![2]).unwrap();
+    for (sinks, want) in [(t(&be, &[5], DType::F32), "ShapeMismatch"), (t(&be, &[4], DType::F16), "DtypeMismatch"), (t(&be, &[4, 1], DType::F32), "ShapeMismatch")] {
+        assert_eq!(kind(be.attention_plain_with_sinks(&q, &kv, &kv, &pb, AttentionParams::full(8), &sinks, &mut out)), want);
+    }
+    let ok = t(&be, &[4], DType::F32);
+    be.attention_plain_with_sinks(&q, &kv, &kv, &pb, AttentionParams::full(8), &ok, &mut out).unwrap();
     // A sliding window of no keys, or without the causal mask.
     for (params, what) in [(AttentionParams::causal(8).with_window(0), "at least 1 key"), (AttentionParams::full(8).with_window(16), "needs causal")] {
         let e = be.attention(&q, &c, &Batch::new(vec![0], vec![2]).unwrap(), params, &mut out).unwrap_err();

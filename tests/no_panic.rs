@@ -42,6 +42,7 @@ proptest! {
                 let _ = be.rope_append_attend(StepInputs {
                     q: &mut q, k: &mut k, v: &v, positions: &pos, rope: &cfg, cache: &mut cache,
                     batch: &batch, params, out: &mut out,
+                    sinks: None,
                 });
             }
             let _ = be.read_kv_cache(&cache);

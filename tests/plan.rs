@@ -63,11 +63,11 @@ fn a_decode_loop_through_one_plan_matches_the_eager_steps_bit_for_bit() {
             let (qd, kd, vd) = (normals(t * H * D, seed), normals(t * HK * D, seed + 1), normals(t * HK * D, seed + 2));
             let up = |x: &[f32], h: usize| be.upload(x, &[t, h, D], DType::BF16).unwrap();
             let (mut q, mut k, v, mut out) = (up(&qd, H), up(&kd, HK), up(&vd, HK), up(&vec![f32::NAN; t * H * D], H));
-            be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut owned[layer], batch: &batch, params, out: &mut out }).unwrap();
+            be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut owned[layer], batch: &batch, params, out: &mut out, sinks: None }).unwrap();
             let (mut q2, mut k2, v2, mut out2) = (up(&qd, H), up(&kd, HK), up(&vd, HK), up(&vec![f32::NAN; t * H * D], H));
             match &plan {
-                None => be.step(StepViews { q: &mut q2, k: &mut k2, v: &v2, positions: &positions, rope: &rope, pools: &mut pools[layer], meta: &meta, batch: &batch, params, out: &mut out2 }).unwrap(),
-                Some(p) => be.run(p, LayerViews::Step { q: &mut q2, k: &mut k2, v: &v2, pools: &mut pools[layer], out: &mut out2 }).unwrap(),
+                None => be.step(StepViews { q: &mut q2, k: &mut k2, v: &v2, positions: &positions, rope: &rope, pools: &mut pools[layer], meta: &meta, batch: &batch, params, out: &mut out2, sinks: None }).unwrap(),
+                Some(p) => be.run(p, LayerViews::Step { q: &mut q2, k: &mut k2, v: &v2, pools: &mut pools[layer], out: &mut out2, sinks: None }).unwrap(),
             }
             assert_eq!(be.download(&out2).unwrap(), be.download(&out).unwrap(), "step {step} layer {layer}");
             assert_eq!(be.read_kv_pools(&pools[layer]).unwrap(), be.read_kv_pool(&owned[layer]).unwrap(), "step {step} layer {layer}: pools");
@@ -81,7 +81,7 @@ fn a_decode_loop_through_one_plan_matches_the_eager_steps_bit_for_bit() {
     for layer in 0..LAYERS {
         let (mut out, mut out2) = (be.alloc(&[t, H, D], DType::BF16).unwrap(), be.alloc(&[t, H, D], DType::BF16).unwrap());
         be.attention(&q, &owned[layer], &batch, params, &mut out).unwrap();
-        be.run(&plan, LayerViews::Attention { q: &q, pools: &pools[layer], out: &mut out2 }).unwrap();
+        be.run(&plan, LayerViews::Attention { q: &q, pools: &pools[layer], out: &mut out2, sinks: None }).unwrap();
         assert_eq!(be.download(&out2).unwrap(), be.download(&out).unwrap());
     }
 }
@@ -105,19 +105,19 @@ fn plans_refuse_what_they_were_not_made_for_and_write_nothing() {
     let mut out = be.upload(&vec![f32::NAN; 3 * H * D], &[3, H, D], DType::BF16).unwrap();
     let pools_before = be.read_kv_pools(&pools).unwrap();
     // Views of another op, of another shape, pools of another spec.
-    assert_eq!(kind(be.run(&plan, LayerViews::Attention { q: &q, pools: &pools, out: &mut out })), "InvalidArgument");
+    assert_eq!(kind(be.run(&plan, LayerViews::Attention { q: &q, pools: &pools, out: &mut out, sinks: None })), "InvalidArgument");
     let (mut q4, mut k4, v4) = (up(4, H), up(4, HK), up(4, HK));
-    assert_eq!(kind(be.run(&plan, LayerViews::Step { q: &mut q4, k: &mut k4, v: &v4, pools: &mut pools, out: &mut out })), "ShapeMismatch");
+    assert_eq!(kind(be.run(&plan, LayerViews::Step { q: &mut q4, k: &mut k4, v: &v4, pools: &mut pools, out: &mut out, sinks: None })), "ShapeMismatch");
     let other = KvCacheSpec { layout: CacheLayout::Paged { page_size: 4, num_pages: 13 }, ..s.clone() };
     let mut pools2 = be.kv_pools(&other, be.alloc(&other.pool_shape(), DType::BF16).unwrap(), be.alloc(&other.pool_shape(), DType::BF16).unwrap()).unwrap();
-    assert_eq!(kind(be.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools: &mut pools2, out: &mut out })), "InvalidArgument");
+    assert_eq!(kind(be.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools: &mut pools2, out: &mut out, sinks: None })), "InvalidArgument");
     // out overlapping q.
     let base = be.alloc(&[3, H * D], DType::BF16).unwrap();
     let (mut qa, mut oa) = (be.view(&base, 0, &[3, H, D], H * D).unwrap(), be.view(&base, 0, &[3, H, D], H * D).unwrap());
-    assert_eq!(kind(be.run(&plan, LayerViews::Step { q: &mut qa, k: &mut k, v: &v, pools: &mut pools, out: &mut oa })), "InvalidArgument");
+    assert_eq!(kind(be.run(&plan, LayerViews::Step { q: &mut qa, k: &mut k, v: &v, pools: &mut pools, out: &mut oa, sinks: None })), "InvalidArgument");
     // A plan of another instance.
     let other_be = Backend::new(std::sync::Arc::new(CpuBackend::new()));
-    assert_eq!(kind(other_be.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools: &mut pools, out: &mut out })), "InvalidArgument");
+    assert_eq!(kind(other_be.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools: &mut pools, out: &mut out, sinks: None })), "InvalidArgument");
     assert!(be.download(&out).unwrap().iter().all(|x| x.is_nan()), "a refused run wrote its output");
     assert_eq!(be.read_kv_pools(&pools).unwrap(), pools_before, "a refused run wrote the pools");
     // Updates: another batch shape, past the bucket, another bucket.
@@ -136,7 +136,7 @@ fn plans_refuse_what_they_were_not_made_for_and_write_nothing() {
     assert_eq!(kind(be.plan(desc(PlanOp::Step, &s, &meta, &batch, &[0, 0, 300], &rope, None))), "PositionOutOfRange");
     assert_eq!(kind(be.plan(StepDesc { rope: None, ..desc(PlanOp::Step, &s, &meta, &batch, &positions, &rope, None) })), "InvalidArgument");
     // The run still works after all that.
-    be.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools: &mut pools, out: &mut out }).unwrap();
+    be.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools: &mut pools, out: &mut out, sinks: None }).unwrap();
     assert!(be.download(&out).unwrap().iter().all(|x| x.is_finite()));
 }
 

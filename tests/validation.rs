@@ -129,6 +129,7 @@ fn context_shift_and_step_report_a_head_dim_mismatch_alike() {
             batch: &Batch::uniform(1, 1).unwrap(),
             params: AttentionParams::causal(16),
             out: &mut out,
+            sinks: None,
         })
         .unwrap_err();
     assert_eq!(shift.kind(), step.kind());

@@ -71,6 +71,10 @@ pub struct AttentionArgs<'a> {
     pub kv_lens: Vec<usize>,
     /// Causal flag and softmax scale.
     pub params: AttentionParams,
+    /// Attention sinks (gpt-oss): f32 `[H]`, one learned logit per query head that joins each
+    /// row's softmax denominator (`out = sum_j e^(s_j) v_j / (e^sink + sum_j e^(s_j))`; the
+    /// sink is neither scaled nor soft-capped). `None`: no sinks.
+    pub sinks: Option<&'a Tensor>,
     /// Output, fully overwritten.
     pub out: &'a mut Tensor,
     /// What the capability query saw.
@@ -93,6 +97,10 @@ pub struct PlainAttentionArgs<'a> {
     pub batch: &'a PlainBatch,
     /// Causal flag and softmax scale.
     pub params: AttentionParams,
+    /// Attention sinks (gpt-oss): f32 `[H]`, one learned logit per query head that joins each
+    /// row's softmax denominator (`out = sum_j e^(s_j) v_j / (e^sink + sum_j e^(s_j))`; the
+    /// sink is neither scaled nor soft-capped). `None`: no sinks.
+    pub sinks: Option<&'a Tensor>,
     /// Output, fully overwritten.
     pub out: &'a mut Tensor,
     /// What the capability query saw.
@@ -131,6 +139,10 @@ pub struct StepArgs<'a> {
     pub kv_lens: Vec<usize>,
     /// Causal flag and softmax scale.
     pub params: AttentionParams,
+    /// Attention sinks (gpt-oss): f32 `[H]`, one learned logit per query head that joins each
+    /// row's softmax denominator (`out = sum_j e^(s_j) v_j / (e^sink + sum_j e^(s_j))`; the
+    /// sink is neither scaled nor soft-capped). `None`: no sinks.
+    pub sinks: Option<&'a Tensor>,
     /// Output, fully overwritten.
     pub out: &'a mut Tensor,
     /// What the capability query saw.
@@ -159,6 +171,7 @@ impl StepArgs<'_> {
             batch: self.batch,
             kv_lens: self.kv_lens.clone(),
             params: self.params,
+            sinks: self.sinks,
             out: self.out,
             desc: self.desc.clone(),
             validated: self.validated,

@@ -197,10 +197,10 @@ fn run_host_plan<B: AttentionBackend + ?Sized>(be: &B, p: &HostPlan, views: Laye
             be.rope(RopeArgs { q, k, positions: &p.positions, config, freqs, desc, validated })
         }
         LayerViews::Append { k, v, pools } => be.kv_append(AppendArgs { pools, meta: &p.meta, k, v, batch: &p.batch, start: p.start.clone(), desc, validated }),
-        LayerViews::Attention { q, pools, out } => {
-            be.attention(AttentionArgs { q, pools, meta: &p.meta, batch: &p.batch, kv_lens: p.kv_lens.clone(), params: p.params, out, desc, validated })
+        LayerViews::Attention { q, pools, out, sinks } => {
+            be.attention(AttentionArgs { q, pools, meta: &p.meta, batch: &p.batch, kv_lens: p.kv_lens.clone(), params: p.params, sinks, out, desc, validated })
         }
-        LayerViews::Step { q, k, v, pools, out } => {
+        LayerViews::Step { q, k, v, pools, out, sinks } => {
             let (config, freqs) = (p.config.as_ref().ok_or_else(|| missing("RoPE configuration"))?, p.freqs.clone().ok_or_else(|| missing("RoPE table"))?);
             be.rope_append_attend(StepArgs {
                 q,
@@ -215,6 +215,7 @@ fn run_host_plan<B: AttentionBackend + ?Sized>(be: &B, p: &HostPlan, views: Laye
                 start: p.start.clone(),
                 kv_lens: p.kv_lens.clone(),
                 params: p.params,
+                sinks,
                 out,
                 desc,
                 validated,
@@ -244,6 +245,10 @@ pub struct StepViews<'a> {
     pub batch: &'a Batch,
     /// Causal flag and scale.
     pub params: AttentionParams,
+    /// Attention sinks (gpt-oss): f32 `[H]`, one learned logit per query head that joins each
+    /// row's softmax denominator (`out = sum_j e^(s_j) v_j / (e^sink + sum_j e^(s_j))`; the
+    /// sink is neither scaled nor soft-capped). `None`: no sinks.
+    pub sinks: Option<&'a Tensor>,
     /// Output `[T, H, D]`, may be strided.
     pub out: &'a mut Tensor,
 }
@@ -267,6 +272,10 @@ pub struct StepInputs<'a> {
     pub batch: &'a Batch,
     /// Causal flag and scale.
     pub params: AttentionParams,
+    /// Attention sinks (gpt-oss): f32 `[H]`, one learned logit per query head that joins each
+    /// row's softmax denominator (`out = sum_j e^(s_j) v_j / (e^sink + sum_j e^(s_j))`; the
+    /// sink is neither scaled nor soft-capped). `None`: no sinks.
+    pub sinks: Option<&'a Tensor>,
     /// Output `[T, H, D]`.
     pub out: &'a mut Tensor,
 }
@@ -577,37 +586,77 @@ impl Backend {
     /// Attention of Q `[T, H, D]` over the cache (each sequence's current tokens) into `out`.
     pub fn attention(&self, q: &Tensor, cache: &KvCache, batch: &Batch, params: AttentionParams, out: &mut Tensor) -> Result<()> {
         self.check_cache(cache)?;
-        self.attend(q, cache.pools(), cache.metadata(), batch, params, out)
+        self.attend_inner(q, cache.pools(), cache.metadata(), batch, params, None, out)
+    }
+
+    /// [`Backend::attention`] with attention sinks (gpt-oss): f32 `[H]`, one learned logit per
+    /// query head in each row's softmax denominator (see [`AttentionArgs::sinks`]).
+    pub fn attention_with_sinks(&self, q: &Tensor, cache: &KvCache, batch: &Batch, params: AttentionParams, sinks: &Tensor, out: &mut Tensor) -> Result<()> {
+        self.check_cache(cache)?;
+        self.attend_inner(q, cache.pools(), cache.metadata(), batch, params, Some(sinks), out)
     }
 
     /// The engine path of attention: Q `[T, H, D]` (may be strided) over each sequence's
     /// `meta.seq_len` tokens in `pools`, into `out` (may be strided; must not overlap `q`).
     pub fn attend(&self, q: &Tensor, pools: &KvPools, meta: &KvMetadata, batch: &Batch, params: AttentionParams, out: &mut Tensor) -> Result<()> {
+        self.attend_inner(q, pools, meta, batch, params, None, out)
+    }
+
+    /// [`Backend::attend`] with attention sinks, f32 `[H]` (see [`AttentionArgs::sinks`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend_with_sinks(&self, q: &Tensor, pools: &KvPools, meta: &KvMetadata, batch: &Batch, params: AttentionParams, sinks: &Tensor, out: &mut Tensor) -> Result<()> {
+        self.attend_inner(q, pools, meta, batch, params, Some(sinks), out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attend_inner(&self, q: &Tensor, pools: &KvPools, meta: &KvMetadata, batch: &Batch, params: AttentionParams, sinks: Option<&Tensor>, out: &mut Tensor) -> Result<()> {
         let _span = op_span!("attention", self.name());
         let kv_lens: Vec<usize> = batch.seq_ids().iter().map(|&s| meta.seq_len(s)).collect();
         let desc = self.check_attention(q, pools, meta, batch, &kv_lens, params, out)?;
+        self.check_sinks(sinks, desc.num_heads, out)?;
         self.supports_call(Op::Attention, &desc)?;
-        self.inner.attention(AttentionArgs { q, pools, meta, batch, kv_lens, params, out, desc, validated: Validated(()) })
+        self.inner.attention(AttentionArgs { q, pools, meta, batch, kv_lens, params, sinks, out, desc, validated: Validated(()) })
     }
 
     /// Attention over Q `[Tq, H, D]`, K and V `[Tk, Hkv, D]` into `out` `[Tq, H, D]` (any of
     /// them may be strided; `out` must not overlap the inputs).
     pub fn attention_plain(&self, q: &Tensor, k: &Tensor, v: &Tensor, batch: &PlainBatch, params: AttentionParams, out: &mut Tensor) -> Result<()> {
+        self.plain_inner(q, k, v, batch, params, None, out)
+    }
+
+    /// [`Backend::attention_plain`] with attention sinks, f32 `[H]` (see [`AttentionArgs::sinks`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_plain_with_sinks(&self, q: &Tensor, k: &Tensor, v: &Tensor, batch: &PlainBatch, params: AttentionParams, sinks: &Tensor, out: &mut Tensor) -> Result<()> {
+        self.plain_inner(q, k, v, batch, params, Some(sinks), out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn plain_inner(&self, q: &Tensor, k: &Tensor, v: &Tensor, batch: &PlainBatch, params: AttentionParams, sinks: Option<&Tensor>, out: &mut Tensor) -> Result<()> {
         let _span = op_span!("attention_plain", self.name());
         let desc = self.check_plain(q, k, v, batch, params, out)?;
         Self::check_disjoint(&[("out", out, "q", q), ("out", out, "k", k), ("out", out, "v", v)])?;
+        self.check_sinks(sinks, desc.num_heads, out)?;
         self.supports_call(Op::AttentionPlain, &desc)?;
-        self.inner.attention_plain(PlainAttentionArgs { q, k, v, batch, params, out, desc, validated: Validated(()) })
+        self.inner.attention_plain(PlainAttentionArgs { q, k, v, batch, params, sinks, out, desc, validated: Validated(()) })
+    }
+
+    /// Attention sinks: f32 `[heads]`, this backend's, apart from `out`.
+    fn check_sinks(&self, sinks: Option<&Tensor>, heads: usize, out: &Tensor) -> Result<()> {
+        if let Some(s) = sinks {
+            self.check_tensor("sinks", s, &[heads], DType::F32)?;
+            Self::check_disjoint(&[("out", out, "sinks", s)])?;
+        }
+        Ok(())
     }
 
     /// The composite step: RoPE on Q and K, append K/V, attend. See [`StepArgs`] for what it
     /// leaves in `q`, `k` and the cache.
     pub fn rope_append_attend(&self, s: StepInputs<'_>) -> Result<()> {
-        let StepInputs { q, k, v, positions, rope, cache, batch, params, out } = s;
+        let StepInputs { q, k, v, positions, rope, cache, batch, params, sinks, out } = s;
         self.check_rope(q, k, positions, rope)?;
         self.check_owned_append(cache, k, v, batch)?;
         let (pools, meta) = cache.parts_mut();
-        Self::extended(meta, batch, |meta| self.step(StepViews { q, k, v, positions, rope, pools, meta, batch, params, out }))
+        Self::extended(meta, batch, |meta| self.step(StepViews { q, k, v, positions, rope, pools, meta, batch, params, sinks, out }))
     }
 
     /// The engine path of the composite step (see [`Backend::rope_append_attend`]) on views
@@ -615,12 +664,13 @@ impl Backend {
     /// step's tokens, as for [`Backend::append_kv`]).
     pub fn step(&self, s: StepViews<'_>) -> Result<()> {
         let _span = op_span!("rope_append_attend", self.name());
-        let StepViews { q, k, v, positions, rope, pools, meta, batch, params, out } = s;
+        let StepViews { q, k, v, positions, rope, pools, meta, batch, params, sinks, out } = s;
         let rope_desc = self.check_rope(q, k, positions, rope)?;
         let (start, _) = self.check_append(pools, meta, k, v, batch)?;
         let kv_lens: Vec<usize> = batch.seq_ids().iter().map(|&s| meta.seq_len(s)).collect();
         let mut desc = self.check_attention(q, pools, meta, batch, &kv_lens, params, out)?;
         Self::check_step_disjoint(q, k, v, pools, out)?;
+        self.check_sinks(sinks, desc.num_heads, out)?;
         desc.rope = rope_desc.rope;
         desc.validate_call()?;
         record_problem(&desc);
@@ -628,7 +678,7 @@ impl Backend {
             self.inner.supports(op, &desc).map_err(|reasons| self.unsupported(op, reasons))?;
         }
         let freqs = rope.frequencies(max_position(positions))?;
-        self.inner.rope_append_attend(StepArgs { q, k, v, positions, config: rope, freqs, pools, meta, batch, start, kv_lens, params, out, desc, validated: Validated(()) })
+        self.inner.rope_append_attend(StepArgs { q, k, v, positions, config: rope, freqs, pools, meta, batch, start, kv_lens, params, sinks, out, desc, validated: Validated(()) })
     }
 
     /// Runs `f` with `batch`'s sequences grown by their new tokens; puts the lengths back if it
@@ -851,19 +901,21 @@ impl Backend {
                 pools_ok(pools)?;
                 Self::check_disjoint(&[("K pool", pools.k(), "k", k), ("K pool", pools.k(), "v", v), ("V pool", pools.v(), "k", k), ("V pool", pools.v(), "v", v)])?;
             }
-            LayerViews::Attention { q, pools, out } => {
+            LayerViews::Attention { q, pools, out, sinks } => {
                 self.check_tensor("q", q, &[t, h, d], dt)?;
                 self.check_tensor("out", out, &[t, h, d], dt)?;
                 pools_ok(pools)?;
                 Self::check_disjoint(&[("out", out, "q", q), ("out", out, "K pool", pools.k()), ("out", out, "V pool", pools.v())])?;
+                self.check_sinks(*sinks, h, out)?;
             }
-            LayerViews::Step { q, k, v, pools, out } => {
+            LayerViews::Step { q, k, v, pools, out, sinks } => {
                 self.check_tensor("q", q, &[t, h, d], dt)?;
                 self.check_tensor("k", k, &[t, hk, d], dt)?;
                 self.check_tensor("v", v, &[t, hk, d], dt)?;
                 self.check_tensor("out", out, &[t, h, d], dt)?;
                 pools_ok(pools)?;
                 Self::check_step_disjoint(q, k, v, pools, out)?;
+                self.check_sinks(*sinks, h, out)?;
             }
         }
         self.inner.run(plan.state.as_ref(), views, Validated(()))

@@ -156,6 +156,8 @@ pub enum LayerViews<'a> {
         pools: &'a KvPools,
         /// Output `[T, H, D]`.
         out: &'a mut Tensor,
+        /// This layer's attention sinks, f32 `[H]` (see [`crate::AttentionArgs::sinks`]).
+        sinks: Option<&'a Tensor>,
     },
     /// The composite step (q and k are scratch afterwards).
     Step {
@@ -169,6 +171,8 @@ pub enum LayerViews<'a> {
         pools: &'a mut KvPools,
         /// Output `[T, H, D]`.
         out: &'a mut Tensor,
+        /// This layer's attention sinks, f32 `[H]` (see [`crate::AttentionArgs::sinks`]).
+        sinks: Option<&'a Tensor>,
     },
 }
 

@@ -160,6 +160,30 @@ fn causal_mask_is_bottom_right_aligned() {
 }
 
 #[test]
+fn a_sliding_window_sees_the_last_keys_only() {
+    // q_len 2, kv_len 3, window 2: query 0 sees keys 0..=1, query 1 keys 1..=2 (equal scores: the mean).
+    let p = AttentionParams { causal: true, scale: 1.0, softcap: None, window: Some(2) };
+    let out = plain(&[0.0; 4], &[0.0; 6], &[3.0, 0.0, 5.0, 0.0, 10.0, 0.0], 1, 1, 2, 2, 3, p);
+    assert_all_close(&out, &[4.0, 0.0, 7.5, 0.0], 1e-6);
+}
+
+#[test]
+fn an_attention_sink_joins_the_denominator_only() {
+    // One key with score 0 and v = [3, 1]; a sink of logit ln 3: weight 1 / (1 + 3) on v.
+    use attnforge_cpu::ops::attention::{attend, SeqShape};
+    let shape = SeqShape { q_len: 1, kv_len: 1, heads: 1, kv_heads: 1, head_dim: 2 };
+    let out = attend(&[0.0, 0.0], &[1.0, 1.0], &[3.0, 1.0], shape, AttentionParams::full(2), Some(&[3f64.ln()]));
+    assert!((out[0] - 0.75).abs() < 1e-12 && (out[1] - 0.25).abs() < 1e-12, "{out:?}");
+    // Through the backend: sinks f32 [H].
+    let be = Backend::new(std::sync::Arc::new(CpuBackend));
+    let (q, kv) = (be.upload(&[0.0, 0.0], &[1, 1, 2], DType::F32).unwrap(), be.upload(&[3.0, 1.0], &[1, 1, 2], DType::F32).unwrap());
+    let sinks = be.upload(&[3f32.ln()], &[1], DType::F32).unwrap();
+    let mut o = be.alloc(&[1, 1, 2], DType::F32).unwrap();
+    be.attention_plain_with_sinks(&q, &kv, &kv, &PlainBatch::new(vec![1], vec![1]).unwrap(), AttentionParams::full(2), &sinks, &mut o).unwrap();
+    assert_all_close(&be.download(&o).unwrap(), &[0.75, 0.25], 1e-6);
+}
+
+#[test]
 fn gqa_maps_query_head_to_kv_head_by_group() {
     // 4 query heads over 2 kv heads, one key: head h outputs v[h / 2].
     let p = AttentionParams::full(2);

@@ -288,6 +288,7 @@ fn profile_mma(h: &Backend) -> Result<()> {
                 batch: &batch,
                 params: AttentionParams::causal(d),
                 out: &mut out,
+                sinks: None,
             })?;
         }
     }
@@ -502,7 +503,7 @@ fn strategies(rows: &mut Vec<Row>) -> Result<()> {
             let params = AttentionParams { causal: false, scale: 1.0 / (d as f32).sqrt(), softcap: None, window: None };
             let ms = median_ms(timer, || {
                 cache.reset(0)?;
-                h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params, out: &mut out })
+                h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params, out: &mut out, sinks: None })
             })?;
             let flops = 4.0 * (n * n * d) as f64;
             rows.push(Row { key: None, name: format!("step {name} study 64x64 H=1 D={d} rot={rot}"), dtype: dt, ms, bytes: (5 * n * d) as f64 * 4.0, flops });
@@ -535,6 +536,7 @@ fn strategies(rows: &mut Vec<Row>) -> Result<()> {
                     batch: &batch,
                     params: AttentionParams::causal(d),
                     out: &mut out,
+                    sinks: None,
                 })
             })?;
             let flops = 4.0 * (hq * d) as f64 * (s * (s + 1) / 2) as f64;
@@ -572,6 +574,7 @@ fn strategies(rows: &mut Vec<Row>) -> Result<()> {
                         batch: &batch,
                         params: AttentionParams::causal(d),
                         out: &mut out,
+                        sinks: None,
                     })
                 })?;
                 let bytes = (2 * b * l * hk * d + 2 * b * hq * d) as f64 * es;
@@ -603,6 +606,28 @@ fn window_rows(hbe: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()>
     for b in nums(&p["batch"]) {
         for window in [None, Some(w)] {
             decode_graph_shape(hbe, h, p, "window-decode", b, l, window, rows)?;
+        }
+    }
+    // Prefill (plain causal attention over S tokens), full and windowed: TFLOP/s count the
+    // products of the keys each query sees.
+    let (hq, hk, d, dt) = (num(&p["heads"]), num(&p["kv_heads"]), num(&p["head_dim"]), DType::BF16);
+    for s in nums(&p["prefill_seq_len"]) {
+        let q = h.upload(&randn(s * hq * d, 40), &[s, hq, d], dt)?;
+        let k = h.upload(&randn(s * hk * d, 41), &[s, hk, d], dt)?;
+        let v = h.upload(&randn(s * hk * d, 42), &[s, hk, d], dt)?;
+        let mut out = h.alloc(&[s, hq, d], dt)?;
+        let pb = PlainBatch::new(vec![s], vec![s])?;
+        for window in [None, Some(w)] {
+            let params = window.map_or(AttentionParams::causal(d), |w| AttentionParams::causal(d).with_window(w));
+            let ms = median_ms(hbe, || h.attention_plain(&q, &k, &v, &pb, params, &mut out))?;
+            let keys: usize = (0..s).map(|i| window.map_or(i + 1, |w| (i + 1).min(w))).sum();
+            let flops = 4.0 * (hq * d) as f64 * keys as f64;
+            let bytes = (2 * s * hq * d + 2 * s * hk * d) as f64 * dt.size() as f64;
+            let shape = match window {
+                Some(w) => format!("prefill S={s} W={w}"),
+                None => format!("prefill S={s} full"),
+            };
+            rows.push(Row { key: Some(("window-prefill", shape.clone(), "hip-flash".into())), name: format!("window {shape} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes, flops });
         }
     }
     Ok(())
@@ -664,7 +689,7 @@ fn decode_graph_shape(hbe: &HipBackend, h: &Backend, p: &serde_json::Value, tabl
                 for s in 0..b {
                     cache.truncate(s, l - 1)?;
                 }
-                h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache, batch: &batch, params, out: &mut out })?;
+                h.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache, batch: &batch, params, out: &mut out, sinks: None })?;
             }
             Ok(())
         })?;
@@ -677,7 +702,7 @@ fn decode_graph_shape(hbe: &HipBackend, h: &Backend, p: &serde_json::Value, tabl
             let plan = desc(&meta)?;
             for li in 0..layers {
                 let pools = caches[li % distinct].parts_mut().0;
-                h.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools, out: &mut out })?;
+                h.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools, out: &mut out, sinks: None })?;
             }
             Ok(())
         })?;
@@ -686,7 +711,7 @@ fn decode_graph_shape(hbe: &HipBackend, h: &Backend, p: &serde_json::Value, tabl
         let graph = h.capture(|| {
             for li in 0..layers {
                 let pools = caches[li % distinct].parts_mut().0;
-                h.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools, out: &mut out })?;
+                h.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools, out: &mut out, sinks: None })?;
             }
             Ok(())
         })?;
@@ -700,7 +725,7 @@ fn decode_graph_shape(hbe: &HipBackend, h: &Backend, p: &serde_json::Value, tabl
         let agraph = h.capture(|| {
             for li in 0..layers {
                 let pools = caches[li % distinct].pools();
-                h.run(&aplan, LayerViews::Attention { q: &q, pools, out: &mut out })?;
+                h.run(&aplan, LayerViews::Attention { q: &q, pools, out: &mut out, sinks: None })?;
             }
             Ok(())
         })?;
@@ -796,14 +821,14 @@ fn engine_rows(hbe: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()>
             for s in 0..b {
                 cache.truncate(s, l - 1)?;
             }
-            h.rope_append_attend(StepInputs { q, k, v, positions: &positions, rope: &rope, cache, batch: &batch, params, out })
+            h.rope_append_attend(StepInputs { q, k, v, positions: &positions, rope: &rope, cache, batch: &batch, params, out, sinks: None })
         };
         let views_step = |meta: &mut KvMetadata, q: &mut Tensor, k: &mut Tensor, v: &Tensor, pools: &mut KvPools, out: &mut Tensor| -> Result<()> {
             for s in 0..b {
                 meta.truncate(s, l - 1)?;
             }
             meta.extend(&batch)?;
-            h.step(StepViews { q, k, v, positions: &positions, rope: &rope, pools, meta, batch: &batch, params, out })
+            h.step(StepViews { q, k, v, positions: &positions, rope: &rope, pools, meta, batch: &batch, params, out, sinks: None })
         };
         for round in 0..2 {
             let mut row = |name: String, ms: f64| rows.push(Row { key: None, name: format!("{name} ({})", round + 1), dtype: dt, ms, bytes, flops: 0.0 });

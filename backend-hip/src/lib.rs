@@ -741,16 +741,16 @@ mod tests {
             meta.extend(&batch).unwrap();
             let positions: Vec<u32> = (0..b).map(|s| meta.seq_len(s) as u32 - 1).collect();
             let n0 = fake.launches().len();
-            be.step(StepViews { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params, out: &mut out }).unwrap();
+            be.step(StepViews { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params, out: &mut out, sinks: None }).unwrap();
             let eager = symbols(n0);
             let mut plan = be.plan(StepDesc { op: PlanOp::Step, spec: &spec, num_heads: h, meta: &meta, batch: &batch, positions: &positions, rope: Some(&rope), params, max_kv_len: Some(32) }).unwrap();
             assert!(plan.workspace_bytes() > 0);
             let n1 = fake.launches().len();
-            let run = delta(&mut || be.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools: &mut pools, out: &mut out }).unwrap());
+            let run = delta(&mut || be.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools: &mut pools, out: &mut out, sinks: None }).unwrap());
             assert_eq!(run, vec![("launch", eager.len())], "{strategy:?}: a run only launches");
             assert_eq!(symbols(n1), eager, "{strategy:?}: a run launches what the eager step does");
             // Captured once, replayed: the captured launches, no copy or allocation inside.
-            let graph = be.capture(|| be.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools: &mut pools, out: &mut out })).unwrap();
+            let graph = be.capture(|| be.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools: &mut pools, out: &mut out, sinks: None })).unwrap();
             assert!(fake.violations().is_empty(), "{strategy:?}: {:?}", fake.violations());
             // The next step: the metadata rewritten in place (one staged copy, no allocation).
             meta.extend(&batch).unwrap();
@@ -762,7 +762,7 @@ mod tests {
             assert_eq!(replay, vec![("graph_launch", 1)]);
             assert_eq!(symbols(n2), eager, "{strategy:?}: the replay launches the captured kernels");
             // A failure inside a capture ends it and is returned; no graph.
-            let e = be.capture(|| be.run(&plan, LayerViews::Attention { q: &q, pools: &pools, out: &mut out })).unwrap_err();
+            let e = be.capture(|| be.run(&plan, LayerViews::Attention { q: &q, pools: &pools, out: &mut out, sinks: None })).unwrap_err();
             assert_eq!(e.kind(), "InvalidArgument", "{e}");
             be.synchronize().unwrap();
             assert!(fake.violations().is_empty(), "{:?}", fake.violations());
@@ -794,7 +794,7 @@ mod tests {
             meta.extend(&batch).unwrap();
             let positions: Vec<u32> = (0..b).map(|s| meta.seq_len(s) as u32 - 1).collect();
             let plan = be.plan(StepDesc { op: PlanOp::Step, spec: &spec, num_heads: h, meta: &meta, batch: &batch, positions: &positions, rope: Some(&rope), params, max_kv_len: Some(32) }).unwrap();
-            let graph = be.capture(|| be.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools: &mut pools, out: &mut out })).unwrap();
+            let graph = be.capture(|| be.run(&plan, LayerViews::Step { q: &mut q, k: &mut k, v: &v, pools: &mut pools, out: &mut out, sinks: None })).unwrap();
             drop((plan, q, k, v, out, pools));
             be.synchronize().unwrap();
             graph.replay().unwrap();
@@ -843,7 +843,7 @@ mod tests {
             assert_eq!(mallocs(), m0, "{strategy:?}: plan_in allocated");
             let launches = |p: &StepPlan, q: &mut Tensor, k: &mut Tensor, pools: &mut KvPools, out: &mut Tensor| {
                 let n = fake.launches().len();
-                be.run(p, LayerViews::Step { q, k, v: &v, pools, out }).unwrap();
+                be.run(p, LayerViews::Step { q, k, v: &v, pools, out, sinks: None }).unwrap();
                 fake.launches()[n..].iter().map(|l| (l.symbol.clone(), l.grid)).collect::<Vec<_>>()
             };
             let a = launches(&own, &mut q, &mut k, &mut pools, &mut out);
@@ -900,12 +900,12 @@ mod tests {
                 d
             };
             // The second step of each (the first uploads the RoPE table both share).
-            let mut owned_step = || be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params, out: &mut out }).unwrap();
+            let mut owned_step = || be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params, out: &mut out, sinks: None }).unwrap();
             owned_step();
             let owned = delta(&mut owned_step);
             let mut views_step = || {
                 meta.extend(&batch).unwrap();
-                be.step(StepViews { q: &mut qv, k: &mut kv, v: &vv, positions: &positions, rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params, out: &mut ov }).unwrap()
+                be.step(StepViews { q: &mut qv, k: &mut kv, v: &vv, positions: &positions, rope: &rope, pools: &mut pools, meta: &meta, batch: &batch, params, out: &mut ov, sinks: None }).unwrap()
             };
             views_step();
             let views = delta(&mut views_step);

@@ -50,9 +50,22 @@ pub struct Case {
     /// `max_cached`, long decodes up to `max_long_decode`), so the window cuts, across the
     /// GPU decode's splits and the prefill's key tiles.
     pub window: Option<usize>,
+    /// Attention sinks (gpt-oss): drawn in a quarter of the cases; one logit per query head,
+    /// uniform in -2..6 from the case's seed ([`Case::sink_values`]): near the logsumexp of a
+    /// few keys' logits, so the sink takes a share of every row's weight that an implementation
+    /// ignoring it cannot hide.
+    pub sinks: bool,
 }
 
 impl Case {
+    /// The attention sinks of the case (`[heads]`), if it draws them.
+    pub fn sink_values(&self) -> Option<Vec<f32>> {
+        self.sinks.then(|| {
+            let mut r = crate::rng::Rng::new(self.seed ^ 0x5141_4b5f_5349_4e4b);
+            (0..self.heads).map(|_| (-2.0 + 8.0 * r.uniform()) as f32).collect()
+        })
+    }
+
     /// Keys of sequence `s` in `op`: its cached and new rows, or for a cross-attention case's
     /// plain attention its cached rows and first new row.
     pub fn plain_kv_len(&self, s: &SeqCase, op: Op) -> usize {
@@ -207,10 +220,13 @@ pub fn cases(cfg: GenConfig) -> impl Strategy<Value = Case> {
         // queries, and split the long ones (split-K) only there.
         prop_oneof![3 => Just(false), 1 => Just(true)],
         any::<bool>(),
-        prop_oneof![3 => Just(None), 1 => (0.5f32..20.0).prop_map(Some)],
-        prop_oneof![2 => Just(None), 1 => Just(Some(1usize)), 3 => (2usize..24).prop_map(Some), 2 => (24usize..300).prop_map(Some)],
+        (
+            prop_oneof![3 => Just(None), 1 => (0.5f32..20.0).prop_map(Some)],
+            prop_oneof![2 => Just(None), 1 => Just(Some(1usize)), 3 => (2usize..24).prop_map(Some), 2 => (24usize..300).prop_map(Some)],
+            prop_oneof![3 => Just(false), 1 => Just(true)],
+        ),
     )
-        .prop_map(move |((heads, kv_heads), rope, page_size, causal, mut seqs, amplitude, scale, seed, decode_only, cross, softcap, window)| {
+        .prop_map(move |((heads, kv_heads), rope, page_size, causal, mut seqs, amplitude, scale, seed, decode_only, cross, (softcap, window, sinks))| {
             if decode_only {
                 for s in &mut seqs {
                     s.q_len = 1;
@@ -224,6 +240,6 @@ pub fn cases(cfg: GenConfig) -> impl Strategy<Value = Case> {
                     s.q_len = s.q_len.min(4);
                 }
             }
-            Case { dtype: cfg.dtype, heads, kv_heads, rope, page_size, causal, seqs, amplitude, scale, seed, cross: cross && !causal, softcap, window: window.filter(|_| causal) }
+            Case { dtype: cfg.dtype, heads, kv_heads, rope, page_size, causal, seqs, amplitude, scale, seed, cross: cross && !causal, softcap, window: window.filter(|_| causal), sinks }
         })
 }

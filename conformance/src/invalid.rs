@@ -266,7 +266,7 @@ fn run(be: &Backend, other: &Backend, case: &Case, d: &Data, c: Corruption) -> R
             let v = upload(be, &d.v, hk, case)?;
             let mut out = poisoned(be, t, h, case)?;
             let batch = Batch::new(vec![0], vec![t])?;
-            be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &d.pos[1..], rope, cache: &mut cache, batch: &batch, params: case.params(), out: &mut out })
+            be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &d.pos[1..], rope, cache: &mut cache, batch: &batch, params: case.params(), out: &mut out, sinks: None })
         }
         Corruption::ZeroHeads => {
             let mut q0 = be.alloc(&[1, 0, hd], case.dtype)?;

@@ -59,6 +59,9 @@ pub enum Bug {
     /// `>` for a `>=` in the lower bound): right without a window, or where the window holds
     /// every key; caught by the windowed cases whose window cuts.
     WindowOffByOne,
+    /// Attention without the sinks it was given (gpt-oss: right for the cases without sinks;
+    /// the quarter of the cases that draw them catch it).
+    SinksIgnored,
 }
 
 /// Keys per split of [`Bug::SplitMergeDropsSplit`]: the vector decode's least split size (128
@@ -67,7 +70,7 @@ pub const SPLIT_KEYS: usize = 128;
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 17] = [
+    pub const ALL: [Bug; 18] = [
         Bug::RopeStyleSwapped,
         Bug::CausalOffByOne,
         Bug::GqaModulo,
@@ -85,6 +88,7 @@ impl Bug {
         Bug::CrossRowsUnwritten,
         Bug::SoftcapIgnored,
         Bug::WindowOffByOne,
+        Bug::SinksIgnored,
     ];
 
     /// Registry name: `mutant-...`.
@@ -107,6 +111,7 @@ impl Bug {
             Bug::CrossRowsUnwritten => "mutant-cross-rows-unwritten",
             Bug::SoftcapIgnored => "mutant-softcap-ignored",
             Bug::WindowOffByOne => "mutant-window-off-by-one",
+            Bug::SinksIgnored => "mutant-sinks-ignored",
         }
     }
 
@@ -135,7 +140,9 @@ impl Mutant {
 }
 
 /// Attention of one sequence with the planted bug (the reference's loop otherwise).
-fn buggy_attend(bug: Bug, q: &[f64], k: &[f64], v: &[f64], q_len: usize, kv_len: usize, heads: usize, kv_heads: usize, d: usize, p: AttentionParams, dtype: DType) -> Vec<f64> {
+#[allow(clippy::too_many_arguments)]
+fn buggy_attend(bug: Bug, q: &[f64], k: &[f64], v: &[f64], q_len: usize, kv_len: usize, heads: usize, kv_heads: usize, d: usize, p: AttentionParams, sinks: Option<&[f64]>, dtype: DType) -> Vec<f64> {
+    let sinks = if bug == Bug::SinksIgnored { None } else { sinks };
     let group = heads / kv_heads;
     let mut out = vec![0.0; q_len * heads * d];
     for i in 0..q_len {
@@ -160,13 +167,14 @@ fn buggy_attend(bug: Bug, q: &[f64], k: &[f64], v: &[f64], q_len: usize, kv_len:
                 .map(|j| scale * qi.iter().zip(&k[(j * kv_heads + kh) * d..][..d]).map(|(a, b)| a * b).sum::<f64>())
                 .map(|s| cap.map_or(s, |c| c * (s / c).tanh()))
                 .collect();
-            let w: Vec<f64> = if bug == Bug::SoftmaxNoMax {
-                s.iter().map(|x| dtype.round(x.exp())).collect()
+            let sink = sinks.map(|s| s[h]);
+            let (w, sink_w): (Vec<f64>, f64) = if bug == Bug::SoftmaxNoMax {
+                (s.iter().map(|x| dtype.round(x.exp())).collect(), sink.map_or(0.0, f64::exp))
             } else {
-                let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                s.iter().map(|x| (x - m).exp()).collect()
+                let m = s.iter().copied().chain(sink).fold(f64::NEG_INFINITY, f64::max);
+                (s.iter().map(|x| (x - m).exp()).collect(), sink.map_or(0.0, |x| (x - m).exp()))
             };
-            let total: f64 = w.iter().sum();
+            let total: f64 = w.iter().sum::<f64>() + sink_w;
             for (j, wj) in (first..visible).zip(&w) {
                 for e in 0..d {
                     out[(i * heads + h) * d + e] += wj / total * v[(j * kv_heads + kh) * d + e];
@@ -263,16 +271,17 @@ impl AttentionBackend for Mutant {
     fn attention(&self, a: AttentionArgs<'_>) -> Result<()> {
         match self.0 {
             Bug::UnwrittenElement => {
-                let AttentionArgs { q, pools, meta, batch, kv_lens, params, out, desc, validated } = a;
+                let AttentionArgs { q, pools, meta, batch, kv_lens, params, sinks, out, desc, validated } = a;
                 let before = read(out, "out")?;
-                CpuBackend.attention(AttentionArgs { q, pools, meta, batch, kv_lens, params, out: &mut *out, desc, validated })?;
+                CpuBackend.attention(AttentionArgs { q, pools, meta, batch, kv_lens, params, sinks, out: &mut *out, desc, validated })?;
                 let mut after = read(out, "out")?;
                 let last = after.len() - 1;
                 after[last] = before[last];
                 write(out, "out", &after)
             }
-            Bug::CausalOffByOne | Bug::GqaModulo | Bug::SoftmaxNoMax | Bug::ScaleIgnored | Bug::SplitMergeDropsSplit | Bug::SoftcapIgnored | Bug::WindowOffByOne => {
-                let AttentionArgs { q, pools, meta, batch, kv_lens, params, out, .. } = a;
+            Bug::CausalOffByOne | Bug::GqaModulo | Bug::SoftmaxNoMax | Bug::ScaleIgnored | Bug::SplitMergeDropsSplit | Bug::SoftcapIgnored | Bug::WindowOffByOne | Bug::SinksIgnored => {
+                let AttentionArgs { q, pools, meta, batch, kv_lens, params, sinks, out, .. } = a;
+                let sinks = sinks.map(|s| read(s, "sinks")).transpose()?;
                 let (heads, d) = (q.shape()[1], q.shape()[2]);
                 let kv_heads = pools.spec().num_kv_heads;
                 let qs = read(q, "q")?;
@@ -291,7 +300,7 @@ impl AttentionBackend for Mutant {
                     }
                     let row = batch.offsets()[i] * heads * d;
                     let n = q_len * heads * d;
-                    let o = buggy_attend(self.0, &qs[row..row + n], &k, &v, q_len, kv_len, heads, kv_heads, d, params, dtype);
+                    let o = buggy_attend(self.0, &qs[row..row + n], &k, &v, q_len, kv_len, heads, kv_heads, d, params, sinks.as_deref(), dtype);
                     os[row..row + n].copy_from_slice(&o);
                 }
                 write(out, "out", &os)
@@ -304,9 +313,9 @@ impl AttentionBackend for Mutant {
         if self.0 != Bug::CrossRowsUnwritten {
             return CpuBackend.attention_plain(a);
         }
-        let PlainAttentionArgs { q, k, v, batch, params, out, desc, validated } = a;
+        let PlainAttentionArgs { q, k, v, batch, params, sinks, out, desc, validated } = a;
         let before = read(out, "out")?;
-        CpuBackend.attention_plain(PlainAttentionArgs { q, k, v, batch, params, out: &mut *out, desc, validated })?;
+        CpuBackend.attention_plain(PlainAttentionArgs { q, k, v, batch, params, sinks, out: &mut *out, desc, validated })?;
         let mut after = read(out, "out")?;
         let row = out.shape()[1] * out.shape()[2];
         for (i, (&q_len, &kv_len)) in batch.q_lens().iter().zip(batch.kv_lens()).enumerate() {
@@ -381,6 +390,7 @@ mod registered {
         ScalingTableShifted,
         CrossRowsUnwritten,
         SoftcapIgnored,
-        WindowOffByOne
+        WindowOffByOne,
+        SinksIgnored
     );
 }

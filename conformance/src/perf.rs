@@ -96,7 +96,7 @@ fn measure(be: &Backend, op: Op, case: &Case, reps: usize) -> Result<PerfRow> {
                     for s in 0..case.seqs.len() {
                         c.reset(s)?;
                     }
-                    be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &d.pos, rope: &case.rope, cache: &mut c, batch: &new, params: case.params(), out: &mut out })
+                    be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &d.pos, rope: &case.rope, cache: &mut c, batch: &new, params: case.params(), out: &mut out, sinks: None })
                 })?
             };
             if op == Op::Attention {

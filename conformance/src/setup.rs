@@ -225,6 +225,11 @@ impl Io<'_> {
         Ok(out)
     }
 
+    /// The case's attention sinks on the backend (f32 `[heads]`), if it draws them.
+    pub fn sinks(&self) -> Result<Option<Tensor>> {
+        self.case.sink_values().map(|s| self.be.upload(&s, &[self.case.heads], DType::F32)).transpose()
+    }
+
     /// Q, K and V of `tokens` rows: owned, or views into one fused QKV projection buffer.
     pub fn qkv(&self, q: &[f32], k: &[f32], v: &[f32]) -> Result<(Tensor, Tensor, Tensor)> {
         let mut t = self.fused(&[(q, self.case.heads), (k, self.case.kv_heads), (v, self.case.kv_heads)])?.into_iter();
@@ -378,29 +383,31 @@ impl Kv {
         }
     }
 
-    /// Attention over the state.
-    pub fn attend(&self, be: &Backend, q: &Tensor, batch: &Batch, params: AttentionParams, out: &mut Tensor) -> Result<()> {
-        match self {
-            Kv::Owned(c) => be.attention(q, c, batch, params, out),
-            Kv::Engine { pools, meta, planned: true, .. } => planned(be, desc(PlanOp::Attention, pools.spec(), meta, batch, q.shape()[1], &[], None, params), LayerViews::Attention { q, pools, out }),
-            Kv::Engine { pools, meta, .. } => be.attend(q, pools, meta, batch, params, out),
+    /// Attention over the state (with the case's sinks, if any).
+    pub fn attend(&self, be: &Backend, q: &Tensor, batch: &Batch, params: AttentionParams, sinks: Option<&Tensor>, out: &mut Tensor) -> Result<()> {
+        match (self, sinks) {
+            (Kv::Owned(c), None) => be.attention(q, c, batch, params, out),
+            (Kv::Owned(c), Some(s)) => be.attention_with_sinks(q, c, batch, params, s, out),
+            (Kv::Engine { pools, meta, planned: true, .. }, _) => planned(be, desc(PlanOp::Attention, pools.spec(), meta, batch, q.shape()[1], &[], None, params), LayerViews::Attention { q, pools, out, sinks }),
+            (Kv::Engine { pools, meta, .. }, None) => be.attend(q, pools, meta, batch, params, out),
+            (Kv::Engine { pools, meta, .. }, Some(s)) => be.attend_with_sinks(q, pools, meta, batch, params, s, out),
         }
     }
 
     /// The composite step.
     #[allow(clippy::too_many_arguments)]
-    pub fn step(&mut self, be: &Backend, q: &mut Tensor, k: &mut Tensor, v: &Tensor, positions: &[u32], rope: &RopeConfig, batch: &Batch, params: AttentionParams, out: &mut Tensor) -> Result<()> {
+    pub fn step(&mut self, be: &Backend, q: &mut Tensor, k: &mut Tensor, v: &Tensor, positions: &[u32], rope: &RopeConfig, batch: &Batch, params: AttentionParams, sinks: Option<&Tensor>, out: &mut Tensor) -> Result<()> {
         match self {
-            Kv::Owned(c) => be.rope_append_attend(StepInputs { q, k, v, positions, rope, cache: c, batch, params, out }),
+            Kv::Owned(c) => be.rope_append_attend(StepInputs { q, k, v, positions, rope, cache: c, batch, params, out, sinks }),
             Kv::Engine { pools, meta, planned: true, .. } => {
                 meta.extend(batch)?;
                 let spec = pools.spec().clone();
                 let d = desc(PlanOp::Step, &spec, meta, batch, q.shape()[1], positions, Some(rope), params);
-                planned(be, d, LayerViews::Step { q, k, v, pools, out })
+                planned(be, d, LayerViews::Step { q, k, v, pools, out, sinks })
             }
             Kv::Engine { pools, meta, .. } => {
                 meta.extend(batch)?;
-                be.step(StepViews { q, k, v, positions, rope, pools, meta, batch, params, out })
+                be.step(StepViews { q, k, v, positions, rope, pools, meta, batch, params, out, sinks })
             }
         }
     }

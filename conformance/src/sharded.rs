@@ -121,7 +121,7 @@ fn run(be: &Backend, p: &ShardProblem, data: &[StepData], (h0, h): (usize, usize
         let mut out = be.alloc(&[t, h, d], p.dtype).map_err(e("out"))?;
         be.fill(&mut out, f32::NAN).map_err(e("poisoning out"))?;
         let batch = Batch::uniform(p.seqs, s.q_len).map_err(e("batch"))?;
-        be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &s.positions, rope: &rope, cache: &mut cache, batch: &batch, params: AttentionParams::causal(d), out: &mut out })
+        be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &s.positions, rope: &rope, cache: &mut cache, batch: &batch, params: AttentionParams::causal(d), out: &mut out, sinks: None })
             .map_err(e("step"))?;
         outs.push(be.download(&out).map_err(e("reading out"))?);
     }
@@ -214,7 +214,7 @@ pub fn soak(shards: &[Backend], p: &ShardProblem, steps: usize) -> Result<Vec<So
                 }
             }
             let positions = vec![len as u32; p.seqs];
-            be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params: AttentionParams::causal(d), out: &mut out })
+            be.rope_append_attend(StepInputs { q: &mut q, k: &mut k, v: &v, positions: &positions, rope: &rope, cache: &mut cache, batch: &batch, params: AttentionParams::causal(d), out: &mut out, sinks: None })
                 .map_err(e("step"))
         };
         let used = |be: &Backend| -> Result<usize, String> {

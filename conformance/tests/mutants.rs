@@ -67,7 +67,7 @@ fn rope_ignoring_the_row_stride_is_caught_on_the_views_path() {
 
 #[test]
 fn every_bug_has_a_test() {
-    assert_eq!(Bug::ALL.len(), 17);
+    assert_eq!(Bug::ALL.len(), 18);
     assert!(Bug::ALL.iter().all(|b| Op::ALL.contains(&b.op())));
 }
 
@@ -122,4 +122,10 @@ fn an_ignored_logit_soft_cap_is_caught() {
 #[test]
 fn a_sliding_window_one_key_too_wide_is_caught() {
     caught(Bug::WindowOffByOne, DType::BF16);
+}
+
+/// Only the quarter of the cases that draw attention sinks show it.
+#[test]
+fn ignored_attention_sinks_are_caught() {
+    caught(Bug::SinksIgnored, DType::F16);
 }

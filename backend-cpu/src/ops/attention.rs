@@ -29,9 +29,11 @@ pub struct SeqShape {
 /// s_j      = scale * (q_i . k_j)
 /// s_j      = cap * tanh(s_j / cap)      with logit soft-capping (`params.softcap = Some(cap)`)
 /// p_j      = exp(s_j - max s) / sum_j exp(s_j - max s)
+/// p_j      = exp(s_j - m) / (exp(sink_h - m) + sum_j exp(s_j - m)), m = max(sink_h, max s)
+///                                       with attention sinks (`sinks[h]`, one logit per head)
 /// out_i    = sum_j p_j v_j
 /// ```
-pub fn attend(q: &[f64], k: &[f64], v: &[f64], s: SeqShape, params: AttentionParams) -> Vec<f64> {
+pub fn attend(q: &[f64], k: &[f64], v: &[f64], s: SeqShape, params: AttentionParams, sinks: Option<&[f64]>) -> Vec<f64> {
     let SeqShape { q_len, kv_len, heads, kv_heads, head_dim: d } = s;
     let group = heads / kv_heads;
     let mut out = vec![0.0; q_len * heads * d];
@@ -51,9 +53,10 @@ pub fn attend(q: &[f64], k: &[f64], v: &[f64], s: SeqShape, params: AttentionPar
                     }
                 })
                 .collect();
-            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let sink = sinks.map(|s| s[h]);
+            let max = scores.iter().copied().chain(sink).fold(f64::NEG_INFINITY, f64::max);
             let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-            let total: f64 = weights.iter().sum();
+            let total: f64 = weights.iter().sum::<f64>() + sink.map_or(0.0, |s| (s - max).exp());
             let o = &mut out[(i * heads + h) * d..][..d];
             for (j, w) in visible.clone().zip(&weights) {
                 let vj = &v[(j * kv_heads + kh) * d..][..d];
@@ -67,7 +70,8 @@ pub fn attend(q: &[f64], k: &[f64], v: &[f64], s: SeqShape, params: AttentionPar
 }
 
 pub(crate) fn run_cache(a: AttentionArgs<'_>) -> Result<()> {
-    let AttentionArgs { q, pools, meta, batch, kv_lens, params, out, .. } = a;
+    let AttentionArgs { q, pools, meta, batch, kv_lens, params, sinks, out, .. } = a;
+    let sinks = sinks.map(|s| read(s, "sinks")).transpose()?;
     let (heads, d) = (q.shape()[1], q.shape()[2]);
     let kv_heads = pools.spec().num_kv_heads;
     let qs = read(q, "q")?;
@@ -86,13 +90,14 @@ pub(crate) fn run_cache(a: AttentionArgs<'_>) -> Result<()> {
         let row = batch.offsets()[i] * heads * d;
         let n = q_len * heads * d;
         let shape = SeqShape { q_len, kv_len, heads, kv_heads, head_dim: d };
-        os[row..row + n].copy_from_slice(&attend(&qs[row..row + n], &k, &v, shape, params));
+        os[row..row + n].copy_from_slice(&attend(&qs[row..row + n], &k, &v, shape, params, sinks.as_deref()));
     }
     write(out, "out", &os)
 }
 
 pub(crate) fn run_plain(a: PlainAttentionArgs<'_>) -> Result<()> {
-    let PlainAttentionArgs { q, k, v, batch, params, out, .. } = a;
+    let PlainAttentionArgs { q, k, v, batch, params, sinks, out, .. } = a;
+    let sinks = sinks.map(|s| read(s, "sinks")).transpose()?;
     let (heads, d) = (q.shape()[1], q.shape()[2]);
     let kv_heads = k.shape()[1];
     let (qs, ks, vs) = (read(q, "q")?, read(k, "k")?, read(v, "v")?);
@@ -103,7 +108,7 @@ pub(crate) fn run_plain(a: PlainAttentionArgs<'_>) -> Result<()> {
         let krow = batch.kv_offsets()[i] * kv_heads * d;
         let (nq, nk) = (q_len * heads * d, kv_len * kv_heads * d);
         let shape = SeqShape { q_len, kv_len, heads, kv_heads, head_dim: d };
-        let o = attend(&qs[qrow..qrow + nq], &ks[krow..krow + nk], &vs[krow..krow + nk], shape, params);
+        let o = attend(&qs[qrow..qrow + nq], &ks[krow..krow + nk], &vs[krow..krow + nk], shape, params, sinks.as_deref());
         os[qrow..qrow + nq].copy_from_slice(&o);
     }
     write(out, "out", &os)

@@ -230,7 +230,7 @@ AF_DEVICE void decode_body(const AttnParams& p) {
         const int rr = r0 + r, qi = rr / G, h = kh * G + rr % G;
         const long row = (long)(qbeg + qi) * p.heads + h;
         if (p.splits == 1) {
-            reinterpret_cast<T*>(p.out)[o_at(p, qbeg + qi, h) + c] = af_from_float<T>(A / sSum[r]);
+            reinterpret_cast<T*>(p.out)[o_at(p, qbeg + qi, h) + c] = af_from_float<T>(A / (sSum[r] + af_sink_term(p.sinks, h, sMax[r])));
         } else {
             float* part = reinterpret_cast<float*>(p.part) + (row * p.splits + split) * (D + 2);
             part[2 + c] = A;

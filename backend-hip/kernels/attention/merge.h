@@ -17,7 +17,7 @@ template <typename T> AF_DEVICE void attn_merge_body(const MergeParams& p) {
             L += ps[1] * w;
             A += ps[2 + c] * w;
         }
-        reinterpret_cast<T*>(p.out)[row / p.heads * p.o_stride + row % p.heads * p.head_dim + c] = af_from_float<T>(A / L);
+        reinterpret_cast<T*>(p.out)[row / p.heads * p.o_stride + row % p.heads * p.head_dim + c] = af_from_float<T>(A / (L + af_sink_term(p.sinks, row % p.heads, base)));
     }
 }
 
@@ -69,6 +69,7 @@ AF_DEVICE void split_merge_last(const AttnParams& p, int rows, int D, int tid, i
             }
         }
         T* o = reinterpret_cast<T*>(p.out) + out_of(r) + c;
+        L += af_sink_term(p.sinks, (int)(row_of(r) % p.heads), M);
         o[0] = af_from_float<T>(A0 / L);
         o[1] = af_from_float<T>(A1 / L);
     }

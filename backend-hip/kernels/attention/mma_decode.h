@@ -174,7 +174,7 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
         const long row = qrow(r);
         if (p.splits == 1) {
             const int rr = r0 + r;
-            reinterpret_cast<T*>(p.out)[o_at(p, qbeg + rr / G, kh * G + rr % G) + c] = af_from_float<T>(A / L);
+            reinterpret_cast<T*>(p.out)[o_at(p, qbeg + rr / G, kh * G + rr % G) + c] = af_from_float<T>(A / (L + af_sink_term(p.sinks, kh * G + rr % G, M)));
         } else {
             float* part = reinterpret_cast<float*>(p.part) + (row * p.splits + split) * (DM + 2);
             part[2 + c] = A;

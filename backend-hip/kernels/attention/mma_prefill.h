@@ -189,7 +189,7 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
 #pragma unroll
         for (int sl = 0; sl < AF_MMA_SLOTS; ++sl) {
             const int r = 16 * (MT * w + mt) + af_mma_row(sl);
-            const float inv = 1.f / af_mma_rowsum(l[mt][sl]);
+            const float inv = 1.f / (af_mma_rowsum(l[mt][sl]) + af_sink_term(p.sinks, h, m[mt][sl]));
             if (r >= rows) continue;
             unsigned short* orow = out + o_at(p, qbeg + q0 + r, h);
 #pragma unroll

@@ -17,6 +17,13 @@ AF_DEVICE float af_to_float(af_bf16 v) { return af_bf2f(v.x); }
 AF_DEVICE float af_cap2(float y, float softcap_log2) { return softcap_log2 > 0.f ? softcap_log2 * tanhf(y) : y; }
 AF_DEVICE float af_logit2(float x, float scale_log2, float softcap_log2) { return af_cap2(x * scale_log2, softcap_log2); }
 
+// Attention sinks (gpt-oss): the softmax-denominator term of query head h for a row whose
+// running maximum is m (base 2), 2^(sink_h log2(e) - m); 0 without sinks. Every kernel adds it
+// to the row's sum when it normalises (the split-K merges once, over all splits).
+AF_DEVICE float af_sink_term(af_ptr sinks, int h, float m) {
+    return sinks ? exp2f(reinterpret_cast<const float*>(sinks)[h] * 1.4426950408889634f - m) : 0.f;
+}
+
 template <typename T> AF_DEVICE T af_from_float(float f);
 template <> AF_DEVICE float af_from_float<float>(float f) { return f; }
 template <> AF_DEVICE af_f16 af_from_float<af_f16>(float f) { af_f16 r; r.x = af_f2h(f); return r; }

@@ -147,6 +147,7 @@ AF_FIELD(float, softcap_log2)        // logit soft-cap * log2(e); 0: none (then 
 AF_FIELD(af_ptr, counters)           // decode, splits > 1: int32 [B, Hk, row chunks], zero; set: the last split merges (no attn_merge)
 AF_FIELD(int, window)                // sliding window (causal only): a query sees the `window` keys ending at its own; 0: none
 AF_FIELD(int, pad)
+AF_FIELD(af_ptr, sinks)              // attention sinks: f32 [H], a logit per query head in the softmax denominator; 0: none
 AF_END(AttnParams)
 
 AF_STRUCT(SepParams)                 // separate.hip: scores, softmax, P.V over a score buffer
@@ -164,6 +165,7 @@ AF_FIELD(int, head_dim)
 AF_FIELD(int, heads)                 // rows are (token, head): token = row / heads
 AF_FIELD(int, o_stride)              // elements between consecutive tokens of out
 AF_FIELD(int, pad)
+AF_FIELD(af_ptr, sinks)              // attention sinks f32 [heads] (0: none)
 AF_END(MergeParams)
 
 // ------------------------------------------------------------------ instantiations

@@ -163,6 +163,7 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
             scale: 0.125,
             softcap: 0.0,
             window: 0,
+            sinks: None,
             rope: None,
         };
         let e = attention(&gpu, &launch, call).unwrap_err();
@@ -186,6 +187,7 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
         scale: 0.125,
             softcap: 0.0,
             window: 0,
+            sinks: None,
         rope: None,
     };
     assert!(attention(&gpu, &launch, call).unwrap_err().to_string().contains("lives on"));
@@ -204,6 +206,7 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
         scale: 0.125,
         softcap: 0.0,
         window: 0,
+        sinks: None,
         rope: None,
     };
     attention(&gpu, &launch, call).unwrap();

@@ -45,7 +45,7 @@ pub(crate) fn bind_table(name: &str, c: &mut KvPools, want: BoundRope) -> Result
 }
 
 pub(crate) fn step(ctx: &Ctx<'_>, append: Kernel, attention: &AttnLaunch, a: StepArgs<'_>) -> Result<()> {
-    let StepArgs { q, k, v, positions, config, freqs, pools, meta, batch, start, kv_lens, params, out, .. } = a;
+    let StepArgs { q, k, v, positions, config, freqs, pools, meta, batch, start, kv_lens, params, sinks, out, .. } = a;
     let bound = bind_rope(ctx, pools, config, &freqs)?;
     let slots = slot_mapping(meta, batch, &start)?;
     let m = ctx.gpu.upload_meta(&[&positions_i32(positions), &slots])?;
@@ -64,5 +64,5 @@ pub(crate) fn step(ctx: &Ctx<'_>, append: Kernel, attention: &AttnLaunch, a: Ste
         interleaved: bound.interleaved,
     };
     let (qv, ov) = (ctx.q(q, "q")?, ctx.q_mut(out, "out")?);
-    cache_attention(ctx, attention, qv, heads, pools, meta, batch, &kv_lens, params, ov, Some(rope))
+    cache_attention(ctx, attention, qv, heads, pools, meta, batch, &kv_lens, params, ctx.sinks(sinks)?, ov, Some(rope))
 }

@@ -44,6 +44,10 @@ impl Ctx<'_> {
         let stride = t.row_stride();
         Ok(Strided { mem: writable(t, what, self.name, self.gpu)?.view_mut(), stride })
     }
+    /// Attention sinks (f32 `[heads]`, a view or not), read-only.
+    fn sinks<'t>(&self, t: Option<&'t Tensor>) -> Result<Option<DevRef<'t>>> {
+        t.map(|t| Ok(tensor(t, "sinks", self.name, self.gpu)?.view())).transpose()
+    }
     /// The pools (and hip-fused's slot positions), writable.
     fn pools_mut<'p>(&self, c: &'p mut KvPools) -> Result<PoolMut<'p>> {
         let slots = c.spec().pool_slots();
@@ -120,6 +124,7 @@ fn cache_attention(
     batch: &Batch,
     kv_lens: &[usize],
     params: AttentionParams,
+    sinks: Option<DevRef<'_>>,
     out: Strided<DevMut<'_>>,
     rope: Option<AttnRope<'_>>,
 ) -> Result<()> {
@@ -134,7 +139,7 @@ fn cache_attention(
         kv_heads: spec.num_kv_heads,
         at: addressing(c.spec(), meta, batch, &mut bases),
     };
-    let call = AttnCall { dtype: spec.dtype, heads, head_dim: spec.head_dim, q, out, q_lens: batch.q_lens(), kv_lens, kv, causal: params.causal, scale: params.scale, softcap: params.softcap.unwrap_or(0.0), window: params.window.unwrap_or(0), rope };
+    let call = AttnCall { dtype: spec.dtype, heads, head_dim: spec.head_dim, q, out, q_lens: batch.q_lens(), kv_lens, kv, causal: params.causal, scale: params.scale, softcap: params.softcap.unwrap_or(0.0), window: params.window.unwrap_or(0), sinks, rope };
     attention::attention(ctx.gpu, l, call)
 }
 
@@ -152,7 +157,8 @@ pub(crate) fn attention(ctx: &Ctx<'_>, l: &AttnLaunch, a: AttentionArgs<'_>) -> 
     let q = ctx.q(a.q, "q")?;
     let out = ctx.q_mut(a.out, "out")?;
     let rope = if rotates_keys(l) { cache_key_rope(pools(a.pools, ctx.name, ctx.gpu)?.2) } else { None };
-    cache_attention(ctx, l, q, heads, a.pools, a.meta, a.batch, &a.kv_lens, a.params, out, rope)
+    let sinks = ctx.sinks(a.sinks)?;
+    cache_attention(ctx, l, q, heads, a.pools, a.meta, a.batch, &a.kv_lens, a.params, sinks, out, rope)
 }
 
 fn rotates_keys(l: &AttnLaunch) -> bool {
@@ -183,6 +189,7 @@ pub(crate) fn attention_plain(ctx: &Ctx<'_>, l: &AttnLaunch, a: PlainAttentionAr
         scale: a.params.scale,
         softcap: a.params.softcap.unwrap_or(0.0),
         window: a.params.window.unwrap_or(0),
+        sinks: ctx.sinks(a.sinks)?,
         rope: None,
     };
     attention::attention(ctx.gpu, l, call)

@@ -21,10 +21,11 @@ fn run(be: &Backend, case: &Case, d: &Data, path: Path) -> Result<(Vec<f32>, Vec
     let (q, k, v) = io.qkv(&d.q, &d.k, &d.v)?;
     c.append(be, &k, &v, &new)?;
     let mut out = io.out(new.total_tokens(), case.heads)?;
-    c.attend(be, &q, &new, case.params(), &mut out)?;
+    let sinks = io.sinks()?;
+    c.attend(be, &q, &new, case.params(), sinks.as_ref(), &mut out)?;
     let first = be.download(&out)?;
     be.fill(&mut out, f32::NAN)?;
-    c.attend(be, &q, &new, case.params(), &mut out)?;
+    c.attend(be, &q, &new, case.params(), sinks.as_ref(), &mut out)?;
     Ok((first, be.download(&out)?))
 }
 

@@ -95,10 +95,11 @@ pub(crate) fn golden_attention(case: &Case, q_new: &[f64], k: &[Vec<f64>], v: &[
     let row = case.heads * case.head_dim();
     let mut out = Vec::with_capacity(q_new.len());
     let (mut off, mut cond) = (0, 0.0f64);
+    let sinks: Option<Vec<f64>> = case.sink_values().map(|s| s.iter().map(|&x| x as f64).collect());
     for (s, sc) in case.seqs.iter().enumerate() {
         let shape = SeqShape { q_len: sc.q_len, kv_len: sc.cached + sc.q_len, heads: case.heads, kv_heads: case.kv_heads, head_dim: case.head_dim() };
         let q = &q_new[off..off + sc.q_len * row];
-        out.extend(attend(q, &k[s], &v[s], shape, case.params()));
+        out.extend(attend(q, &k[s], &v[s], shape, case.params(), sinks.as_deref()));
         cond = cond.max(crate::tolerance::attention_condition(q, &k[s], &v[s], shape, case.params().scale));
         off += sc.q_len * row;
     }

@@ -2,7 +2,7 @@
 //! ([`Case::cross`]) each sequence's keys are its cached rows and first new row only, so a
 //! sequence may have more queries than keys.
 
-use attnforge_api::{Backend, Op, PlainBatch, Result};
+use attnforge_api::{Backend, Op, PlainBatch, Result, Tensor};
 use attnforge_cpu::ops::attention::{attend, SeqShape};
 
 use super::{fail, seq_rows};
@@ -36,10 +36,15 @@ fn run(be: &Backend, case: &Case, d: &Data, path: Path) -> Result<(Vec<f32>, Vec
     let mut kv = io.fused(&[(&kd, case.kv_heads), (&vd, case.kv_heads)])?.into_iter();
     let (k, v) = (kv.next().unwrap(), kv.next().unwrap());
     let mut out = io.out(d.q.len() / (case.heads * case.head_dim()), case.heads)?;
-    be.attention_plain(&q, &k, &v, &batch, case.params(), &mut out)?;
+    let sinks = io.sinks()?;
+    let attend = |out: &mut Tensor| match &sinks {
+        Some(s) => be.attention_plain_with_sinks(&q, &k, &v, &batch, case.params(), s, out),
+        None => be.attention_plain(&q, &k, &v, &batch, case.params(), out),
+    };
+    attend(&mut out)?;
     let first = be.download(&out)?;
     be.fill(&mut out, f32::NAN)?;
-    be.attention_plain(&q, &k, &v, &batch, case.params(), &mut out)?;
+    attend(&mut out)?;
     Ok((first, be.download(&out)?))
 }
 
@@ -53,13 +58,14 @@ pub fn check(be: &Backend, rf: &Backend, case: &Case, path: Path) -> Result<(), 
     let (row, krow) = (case.heads * case.head_dim(), case.kv_heads * case.head_dim());
     let q_new = rounded(&d.q, case.dtype);
     let (mut golden, mut cond, mut off) = (Vec::with_capacity(q_new.len()), 0.0f64, 0);
+    let sinks: Option<Vec<f64>> = case.sink_values().map(|s| s.iter().map(|&x| x as f64).collect());
     for (s, sc) in case.seqs.iter().enumerate() {
         let kv_len = case.plain_kv_len(sc, Op::AttentionPlain);
         let k = &seq_rows(case, &d.k_prefix, &d.k, case.kv_heads, s)[..kv_len * krow];
         let v = &seq_rows(case, &d.v_prefix, &d.v, case.kv_heads, s)[..kv_len * krow];
         let shape = SeqShape { q_len: sc.q_len, kv_len, heads: case.heads, kv_heads: case.kv_heads, head_dim: case.head_dim() };
         let q = &q_new[off..off + sc.q_len * row];
-        golden.extend(attend(q, k, v, shape, case.params()));
+        golden.extend(attend(q, k, v, shape, case.params(), sinks.as_deref()));
         cond = cond.max(crate::tolerance::attention_condition(q, k, v, shape, case.params().scale));
         off += sc.q_len * row;
     }

@@ -23,16 +23,17 @@ pub(super) fn run_between(be: &Backend, case: &Case, d: &Data, path: Path, betwe
     let mut c = io.kv(d)?;
     let (prefix, new) = batches(case);
     let params = case.params();
+    let sinks = io.sinks()?;
     if let Some(p) = prefix {
         let (mut q, mut k, v) = io.qkv(&d.q_prefix, &d.k_prefix, &d.v_prefix)?;
         let mut out = io.out(p.total_tokens(), case.heads)?;
-        c.step(be, &mut q, &mut k, &v, &d.pos_prefix, &case.rope, &p, params, &mut out)?;
+        c.step(be, &mut q, &mut k, &v, &d.pos_prefix, &case.rope, &p, params, sinks.as_ref(), &mut out)?;
     }
     c.share_pages(be)?;
     between(&mut c)?;
     let (mut q, mut k, v) = io.qkv(&d.q, &d.k, &d.v)?;
     let mut out = io.out(new.total_tokens(), case.heads)?;
-    c.step(be, &mut q, &mut k, &v, &d.pos, &case.rope, &new, params, &mut out)?;
+    c.step(be, &mut q, &mut k, &v, &d.pos, &case.rope, &new, params, sinks.as_ref(), &mut out)?;
     be.download(&out)
 }
 

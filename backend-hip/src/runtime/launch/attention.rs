@@ -80,6 +80,8 @@ pub(crate) struct AttnCall<'a> {
     pub softcap: f32,
     /// Sliding window in keys (0: none; causal only).
     pub window: usize,
+    /// Attention sinks, f32 `[heads]` (None: none).
+    pub sinks: Option<DevRef<'a>>,
     pub rope: Option<AttnRope<'a>>,
 }
 
@@ -327,6 +329,8 @@ pub(crate) struct AttnViews<'a> {
     pub causal: bool,
     /// Sliding window in keys (0: none).
     pub window: usize,
+    /// Attention sinks, f32 `[heads]` (None: none).
+    pub sinks: Option<DevRef<'a>>,
     pub rope: Option<AttnRope<'a>>,
 }
 
@@ -350,7 +354,7 @@ pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()
     let meta = gpu.upload_meta(&[a, b, cc, d, e])?;
     let mut scratch = if host.scratch > 0 { Some(gpu.alloc_uninit(host.scratch)?) } else { None };
     let sep = if host.sep.is_empty() { None } else { Some(gpu.upload(&host.sep)?) };
-    let views = AttnViews { q: c.q, out: c.out, k: c.kv.k, v: c.kv.v, dtype: c.dtype, scale: c.scale, softcap: c.softcap, causal: c.causal, window: c.window, rope: c.rope };
+    let views = AttnViews { q: c.q, out: c.out, k: c.kv.k, v: c.kv.v, dtype: c.dtype, scale: c.scale, softcap: c.softcap, causal: c.causal, window: c.window, sinks: c.sinks, rope: c.rope };
     // Eager: the merge runs as its own kernel (no counters to zero per call).
     let dev = AttnDevice { meta: [meta.part(0), meta.part(1), meta.part(2), meta.part(3), meta.part(4)], scratch: scratch.as_mut().map(|s| s.view_mut()), sep: sep.as_ref().map(|s| s.view()), counters: None };
     // Scratch and metadata are freed stream-ordered, after the launches.
@@ -416,6 +420,10 @@ pub(crate) fn launch(gpu: &Gpu, l: &AttnLaunch, h: &AttnHost, c: AttnViews<'_>, 
         window: if c.causal { i32_of(c.window, "sliding window")? } else { 0 },
         ..Default::default()
     };
+    if let Some(s) = &c.sinks {
+        need_ref(gpu, "attention sinks", s, 4 * h.heads)?;
+        p.sinks = s.addr;
+    }
     if let Some(r) = &c.rope {
         let half = r.table.rotary_dim / 2;
         if r.table.rotary_dim == 0 || r.table.rotary_dim % 2 != 0 || r.table.rotary_dim > d {
@@ -493,6 +501,7 @@ pub(crate) fn launch(gpu: &Gpu, l: &AttnLaunch, h: &AttnHost, c: AttnViews<'_>, 
                     heads: h.heads as i32,
                     o_stride: c.out.stride as i32,
                     pad: 0,
+                    sinks: p.sinks,
                 };
                 // SAFETY: the scratch holds rows x splits partials, `out` rows x head_dim elements.
                 unsafe { gpu.launch(merge, [rows as u64, 1, 1], MERGE_THREADS, 0, &mp) }?;
