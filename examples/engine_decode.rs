@@ -15,6 +15,11 @@
 //! shared, the partial one copied in every layer's pools) and rolls another back (speculative
 //! decoding's rejected tokens).
 //!
+//! The model is shaped like gpt-oss: even layers attend through a sliding window of `WINDOW`
+//! keys, odd layers over the whole context (one plan per kind of layer and step), and every
+//! layer has its own attention sinks (a learned logit per query head, an f32 `[H]` tensor the
+//! engine uploads with the weights and passes with the layer's views).
+//!
 //! On NVIDIA the memory is cudarc's (`CudaSlice`, borrowed without copies through
 //! `HipBackend::borrow_cudarc_mut`) and the backend runs on the engine's cudarc stream; on the
 //! CPU backend it is host buffers (`HostBuffer`, viewed with `CpuBackend::tensor_in`). The
@@ -35,6 +40,7 @@ const SEQS: usize = 4; // three prompts, plus one slot for the fork
 const STEPS: usize = 12;
 const DTYPE: DType = DType::F16;
 const W: usize = (H + 2 * HKV) * D; // a fused QKV row
+const WINDOW: usize = 16; // keys an even (sliding-window) layer sees: shorter than the prompts
 const HIDDEN: usize = H * D;
 
 fn spec() -> KvCacheSpec {
@@ -180,6 +186,8 @@ impl Rng {
 /// The model: per layer a random projection `[HIDDEN, W]` (the engine's GEMM, on the host).
 struct Model {
     wqkv: Vec<Vec<f32>>,
+    /// Per layer, one sink logit per query head.
+    sinks: Vec<Vec<f32>>,
     rope: RopeConfig,
 }
 
@@ -187,7 +195,17 @@ impl Model {
     fn new() -> Self {
         let mut r = Rng::new(7);
         let scale = 1.0 / (HIDDEN as f32).sqrt();
-        Model { wqkv: (0..LAYERS).map(|_| r.normals(HIDDEN * W).iter().map(|x| x * scale).collect()).collect(), rope: RopeConfig::new(D, 500000.0, 4096) }
+        let wqkv = (0..LAYERS).map(|_| r.normals(HIDDEN * W).iter().map(|x| x * scale).collect()).collect();
+        let sinks = (0..LAYERS).map(|_| r.normals(H).iter().map(|x| 1.0 + x).collect()).collect();
+        Model { wqkv, sinks, rope: RopeConfig::new(D, 500000.0, 4096) }
+    }
+    /// Layer `l`'s attention: a sliding window on even layers, the whole context on odd ones.
+    fn params(l: usize) -> AttentionParams {
+        if l % 2 == 0 {
+            AttentionParams::causal(D).with_window(WINDOW)
+        } else {
+            AttentionParams::causal(D)
+        }
     }
     /// RMS-normalised rows of `x` (`[tokens, HIDDEN]`) times layer `l`'s projection.
     fn project(&self, l: usize, x: &[f32]) -> Vec<f32> {
@@ -209,31 +227,36 @@ struct Engine<M: Memory> {
     be: Backend,
     mem: M,
     meta: KvMetadata,
+    /// Each layer's attention sinks on the backend's device (uploaded once, with the weights).
+    sinks: Vec<Tensor>,
 }
 
 impl<M: Memory> Engine<M> {
-    fn new(be: Backend, mem: M) -> Result<Self> {
+    fn new(model: &Model, be: Backend, mem: M) -> Result<Self> {
+        let sinks = model.sinks.iter().map(|s| be.upload(s, &[H], DType::F32)).collect::<Result<Vec<_>>>()?;
         let mut meta = KvMetadata::new(&spec())?;
         // Block tables the engine owns: sequence s gets pages 8s..8s+8; the fork gets 24.. later.
         for s in 0..3u32 {
             meta.set_page_table(s as usize, &(8 * s..8 * s + 8).collect::<Vec<_>>())?;
         }
-        Ok(Engine { be, mem, meta })
+        Ok(Engine { be, mem, meta, sinks })
     }
 
-    /// The step's plan, once for every layer: validation, kernel choice and the metadata
-    /// (lengths, block tables, positions, slots) uploaded once.
-    fn plan(&self, model: &Model, batch: &Batch, positions: &[u32]) -> Result<StepPlan> {
+    /// The step's plans, once for every layer of each kind (sliding window, full): validation,
+    /// kernel choice and the metadata (lengths, block tables, positions, slots) uploaded once.
+    fn plans(&self, model: &Model, batch: &Batch, positions: &[u32]) -> Result<[StepPlan; 2]> {
         let spec = spec();
-        self.be.plan(StepDesc { op: PlanOp::Step, spec: &spec, num_heads: H, meta: &self.meta, batch, positions, rope: Some(&model.rope), params: AttentionParams::causal(D), max_kv_len: None })
+        let plan = |params| self.be.plan(StepDesc { op: PlanOp::Step, spec: &spec, num_heads: H, meta: &self.meta, batch, positions, rope: Some(&model.rope), params, max_kv_len: None });
+        Ok([plan(Model::params(0))?, plan(Model::params(1))?])
     }
 
     /// Layer `l` of a step: RoPE + append + attention on views, run from the step's plan (only
     /// launches on a GPU).
-    fn layer(&mut self, l: usize, qkv: &[f32], plan: &StepPlan) -> Result<Vec<f32>> {
-        let be = &self.be;
-        let mut op = |q: &mut Tensor, k: &mut Tensor, v: &Tensor, out: &mut Tensor, pools: &mut KvPools| be.run(plan, LayerViews::Step { q, k, v, pools, out, sinks: None });
-        self.mem.layer(be, l, plan.tokens(), qkv, &mut op)
+    fn layer(&mut self, l: usize, qkv: &[f32], plans: &[StepPlan; 2]) -> Result<Vec<f32>> {
+        let Engine { be, mem, sinks, .. } = self;
+        let (plan, sinks) = (&plans[l % 2], Some(&sinks[l]));
+        let mut op = |q: &mut Tensor, k: &mut Tensor, v: &Tensor, out: &mut Tensor, pools: &mut KvPools| be.run(plan, LayerViews::Step { q, k, v, pools, out, sinks });
+        mem.layer(be, l, plan.tokens(), qkv, &mut op)
     }
 
     /// Prefix sharing: sequence `dst` forks `src` (full pages shared; the partial one copied into
@@ -263,9 +286,9 @@ fn forward<A: Memory, B: Memory>(model: &Model, a: &mut Engine<A>, mut b: Option
         b.meta.extend(batch)?;
     }
     // Once per step, for all layers: the plan.
-    let plan_a = a.plan(model, batch, &positions)?;
+    let plan_a = a.plans(model, batch, &positions)?;
     let plan_b = match b.as_deref() {
-        Some(b) => Some(b.plan(model, batch, &positions)?),
+        Some(b) => Some(b.plans(model, batch, &positions)?),
         None => None,
     };
     let (mut x, mut worst) = (x.to_vec(), 0f32);
@@ -348,8 +371,8 @@ fn main() -> Result<()> {
         let n = LAYERS * spec().pool_len();
         let (mut kpool, mut vpool) = (stream.alloc_zeros::<u16>(n).map_err(cuda::dev)?, stream.alloc_zeros::<u16>(n).map_err(cuda::dev)?);
         let (be, mem) = cuda::memory(static_name, stream.clone(), &mut kpool, &mut vpool, max_tokens)?;
-        let mut gpu = Engine::new(be, mem)?;
-        let mut reference = Engine::new(cpu.clone(), HostMemory::new(&cpu, max_tokens)?)?;
+        let mut gpu = Engine::new(&model, be, mem)?;
+        let mut reference = Engine::new(&model, cpu.clone(), HostMemory::new(&cpu, max_tokens)?)?;
         println!("memory: cudarc buffers on the program's stream; checked in lockstep against the cpu reference");
         let worst = run(&model, &mut gpu, Some(&mut reference))?;
         drop(gpu);
@@ -367,7 +390,7 @@ fn main() -> Result<()> {
         std::process::exit(2);
     }
     let be = chosen.backend;
-    let mut engine = Engine::new(be.clone(), HostMemory::new(&be, max_tokens)?)?;
+    let mut engine = Engine::new(&model, be.clone(), HostMemory::new(&be, max_tokens)?)?;
     println!("memory: host buffers the program owns");
     run::<HostMemory, HostMemory>(&model, &mut engine, None)?;
     Ok(())
