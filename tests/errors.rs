@@ -177,6 +177,11 @@ fn heads_batches_and_lengths() {
     for (sinks, want) in [(t(&be, &[5], DType::F32), "ShapeMismatch"), (t(&be, &[4], DType::F16), "DtypeMismatch"), (t(&be, &[4, 1], DType::F32), "ShapeMismatch")] {
         assert_eq!(kind(be.attention_plain_with_sinks(&q, &kv, &kv, &pb, AttentionParams::full(8), &sinks, &mut out)), want);
     }
+    // A strided view of sinks (every other float of a buffer) is refused, not read as dense.
+    let base = t(&be, &[8], DType::F32);
+    let strided = be.view(&base, 0, &[4], 2).unwrap();
+    let e = be.attention_plain_with_sinks(&q, &kv, &kv, &pb, AttentionParams::full(8), &strided, &mut out).unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("dense")), "{e}");
     let ok = t(&be, &[4], DType::F32);
     be.attention_plain_with_sinks(&q, &kv, &kv, &pb, AttentionParams::full(8), &ok, &mut out).unwrap();
     // A sliding window of no keys, or without the causal mask.

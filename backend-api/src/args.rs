@@ -71,7 +71,7 @@ pub struct AttentionArgs<'a> {
     pub kv_lens: Vec<usize>,
     /// Causal flag and softmax scale.
     pub params: AttentionParams,
-    /// Attention sinks (gpt-oss): f32 `[H]`, one learned logit per query head that joins each
+    /// Attention sinks (gpt-oss): f32 `[H]` (dense), one learned logit per query head that joins each
     /// row's softmax denominator (`out = sum_j e^(s_j) v_j / (e^sink + sum_j e^(s_j))`; the
     /// sink is neither scaled nor soft-capped). `None`: no sinks.
     pub sinks: Option<&'a Tensor>,
@@ -97,7 +97,7 @@ pub struct PlainAttentionArgs<'a> {
     pub batch: &'a PlainBatch,
     /// Causal flag and softmax scale.
     pub params: AttentionParams,
-    /// Attention sinks (gpt-oss): f32 `[H]`, one learned logit per query head that joins each
+    /// Attention sinks (gpt-oss): f32 `[H]` (dense), one learned logit per query head that joins each
     /// row's softmax denominator (`out = sum_j e^(s_j) v_j / (e^sink + sum_j e^(s_j))`; the
     /// sink is neither scaled nor soft-capped). `None`: no sinks.
     pub sinks: Option<&'a Tensor>,
@@ -139,7 +139,7 @@ pub struct StepArgs<'a> {
     pub kv_lens: Vec<usize>,
     /// Causal flag and softmax scale.
     pub params: AttentionParams,
-    /// Attention sinks (gpt-oss): f32 `[H]`, one learned logit per query head that joins each
+    /// Attention sinks (gpt-oss): f32 `[H]` (dense), one learned logit per query head that joins each
     /// row's softmax denominator (`out = sum_j e^(s_j) v_j / (e^sink + sum_j e^(s_j))`; the
     /// sink is neither scaled nor soft-capped). `None`: no sinks.
     pub sinks: Option<&'a Tensor>,

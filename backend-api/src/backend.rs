@@ -245,7 +245,7 @@ pub struct StepViews<'a> {
     pub batch: &'a Batch,
     /// Causal flag and scale.
     pub params: AttentionParams,
-    /// Attention sinks (gpt-oss): f32 `[H]`, one learned logit per query head that joins each
+    /// Attention sinks (gpt-oss): f32 `[H]` (dense), one learned logit per query head that joins each
     /// row's softmax denominator (`out = sum_j e^(s_j) v_j / (e^sink + sum_j e^(s_j))`; the
     /// sink is neither scaled nor soft-capped). `None`: no sinks.
     pub sinks: Option<&'a Tensor>,
@@ -272,7 +272,7 @@ pub struct StepInputs<'a> {
     pub batch: &'a Batch,
     /// Causal flag and scale.
     pub params: AttentionParams,
-    /// Attention sinks (gpt-oss): f32 `[H]`, one learned logit per query head that joins each
+    /// Attention sinks (gpt-oss): f32 `[H]` (dense), one learned logit per query head that joins each
     /// row's softmax denominator (`out = sum_j e^(s_j) v_j / (e^sink + sum_j e^(s_j))`; the
     /// sink is neither scaled nor soft-capped). `None`: no sinks.
     pub sinks: Option<&'a Tensor>,
@@ -640,10 +640,14 @@ impl Backend {
         self.inner.attention_plain(PlainAttentionArgs { q, k, v, batch, params, sinks, out, desc, validated: Validated(()) })
     }
 
-    /// Attention sinks: f32 `[heads]`, this backend's, apart from `out`.
+    /// Attention sinks: f32 `[heads]`, dense (kernels read one float per head), this
+    /// backend's, apart from `out`.
     fn check_sinks(&self, sinks: Option<&Tensor>, heads: usize, out: &Tensor) -> Result<()> {
         if let Some(s) = sinks {
             self.check_tensor("sinks", s, &[heads], DType::F32)?;
+            if !s.is_contiguous() {
+                return Err(Error::InvalidArgument(format!("sinks must be dense (one f32 per head), got a view with row stride {}", s.row_stride())));
+            }
             Self::check_disjoint(&[("out", out, "sinks", s)])?;
         }
         Ok(())
