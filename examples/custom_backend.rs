@@ -129,6 +129,7 @@ impl AttentionBackend for HostF32 {
         let (h, d, hk) = (a.q.shape()[1], a.q.shape()[2], a.pools.spec().num_kv_heads);
         let (q, pk, pv) = (data(a.q)?, data(a.pools.k())?, data(a.pools.v())?);
         let sinks = a.sinks.map(data).transpose()?; // attention sinks (gpt-oss): a logit per head
+        let mut lse = Vec::new(); // each row's log-sum-exp, when asked (cascade attention merges with it)
         let out = data_mut(a.out)?;
         for (i, (&s, &ql)) in a.batch.seq_ids().iter().zip(a.batch.q_lens()).enumerate() {
             let kvl = a.kv_lens[i];
@@ -155,8 +156,12 @@ impl AttentionBackend for HostF32 {
                         l += (sk[hh] - m).exp(); // the sink joins the denominator only
                     }
                     out[r..r + d].iter_mut().zip(&acc).for_each(|(o, a)| *o = a / l);
+                    lse.push(m + l.ln());
                 }
             }
+        }
+        if let Some(t) = a.lse {
+            data_mut(t)?.copy_from_slice(&lse);
         }
         Ok(())
     }

@@ -81,7 +81,7 @@ fn a_decode_loop_through_one_plan_matches_the_eager_steps_bit_for_bit() {
     for layer in 0..LAYERS {
         let (mut out, mut out2) = (be.alloc(&[t, H, D], DType::BF16).unwrap(), be.alloc(&[t, H, D], DType::BF16).unwrap());
         be.attention(&q, &owned[layer], &batch, params, &mut out).unwrap();
-        be.run(&plan, LayerViews::Attention { q: &q, pools: &pools[layer], out: &mut out2, sinks: None }).unwrap();
+        be.run(&plan, LayerViews::Attention { q: &q, pools: &pools[layer], out: &mut out2, sinks: None, lse: None }).unwrap();
         assert_eq!(be.download(&out2).unwrap(), be.download(&out).unwrap());
     }
 }
@@ -105,7 +105,7 @@ fn plans_refuse_what_they_were_not_made_for_and_write_nothing() {
     let mut out = be.upload(&vec![f32::NAN; 3 * H * D], &[3, H, D], DType::BF16).unwrap();
     let pools_before = be.read_kv_pools(&pools).unwrap();
     // Views of another op, of another shape, pools of another spec.
-    assert_eq!(kind(be.run(&plan, LayerViews::Attention { q: &q, pools: &pools, out: &mut out, sinks: None })), "InvalidArgument");
+    assert_eq!(kind(be.run(&plan, LayerViews::Attention { q: &q, pools: &pools, out: &mut out, sinks: None, lse: None })), "InvalidArgument");
     let (mut q4, mut k4, v4) = (up(4, H), up(4, HK), up(4, HK));
     assert_eq!(kind(be.run(&plan, LayerViews::Step { q: &mut q4, k: &mut k4, v: &v4, pools: &mut pools, out: &mut out, sinks: None })), "ShapeMismatch");
     let other = KvCacheSpec { layout: CacheLayout::Paged { page_size: 4, num_pages: 13 }, ..s.clone() };

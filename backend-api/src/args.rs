@@ -75,6 +75,11 @@ pub struct AttentionArgs<'a> {
     /// row's softmax denominator (`out = sum_j e^(s_j) v_j / (e^sink + sum_j e^(s_j))`; the
     /// sink is neither scaled nor soft-capped). `None`: no sinks.
     pub sinks: Option<&'a Tensor>,
+    /// Log-sum-exp of every output row, f32 `[T, H]` (dense): `lse[t, h] = ln(e^sink_h + sum_j
+    /// e^(s_j))` over the row's visible keys, `s_j` the scaled (and soft-capped) logits, the sink
+    /// term only with sinks. With it, partial results over disjoint key sets merge exactly
+    /// ([`crate::Backend::merge_states`]). `None`: not written.
+    pub lse: Option<&'a mut Tensor>,
     /// Output, fully overwritten.
     pub out: &'a mut Tensor,
     /// What the capability query saw.
@@ -101,6 +106,11 @@ pub struct PlainAttentionArgs<'a> {
     /// row's softmax denominator (`out = sum_j e^(s_j) v_j / (e^sink + sum_j e^(s_j))`; the
     /// sink is neither scaled nor soft-capped). `None`: no sinks.
     pub sinks: Option<&'a Tensor>,
+    /// Log-sum-exp of every output row, f32 `[T, H]` (dense): `lse[t, h] = ln(e^sink_h + sum_j
+    /// e^(s_j))` over the row's visible keys, `s_j` the scaled (and soft-capped) logits, the sink
+    /// term only with sinks. With it, partial results over disjoint key sets merge exactly
+    /// ([`crate::Backend::merge_states`]). `None`: not written.
+    pub lse: Option<&'a mut Tensor>,
     /// Output, fully overwritten.
     pub out: &'a mut Tensor,
     /// What the capability query saw.
@@ -172,11 +182,40 @@ impl StepArgs<'_> {
             kv_lens: self.kv_lens.clone(),
             params: self.params,
             sinks: self.sinks,
+            lse: None,
             out: self.out,
             desc: self.desc.clone(),
             validated: self.validated,
         }
     }
+}
+
+/// [`crate::AttentionBackend::merge_states`]: `n` partial attention states of the same rows,
+/// each an output `[T, H, D]` over some key set and its log-sum-exp f32 `[T, H]`, merged into
+/// the state of attention over the union of the key sets:
+///
+/// ```text
+/// M        = max_i lse_i[t, h]
+/// w_i      = exp(lse_i[t, h] - M)
+/// out[t,h] = sum_i w_i out_i[t, h] / sum_i w_i
+/// lse[t,h] = M + ln(sum_i w_i)
+/// ```
+///
+/// A state with `lse = -inf` (no keys) weighs nothing; when every state has `-inf` the row's
+/// output is 0 and its lse `-inf`. NaN propagates.
+#[derive(Debug)]
+pub struct MergeArgs<'a> {
+    /// The partial states, `(output, lse)`: outputs of one shape and dtype (may be strided),
+    /// lse f32 `[T, H]` dense. At least one.
+    pub states: &'a [(&'a Tensor, &'a Tensor)],
+    /// The merged output, same shape and dtype (may be strided), fully overwritten.
+    pub out: &'a mut Tensor,
+    /// The merged log-sum-exp, f32 `[T, H]` dense (None: not written).
+    pub lse: Option<&'a mut Tensor>,
+    /// What the capability query saw (`max_q_len` = T rows).
+    pub desc: ProblemDesc,
+    /// Proof of validation.
+    pub validated: Validated,
 }
 
 /// [`crate::AttentionBackend::shift_positions`]: the cached tokens `tokens` of sequence `seq`

@@ -110,6 +110,12 @@ pub trait AttentionBackend: Send + Sync {
         let _ = args;
         Err(Error::Unsupported { backend: self.name().to_string(), op: Op::Shift.name().to_string(), reasons: vec![format!("{} does not implement context shift", self.name())] })
     }
+    /// (optional) Merges partial attention states (see [`MergeArgs`]). Default: `Unsupported`
+    /// (its `supports` should decline [`Op::MergeStates`] too).
+    fn merge_states(&self, args: MergeArgs<'_>) -> Result<()> {
+        let _ = args;
+        Err(Error::Unsupported { backend: self.name().to_string(), op: Op::MergeStates.name().to_string(), reasons: vec![format!("{} does not implement merge_states", self.name())] })
+    }
     /// (optional) Waits for queued device work; errors surface here. Default: nothing to wait for.
     fn synchronize(&self) -> Result<()> {
         Ok(())
@@ -197,8 +203,8 @@ fn run_host_plan<B: AttentionBackend + ?Sized>(be: &B, p: &HostPlan, views: Laye
             be.rope(RopeArgs { q, k, positions: &p.positions, config, freqs, desc, validated })
         }
         LayerViews::Append { k, v, pools } => be.kv_append(AppendArgs { pools, meta: &p.meta, k, v, batch: &p.batch, start: p.start.clone(), desc, validated }),
-        LayerViews::Attention { q, pools, out, sinks } => {
-            be.attention(AttentionArgs { q, pools, meta: &p.meta, batch: &p.batch, kv_lens: p.kv_lens.clone(), params: p.params, sinks, out, desc, validated })
+        LayerViews::Attention { q, pools, out, sinks, lse } => {
+            be.attention(AttentionArgs { q, pools, meta: &p.meta, batch: &p.batch, kv_lens: p.kv_lens.clone(), params: p.params, sinks, lse, out, desc, validated })
         }
         LayerViews::Step { q, k, v, pools, out, sinks } => {
             let (config, freqs) = (p.config.as_ref().ok_or_else(|| missing("RoPE configuration"))?, p.freqs.clone().ok_or_else(|| missing("RoPE table"))?);
@@ -278,6 +284,38 @@ pub struct StepInputs<'a> {
     pub sinks: Option<&'a Tensor>,
     /// Output `[T, H, D]`.
     pub out: &'a mut Tensor,
+}
+
+/// The optional inputs and outputs of an attention call, beyond Q, the keys and the output
+/// ([`Backend::attention_with`], [`Backend::attend_with`], [`Backend::attention_plain_with`]).
+#[derive(Debug, Default)]
+pub struct AttentionExtras<'a> {
+    /// Attention sinks, f32 `[H]` (see [`AttentionArgs::sinks`]).
+    pub sinks: Option<&'a Tensor>,
+    /// Written with each row's log-sum-exp, f32 `[T, H]` (see [`AttentionArgs::lse`]).
+    pub lse: Option<&'a mut Tensor>,
+}
+
+impl<'a> AttentionExtras<'a> {
+    /// Sinks only.
+    pub fn sinks(sinks: &'a Tensor) -> Self {
+        AttentionExtras { sinks: Some(sinks), lse: None }
+    }
+
+    /// The log-sum-exp output only.
+    pub fn lse(lse: &'a mut Tensor) -> Self {
+        AttentionExtras { sinks: None, lse: Some(lse) }
+    }
+
+    /// The same with sinks.
+    pub fn with_sinks(self, sinks: &'a Tensor) -> Self {
+        AttentionExtras { sinks: Some(sinks), ..self }
+    }
+
+    /// The same with the log-sum-exp output.
+    pub fn with_lse(self, lse: &'a mut Tensor) -> Self {
+        AttentionExtras { lse: Some(lse), ..self }
+    }
 }
 
 /// A shared handle to a backend: the API users call. Every op validates its input (typed
@@ -585,59 +623,75 @@ impl Backend {
 
     /// Attention of Q `[T, H, D]` over the cache (each sequence's current tokens) into `out`.
     pub fn attention(&self, q: &Tensor, cache: &KvCache, batch: &Batch, params: AttentionParams, out: &mut Tensor) -> Result<()> {
-        self.check_cache(cache)?;
-        self.attend_inner(q, cache.pools(), cache.metadata(), batch, params, None, out)
+        self.attention_with(q, cache, batch, params, AttentionExtras::default(), out)
     }
 
     /// [`Backend::attention`] with attention sinks (gpt-oss): f32 `[H]`, one learned logit per
     /// query head in each row's softmax denominator (see [`AttentionArgs::sinks`]).
     pub fn attention_with_sinks(&self, q: &Tensor, cache: &KvCache, batch: &Batch, params: AttentionParams, sinks: &Tensor, out: &mut Tensor) -> Result<()> {
+        self.attention_with(q, cache, batch, params, AttentionExtras::sinks(sinks), out)
+    }
+
+    /// [`Backend::attention`] with the optional inputs and outputs of [`AttentionExtras`]
+    /// (sinks, each row's log-sum-exp).
+    pub fn attention_with(&self, q: &Tensor, cache: &KvCache, batch: &Batch, params: AttentionParams, extras: AttentionExtras<'_>, out: &mut Tensor) -> Result<()> {
         self.check_cache(cache)?;
-        self.attend_inner(q, cache.pools(), cache.metadata(), batch, params, Some(sinks), out)
+        self.attend_inner(q, cache.pools(), cache.metadata(), batch, params, extras, out)
     }
 
     /// The engine path of attention: Q `[T, H, D]` (may be strided) over each sequence's
     /// `meta.seq_len` tokens in `pools`, into `out` (may be strided; must not overlap `q`).
     pub fn attend(&self, q: &Tensor, pools: &KvPools, meta: &KvMetadata, batch: &Batch, params: AttentionParams, out: &mut Tensor) -> Result<()> {
-        self.attend_inner(q, pools, meta, batch, params, None, out)
+        self.attend_inner(q, pools, meta, batch, params, AttentionExtras::default(), out)
     }
 
     /// [`Backend::attend`] with attention sinks, f32 `[H]` (see [`AttentionArgs::sinks`]).
     #[allow(clippy::too_many_arguments)]
     pub fn attend_with_sinks(&self, q: &Tensor, pools: &KvPools, meta: &KvMetadata, batch: &Batch, params: AttentionParams, sinks: &Tensor, out: &mut Tensor) -> Result<()> {
-        self.attend_inner(q, pools, meta, batch, params, Some(sinks), out)
+        self.attend_inner(q, pools, meta, batch, params, AttentionExtras::sinks(sinks), out)
+    }
+
+    /// [`Backend::attend`] with the optional inputs and outputs of [`AttentionExtras`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend_with(&self, q: &Tensor, pools: &KvPools, meta: &KvMetadata, batch: &Batch, params: AttentionParams, extras: AttentionExtras<'_>, out: &mut Tensor) -> Result<()> {
+        self.attend_inner(q, pools, meta, batch, params, extras, out)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn attend_inner(&self, q: &Tensor, pools: &KvPools, meta: &KvMetadata, batch: &Batch, params: AttentionParams, sinks: Option<&Tensor>, out: &mut Tensor) -> Result<()> {
+    fn attend_inner(&self, q: &Tensor, pools: &KvPools, meta: &KvMetadata, batch: &Batch, params: AttentionParams, extras: AttentionExtras<'_>, out: &mut Tensor) -> Result<()> {
         let _span = op_span!("attention", self.name());
+        let AttentionExtras { sinks, lse } = extras;
         let kv_lens: Vec<usize> = batch.seq_ids().iter().map(|&s| meta.seq_len(s)).collect();
         let desc = self.check_attention(q, pools, meta, batch, &kv_lens, params, out)?;
         self.check_sinks(sinks, desc.num_heads, out)?;
+        self.check_lse(lse.as_deref(), batch.total_tokens(), desc.num_heads, &[("out", out), ("q", q), ("K pool", pools.k()), ("V pool", pools.v())], sinks)?;
         self.supports_call(Op::Attention, &desc)?;
-        self.inner.attention(AttentionArgs { q, pools, meta, batch, kv_lens, params, sinks, out, desc, validated: Validated(()) })
+        self.inner.attention(AttentionArgs { q, pools, meta, batch, kv_lens, params, sinks, lse, out, desc, validated: Validated(()) })
     }
 
     /// Attention over Q `[Tq, H, D]`, K and V `[Tk, Hkv, D]` into `out` `[Tq, H, D]` (any of
     /// them may be strided; `out` must not overlap the inputs).
     pub fn attention_plain(&self, q: &Tensor, k: &Tensor, v: &Tensor, batch: &PlainBatch, params: AttentionParams, out: &mut Tensor) -> Result<()> {
-        self.plain_inner(q, k, v, batch, params, None, out)
+        self.attention_plain_with(q, k, v, batch, params, AttentionExtras::default(), out)
     }
 
     /// [`Backend::attention_plain`] with attention sinks, f32 `[H]` (see [`AttentionArgs::sinks`]).
     #[allow(clippy::too_many_arguments)]
     pub fn attention_plain_with_sinks(&self, q: &Tensor, k: &Tensor, v: &Tensor, batch: &PlainBatch, params: AttentionParams, sinks: &Tensor, out: &mut Tensor) -> Result<()> {
-        self.plain_inner(q, k, v, batch, params, Some(sinks), out)
+        self.attention_plain_with(q, k, v, batch, params, AttentionExtras::sinks(sinks), out)
     }
 
+    /// [`Backend::attention_plain`] with the optional inputs and outputs of [`AttentionExtras`].
     #[allow(clippy::too_many_arguments)]
-    fn plain_inner(&self, q: &Tensor, k: &Tensor, v: &Tensor, batch: &PlainBatch, params: AttentionParams, sinks: Option<&Tensor>, out: &mut Tensor) -> Result<()> {
+    pub fn attention_plain_with(&self, q: &Tensor, k: &Tensor, v: &Tensor, batch: &PlainBatch, params: AttentionParams, extras: AttentionExtras<'_>, out: &mut Tensor) -> Result<()> {
         let _span = op_span!("attention_plain", self.name());
+        let AttentionExtras { sinks, lse } = extras;
         let desc = self.check_plain(q, k, v, batch, params, out)?;
         Self::check_disjoint(&[("out", out, "q", q), ("out", out, "k", k), ("out", out, "v", v)])?;
         self.check_sinks(sinks, desc.num_heads, out)?;
+        self.check_lse(lse.as_deref(), q.shape()[0], desc.num_heads, &[("out", out), ("q", q), ("k", k), ("v", v)], sinks)?;
         self.supports_call(Op::AttentionPlain, &desc)?;
-        self.inner.attention_plain(PlainAttentionArgs { q, k, v, batch, params, sinks, out, desc, validated: Validated(()) })
+        self.inner.attention_plain(PlainAttentionArgs { q, k, v, batch, params, sinks, lse, out, desc, validated: Validated(()) })
     }
 
     /// Attention sinks: f32 `[heads]`, dense (kernels read one float per head), this
@@ -651,6 +705,71 @@ impl Backend {
             Self::check_disjoint(&[("out", out, "sinks", s)])?;
         }
         Ok(())
+    }
+
+    /// A log-sum-exp output: f32 `[rows, heads]`, dense, this backend's, apart from every
+    /// tensor of the op (`others`, and the sinks).
+    fn check_lse(&self, lse: Option<&Tensor>, rows: usize, heads: usize, others: &[(&str, &Tensor)], sinks: Option<&Tensor>) -> Result<()> {
+        let Some(l) = lse else { return Ok(()) };
+        self.check_tensor("lse", l, &[rows, heads], DType::F32)?;
+        if !l.is_contiguous() {
+            return Err(Error::InvalidArgument(format!("lse must be dense (one f32 per row and head), got a view with row stride {}", l.row_stride())));
+        }
+        for &(what, t) in others.iter().chain(sinks.map(|s| ("sinks", s)).as_slice()) {
+            Self::check_disjoint(&[("lse", l, what, t)])?;
+        }
+        Ok(())
+    }
+
+    /// Merges partial attention states into the state of attention over the union of their
+    /// keys (cascade / shared-prefix attention, context parallelism, split-KV across calls):
+    /// `states[i] = (out_i, lse_i)`, each the output `[T, H, D]` and log-sum-exp f32 `[T, H]`
+    /// of one attention call over a disjoint key set ([`AttentionExtras::lse`]); the merged
+    /// output goes to `out` (same shape and dtype; may be strided, must not overlap a state)
+    /// and, when given, the merged log-sum-exp to `lse` (so merges chain). See [`MergeArgs`]
+    /// for the formula. With sinks, pass them to one of the partial calls only.
+    pub fn merge_states(&self, states: &[(&Tensor, &Tensor)], out: &mut Tensor, lse: Option<&mut Tensor>) -> Result<()> {
+        let _span = op_span!("merge_states", self.name());
+        let Some(&(first, _)) = states.first() else {
+            return Err(Error::EmptyBatch { detail: "merge_states needs at least one state".into() });
+        };
+        let (t, h, d) = self.check_heads_tensor("states[0].0", first, None)?;
+        if t == 0 || h == 0 {
+            return Err(Error::EmptyBatch { detail: format!("merge_states over {t} rows of {h} heads") });
+        }
+        let dtype = first.dtype();
+        for (i, &(o, l)) in states.iter().enumerate() {
+            self.check_tensor(&format!("states[{i}].0 (output)"), o, &[t, h, d], dtype)?;
+            self.check_tensor(&format!("states[{i}].1 (lse)"), l, &[t, h], DType::F32)?;
+            if !l.is_contiguous() {
+                return Err(Error::InvalidArgument(format!("states[{i}].1 (lse) must be dense, got a view with row stride {}", l.row_stride())));
+            }
+        }
+        self.check_tensor("out", out, &[t, h, d], dtype)?;
+        for (i, &(o, l)) in states.iter().enumerate() {
+            Self::check_disjoint(&[("out", out, &format!("states[{i}].0"), o), ("out", out, &format!("states[{i}].1"), l)])?;
+        }
+        if let Some(l) = lse.as_deref() {
+            let others: Vec<(String, &Tensor)> = states.iter().enumerate().flat_map(|(i, &(o, s))| [(format!("states[{i}].0"), o), (format!("states[{i}].1"), s)]).collect();
+            let mut all: Vec<(&str, &Tensor)> = others.iter().map(|(w, t)| (w.as_str(), *t)).collect();
+            all.push(("out", out));
+            self.check_lse(Some(l), t, h, &all, None)?;
+        }
+        let desc = ProblemDesc {
+            dtype,
+            num_heads: h,
+            num_kv_heads: h,
+            head_dim: d,
+            rope: None,
+            layout: None,
+            causal: false,
+            batch_size: states.len(),
+            max_q_len: t,
+            max_kv_len: 0,
+            window: None,
+        };
+        self.supports_call(Op::MergeStates, &desc)?;
+        self.inner.merge_states(MergeArgs { states, out, lse, desc, validated: Validated(()) })
     }
 
     /// The composite step: RoPE on Q and K, append K/V, attend. See [`StepArgs`] for what it
@@ -905,12 +1024,13 @@ impl Backend {
                 pools_ok(pools)?;
                 Self::check_disjoint(&[("K pool", pools.k(), "k", k), ("K pool", pools.k(), "v", v), ("V pool", pools.v(), "k", k), ("V pool", pools.v(), "v", v)])?;
             }
-            LayerViews::Attention { q, pools, out, sinks } => {
+            LayerViews::Attention { q, pools, out, sinks, lse } => {
                 self.check_tensor("q", q, &[t, h, d], dt)?;
                 self.check_tensor("out", out, &[t, h, d], dt)?;
                 pools_ok(pools)?;
                 Self::check_disjoint(&[("out", out, "q", q), ("out", out, "K pool", pools.k()), ("out", out, "V pool", pools.v())])?;
                 self.check_sinks(*sinks, h, out)?;
+                self.check_lse(lse.as_deref(), t, h, &[("out", out), ("q", q), ("K pool", pools.k()), ("V pool", pools.v())], *sinks)?;
             }
             LayerViews::Step { q, k, v, pools, out, sinks } => {
                 self.check_tensor("q", q, &[t, h, d], dt)?;

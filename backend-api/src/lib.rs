@@ -30,8 +30,8 @@ pub mod registry;
 mod rope;
 mod tensor;
 
-pub use args::{AppendArgs, AttentionArgs, PlainAttentionArgs, RopeArgs, ShiftArgs, StepArgs};
-pub use backend::{AttentionBackend, Backend, StepInputs, StepViews};
+pub use args::{AppendArgs, AttentionArgs, MergeArgs, PlainAttentionArgs, RopeArgs, ShiftArgs, StepArgs};
+pub use backend::{AttentionBackend, AttentionExtras, Backend, StepInputs, StepViews};
 pub use cache::{CacheLayout, CachedSeq, KvCache, KvCacheSpec, KvMetadata, KvPool, KvPools};
 pub use dtype::{bf16_from_f64, f16_from_f64, DType, Device, DeviceKind};
 pub use error::{Error, Result};

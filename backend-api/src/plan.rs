@@ -158,6 +158,8 @@ pub enum LayerViews<'a> {
         out: &'a mut Tensor,
         /// This layer's attention sinks, f32 `[H]` (see [`crate::AttentionArgs::sinks`]).
         sinks: Option<&'a Tensor>,
+        /// Each row's log-sum-exp, f32 `[T, H]` (see [`crate::AttentionArgs::lse`]); None: not written.
+        lse: Option<&'a mut Tensor>,
     },
     /// The composite step (q and k are scratch afterwards).
     Step {

@@ -226,13 +226,17 @@ pub enum Op {
     Step,
     /// Context shift: move cached tokens to other positions (re-rotate their keys).
     Shift,
+    /// Merge partial attention states (output and log-sum-exp over disjoint key sets) into
+    /// the state of attention over their union.
+    MergeStates,
 }
 
 impl Op {
     /// Every op, in a fixed order.
-    pub const ALL: [Op; 6] = [Op::Rope, Op::KvAppend, Op::Attention, Op::AttentionPlain, Op::Step, Op::Shift];
+    pub const ALL: [Op; 7] = [Op::Rope, Op::KvAppend, Op::Attention, Op::AttentionPlain, Op::Step, Op::Shift, Op::MergeStates];
 
-    /// snake_case name: `rope`, `kv_append`, `attention`, `attention_plain`, `step`, `shift`.
+    /// snake_case name: `rope`, `kv_append`, `attention`, `attention_plain`, `step`, `shift`,
+    /// `merge_states`.
     pub fn name(self) -> &'static str {
         match self {
             Op::Rope => "rope",
@@ -241,6 +245,7 @@ impl Op {
             Op::AttentionPlain => "attention_plain",
             Op::Step => "step",
             Op::Shift => "shift",
+            Op::MergeStates => "merge_states",
         }
     }
 }

@@ -112,6 +112,11 @@ impl AttentionBackend for CpuBackend {
         ops::attention::run_plain(args)
     }
 
+    fn merge_states(&self, args: MergeArgs<'_>) -> Result<()> {
+        tracing::trace!(states = args.states.len(), "cpu merge_states: f64 weights per row");
+        ops::attention::run_merge(args)
+    }
+
     fn shift_positions(&self, args: ShiftArgs<'_>) -> Result<()> {
         tracing::trace!(delta = args.delta, "cpu shift: keys rotated by the position delta");
         ops::rope::shift(args)

@@ -3,7 +3,7 @@
 // attention_mma.hip the matrix-core ones. Instantiation lists come from the contract.
 //   attn_prefill_d{DM}_{dtype}          AF_PREFILL_DIMS
 //   attn_decode_d{DM}_r{RM}_{dtype}     AF_DECODE_SHAPES
-//   attn_wide_{dtype}, attn_merge_{dtype}
+//   attn_wide_{dtype}, attn_merge_{dtype}, merge_states_{dtype}
 #include "attention/prefill.h"
 #include "attention/decode.h"
 #include "attention/wide.h"
@@ -19,3 +19,4 @@ AF_DECODE_SHAPES(STAMP_DECODE)
 
 AF_STAMP(attn_wide, AttnParams, (WIDE_THREADS), wide_body, false)
 AF_STAMP(attn_merge, MergeParams, (MERGE_THREADS), attn_merge_body)
+AF_STAMP(merge_states, MergeStatesParams, (MERGE_STATES_THREADS), merge_states_body)

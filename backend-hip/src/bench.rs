@@ -725,7 +725,7 @@ fn decode_graph_shape(hbe: &HipBackend, h: &Backend, p: &serde_json::Value, tabl
         let agraph = h.capture(|| {
             for li in 0..layers {
                 let pools = caches[li % distinct].pools();
-                h.run(&aplan, LayerViews::Attention { q: &q, pools, out: &mut out, sinks: None })?;
+                h.run(&aplan, LayerViews::Attention { q: &q, pools, out: &mut out, sinks: None, lse: None })?;
             }
             Ok(())
         })?;

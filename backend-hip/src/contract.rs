@@ -72,6 +72,8 @@ pub enum Kernel {
     Wide { rope: bool, dtype: DType },
     /// `attn_merge_{dtype}`: split-K partials into the output.
     Merge { dtype: DType },
+    /// `merge_states_{dtype}`: partial attention states into one.
+    MergeStates { dtype: DType },
     /// `attn_scores_{dtype}` (hip-separate).
     Scores { dtype: DType },
     /// `attn_softmax_f32` (hip-separate).
@@ -112,6 +114,7 @@ impl Kernel {
                 v.push(Kernel::Wide { rope, dtype });
             }
             v.push(Kernel::Merge { dtype });
+            v.push(Kernel::MergeStates { dtype });
             v.push(Kernel::Scores { dtype });
             v.push(Kernel::Pv { dtype });
         }
@@ -146,6 +149,7 @@ impl Kernel {
             }
             Kernel::Wide { rope, dtype } => format!("attn_wide{}_{dtype}", if rope { "_rope" } else { "" }),
             Kernel::Merge { dtype } => format!("attn_merge_{dtype}"),
+            Kernel::MergeStates { dtype } => format!("merge_states_{dtype}"),
             Kernel::Scores { dtype } => format!("attn_scores_{dtype}"),
             Kernel::Softmax => "attn_softmax_f32".into(),
             Kernel::Pv { dtype } => format!("attn_pv_{dtype}"),
@@ -159,7 +163,7 @@ impl Kernel {
         match *self {
             Kernel::Rope { .. } => "rope",
             Kernel::KvAppend { .. } | Kernel::Fill { .. } => "kv_append",
-            Kernel::Prefill { rope: false, .. } | Kernel::Wide { rope: false, .. } | Kernel::Merge { .. } => "attention",
+            Kernel::Prefill { rope: false, .. } | Kernel::Wide { rope: false, .. } | Kernel::Merge { .. } | Kernel::MergeStates { .. } => "attention",
             Kernel::Decode { rope: InKernelRope::None, .. } => "attention",
             Kernel::Prefill { rope: true, .. } | Kernel::Wide { rope: true, .. } | Kernel::Decode { .. } => "attention_rope",
             Kernel::Scores { .. } | Kernel::Softmax | Kernel::Pv { .. } => "separate",
@@ -174,6 +178,7 @@ impl Kernel {
             Kernel::KvAppend { .. } => "AppendParams",
             Kernel::Fill { .. } => "FillParams",
             Kernel::Merge { .. } => "MergeParams",
+            Kernel::MergeStates { .. } => "MergeStatesParams",
             Kernel::Scores { .. } | Kernel::Softmax | Kernel::Pv { .. } => "SepParams",
             _ => "AttnParams",
         }

@@ -467,6 +467,13 @@ impl AttentionBackend for HipBackend {
 
     /// Context shift: keys stored rotated are rotated by `delta` in place (the rope kernel over
     /// the tokens' cache slots); hip-fused slots that hold a position only move it.
+    fn merge_states(&self, a: MergeArgs<'_>) -> Result<()> {
+        match self.op_plan(Op::MergeStates, &a.desc)? {
+            OpPlan::MergeStates(k) => self.timed(Op::MergeStates, || step::merge_states(&self.ctx(), k, a)),
+            _ => Err(self.mismatch(Op::MergeStates)),
+        }
+    }
+
     fn shift_positions(&self, a: ShiftArgs<'_>) -> Result<()> {
         match self.op_plan(Op::Shift, &a.desc)? {
             OpPlan::Rope(l) => self.timed(Op::Shift, || step::shift(&self.ctx(), &l, a)),
@@ -762,7 +769,7 @@ mod tests {
             assert_eq!(replay, vec![("graph_launch", 1)]);
             assert_eq!(symbols(n2), eager, "{strategy:?}: the replay launches the captured kernels");
             // A failure inside a capture ends it and is returned; no graph.
-            let e = be.capture(|| be.run(&plan, LayerViews::Attention { q: &q, pools: &pools, out: &mut out, sinks: None })).unwrap_err();
+            let e = be.capture(|| be.run(&plan, LayerViews::Attention { q: &q, pools: &pools, out: &mut out, sinks: None, lse: None })).unwrap_err();
             assert_eq!(e.kind(), "InvalidArgument", "{e}");
             be.synchronize().unwrap();
             assert!(fake.violations().is_empty(), "{:?}", fake.violations());

@@ -42,6 +42,8 @@ pub enum Reason {
     LengthDependentRope { scaling: &'static str },
     /// The op needs a RoPE configuration the problem does not carry.
     NoRope,
+    /// merge_states takes at most MERGE_MAX_STATES states per launch.
+    TooManyStates { states: usize },
 }
 
 impl fmt::Display for Reason {
@@ -56,6 +58,10 @@ impl fmt::Display for Reason {
                 "hip-fused keeps keys unrotated and rotates them with one table per cache; {scaling} scaling changes the table with the context length (use hip-hybrid or hip-flash)"
             ),
             Reason::NoRope => write!(f, "the op needs a RoPE configuration"),
+            Reason::TooManyStates { states } => write!(
+                f,
+                "{states} states exceed the {MERGE_MAX_STATES} one merge_states launch takes (merge them in groups, passing each group's lse on)"
+            ),
         }
     }
 }
@@ -69,6 +75,8 @@ pub enum OpPlan {
     Append(Kernel),
     /// Attention over a cache or plain K/V.
     Attention(AttnLaunch),
+    /// merge_states (`Kernel::MergeStates` of the dtype).
+    MergeStates(Kernel),
     /// The composite step: hip-flash and hip-hybrid run the fused RoPE + append kernel (`rope`,
     /// no `append`); hip-fused appends unrotated keys (`append`, no `rope`); hip-separate runs
     /// RoPE in place, then the append (both). Then attention.
@@ -83,6 +91,19 @@ pub fn plan(props: &DeviceProps, strategy: Strategy, op: Op, problem: &ProblemDe
         Op::KvAppend => Ok(OpPlan::Append(Kernel::KvAppend { dtype: problem.dtype })),
         Op::Rope | Op::Shift => rope_launch(problem).map(OpPlan::Rope),
         Op::Attention | Op::AttentionPlain => attention(props, strategy, op, problem).map(OpPlan::Attention),
+        // A merge_states problem: `batch_size` states of `max_q_len` tokens; any even head_dim,
+        // one block per (token, head) row.
+        Op::MergeStates => {
+            let mut r = Vec::new();
+            if problem.batch_size > MERGE_MAX_STATES {
+                r.push(Reason::TooManyStates { states: problem.batch_size });
+            }
+            let rows = problem.max_q_len.saturating_mul(problem.num_heads);
+            if rows as u64 > props.max_grid[0].min(i32::MAX as u64) {
+                r.push(Reason::TooManyRows { what: "(token, head) rows", rows });
+            }
+            if r.is_empty() { Ok(OpPlan::MergeStates(Kernel::MergeStates { dtype: problem.dtype })) } else { Err(r) }
+        }
         Op::Step => {
             let mut r = Vec::new();
             if strategy == Strategy::Fused {
@@ -123,11 +144,11 @@ pub fn plan(props: &DeviceProps, strategy: Strategy, op: Op, problem: &ProblemDe
 /// head_dim), 32-bit row and slot indices.
 fn common_reasons(p: &ProblemDesc, strategy: Strategy, op: Op) -> Vec<Reason> {
     let mut r = Vec::new();
-    let any_even = strategy == Strategy::Separate && matches!(op, Op::Attention | Op::AttentionPlain);
+    let any_even = (strategy == Strategy::Separate && matches!(op, Op::Attention | Op::AttentionPlain)) || op == Op::MergeStates;
     if !p.head_dim.is_multiple_of(HEAD_DIM_MULTIPLE) && !any_even {
         r.push(Reason::HeadDimMultiple { head_dim: p.head_dim });
     }
-    let rows = p.batch_size.saturating_mul(p.max_q_len.max(p.max_kv_len));
+    let rows = if op == Op::MergeStates { p.max_q_len } else { p.batch_size.saturating_mul(p.max_q_len.max(p.max_kv_len)) };
     if rows > i32::MAX as usize {
         r.push(Reason::TooManyRows { what: "token rows", rows });
     }

@@ -122,6 +122,10 @@ fn long_problems_match_the_reference() {
                         (Op::Step, 500, 3, Some(16)),
                         (Op::Step, 200, 150, None),
                         (Op::Step, 0, 270, Some(32)),
+                        // Cascade: a long shared prefix (unmasked) and the new tokens (causal),
+                        // each with its lse, merged (merge_states).
+                        (Op::MergeStates, 2500, 1, None),
+                        (Op::MergeStates, 400, 200, None),
                     ];
                     for (i, &(op, cached, q_len, page_size)) in shapes.iter().enumerate() {
                         if d != 128 && heads == 4 {
@@ -141,7 +145,10 @@ fn long_problems_match_the_reference() {
                             softcap: None,
                             window,
                             // Sinks on a split decode (the merge adds them) and a multi-tile prefill.
-                            sinks: matches!(i, 0 | 1 | 2 | 5),
+                            sinks: matches!(i, 0 | 1 | 2 | 5 | 9),
+                            // Each row's lse from a split decode (the merge writes it), the
+                            // matrix-core decode and multi-tile prefills.
+                            lse: matches!(i, 0 | 1 | 2 | 3),
                             dtype,
                             heads,
                             kv_heads,

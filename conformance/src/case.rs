@@ -55,6 +55,9 @@ pub struct Case {
     /// few keys' logits, so the sink takes a share of every row's weight that an implementation
     /// ignoring it cannot hide.
     pub sinks: bool,
+    /// Attention writes each row's log-sum-exp (checked against the golden one), and the
+    /// `merge_states` cells merge partial results with it: drawn in a third of the cases.
+    pub lse: bool,
 }
 
 impl Case {
@@ -98,9 +101,26 @@ impl Case {
         }
     }
 
-    /// What a capability query sees for `op`.
+    /// What a capability query sees for `op` (for [`Op::MergeStates`]: up to three states of
+    /// every new token's rows, see `ops::merge`).
     pub fn desc(&self, op: Op) -> ProblemDesc {
         let max_q = self.seqs.iter().map(|s| s.q_len).max().unwrap_or(0);
+        if op == Op::MergeStates {
+            let tokens = self.seqs.iter().map(|s| s.q_len).sum();
+            return ProblemDesc {
+                dtype: self.dtype,
+                num_heads: self.heads,
+                num_kv_heads: self.heads,
+                head_dim: self.head_dim(),
+                rope: None,
+                layout: None,
+                causal: false,
+                batch_size: 3,
+                max_q_len: tokens,
+                max_kv_len: 0,
+                window: None,
+            };
+        }
         let max_kv = self.seqs.iter().map(|s| self.plain_kv_len(s, op)).max().unwrap_or(0);
         ProblemDesc {
             dtype: self.dtype,
@@ -224,9 +244,10 @@ pub fn cases(cfg: GenConfig) -> impl Strategy<Value = Case> {
             prop_oneof![3 => Just(None), 1 => (0.5f32..20.0).prop_map(Some)],
             prop_oneof![2 => Just(None), 1 => Just(Some(1usize)), 3 => (2usize..24).prop_map(Some), 2 => (24usize..300).prop_map(Some)],
             prop_oneof![3 => Just(false), 1 => Just(true)],
+            prop_oneof![2 => Just(false), 1 => Just(true)],
         ),
     )
-        .prop_map(move |((heads, kv_heads), rope, page_size, causal, mut seqs, amplitude, scale, seed, decode_only, cross, (softcap, window, sinks))| {
+        .prop_map(move |((heads, kv_heads), rope, page_size, causal, mut seqs, amplitude, scale, seed, decode_only, cross, (softcap, window, sinks, lse))| {
             if decode_only {
                 for s in &mut seqs {
                     s.q_len = 1;
@@ -240,6 +261,6 @@ pub fn cases(cfg: GenConfig) -> impl Strategy<Value = Case> {
                     s.q_len = s.q_len.min(4);
                 }
             }
-            Case { dtype: cfg.dtype, heads, kv_heads, rope, page_size, causal, seqs, amplitude, scale, seed, cross: cross && !causal, softcap, window: window.filter(|_| causal), sinks }
+            Case { dtype: cfg.dtype, heads, kv_heads, rope, page_size, causal, seqs, amplitude, scale, seed, cross: cross && !causal, softcap, window: window.filter(|_| causal), sinks, lse }
         })
 }

@@ -62,6 +62,12 @@ pub enum Bug {
     /// Attention without the sinks it was given (gpt-oss: right for the cases without sinks;
     /// the quarter of the cases that draw them catch it).
     SinksIgnored,
+    /// Attention writes the log-sum-exp in base 2 (the kernels' running maximum and sums are
+    /// base 2; a store without the `ln 2` factor): the outputs are right, the lse cases catch it.
+    LseBase2,
+    /// merge_states averages the partial outputs with equal weights, ignoring their lse: right
+    /// when every part holds the same softmax mass, caught by the merge cells.
+    MergeIgnoresLse,
 }
 
 /// Keys per split of [`Bug::SplitMergeDropsSplit`]: the vector decode's least split size (128
@@ -70,7 +76,7 @@ pub const SPLIT_KEYS: usize = 128;
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 18] = [
+    pub const ALL: [Bug; 20] = [
         Bug::RopeStyleSwapped,
         Bug::CausalOffByOne,
         Bug::GqaModulo,
@@ -89,6 +95,8 @@ impl Bug {
         Bug::SoftcapIgnored,
         Bug::WindowOffByOne,
         Bug::SinksIgnored,
+        Bug::LseBase2,
+        Bug::MergeIgnoresLse,
     ];
 
     /// Registry name: `mutant-...`.
@@ -112,6 +120,8 @@ impl Bug {
             Bug::SoftcapIgnored => "mutant-softcap-ignored",
             Bug::WindowOffByOne => "mutant-window-off-by-one",
             Bug::SinksIgnored => "mutant-sinks-ignored",
+            Bug::LseBase2 => "mutant-lse-base-2",
+            Bug::MergeIgnoresLse => "mutant-merge-ignores-lse",
         }
     }
 
@@ -123,6 +133,7 @@ impl Bug {
             Bug::CrossRowsUnwritten => Op::AttentionPlain,
             Bug::AppendIgnoresPageTable => Op::KvAppend,
             Bug::ShiftWrongSign => Op::Shift,
+            Bug::MergeIgnoresLse => Op::MergeStates,
             _ => Op::Attention,
         }
     }
@@ -271,16 +282,29 @@ impl AttentionBackend for Mutant {
     fn attention(&self, a: AttentionArgs<'_>) -> Result<()> {
         match self.0 {
             Bug::UnwrittenElement => {
-                let AttentionArgs { q, pools, meta, batch, kv_lens, params, sinks, out, desc, validated } = a;
+                let AttentionArgs { q, pools, meta, batch, kv_lens, params, sinks, lse, out, desc, validated } = a;
                 let before = read(out, "out")?;
-                CpuBackend.attention(AttentionArgs { q, pools, meta, batch, kv_lens, params, sinks, out: &mut *out, desc, validated })?;
+                CpuBackend.attention(AttentionArgs { q, pools, meta, batch, kv_lens, params, sinks, lse, out: &mut *out, desc, validated })?;
                 let mut after = read(out, "out")?;
                 let last = after.len() - 1;
                 after[last] = before[last];
                 write(out, "out", &after)
             }
+            Bug::LseBase2 => {
+                let AttentionArgs { q, pools, meta, batch, kv_lens, params, sinks, lse, out, desc, validated } = a;
+                let Some(lse) = lse else {
+                    return CpuBackend.attention(AttentionArgs { q, pools, meta, batch, kv_lens, params, sinks, lse: None, out, desc, validated });
+                };
+                CpuBackend.attention(AttentionArgs { q, pools, meta, batch, kv_lens, params, sinks, lse: Some(&mut *lse), out, desc, validated })?;
+                let base2: Vec<f64> = read(lse, "lse")?.iter().map(|x| x * std::f64::consts::LOG2_E).collect();
+                write(lse, "lse", &base2)
+            }
             Bug::CausalOffByOne | Bug::GqaModulo | Bug::SoftmaxNoMax | Bug::ScaleIgnored | Bug::SplitMergeDropsSplit | Bug::SoftcapIgnored | Bug::WindowOffByOne | Bug::SinksIgnored => {
-                let AttentionArgs { q, pools, meta, batch, kv_lens, params, sinks, out, .. } = a;
+                let AttentionArgs { q, pools, meta, batch, kv_lens, params, sinks, lse, out, desc, validated } = a;
+                if let Some(l) = lse {
+                    // The lse right (the bug is in the output, which is overwritten below).
+                    CpuBackend.attention(AttentionArgs { q, pools, meta, batch, kv_lens: kv_lens.clone(), params, sinks, lse: Some(l), out: &mut *out, desc, validated })?;
+                }
                 let sinks = sinks.map(|s| read(s, "sinks")).transpose()?;
                 let (heads, d) = (q.shape()[1], q.shape()[2]);
                 let kv_heads = pools.spec().num_kv_heads;
@@ -313,9 +337,9 @@ impl AttentionBackend for Mutant {
         if self.0 != Bug::CrossRowsUnwritten {
             return CpuBackend.attention_plain(a);
         }
-        let PlainAttentionArgs { q, k, v, batch, params, sinks, out, desc, validated } = a;
+        let PlainAttentionArgs { q, k, v, batch, params, sinks, lse, out, desc, validated } = a;
         let before = read(out, "out")?;
-        CpuBackend.attention_plain(PlainAttentionArgs { q, k, v, batch, params, sinks, out: &mut *out, desc, validated })?;
+        CpuBackend.attention_plain(PlainAttentionArgs { q, k, v, batch, params, sinks, lse, out: &mut *out, desc, validated })?;
         let mut after = read(out, "out")?;
         let row = out.shape()[1] * out.shape()[2];
         for (i, (&q_len, &kv_len)) in batch.q_lens().iter().zip(batch.kv_lens()).enumerate() {
@@ -325,6 +349,22 @@ impl AttentionBackend for Mutant {
             }
         }
         write(out, "out", &after)
+    }
+
+    fn merge_states(&self, a: MergeArgs<'_>) -> Result<()> {
+        if self.0 != Bug::MergeIgnoresLse {
+            return CpuBackend.merge_states(a);
+        }
+        let MergeArgs { states, out, lse, .. } = a;
+        let outs: Vec<Vec<f64>> = states.iter().map(|(o, _)| read(o, "state output")).collect::<Result<_>>()?;
+        let n = outs.len() as f64;
+        let avg: Vec<f64> = (0..outs[0].len()).map(|i| outs.iter().map(|o| o[i]).sum::<f64>() / n).collect();
+        write(out, "out", &avg)?;
+        if let Some(l) = lse {
+            let first = read(states[0].1, "state lse")?;
+            write(l, "lse", &first)?;
+        }
+        Ok(())
     }
 
     fn rope_append_attend(&self, mut args: StepArgs<'_>) -> Result<()> {
@@ -391,6 +431,8 @@ mod registered {
         CrossRowsUnwritten,
         SoftcapIgnored,
         WindowOffByOne,
-        SinksIgnored
+        SinksIgnored,
+        LseBase2,
+        MergeIgnoresLse
     );
 }

@@ -125,6 +125,16 @@ fn measure(be: &Backend, op: Op, case: &Case, reps: usize) -> Result<PerfRow> {
             let pairs: f64 = case.seqs.iter().map(|s| { let q = s.q_len as f64; if case.causal { q * (q + 1.0) / 2.0 } else { q * q } }).sum();
             (t, (2.0 * tn as f64 * h * hd + 2.0 * tn as f64 * hk * hd) * es, 4.0 * pairs * h * hd)
         }
+        Op::MergeStates => {
+            // Two states of the new tokens' rows (the output as a state and Q as another, lse 0
+            // and -1) into `out`, with the merged lse: reads 2 rows and 2 lse, writes 1 and 1.
+            let mut lse = [be.alloc(&[tn, case.heads], DType::F32)?, be.alloc(&[tn, case.heads], DType::F32)?];
+            be.fill(&mut lse[1], -1.0)?;
+            let mut merged = poisoned(be, tn, case.heads, case)?;
+            let mut merged_lse = be.alloc(&[tn, case.heads], DType::F32)?;
+            let t = time(be, reps, || be.merge_states(&[(&q, &lse[0]), (&out, &lse[1])], &mut merged, Some(&mut merged_lse)))?;
+            (t, (3.0 * tn as f64 * h * hd * es + 3.0 * tn as f64 * h * 4.0), 0.0)
+        }
     };
     let problem = format!(
         "B={} H={}/{} D={} q={} kv<={} {}{}",

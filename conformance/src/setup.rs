@@ -1,7 +1,7 @@
 //! Building one case's inputs on a backend: tensors, positions, caches with random page tables.
 
 use attnforge_api::{
-    AttentionParams, Backend, Batch, CacheLayout, DType, Error, KvCache, KvCacheSpec, KvMetadata, KvPool, KvPools, LayerViews, Op, PlanOp, Result, RopeConfig, StepDesc, StepInputs, StepViews, Tensor,
+    AttentionExtras, AttentionParams, Backend, Batch, CacheLayout, DType, Error, KvCache, KvCacheSpec, KvMetadata, KvPool, KvPools, LayerViews, Op, PlanOp, Result, RopeConfig, StepDesc, StepInputs, StepViews, Tensor,
 };
 
 use crate::case::Case;
@@ -225,6 +225,16 @@ impl Io<'_> {
         Ok(out)
     }
 
+    /// A NaN-poisoned log-sum-exp output f32 `[tokens, heads]` when the case draws one.
+    pub fn lse(&self, tokens: usize) -> Result<Option<Tensor>> {
+        if !self.case.lse {
+            return Ok(None);
+        }
+        let mut t = self.be.alloc(&[tokens, self.case.heads], DType::F32)?;
+        self.be.fill(&mut t, f32::NAN)?;
+        Ok(Some(t))
+    }
+
     /// The case's attention sinks on the backend (f32 `[heads]`), if it draws them.
     pub fn sinks(&self) -> Result<Option<Tensor>> {
         self.case.sink_values().map(|s| self.be.upload(&s, &[self.case.heads], DType::F32)).transpose()
@@ -384,13 +394,17 @@ impl Kv {
     }
 
     /// Attention over the state (with the case's sinks, if any).
-    pub fn attend(&self, be: &Backend, q: &Tensor, batch: &Batch, params: AttentionParams, sinks: Option<&Tensor>, out: &mut Tensor) -> Result<()> {
-        match (self, sinks) {
-            (Kv::Owned(c), None) => be.attention(q, c, batch, params, out),
-            (Kv::Owned(c), Some(s)) => be.attention_with_sinks(q, c, batch, params, s, out),
-            (Kv::Engine { pools, meta, planned: true, .. }, _) => planned(be, desc(PlanOp::Attention, pools.spec(), meta, batch, q.shape()[1], &[], None, params), LayerViews::Attention { q, pools, out, sinks }),
-            (Kv::Engine { pools, meta, .. }, None) => be.attend(q, pools, meta, batch, params, out),
-            (Kv::Engine { pools, meta, .. }, Some(s)) => be.attend_with_sinks(q, pools, meta, batch, params, s, out),
+    pub fn attend(&self, be: &Backend, q: &Tensor, batch: &Batch, params: AttentionParams, sinks: Option<&Tensor>, lse: Option<&mut Tensor>, out: &mut Tensor) -> Result<()> {
+        match (self, sinks, lse) {
+            (Kv::Owned(c), None, None) => be.attention(q, c, batch, params, out),
+            (Kv::Owned(c), Some(s), None) => be.attention_with_sinks(q, c, batch, params, s, out),
+            (Kv::Owned(c), sinks, lse) => be.attention_with(q, c, batch, params, AttentionExtras { sinks, lse }, out),
+            (Kv::Engine { pools, meta, planned: true, .. }, sinks, lse) => {
+                planned(be, desc(PlanOp::Attention, pools.spec(), meta, batch, q.shape()[1], &[], None, params), LayerViews::Attention { q, pools, out, sinks, lse })
+            }
+            (Kv::Engine { pools, meta, .. }, None, None) => be.attend(q, pools, meta, batch, params, out),
+            (Kv::Engine { pools, meta, .. }, Some(s), None) => be.attend_with_sinks(q, pools, meta, batch, params, s, out),
+            (Kv::Engine { pools, meta, .. }, sinks, lse) => be.attend_with(q, pools, meta, batch, params, AttentionExtras { sinks, lse }, out),
         }
     }
 

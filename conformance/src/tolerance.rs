@@ -102,6 +102,16 @@ pub fn compare_cond(what: &str, out: &[f32], reference: &[f32], golden: &[f64], 
     Ok(())
 }
 
+/// A log-sum-exp output (f32, natural log) against the golden one: the bound of
+/// [`compare_cond`] for the op's dtype. An lse is as exact as the scores and row sums it comes
+/// from (f32 in every kernel, from the same dtype-rounded inputs as the golden), so the output's
+/// bound is loose for it; it still fails the planted bug (base-2 logarithms: every value off by
+/// 44 %) and any row sum that misses or double-counts a key's share by more than the dtype's
+/// floor. No element may be NaN or infinite (every valid row sees a key).
+pub fn compare_lse(what: &str, out: &[f32], reference: &[f32], golden: &[f64], dtype: DType, cond: f64) -> Result<(), String> {
+    compare_cond(what, out, reference, golden, dtype, cond)
+}
+
 /// Bitwise equality (copies, determinism).
 pub fn exact(what: &str, got: &[f32], want: &[f32]) -> Result<(), String> {
     if got.len() != want.len() {

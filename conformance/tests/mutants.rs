@@ -66,8 +66,18 @@ fn rope_ignoring_the_row_stride_is_caught_on_the_views_path() {
 }
 
 #[test]
+fn an_lse_in_base_2_is_caught() {
+    caught(Bug::LseBase2, DType::F32);
+}
+
+#[test]
+fn a_merge_that_ignores_the_lse_is_caught() {
+    caught(Bug::MergeIgnoresLse, DType::BF16);
+}
+
+#[test]
 fn every_bug_has_a_test() {
-    assert_eq!(Bug::ALL.len(), 18);
+    assert_eq!(Bug::ALL.len(), 20);
     assert!(Bug::ALL.iter().all(|b| Op::ALL.contains(&b.op())));
 }
 

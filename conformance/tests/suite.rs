@@ -19,7 +19,7 @@ fn reference_conforms_in_every_dtype() {
     // every dtype x (every op on every path that runs it + the error cell)
     let per_dtype: usize = attnforge_api::Op::ALL.iter().map(|&op| attnforge_conformance::setup::Path::ALL.iter().filter(|p| p.runs(op)).count()).sum();
     assert_eq!(report.cells.len(), DType::ALL.len() * (per_dtype + 1));
-    assert_eq!(per_dtype, 16, "6 ops owned and views, 4 of them planned");
+    assert_eq!(per_dtype, 18, "7 ops owned and views, 4 of them planned");
     assert!(report.cells.iter().any(|c| c.op == "attention/views"));
     assert!(report.cells.iter().any(|c| c.op == "step/plan"));
 }

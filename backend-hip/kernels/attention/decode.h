@@ -230,7 +230,9 @@ AF_DEVICE void decode_body(const AttnParams& p) {
         const int rr = r0 + r, qi = rr / G, h = kh * G + rr % G;
         const long row = (long)(qbeg + qi) * p.heads + h;
         if (p.splits == 1) {
-            reinterpret_cast<T*>(p.out)[o_at(p, qbeg + qi, h) + c] = af_from_float<T>(A / (sSum[r] + af_sink_term(p.sinks, h, sMax[r])));
+            const float denom = sSum[r] + af_sink_term(p.sinks, h, sMax[r]);
+            reinterpret_cast<T*>(p.out)[o_at(p, qbeg + qi, h) + c] = af_from_float<T>(A / denom);
+            if (c == 0) af_store_lse(p.lse, row, sMax[r], denom);
         } else {
             float* part = reinterpret_cast<float*>(p.part) + (row * p.splits + split) * (D + 2);
             part[2 + c] = A;

@@ -17,7 +17,9 @@ template <typename T> AF_DEVICE void attn_merge_body(const MergeParams& p) {
             L += ps[1] * w;
             A += ps[2 + c] * w;
         }
-        reinterpret_cast<T*>(p.out)[row / p.heads * p.o_stride + row % p.heads * p.head_dim + c] = af_from_float<T>(A / (L + af_sink_term(p.sinks, row % p.heads, base)));
+        const float denom = L + af_sink_term(p.sinks, row % p.heads, base);
+        reinterpret_cast<T*>(p.out)[row / p.heads * p.o_stride + row % p.heads * p.head_dim + c] = af_from_float<T>(A / denom);
+        if (c == 0) af_store_lse(p.lse, row, base, denom);
     }
 }
 
@@ -72,5 +74,64 @@ AF_DEVICE void split_merge_last(const AttnParams& p, int rows, int D, int tid, i
         L += af_sink_term(p.sinks, (int)(row_of(r) % p.heads), M);
         o[0] = af_from_float<T>(A0 / L);
         o[1] = af_from_float<T>(A1 / L);
+        if (c == 0) af_store_lse(p.lse, row_of(r), M, L);
     }
+}
+
+// merge_states: partial attention states (output, log-sum-exp over disjoint keys) into the state
+// over their union. One block per (token, head) row, a column pair per thread:
+//   M = max_i lse_i, w_i = e^(lse_i - M), out = sum_i w_i out_i / sum_i w_i, lse = M + ln sum_i w_i.
+// A state with lse -inf weighs nothing; all -inf: out 0, lse -inf; a NaN lse makes the row NaN.
+AF_DEVICE af_ptr ms_out(const MergeStatesParams& p, int i) {
+    switch (i) {
+        case 0: return p.out0; case 1: return p.out1; case 2: return p.out2; case 3: return p.out3;
+        case 4: return p.out4; case 5: return p.out5; case 6: return p.out6; default: return p.out7;
+    }
+}
+AF_DEVICE af_ptr ms_lse(const MergeStatesParams& p, int i) {
+    switch (i) {
+        case 0: return p.lse0; case 1: return p.lse1; case 2: return p.lse2; case 3: return p.lse3;
+        case 4: return p.lse4; case 5: return p.lse5; case 6: return p.lse6; default: return p.lse7;
+    }
+}
+AF_DEVICE int ms_stride(const MergeStatesParams& p, int i) {
+    switch (i) {
+        case 0: return p.stride0; case 1: return p.stride1; case 2: return p.stride2; case 3: return p.stride3;
+        case 4: return p.stride4; case 5: return p.stride5; case 6: return p.stride6; default: return p.stride7;
+    }
+}
+template <typename T> AF_DEVICE void merge_states_body(const MergeStatesParams& p) {
+    const long row = blockIdx.x;
+    const long t = row / p.heads;
+    const int h = (int)(row % p.heads), D = p.head_dim;
+    float w[MERGE_MAX_STATES];
+    float M = -INFINITY;
+    bool nan = false;
+#pragma unroll
+    for (int i = 0; i < MERGE_MAX_STATES; ++i) {
+        w[i] = i < p.n ? reinterpret_cast<const float*>(ms_lse(p, i))[row] : -INFINITY;
+        nan |= w[i] != w[i];
+        M = fmaxf(M, w[i]);
+    }
+    float S = 0.f;
+#pragma unroll
+    for (int i = 0; i < MERGE_MAX_STATES; ++i) {
+        w[i] = M == -INFINITY ? 0.f : expf(w[i] - M);
+        S += w[i];
+    }
+    const float inv = nan ? NAN : (S > 0.f ? 1.f / S : 0.f);
+    for (int c = 2 * threadIdx.x; c < D; c += 2 * blockDim.x) {
+        float a0 = 0.f, a1 = 0.f;
+#pragma unroll
+        for (int i = 0; i < MERGE_MAX_STATES; ++i) {
+            if (i >= p.n) break;
+            const T* o = reinterpret_cast<const T*>(ms_out(p, i)) + t * ms_stride(p, i) + (long)h * D + c;
+            a0 += w[i] * af_to_float(o[0]);
+            a1 += w[i] * af_to_float(o[1]);
+        }
+        T* dst = reinterpret_cast<T*>(p.out) + t * p.o_stride + (long)h * D + c;
+        dst[0] = af_from_float<T>(a0 * inv);
+        dst[1] = af_from_float<T>(a1 * inv);
+    }
+    if (p.lse && threadIdx.x == 0) reinterpret_cast<float*>(p.lse)[row] = nan ? NAN : (M == -INFINITY ? -INFINITY : M + logf(S));
 }

@@ -174,7 +174,9 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
         const long row = qrow(r);
         if (p.splits == 1) {
             const int rr = r0 + r;
-            reinterpret_cast<T*>(p.out)[o_at(p, qbeg + rr / G, kh * G + rr % G) + c] = af_from_float<T>(A / (L + af_sink_term(p.sinks, kh * G + rr % G, M)));
+            const float denom = L + af_sink_term(p.sinks, kh * G + rr % G, M);
+            reinterpret_cast<T*>(p.out)[o_at(p, qbeg + rr / G, kh * G + rr % G) + c] = af_from_float<T>(A / denom);
+            if (c == 0) af_store_lse(p.lse, row, M, denom);
         } else {
             float* part = reinterpret_cast<float*>(p.part) + (row * p.splits + split) * (DM + 2);
             part[2 + c] = A;

@@ -173,7 +173,9 @@ AF_DEVICE void prefill_body(const AttnParams& p) {
     for (int i = 0; i < 4; ++i) {
         const int qi = q0 + ty * 4 + i;
         if (qi >= q_len) continue;
-        const float inv = 1.f / (l[i] + af_sink_term(p.sinks, h, m[i]));
+        const float denom = l[i] + af_sink_term(p.sinks, h, m[i]);
+        const float inv = 1.f / denom;
+        if (tx == 0) af_store_lse(p.lse, (long)(qbeg + qi) * p.heads + h, m[i], denom);
         T* orow = O + o_at(p, qbeg + qi, h);
 #pragma unroll
         for (int j = 0; j < EP; ++j)

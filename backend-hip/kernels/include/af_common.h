@@ -24,6 +24,13 @@ AF_DEVICE float af_sink_term(af_ptr sinks, int h, float m) {
     return sinks ? exp2f(reinterpret_cast<const float*>(sinks)[h] * 1.4426950408889634f - m) : 0.f;
 }
 
+// Log-sum-exp output (natural log) of a row whose running maximum is m (base 2) and whose
+// softmax denominator relative to it is l (sinks included): (m + log2 l) ln 2. Written by one
+// thread per row, at lse[row] (row = token * heads + head), when lse is set.
+AF_DEVICE void af_store_lse(af_ptr lse, long row, float m, float l) {
+    if (lse) reinterpret_cast<float*>(lse)[row] = (m + log2f(l)) * 0.6931471805599453f;
+}
+
 template <typename T> AF_DEVICE T af_from_float(float f);
 template <> AF_DEVICE float af_from_float<float>(float f) { return f; }
 template <> AF_DEVICE af_f16 af_from_float<af_f16>(float f) { af_f16 r; r.x = af_f2h(f); return r; }

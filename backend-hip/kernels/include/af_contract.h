@@ -48,6 +48,8 @@ AF_LIMIT(WIDE_THREADS, 256)          // block of the wide-head kernel
 AF_LIMIT(WIDE_DMAX, 4096)            // largest head_dim of the wide-head kernel (a query row in shared memory)
 AF_LIMIT(TILED_DMAX, 256)            // largest head_dim of the tiled prefill and split-K decode
 AF_LIMIT(MERGE_THREADS, 128)         // block of the split-K merge
+AF_LIMIT(MERGE_STATES_THREADS, 64)   // block of merge_states (one block per (token, head) row, a column pair per thread)
+AF_LIMIT(MERGE_MAX_STATES, 8)        // partial states one merge_states launch takes (MergeStatesParams' fields)
 AF_LIMIT(SEP_THREADS, 128)           // block of hip-separate's scores and P.V kernels
 AF_LIMIT(SEP_SOFTMAX_THREADS, 256)   // block of hip-separate's softmax
 AF_LIMIT(SEP_DMAX, 4096)             // largest head_dim of hip-separate (a query row in shared memory)
@@ -148,6 +150,7 @@ AF_FIELD(af_ptr, counters)           // decode, splits > 1: int32 [B, Hk, row ch
 AF_FIELD(int, window)                // sliding window (causal only): a query sees the `window` keys ending at its own; 0: none
 AF_FIELD(int, pad)
 AF_FIELD(af_ptr, sinks)              // attention sinks: f32 [H], a logit per query head in the softmax denominator; 0: none
+AF_FIELD(af_ptr, lse)                // f32 [Tq, H]: each row's log-sum-exp (natural log, sinks included), written where it normalises; 0: none
 AF_END(AttnParams)
 
 AF_STRUCT(SepParams)                 // separate.hip: scores, softmax, P.V over a score buffer
@@ -166,7 +169,43 @@ AF_FIELD(int, heads)                 // rows are (token, head): token = row / he
 AF_FIELD(int, o_stride)              // elements between consecutive tokens of out
 AF_FIELD(int, pad)
 AF_FIELD(af_ptr, sinks)              // attention sinks f32 [heads] (0: none)
+AF_FIELD(af_ptr, lse)                // f32 [rows]: each row's log-sum-exp (0: none)
 AF_END(MergeParams)
+
+AF_STRUCT(MergeStatesParams)         // attention.hip: partial attention states (output, lse) over disjoint keys into one
+AF_FIELD(af_ptr, out)                // [T, H, D], tokens o_stride elements apart
+AF_FIELD(af_ptr, lse)                // f32 [T, H]: the merged log-sum-exp (0: not written)
+AF_FIELD(af_ptr, out0)               // state 0's output [T, H, D], tokens stride0 apart (i < n)
+AF_FIELD(af_ptr, out1)               // state 1's output [T, H, D], tokens stride1 apart (i < n)
+AF_FIELD(af_ptr, out2)               // state 2's output [T, H, D], tokens stride2 apart (i < n)
+AF_FIELD(af_ptr, out3)               // state 3's output [T, H, D], tokens stride3 apart (i < n)
+AF_FIELD(af_ptr, out4)               // state 4's output [T, H, D], tokens stride4 apart (i < n)
+AF_FIELD(af_ptr, out5)               // state 5's output [T, H, D], tokens stride5 apart (i < n)
+AF_FIELD(af_ptr, out6)               // state 6's output [T, H, D], tokens stride6 apart (i < n)
+AF_FIELD(af_ptr, out7)               // state 7's output [T, H, D], tokens stride7 apart (i < n)
+AF_FIELD(af_ptr, lse0)               // state 0's log-sum-exp f32 [T, H]
+AF_FIELD(af_ptr, lse1)               // state 1's log-sum-exp f32 [T, H]
+AF_FIELD(af_ptr, lse2)               // state 2's log-sum-exp f32 [T, H]
+AF_FIELD(af_ptr, lse3)               // state 3's log-sum-exp f32 [T, H]
+AF_FIELD(af_ptr, lse4)               // state 4's log-sum-exp f32 [T, H]
+AF_FIELD(af_ptr, lse5)               // state 5's log-sum-exp f32 [T, H]
+AF_FIELD(af_ptr, lse6)               // state 6's log-sum-exp f32 [T, H]
+AF_FIELD(af_ptr, lse7)               // state 7's log-sum-exp f32 [T, H]
+AF_FIELD(int, stride0)
+AF_FIELD(int, stride1)
+AF_FIELD(int, stride2)
+AF_FIELD(int, stride3)
+AF_FIELD(int, stride4)
+AF_FIELD(int, stride5)
+AF_FIELD(int, stride6)
+AF_FIELD(int, stride7)
+AF_FIELD(int, n)                     // states, 1..MERGE_MAX_STATES
+AF_FIELD(int, heads)                 // H: row = token * H + head
+AF_FIELD(int, head_dim)              // D
+AF_FIELD(int, o_stride)              // elements between consecutive tokens of out
+AF_FIELD(int, pad)
+AF_FIELD(int, pad2)
+AF_END(MergeStatesParams)
 
 // ------------------------------------------------------------------ instantiations
 #define AF_ROPE_VPS(X) X(1) X(2) X(4) X(8)                                                     // rope: pairs per thread

@@ -110,7 +110,7 @@ fn kernels_of(p: &OpPlan) -> Vec<Kernel> {
     };
     match p {
         OpPlan::Rope(r) => k.push(r.kernel),
-        OpPlan::Append(kernel) => k.push(*kernel),
+        OpPlan::Append(kernel) | OpPlan::MergeStates(kernel) => k.push(*kernel),
         OpPlan::Attention(a) => att(a, &mut k),
         OpPlan::Step { rope, append, attention } => {
             k.extend(rope.iter().map(|r| r.kernel));

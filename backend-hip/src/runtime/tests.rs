@@ -164,6 +164,7 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
             softcap: 0.0,
             window: 0,
             sinks: None,
+            lse: None,
             rope: None,
         };
         let e = attention(&gpu, &launch, call).unwrap_err();
@@ -188,6 +189,7 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
             softcap: 0.0,
             window: 0,
             sinks: None,
+            lse: None,
         rope: None,
     };
     assert!(attention(&gpu, &launch, call).unwrap_err().to_string().contains("lives on"));
@@ -207,6 +209,7 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
         softcap: 0.0,
         window: 0,
         sinks: None,
+            lse: None,
         rope: None,
     };
     attention(&gpu, &launch, call).unwrap();

@@ -12,6 +12,6 @@ pub(crate) fn step(ctx: &Ctx<'_>, rope: &RopeLaunch, attention: &AttnLaunch, mut
     let heads = a.q.shape()[1];
     let q = ctx.q(a.q, "q")?;
     let out = ctx.q_mut(a.out, "out")?;
-    let sinks = ctx.sinks(a.sinks)?;
-    cache_attention(ctx, attention, q, heads, a.pools, a.meta, a.batch, &a.kv_lens, a.params, sinks, out, None)
+    let x = ctx.extras(a.sinks, None)?;
+    cache_attention(ctx, attention, q, heads, a.pools, a.meta, a.batch, &a.kv_lens, a.params, x, out, None)
 }

@@ -64,5 +64,5 @@ pub(crate) fn step(ctx: &Ctx<'_>, append: Kernel, attention: &AttnLaunch, a: Ste
         interleaved: bound.interleaved,
     };
     let (qv, ov) = (ctx.q(q, "q")?, ctx.q_mut(out, "out")?);
-    cache_attention(ctx, attention, qv, heads, pools, meta, batch, &kv_lens, params, ctx.sinks(sinks)?, ov, Some(rope))
+    cache_attention(ctx, attention, qv, heads, pools, meta, batch, &kv_lens, params, ctx.extras(sinks, None)?, ov, Some(rope))
 }

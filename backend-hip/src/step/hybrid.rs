@@ -19,6 +19,6 @@ pub(crate) fn step(ctx: &Ctx<'_>, rope: &RopeLaunch, attention: &AttnLaunch, mut
     };
     let q = ctx.q(a.q, "q")?;
     let out = ctx.q_mut(a.out, "out")?;
-    let sinks = ctx.sinks(a.sinks)?;
-    cache_attention(ctx, attention, q, heads, a.pools, a.meta, a.batch, &a.kv_lens, a.params, sinks, out, Some(q_rope))
+    let x = ctx.extras(a.sinks, None)?;
+    cache_attention(ctx, attention, q, heads, a.pools, a.meta, a.batch, &a.kv_lens, a.params, x, out, Some(q_rope))
 }

@@ -12,17 +12,24 @@ pub(crate) mod tables;
 use std::sync::Arc;
 
 use attnforge_api::{
-    AppendArgs, AttentionArgs, AttentionParams, Batch, CacheLayout, Error, KvCacheSpec, KvMetadata, KvPools, PlainAttentionArgs, Result, RopeArgs, RopeFrequencies, ShiftArgs, StepArgs, Tensor,
+    AppendArgs, AttentionArgs, AttentionParams, Batch, CacheLayout, Error, KvCacheSpec, KvMetadata, KvPools, MergeArgs, PlainAttentionArgs, Result, RopeArgs, RopeFrequencies, ShiftArgs, StepArgs, Tensor,
 };
 
 use crate::contract::Kernel;
 use crate::runtime::launch::attention::{self, AttnCall, AttnLaunch, AttnRope, KvAddressing, KvSource};
 use crate::runtime::launch::kv_append;
+use crate::runtime::launch::merge::{self, MergeCall};
 use crate::runtime::launch::rope::{self, RopeLaunch, RopeShape, RopeTable};
 use crate::runtime::launch::{PoolMut, Strided};
 use crate::runtime::{DevMut, DevRef, DeviceBuffer, Gpu, Meta};
 use crate::storage::{pools, tensor, writable, GpuPoolState};
 use tables::RopeTables;
+
+/// The optional views of an attention call: sinks and the log-sum-exp output.
+pub(crate) struct Extras<'a> {
+    pub sinks: Option<DevRef<'a>>,
+    pub lse: Option<DevMut<'a>>,
+}
 
 /// What every op needs: the GPU, the backend's name (for errors) and its table cache.
 pub(crate) struct Ctx<'a> {
@@ -44,9 +51,13 @@ impl Ctx<'_> {
         let stride = t.row_stride();
         Ok(Strided { mem: writable(t, what, self.name, self.gpu)?.view_mut(), stride })
     }
-    /// Attention sinks (f32 `[heads]`, a view or not), read-only.
-    fn sinks<'t>(&self, t: Option<&'t Tensor>) -> Result<Option<DevRef<'t>>> {
-        t.map(|t| Ok(tensor(t, "sinks", self.name, self.gpu)?.view())).transpose()
+    /// Attention sinks (f32 `[heads]`, read-only) and the log-sum-exp output (f32 `[T, heads]`,
+    /// written), both dense.
+    fn extras<'t>(&self, sinks: Option<&'t Tensor>, lse: Option<&'t mut Tensor>) -> Result<Extras<'t>> {
+        Ok(Extras {
+            sinks: sinks.map(|t| Ok::<_, Error>(tensor(t, "sinks", self.name, self.gpu)?.view())).transpose()?,
+            lse: lse.map(|t| Ok::<_, Error>(writable(t, "lse", self.name, self.gpu)?.view_mut())).transpose()?,
+        })
     }
     /// The pools (and hip-fused's slot positions), writable.
     fn pools_mut<'p>(&self, c: &'p mut KvPools) -> Result<PoolMut<'p>> {
@@ -124,7 +135,7 @@ fn cache_attention(
     batch: &Batch,
     kv_lens: &[usize],
     params: AttentionParams,
-    sinks: Option<DevRef<'_>>,
+    x: Extras<'_>,
     out: Strided<DevMut<'_>>,
     rope: Option<AttnRope<'_>>,
 ) -> Result<()> {
@@ -139,7 +150,7 @@ fn cache_attention(
         kv_heads: spec.num_kv_heads,
         at: addressing(c.spec(), meta, batch, &mut bases),
     };
-    let call = AttnCall { dtype: spec.dtype, heads, head_dim: spec.head_dim, q, out, q_lens: batch.q_lens(), kv_lens, kv, causal: params.causal, scale: params.scale, softcap: params.softcap.unwrap_or(0.0), window: params.window.unwrap_or(0), sinks, rope };
+    let call = AttnCall { dtype: spec.dtype, heads, head_dim: spec.head_dim, q, out, q_lens: batch.q_lens(), kv_lens, kv, causal: params.causal, scale: params.scale, softcap: params.softcap.unwrap_or(0.0), window: params.window.unwrap_or(0), sinks: x.sinks, lse: x.lse, rope };
     attention::attention(ctx.gpu, l, call)
 }
 
@@ -157,8 +168,8 @@ pub(crate) fn attention(ctx: &Ctx<'_>, l: &AttnLaunch, a: AttentionArgs<'_>) -> 
     let q = ctx.q(a.q, "q")?;
     let out = ctx.q_mut(a.out, "out")?;
     let rope = if rotates_keys(l) { cache_key_rope(pools(a.pools, ctx.name, ctx.gpu)?.2) } else { None };
-    let sinks = ctx.sinks(a.sinks)?;
-    cache_attention(ctx, l, q, heads, a.pools, a.meta, a.batch, &a.kv_lens, a.params, sinks, out, rope)
+    let x = ctx.extras(a.sinks, a.lse)?;
+    cache_attention(ctx, l, q, heads, a.pools, a.meta, a.batch, &a.kv_lens, a.params, x, out, rope)
 }
 
 fn rotates_keys(l: &AttnLaunch) -> bool {
@@ -176,6 +187,7 @@ pub(crate) fn attention_plain(ctx: &Ctx<'_>, l: &AttnLaunch, a: PlainAttentionAr
     let bases: Vec<usize> = a.batch.kv_offsets()[..a.batch.len()].to_vec();
     let rows = *a.batch.kv_offsets().last().unwrap_or(&0);
     let kv = KvSource { k: ctx.q(a.k, "k")?, v: ctx.q(a.v, "v")?, rows, kv_heads: a.k.shape()[1], at: KvAddressing::Rows(&bases) };
+    let x = ctx.extras(a.sinks, a.lse)?;
     let call = AttnCall {
         dtype: a.q.dtype(),
         heads: a.q.shape()[1],
@@ -189,10 +201,20 @@ pub(crate) fn attention_plain(ctx: &Ctx<'_>, l: &AttnLaunch, a: PlainAttentionAr
         scale: a.params.scale,
         softcap: a.params.softcap.unwrap_or(0.0),
         window: a.params.window.unwrap_or(0),
-        sinks: ctx.sinks(a.sinks)?,
+        sinks: x.sinks,
+        lse: x.lse,
         rope: None,
     };
     attention::attention(ctx.gpu, l, call)
+}
+
+/// merge_states: every state's output and lse, the merged output and lse.
+pub(crate) fn merge_states(ctx: &Ctx<'_>, kernel: Kernel, a: MergeArgs<'_>) -> Result<()> {
+    let MergeArgs { states, out, lse, .. } = a;
+    let (t, h, d) = (out.shape()[0], out.shape()[1], out.shape()[2]);
+    let states = states.iter().map(|(o, l)| Ok((ctx.q(o, "state output")?, tensor(l, "state lse", ctx.name, ctx.gpu)?.view()))).collect::<Result<Vec<_>>>()?;
+    let call = MergeCall { dtype: out.dtype(), tokens: t, heads: h, head_dim: d, states, out: ctx.q_mut(out, "out")?, lse: lse.map(|l| Ok::<_, Error>(writable(l, "lse", ctx.name, ctx.gpu)?.view_mut())).transpose()? };
+    merge::merge_states(ctx.gpu, kernel, call)
 }
 
 /// Context shift: keys stored rotated are rotated by `delta` in place; hip-fused slots that hold

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use attnforge_api::{AttentionParams, Error, GraphExec, KvPools, LayerViews, PlanArgs, PlanOp, PlanState, Result, Tensor};
 
 use super::fused::{bind_table, bound};
-use super::{addressing, cache_key_rope, positions_i32, rotates_keys, slot_mapping, Ctx};
+use super::{addressing, cache_key_rope, positions_i32, rotates_keys, slot_mapping, Ctx, Extras};
 use crate::contract::Kernel;
 use crate::plan::{OpPlan, Strategy};
 use crate::runtime::launch::attention::{self, AttnDevice, AttnHost, AttnLaunch, AttnRope, AttnShape, AttnViews};
@@ -241,9 +241,9 @@ pub(crate) fn run(ctx: &Ctx<'_>, strategy: Strategy, p: &GpuPlan, views: LayerVi
             rope::in_place(ctx.gpu, l, s, Some(ctx.q_mut(q, "q")?), ctx.q_mut(k, "k")?, m.part(0), table(r))
         }
         (LayerViews::Append { k, v, pools }, OpPlan::Append(kernel)) => append(ctx, *kernel, p, k, v, pools, false),
-        (LayerViews::Attention { q, pools: c, out, sinks }, OpPlan::Attention(l)) => {
+        (LayerViews::Attention { q, pools: c, out, sinks, lse }, OpPlan::Attention(l)) => {
             let rope = if rotates_keys(l) { cache_key_rope(pools(c, ctx.name, ctx.gpu)?.2) } else { None };
-            attend(ctx, l, p, ctx.q(q, "q")?, c, ctx.sinks(sinks)?, ctx.q_mut(out, "out")?, rope)
+            attend(ctx, l, p, ctx.q(q, "q")?, c, ctx.extras(sinks, lse)?, ctx.q_mut(out, "out")?, rope)
         }
         (LayerViews::Step { q, k, v, pools: c, out, sinks }, OpPlan::Step { rope: rl, append: ak, attention: al }) => {
             let r = p.rope.as_ref().ok_or_else(|| no("RoPE table"))?;
@@ -252,7 +252,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, strategy: Strategy, p: &GpuPlan, views: LayerVi
                     let flash = strategy == Strategy::Flash;
                     into_cache(ctx, rl, p, r, flash.then_some(&mut *q), k, v, c)?;
                     let q_rope = (!flash).then(|| AttnRope { q_pos: Some(m.part(0)), k_pos: None, table: table(r), interleaved: r.interleaved });
-                    attend(ctx, al, p, ctx.q(q, "q")?, c, ctx.sinks(sinks)?, ctx.q_mut(out, "out")?, q_rope)
+                    attend(ctx, al, p, ctx.q(q, "q")?, c, ctx.extras(sinks, None)?, ctx.q_mut(out, "out")?, q_rope)
                 }
                 (Strategy::Fused, None, Some(kernel)) => {
                     let b = bind_table(ctx.name, c, r.clone())?;
@@ -260,13 +260,13 @@ pub(crate) fn run(ctx: &Ctx<'_>, strategy: Strategy, p: &GpuPlan, views: LayerVi
                     append(ctx, *kernel, p, k, v, c, true)?;
                     let pos = pools(c, ctx.name, ctx.gpu)?.2.map(|s| s.pos.view());
                     let rope = AttnRope { q_pos: Some(m.part(0)), k_pos: pos, table: table(&b), interleaved: b.interleaved };
-                    attend(ctx, al, p, ctx.q(q, "q")?, c, ctx.sinks(sinks)?, ctx.q_mut(out, "out")?, Some(rope))
+                    attend(ctx, al, p, ctx.q(q, "q")?, c, ctx.extras(sinks, None)?, ctx.q_mut(out, "out")?, Some(rope))
                 }
                 (Strategy::Separate, Some(rl), Some(kernel)) => {
                     let s = RopeShape { tokens: p.tokens, q_heads: p.heads, k_heads: k.shape()[1], head_dim: k.shape()[2] };
                     rope::in_place(ctx.gpu, rl, s, Some(ctx.q_mut(q, "q")?), ctx.q_mut(k, "k")?, m.part(0), table(r))?;
                     append(ctx, *kernel, p, k, v, c, false)?;
-                    attend(ctx, al, p, ctx.q(q, "q")?, c, ctx.sinks(sinks)?, ctx.q_mut(out, "out")?, None)
+                    attend(ctx, al, p, ctx.q(q, "q")?, c, ctx.extras(sinks, None)?, ctx.q_mut(out, "out")?, None)
                 }
                 _ => Err(no("launch of this strategy's step")),
             }
@@ -300,7 +300,7 @@ fn into_cache(ctx: &Ctx<'_>, l: &RopeLaunch, p: &GpuPlan, r: &BoundRope, q: Opti
 
 /// Attention over the pools with the plan's metadata and scratch.
 #[allow(clippy::too_many_arguments)]
-fn attend(ctx: &Ctx<'_>, l: &AttnLaunch, p: &GpuPlan, q: Strided<DevRef<'_>>, c: &KvPools, sinks: Option<DevRef<'_>>, out: Strided<DevMut<'_>>, rope: Option<AttnRope<'_>>) -> Result<()> {
+fn attend(ctx: &Ctx<'_>, l: &AttnLaunch, p: &GpuPlan, q: Strided<DevRef<'_>>, c: &KvPools, x: Extras<'_>, out: Strided<DevMut<'_>>, rope: Option<AttnRope<'_>>) -> Result<()> {
     let h = p.attn.as_ref().ok_or_else(|| Error::Device { code: -1, message: format!("{}: the plan has no attention metadata", ctx.name) })?;
     let spec = c.spec();
     let (k, v, _) = pools(c, ctx.name, ctx.gpu)?;
@@ -315,7 +315,8 @@ fn attend(ctx: &Ctx<'_>, l: &AttnLaunch, p: &GpuPlan, q: Strided<DevRef<'_>>, c:
         softcap: p.params.softcap.unwrap_or(0.0),
         causal: p.params.causal,
         window: p.params.window.unwrap_or(0),
-        sinks,
+        sinks: x.sinks,
+        lse: x.lse,
         rope,
     };
     let m = &p.meta;

@@ -3,13 +3,14 @@
 
 pub mod attention;
 pub mod kv_append;
+pub mod merge;
 pub mod plain;
 pub mod rope;
 pub mod shift;
 pub mod step;
 
 use attnforge_api::{Backend, Error, Op};
-use attnforge_cpu::ops::attention::{attend, SeqShape};
+use attnforge_cpu::ops::attention::{attend_lse, SeqShape};
 
 use crate::case::Case;
 use crate::setup::{rounded, views_supported, Data, Path};
@@ -42,7 +43,12 @@ pub fn check(op: Op, path: Path, be: &Backend, rf: &Backend, case: &Case) -> Out
     } else {
         case
     };
-    let needs: &[Op] = if op == Op::Shift { &[Op::Shift, Op::Step] } else { std::slice::from_ref(&op) };
+    let needs: &[Op] = match op {
+        Op::Shift => &[Op::Shift, Op::Step],
+        // The parts are attended with attention_plain.
+        Op::MergeStates => &[Op::MergeStates, Op::AttentionPlain],
+        _ => std::slice::from_ref(&op),
+    };
     for &o in needs {
         if let Err(Error::Unsupported { reasons, .. }) = be.supports(o, &case.desc(o)) {
             return Outcome::Unsupported(reasons);
@@ -55,6 +61,7 @@ pub fn check(op: Op, path: Path, be: &Backend, rf: &Backend, case: &Case) -> Out
         Op::AttentionPlain => plain::check(be, rf, case, path),
         Op::Step => step::check(be, rf, case, path),
         Op::Shift => shift::check(be, rf, case, path),
+        Op::MergeStates => merge::check(be, rf, case, path),
     };
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
         Ok(Ok(())) => Outcome::Pass,
@@ -92,18 +99,27 @@ pub(crate) fn seq_rows(case: &Case, prefix: &[f32], new: &[f32], heads: usize, s
 /// `k`/`v` (f64 per sequence, `[cached + q_len, Hkv, D]`), in new-token order.
 /// Also returns the largest [`crate::tolerance::attention_condition`] over the sequences.
 pub(crate) fn golden_attention(case: &Case, q_new: &[f64], k: &[Vec<f64>], v: &[Vec<f64>]) -> (Vec<f64>, f64) {
+    let (out, _, cond) = golden_attention_lse(case, q_new, k, v);
+    (out, cond)
+}
+
+/// [`golden_attention`] with each row's log-sum-exp (`[sum q_len, H]`).
+pub(crate) fn golden_attention_lse(case: &Case, q_new: &[f64], k: &[Vec<f64>], v: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>, f64) {
     let row = case.heads * case.head_dim();
     let mut out = Vec::with_capacity(q_new.len());
+    let mut lse = Vec::with_capacity(q_new.len() / case.head_dim());
     let (mut off, mut cond) = (0, 0.0f64);
     let sinks: Option<Vec<f64>> = case.sink_values().map(|s| s.iter().map(|&x| x as f64).collect());
     for (s, sc) in case.seqs.iter().enumerate() {
         let shape = SeqShape { q_len: sc.q_len, kv_len: sc.cached + sc.q_len, heads: case.heads, kv_heads: case.kv_heads, head_dim: case.head_dim() };
         let q = &q_new[off..off + sc.q_len * row];
-        out.extend(attend(q, &k[s], &v[s], shape, case.params(), sinks.as_deref()));
+        let (o, l) = attend_lse(q, &k[s], &v[s], shape, case.params(), sinks.as_deref());
+        out.extend(o);
+        lse.extend(l);
         cond = cond.max(crate::tolerance::attention_condition(q, &k[s], &v[s], shape, case.params().scale));
         off += sc.q_len * row;
     }
-    (out, cond)
+    (out, lse, cond)
 }
 
 /// Sanity: data a case draws is never all zeros.

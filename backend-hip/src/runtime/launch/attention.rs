@@ -82,6 +82,8 @@ pub(crate) struct AttnCall<'a> {
     pub window: usize,
     /// Attention sinks, f32 `[heads]` (None: none).
     pub sinks: Option<DevRef<'a>>,
+    /// Each row's log-sum-exp, f32 `[total_q, heads]` (None: not written).
+    pub lse: Option<DevMut<'a>>,
     pub rope: Option<AttnRope<'a>>,
 }
 
@@ -331,6 +333,8 @@ pub(crate) struct AttnViews<'a> {
     pub window: usize,
     /// Attention sinks, f32 `[heads]` (None: none).
     pub sinks: Option<DevRef<'a>>,
+    /// Each row's log-sum-exp, f32 `[total_q, heads]` (None: not written).
+    pub lse: Option<DevMut<'a>>,
     pub rope: Option<AttnRope<'a>>,
 }
 
@@ -354,7 +358,7 @@ pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()
     let meta = gpu.upload_meta(&[a, b, cc, d, e])?;
     let mut scratch = if host.scratch > 0 { Some(gpu.alloc_uninit(host.scratch)?) } else { None };
     let sep = if host.sep.is_empty() { None } else { Some(gpu.upload(&host.sep)?) };
-    let views = AttnViews { q: c.q, out: c.out, k: c.kv.k, v: c.kv.v, dtype: c.dtype, scale: c.scale, softcap: c.softcap, causal: c.causal, window: c.window, sinks: c.sinks, rope: c.rope };
+    let views = AttnViews { q: c.q, out: c.out, k: c.kv.k, v: c.kv.v, dtype: c.dtype, scale: c.scale, softcap: c.softcap, causal: c.causal, window: c.window, sinks: c.sinks, lse: c.lse, rope: c.rope };
     // Eager: the merge runs as its own kernel (no counters to zero per call).
     let dev = AttnDevice { meta: [meta.part(0), meta.part(1), meta.part(2), meta.part(3), meta.part(4)], scratch: scratch.as_mut().map(|s| s.view_mut()), sep: sep.as_ref().map(|s| s.view()), counters: None };
     // Scratch and metadata are freed stream-ordered, after the launches.
@@ -423,6 +427,10 @@ pub(crate) fn launch(gpu: &Gpu, l: &AttnLaunch, h: &AttnHost, c: AttnViews<'_>, 
     if let Some(s) = &c.sinks {
         need_ref(gpu, "attention sinks", s, 4 * h.heads)?;
         p.sinks = s.addr;
+    }
+    if let Some(l) = &c.lse {
+        need_mut(gpu, "attention lse", l, 4 * total_q * h.heads)?;
+        p.lse = l.addr;
     }
     if let Some(r) = &c.rope {
         let half = r.table.rotary_dim / 2;
@@ -502,6 +510,7 @@ pub(crate) fn launch(gpu: &Gpu, l: &AttnLaunch, h: &AttnHost, c: AttnViews<'_>, 
                     o_stride: c.out.stride as i32,
                     pad: 0,
                     sinks: p.sinks,
+                    lse: p.lse,
                 };
                 // SAFETY: the scratch holds rows x splits partials, `out` rows x head_dim elements.
                 unsafe { gpu.launch(merge, [rows as u64, 1, 1], MERGE_THREADS, 0, &mp) }?;

@@ -9,6 +9,7 @@
 
 pub(crate) mod attention;
 pub(crate) mod kv_append;
+pub(crate) mod merge;
 pub(crate) mod rope;
 
 use attnforge_api::{DType, Error, Result};
