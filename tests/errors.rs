@@ -184,6 +184,45 @@ fn heads_batches_and_lengths() {
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("dense")), "{e}");
     let ok = t(&be, &[4], DType::F32);
     be.attention_plain_with_sinks(&q, &kv, &kv, &pb, AttentionParams::full(8), &ok, &mut out).unwrap();
+    // The lse output: f32 [T, H], dense, apart from every input and the output; nothing is
+    // written when it is refused.
+    for (lse, want) in [(t(&be, &[2, 5], DType::F32), "ShapeMismatch"), (t(&be, &[2, 4], DType::F16), "DtypeMismatch"), (t(&be, &[8], DType::F32), "ShapeMismatch")] {
+        let mut lse = lse;
+        assert_eq!(kind(be.attention_plain_with(&q, &kv, &kv, &pb, AttentionParams::full(8), AttentionExtras::lse(&mut lse), &mut out)), want);
+    }
+    let lse_base = t(&be, &[2, 8], DType::F32);
+    let mut strided = be.view(&lse_base, 0, &[2, 4], 8).unwrap();
+    let e = be.attention_plain_with(&q, &kv, &kv, &pb, AttentionParams::full(8), AttentionExtras::lse(&mut strided), &mut out).unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("dense")), "{e}");
+    let out_base = t(&be, &[2 * 4 * 8 + 8], DType::F32);
+    let mut out_view = be.view(&out_base, 0, &[2, 4, 8], 32).unwrap();
+    let mut lse_over_out = be.view(&out_base, 56, &[2, 4], 4).unwrap();
+    let e = be.attention_plain_with(&q, &kv, &kv, &pb, AttentionParams::full(8), AttentionExtras::lse(&mut lse_over_out), &mut out_view).unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("overlaps")), "{e}");
+    let mut lse_in_sinks = be.view(&out_base, 0, &[2, 4], 4).unwrap();
+    let sinks_view = be.view(&out_base, 4, &[4], 1).unwrap();
+    let e = be.attention_plain_with(&q, &kv, &kv, &pb, AttentionParams::full(8), AttentionExtras::lse(&mut lse_in_sinks).with_sinks(&sinks_view), &mut out).unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("overlaps")), "{e}");
+    let mut lse = t(&be, &[2, 4], DType::F32);
+    be.attention_plain_with(&q, &kv, &kv, &pb, AttentionParams::full(8), AttentionExtras::lse(&mut lse), &mut out).unwrap();
+    assert!(be.download(&lse).unwrap().iter().all(|x| x.is_finite()));
+    // merge_states: at least one state, every state of the output's shape and dtype with an
+    // lse f32 [T, H], an output apart from every state.
+    let (o1, l1) = (t(&be, &[2, 4, 8], DType::F32), t(&be, &[2, 4], DType::F32));
+    let mut merged = t(&be, &[2, 4, 8], DType::F32);
+    assert_eq!(kind(be.merge_states(&[], &mut merged, None)), "EmptyBatch");
+    let (o_f16, l_bad) = (t(&be, &[2, 4, 8], DType::F16), t(&be, &[2, 5], DType::F32));
+    assert_eq!(kind(be.merge_states(&[(&o1, &l1), (&o_f16, &l1)], &mut merged, None)), "DtypeMismatch");
+    assert_eq!(kind(be.merge_states(&[(&o1, &l1), (&o1, &l_bad)], &mut merged, None)), "ShapeMismatch");
+    let mut wrong_out = t(&be, &[2, 4, 16], DType::F32);
+    assert_eq!(kind(be.merge_states(&[(&o1, &l1)], &mut wrong_out, None)), "ShapeMismatch");
+    let mut bad_lse = t(&be, &[2, 4], DType::F16);
+    assert_eq!(kind(be.merge_states(&[(&o1, &l1)], &mut merged, Some(&mut bad_lse))), "DtypeMismatch");
+    let mut aliased = be.view(&out_base, 0, &[2, 4, 8], 32).unwrap();
+    let state_in_out = be.view(&out_base, 8, &[2, 4, 8], 32).unwrap();
+    let e = be.merge_states(&[(&state_in_out, &l1)], &mut aliased, None).unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("overlaps")), "{e}");
+    be.merge_states(&[(&o1, &l1), (&o1, &l1)], &mut merged, None).unwrap();
     // A sliding window of no keys, or without the causal mask.
     for (params, what) in [(AttentionParams::causal(8).with_window(0), "at least 1 key"), (AttentionParams::full(8).with_window(16), "needs causal")] {
         let e = be.attention(&q, &c, &Batch::new(vec![0], vec![2]).unwrap(), params, &mut out).unwrap_err();

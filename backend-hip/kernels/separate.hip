@@ -82,7 +82,7 @@ extern "C" __global__ void __launch_bounds__(SEP_SOFTMAX_THREADS) attn_softmax_f
     }
     const float denom = red[0] + af_sink_term(p.a.sinks, blockIdx.y, m);
     const float inv = 1.f / denom;
-    if (threadIdx.x == 0) af_store_lse(p.a.lse, (long)blockIdx.x * p.a.heads + blockIdx.y, m, denom);
+    if (threadIdx.x == 0) af_store_lse(p.a.lse, (long)blockIdx.x * p.a.heads + blockIdx.y, m, red[0], p.a.sinks, blockIdx.y);
     for (int j = threadIdx.x; j < r.kv_len; j += SEP_SOFTMAX_THREADS) S[j] *= inv;
 }
 

@@ -232,7 +232,7 @@ AF_DEVICE void decode_body(const AttnParams& p) {
         if (p.splits == 1) {
             const float denom = sSum[r] + af_sink_term(p.sinks, h, sMax[r]);
             reinterpret_cast<T*>(p.out)[o_at(p, qbeg + qi, h) + c] = af_from_float<T>(A / denom);
-            if (c == 0) af_store_lse(p.lse, row, sMax[r], denom);
+            if (c == 0) af_store_lse(p.lse, row, sMax[r], sSum[r], p.sinks, h);
         } else {
             float* part = reinterpret_cast<float*>(p.part) + (row * p.splits + split) * (D + 2);
             part[2 + c] = A;

@@ -19,7 +19,7 @@ template <typename T> AF_DEVICE void attn_merge_body(const MergeParams& p) {
         }
         const float denom = L + af_sink_term(p.sinks, row % p.heads, base);
         reinterpret_cast<T*>(p.out)[row / p.heads * p.o_stride + row % p.heads * p.head_dim + c] = af_from_float<T>(A / denom);
-        if (c == 0) af_store_lse(p.lse, row, base, denom);
+        if (c == 0) af_store_lse(p.lse, row, base, L, p.sinks, (int)(row % p.heads));
     }
 }
 
@@ -71,10 +71,10 @@ AF_DEVICE void split_merge_last(const AttnParams& p, int rows, int D, int tid, i
             }
         }
         T* o = reinterpret_cast<T*>(p.out) + out_of(r) + c;
+        if (c == 0) af_store_lse(p.lse, row_of(r), M, L, p.sinks, (int)(row_of(r) % p.heads));
         L += af_sink_term(p.sinks, (int)(row_of(r) % p.heads), M);
         o[0] = af_from_float<T>(A0 / L);
         o[1] = af_from_float<T>(A1 / L);
-        if (c == 0) af_store_lse(p.lse, row_of(r), M, L);
     }
 }
 

@@ -176,7 +176,7 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
             const int rr = r0 + r;
             const float denom = L + af_sink_term(p.sinks, kh * G + rr % G, M);
             reinterpret_cast<T*>(p.out)[o_at(p, qbeg + rr / G, kh * G + rr % G) + c] = af_from_float<T>(A / denom);
-            if (c == 0) af_store_lse(p.lse, row, M, denom);
+            if (c == 0) af_store_lse(p.lse, row, M, L, p.sinks, kh * G + rr % G);
         } else {
             float* part = reinterpret_cast<float*>(p.part) + (row * p.splits + split) * (DM + 2);
             part[2 + c] = A;

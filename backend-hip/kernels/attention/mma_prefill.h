@@ -189,13 +189,14 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
 #pragma unroll
         for (int sl = 0; sl < AF_MMA_SLOTS; ++sl) {
             const int r = 16 * (MT * w + mt) + af_mma_row(sl);
-            const float denom = af_mma_rowsum(l[mt][sl]) + af_sink_term(p.sinks, h, m[mt][sl]);
+            const float lsum = af_mma_rowsum(l[mt][sl]);
+            const float denom = lsum + af_sink_term(p.sinks, h, m[mt][sl]);
             const float inv = 1.f / denom;
             if (r >= rows) continue;
             // One lane of the row's group: the one holding its first output column.
 #pragma unroll
             for (int e = 0; e < 4; ++e)
-                if (af_mma_slot(e) == sl && af_mma_col(e) == 0) af_store_lse(p.lse, (long)(qbeg + q0 + r) * p.heads + h, m[mt][sl], denom);
+                if (af_mma_slot(e) == sl && af_mma_col(e) == 0) af_store_lse(p.lse, (long)(qbeg + q0 + r) * p.heads + h, m[mt][sl], lsum, p.sinks, h);
             unsigned short* orow = out + o_at(p, qbeg + q0 + r, h);
 #pragma unroll
             for (int f = 0; f < OF; ++f) {

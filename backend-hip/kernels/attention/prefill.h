@@ -175,7 +175,7 @@ AF_DEVICE void prefill_body(const AttnParams& p) {
         if (qi >= q_len) continue;
         const float denom = l[i] + af_sink_term(p.sinks, h, m[i]);
         const float inv = 1.f / denom;
-        if (tx == 0) af_store_lse(p.lse, (long)(qbeg + qi) * p.heads + h, m[i], denom);
+        if (tx == 0) af_store_lse(p.lse, (long)(qbeg + qi) * p.heads + h, m[i], l[i], p.sinks, h);
         T* orow = O + o_at(p, qbeg + qi, h);
 #pragma unroll
         for (int j = 0; j < EP; ++j)

@@ -97,7 +97,7 @@ AF_DEVICE void wide_body(const AttnParams& p) {
     T* O = reinterpret_cast<T*>(p.out) + o_at(p, t, h);
     const float denom = l + af_sink_term(p.sinks, h, m);
     const float inv = 1.f / denom;
-    if (tid == 0) af_store_lse(p.lse, (long)t * p.heads + h, m, denom);
+    if (tid == 0) af_store_lse(p.lse, (long)t * p.heads + h, m, l, p.sinks, h);
 #pragma unroll
     for (int i = 0; i < WIDE_EP; ++i) {
         const int d = tid + i * WIDE_THREADS;

@@ -24,11 +24,20 @@ AF_DEVICE float af_sink_term(af_ptr sinks, int h, float m) {
     return sinks ? exp2f(reinterpret_cast<const float*>(sinks)[h] * 1.4426950408889634f - m) : 0.f;
 }
 
-// Log-sum-exp output (natural log) of a row whose running maximum is m (base 2) and whose
-// softmax denominator relative to it is l (sinks included): (m + log2 l) ln 2. Written by one
-// thread per row, at lse[row] (row = token * heads + head), when lse is set.
-AF_DEVICE void af_store_lse(af_ptr lse, long row, float m, float l) {
-    if (lse) reinterpret_cast<float*>(lse)[row] = (m + log2f(l)) * 0.6931471805599453f;
+// Log-sum-exp output (natural log) of a row whose running maximum is m (base 2) and whose sum of
+// the keys' weights relative to it is l, with head h's sink when there are sinks:
+// ln(2^m l + e^sink), taken about the larger of the two terms (a sink far above every logit
+// would overflow 2^(sink - m)). Written by one thread per row, at lse[row] (row = token * heads
+// + head), when lse is set.
+AF_DEVICE void af_store_lse(af_ptr lse, long row, float m, float l, af_ptr sinks, int h) {
+    if (!lse) return;
+    float r = m + log2f(l);
+    if (sinks) {
+        const float s = reinterpret_cast<const float*>(sinks)[h] * 1.4426950408889634f;
+        const float hi = fmaxf(r, s);
+        r = hi + log2f(exp2f(r - hi) + exp2f(s - hi));
+    }
+    reinterpret_cast<float*>(lse)[row] = r * 0.6931471805599453f;
 }
 
 template <typename T> AF_DEVICE T af_from_float(float f);
