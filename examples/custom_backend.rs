@@ -84,10 +84,12 @@ impl AttentionBackend for HostF32 {
         let (d, half) = (a.config.head_dim, a.config.rotary_dim / 2);
         let af = a.freqs.attention_factor;
         for t in [a.q, a.k] {
-            let heads = t.shape()[1];
+            let (tokens, heads) = (t.shape()[0], t.shape()[1]);
             let x = data_mut(t)?;
-            for (tok, &pos) in a.positions.iter().enumerate() {
+            for tok in 0..tokens {
                 for i in 0..half {
+                    // M-RoPE (Qwen2-VL): pair i takes its section's component of [3, T] positions
+                    let pos = a.positions[a.config.pair_component(i) * tokens + tok];
                     // angle reduced in f64 (positions reach 1e6), rotation in f32
                     let ang = (pos as f64 * a.freqs.inv_freq[i]).rem_euclid(std::f64::consts::TAU);
                     let (s, c) = ((ang.sin() * af) as f32, (ang.cos() * af) as f32);

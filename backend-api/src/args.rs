@@ -19,7 +19,7 @@ pub struct RopeArgs<'a> {
     pub q: &'a mut Tensor,
     /// Keys, rotated in place.
     pub k: &'a mut Tensor,
-    /// One position id per token; each `< config.max_position`.
+    /// One position id per token (M-RoPE: three, `[3, T]`, see [`crate::RopeScaling::MRope`]); each `< config.max_position`.
     pub positions: &'a [u32],
     /// The RoPE configuration (validated).
     pub config: &'a RopeConfig,
@@ -131,7 +131,7 @@ pub struct StepArgs<'a> {
     pub k: &'a mut Tensor,
     /// New values.
     pub v: &'a Tensor,
-    /// One position id per new token.
+    /// One position id per new token (M-RoPE: three, `[3, T]`).
     pub positions: &'a [u32],
     /// The RoPE configuration (validated).
     pub config: &'a RopeConfig,

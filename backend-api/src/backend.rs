@@ -239,7 +239,7 @@ pub struct StepViews<'a> {
     pub k: &'a mut Tensor,
     /// New values `[T, Hkv, D]`, may be strided.
     pub v: &'a Tensor,
-    /// One position id per new token.
+    /// One position id per new token (M-RoPE: three, `[3, T]`).
     pub positions: &'a [u32],
     /// RoPE configuration.
     pub rope: &'a RopeConfig,
@@ -268,7 +268,7 @@ pub struct StepInputs<'a> {
     pub k: &'a mut Tensor,
     /// New values `[T, Hkv, D]`.
     pub v: &'a Tensor,
-    /// One position id per new token.
+    /// One position id per new token (M-RoPE: three, `[3, T]`).
     pub positions: &'a [u32],
     /// RoPE configuration.
     pub rope: &'a RopeConfig,
@@ -589,7 +589,8 @@ impl Backend {
             .collect())
     }
 
-    /// RoPE on Q `[T, H, D]` and K `[T, Hkv, D]` in place, token `t` at `positions[t]`.
+    /// RoPE on Q `[T, H, D]` and K `[T, Hkv, D]` in place, token `t` at `positions[t]` (M-RoPE:
+    /// pair `i` at `positions[c(i) * T + t]`, three ids per token; see [`crate::RopeScaling::MRope`]).
     pub fn rope(&self, q: &mut Tensor, k: &mut Tensor, positions: &[u32], config: &RopeConfig) -> Result<()> {
         let _span = op_span!("rope", self.name());
         let desc = self.check_rope(q, k, positions, config)?;
@@ -1306,13 +1307,15 @@ impl Backend {
         })
     }
 
-    /// One position per token, each below the table's `max_position`.
+    /// One position per token (M-RoPE: three, `[3, T]`), each below the table's `max_position`.
     fn check_positions(positions: &[u32], tokens: usize, config: &RopeConfig) -> Result<()> {
-        if positions.len() != tokens {
-            return Err(Error::shape("positions", &[tokens], &[positions.len()]));
+        let c = config.position_components();
+        if positions.len() != c * tokens {
+            let (expected, got) = if c == 1 { (vec![tokens], vec![positions.len()]) } else { (vec![c, tokens], vec![positions.len()]) };
+            return Err(Error::shape("positions", &expected, &got));
         }
-        if let Some((token, &p)) = positions.iter().enumerate().find(|(_, &p)| p as usize >= config.max_position) {
-            return Err(Error::PositionOutOfRange { token, position: p as usize, max_position: config.max_position });
+        if let Some((i, &p)) = positions.iter().enumerate().find(|(_, &p)| p as usize >= config.max_position) {
+            return Err(Error::PositionOutOfRange { token: i % tokens.max(1), position: p as usize, max_position: config.max_position });
         }
         Ok(())
     }

@@ -79,6 +79,17 @@ pub enum RopeScaling {
         /// `s = max_position / original_max_position` (1 when s <= 1).
         attention_factor: Option<f64>,
     },
+    /// Multimodal RoPE (M-RoPE: Qwen2-VL, Qwen2.5-VL; Hugging Face's `rope_scaling = {"type":
+    /// "mrope", "mrope_section": [t, h, w]}`): the plain frequencies, and three position ids
+    /// per token (temporal, height, width). Rotary pair `i` takes its angle from component
+    /// `c(i)`: 0 for `i < section[0]`, 1 for `i < section[0] + section[1]`, else 2 (the sections
+    /// sum to `rotary_dim / 2`; Qwen2-VL: `[16, 24, 24]` at head_dim 128). Positions are passed
+    /// component-major, `[3, T]`: `positions[c * T + t]` (Hugging Face's `position_ids[c, :, t]`
+    /// for one sequence's tokens); a text token has three equal ids, which is plain RoPE.
+    MRope {
+        /// Rotary pairs per component (temporal, height, width).
+        section: [usize; 3],
+    },
     /// A caller-supplied table: `inv_freq` (one per rotated pair) and a cos/sin multiplier.
     Custom {
         /// One inverse frequency per rotated pair.
@@ -101,6 +112,7 @@ impl RopeScaling {
             RopeScaling::Yarn { .. } => "yarn",
             RopeScaling::Llama3 { .. } => "llama3",
             RopeScaling::LongRope { .. } => "longrope",
+            RopeScaling::MRope { .. } => "mrope",
             RopeScaling::Custom { .. } => "custom",
         }
     }
@@ -157,6 +169,32 @@ impl RopeConfig {
             style: RopeStyle::HalfSplit,
             scaling: RopeScaling::None,
             max_position,
+        }
+    }
+
+    /// Position ids per token: 3 for M-RoPE ([`RopeScaling::MRope`], component-major `[3, T]`),
+    /// else 1.
+    pub fn position_components(&self) -> usize {
+        if matches!(self.scaling, RopeScaling::MRope { .. }) {
+            3
+        } else {
+            1
+        }
+    }
+
+    /// The position component of rotary pair `pair`: 0 without M-RoPE.
+    pub fn pair_component(&self, pair: usize) -> usize {
+        match self.scaling {
+            RopeScaling::MRope { section } => {
+                if pair < section[0] {
+                    0
+                } else if pair < section[0] + section[1] {
+                    1
+                } else {
+                    2
+                }
+            }
+            _ => 0,
         }
     }
 
@@ -269,6 +307,14 @@ impl RopeConfig {
                 }
                 Ok(())
             }
+            RopeScaling::MRope { section } => {
+                if section.iter().sum::<usize>() != pairs {
+                    return Err(Error::InvalidArgument(format!(
+                        "M-RoPE sections {section:?} must sum to rotary_dim/2 = {pairs} (one component per rotary pair)"
+                    )));
+                }
+                Ok(())
+            }
             RopeScaling::Custom { inv_freq, attention_factor } => {
                 table("inv_freq", inv_freq)?;
                 positive("attention_factor", *attention_factor)
@@ -309,6 +355,7 @@ impl RopeConfig {
             RopeScaling::Yarn { .. } => "yarn",
             RopeScaling::Llama3 { .. } => "llama3",
             RopeScaling::LongRope { .. } => "longrope",
+            RopeScaling::MRope { .. } => "mrope",
             RopeScaling::Custom { .. } => "custom",
         }
     }
@@ -320,7 +367,7 @@ impl RopeConfig {
         let plain = |base: f64| -> Vec<f64> { (0..pairs).map(|i| base.powf(-(2.0 * i as f64) / d)).collect() };
         let seq_len = (max_pos_in_call + 1) as f64;
         let (inv_freq, attention_factor) = match &self.scaling {
-            RopeScaling::None => (plain(self.theta), 1.0),
+            RopeScaling::None | RopeScaling::MRope { .. } => (plain(self.theta), 1.0),
             // Position interpolation: m -> m / s, i.e. theta_i -> theta_i / s.
             RopeScaling::Linear { factor } => (plain(self.theta).iter().map(|f| f / factor).collect(), 1.0),
             // NTK-aware: base -> base * s^(d / (d - 2)). For d = 2 the exponent is undefined;

@@ -242,3 +242,55 @@ fn bf16_rounding_is_correct_to_nearest_even() {
     assert_eq!(f16_from_f64(t).to_bits(), 0x3c00);
     assert_eq!(f16_from_f64(t * (1.0 + 1e-12)).to_bits(), 0x3c01);
 }
+
+/// M-RoPE as Hugging Face's Qwen2-VL computes it (`apply_multimodal_rotary_pos_emb`): cos and
+/// sin per component, `[3, T, D]` (frequencies duplicated over both halves), cut along the last
+/// dim into `mrope_section * 2` chunks, chunk `i` taken from component `i % 3`, then
+/// `x * cos + rotate_half(x) * sin`. The reference must agree with it.
+#[test]
+fn mrope_matches_qwen2_vl() {
+    let (d, t) = (16usize, 3usize);
+    let section = [2usize, 3, 3];
+    let cfg = RopeConfig { scaling: RopeScaling::MRope { section }, ..RopeConfig::new(d, 10000.0, 4096) };
+    // [3, T] positions: temporal, height, width (a vision token's three differ).
+    let positions: Vec<u32> = vec![5, 5, 9, /* h */ 5, 7, 2, /* w */ 5, 1, 30];
+    let be = CpuBackend::handle();
+    let x: Vec<f32> = (0..t * d).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
+    let mut q = be.upload(&x, &[t, 1, d], DType::F32).unwrap();
+    let mut k = be.upload(&x, &[t, 1, d], DType::F32).unwrap();
+    be.rope(&mut q, &mut k, &positions, &cfg).unwrap();
+    let got = be.download(&q).unwrap();
+    let inv: Vec<f64> = (0..d / 2).map(|i| 10000f64.powf(-((2 * i) as f64) / d as f64)).collect();
+    let chunks: Vec<usize> = section.iter().chain(section.iter()).copied().collect();
+    let mut want = vec![0.0f64; t * d];
+    for tok in 0..t {
+        // cos/sin [3, D] of this token, then the chunks.
+        let (mut cos, mut sin) = (vec![0.0; d], vec![0.0; d]);
+        let mut at = 0;
+        for (i, &n) in chunks.iter().enumerate() {
+            let comp = i % 3;
+            for j in at..at + n {
+                let ang = positions[comp * t + tok] as f64 * inv[j % (d / 2)];
+                (cos[j], sin[j]) = (ang.cos(), ang.sin());
+            }
+            at += n;
+        }
+        let row = &x[tok * d..(tok + 1) * d];
+        for j in 0..d {
+            let rot = if j < d / 2 { -(row[j + d / 2] as f64) } else { row[j - d / 2] as f64 };
+            want[tok * d + j] = row[j] as f64 * cos[j] + rot * sin[j];
+        }
+    }
+    assert_all_close(&got, &want, 1e-5);
+    // Text tokens (three equal ids) are plain RoPE.
+    let same: Vec<u32> = [4u32, 8, 15].repeat(3);
+    let (mut q1, mut k1) = (be.upload(&x, &[t, 1, d], DType::F32).unwrap(), be.upload(&x, &[t, 1, d], DType::F32).unwrap());
+    be.rope(&mut q1, &mut k1, &same, &cfg).unwrap();
+    let (mut q2, mut k2) = (be.upload(&x, &[t, 1, d], DType::F32).unwrap(), be.upload(&x, &[t, 1, d], DType::F32).unwrap());
+    be.rope(&mut q2, &mut k2, &[4, 8, 15], &RopeConfig::new(d, 10000.0, 4096)).unwrap();
+    assert_eq!(be.download(&q1).unwrap(), be.download(&q2).unwrap());
+    // Sections must cover the pairs; positions must be [3, T].
+    let bad = RopeConfig { scaling: RopeScaling::MRope { section: [2, 3, 2] }, ..cfg.clone() };
+    assert!(matches!(be.rope(&mut q, &mut k, &positions, &bad), Err(Error::InvalidArgument(m)) if m.contains("sum")));
+    assert!(matches!(be.rope(&mut q, &mut k, &positions[..t], &cfg), Err(Error::ShapeMismatch { .. })));
+}

@@ -79,12 +79,16 @@ AF_DEVICE void rope_body(const RopeParams& p) {
         }
     }
     if (u < npv) {
-        const double pos = (double)reinterpret_cast<const int*>(p.positions)[t];
+        const int* positions = reinterpret_cast<const int*>(p.positions);
         const double* inv = reinterpret_cast<const double*>(p.inv_freq);
         float c[VP], s[VP];
 #pragma unroll
         for (int i = 0; i < VP; ++i) {
-            af_rope_cs(pos, inv[u * VP + i], p.attention_factor, &c[i], &s[i]);
+            // M-RoPE: the pair's section picks its component of the token's three positions.
+            const int pair = u * VP + i;
+            const int comp = pair < p.mrope1 ? 0 : (pair < p.mrope2 ? 1 : 2);
+            const double pos = (double)positions[(p.mrope ? (long)comp * p.tokens : 0) + t];
+            af_rope_cs(pos, inv[pair], p.attention_factor, &c[i], &s[i]);
         }
         if (q) rotate_rows<T, VP, INTER>(q + (long)t * p.q_stride, p.q_heads, D, half, u, c, s, q + (long)t * p.q_stride, h1, hs);
         rotate_rows<T, VP, INTER>(k + krow, p.k_heads, D, half, u, c, s, kdst, h1, hs);

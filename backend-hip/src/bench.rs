@@ -411,7 +411,7 @@ fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result
             let qv = Strided { mem: tensor(&q, "q", "bench", &be.gpu)?.view_mut(), stride: hq * d };
             let (pk, pv, _) = pools(cache.pools(), "bench", &be.gpu)?;
             let pool = PoolMut { k: pk.view_mut(), v: pv.view_mut(), pos: None, slots: t };
-            let s = RopeShape { tokens: t, q_heads: hq, k_heads: hk, head_dim: d };
+            let s = RopeShape { tokens: t, q_heads: hq, k_heads: hk, head_dim: d, mrope: None };
             let tb = RopeTable { inv_freq: table.view(), rotary_dim: d, factor: 1.0 };
             into_cache(&be.gpu, &launch, s, Some(qv), kv, vv, pool, meta.part(0), meta.part(1), tb)
         })?;

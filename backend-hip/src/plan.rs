@@ -42,6 +42,8 @@ pub enum Reason {
     LengthDependentRope { scaling: &'static str },
     /// The op needs a RoPE configuration the problem does not carry.
     NoRope,
+    /// hip-hybrid's and hip-fused's steps rotate inside attention from one position per token.
+    MRopeInAttention { strategy: Strategy },
     /// merge_states takes at most MERGE_MAX_STATES states per launch.
     TooManyStates { states: usize },
 }
@@ -58,6 +60,18 @@ impl fmt::Display for Reason {
                 "hip-fused keeps keys unrotated and rotates them with one table per cache; {scaling} scaling changes the table with the context length (use hip-hybrid or hip-flash)"
             ),
             Reason::NoRope => write!(f, "the op needs a RoPE configuration"),
+            Reason::MRopeInAttention { strategy } => write!(
+                f,
+                "{}'s step rotates {} inside attention from one position per token; M-RoPE's three per token are rotated by the RoPE kernels only (use hip-flash or hip-separate)",
+                match strategy {
+                    Strategy::Fused => "hip-fused",
+                    _ => "hip-hybrid",
+                },
+                match strategy {
+                    Strategy::Fused => "queries and cached keys",
+                    _ => "queries",
+                }
+            ),
             Reason::TooManyStates { states } => write!(
                 f,
                 "{states} states exceed the {MERGE_MAX_STATES} one merge_states launch takes (merge them in groups, passing each group's lse on)"
@@ -110,6 +124,9 @@ pub fn plan(props: &DeviceProps, strategy: Strategy, op: Op, problem: &ProblemDe
                 if let Some(c) = problem.rope.as_ref().filter(|c| c.is_length_dependent()) {
                     r.push(Reason::LengthDependentRope { scaling: c.scaling_name() });
                 }
+            }
+            if matches!(strategy, Strategy::Hybrid | Strategy::Fused) && problem.rope.as_ref().is_some_and(|c| c.position_components() > 1) {
+                r.push(Reason::MRopeInAttention { strategy });
             }
             let rope = match strategy {
                 Strategy::Fused => Ok(None),

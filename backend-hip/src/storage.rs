@@ -69,6 +69,8 @@ pub(crate) struct BoundRope {
     pub interleaved: bool,
     /// cos/sin multiplier.
     pub factor: f32,
+    /// M-RoPE's sections (positions `[3, T]`), if any.
+    pub mrope: Option<[usize; 3]>,
 }
 
 impl Storage for GpuPoolState {

@@ -180,6 +180,12 @@ fn scaling(rotary_dim: usize) -> impl Strategy<Value = RopeScaling> {
     let pairs = rotary_dim / 2;
     prop_oneof![
         3 => Just(RopeScaling::None),
+        // M-RoPE (Qwen2-VL) in a quarter of the cases: the pairs cut in three sections at two
+        // drawn points (a section may be empty).
+        3 => ((0..=pairs), (0..=pairs)).prop_map(move |(a, b)| {
+            let (lo, hi) = (a.min(b), a.max(b));
+            RopeScaling::MRope { section: [lo, hi - lo, pairs - hi] }
+        }),
         1 => (1.0f64..8.0).prop_map(|factor| RopeScaling::Linear { factor }),
         1 => (1.0f64..8.0).prop_map(|factor| RopeScaling::NtkAware { factor }),
         1 => ((1.0f64..8.0), (16usize..2048)).prop_map(|(factor, o)| RopeScaling::DynamicNtk { factor, original_max_position: o }),

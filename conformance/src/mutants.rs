@@ -68,6 +68,9 @@ pub enum Bug {
     /// merge_states averages the partial outputs with equal weights, ignoring their lse: right
     /// when every part holds the same softmax mass, caught by the merge cells.
     MergeIgnoresLse,
+    /// M-RoPE reads the positions token-major (`positions[3 t + c]`) instead of
+    /// component-major (`positions[c T + t]`): right without M-RoPE, caught by the M-RoPE cases.
+    MropeTokenMajor,
 }
 
 /// Keys per split of [`Bug::SplitMergeDropsSplit`]: the vector decode's least split size (128
@@ -76,7 +79,7 @@ pub const SPLIT_KEYS: usize = 128;
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 20] = [
+    pub const ALL: [Bug; 21] = [
         Bug::RopeStyleSwapped,
         Bug::CausalOffByOne,
         Bug::GqaModulo,
@@ -97,6 +100,7 @@ impl Bug {
         Bug::SinksIgnored,
         Bug::LseBase2,
         Bug::MergeIgnoresLse,
+        Bug::MropeTokenMajor,
     ];
 
     /// Registry name: `mutant-...`.
@@ -122,13 +126,14 @@ impl Bug {
             Bug::SinksIgnored => "mutant-sinks-ignored",
             Bug::LseBase2 => "mutant-lse-base-2",
             Bug::MergeIgnoresLse => "mutant-merge-ignores-lse",
+            Bug::MropeTokenMajor => "mutant-mrope-token-major",
         }
     }
 
     /// The op whose check must catch it.
     pub fn op(self) -> Op {
         match self {
-            Bug::RopeStyleSwapped | Bug::RopeIgnoresRowStride | Bug::ScalingTableShifted => Op::Rope,
+            Bug::RopeStyleSwapped | Bug::RopeIgnoresRowStride | Bug::ScalingTableShifted | Bug::MropeTokenMajor => Op::Rope,
             Bug::StepRotatesKTwice | Bug::HybridQUnrotated => Op::Step,
             Bug::CrossRowsUnwritten => Op::AttentionPlain,
             Bug::AppendIgnoresPageTable => Op::KvAppend,
@@ -232,6 +237,11 @@ impl AttentionBackend for Mutant {
                 write_at(t, what, 0, &x)?;
             }
             return Ok(());
+        }
+        if self.0 == Bug::MropeTokenMajor && a.config.position_components() == 3 {
+            let t = a.positions.len() / 3;
+            let read_as: Vec<u32> = (0..3 * t).map(|i| a.positions[3 * (i % t) + i / t]).collect();
+            return CpuBackend.rope(RopeArgs { positions: &read_as, ..a });
         }
         if self.0 == Bug::ScalingTableShifted && a.config.scaling != RopeScaling::None {
             let mut freqs = a.freqs.clone();
@@ -433,6 +443,7 @@ mod registered {
         WindowOffByOne,
         SinksIgnored,
         LseBase2,
-        MergeIgnoresLse
+        MergeIgnoresLse,
+        MropeTokenMajor
     );
 }

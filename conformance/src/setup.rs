@@ -22,9 +22,9 @@ pub struct Data {
     pub k: Vec<f32>,
     /// Values of the new tokens.
     pub v: Vec<f32>,
-    /// Position id per prefix token.
+    /// Position id per prefix token (M-RoPE: three, `[3, sum cached]`).
     pub pos_prefix: Vec<u32>,
-    /// Position id per new token.
+    /// Position id per new token (M-RoPE: three, `[3, sum q_len]`).
     pub pos: Vec<u32>,
     /// A page table per sequence (paged layouts).
     pub page_tables: Vec<Vec<u32>>,
@@ -80,8 +80,9 @@ impl Data {
             q: rng.normals(tn * h * d, a),
             k: rng.normals(tn * hk * d, a),
             v: rng.normals(tn * hk * d, a),
-            pos_prefix: positions(&mut rng, tp, case.rope.max_position),
-            pos: positions(&mut rng, tn, case.rope.max_position),
+            // M-RoPE: three ids per token, component-major ([3, T]).
+            pos_prefix: positions(&mut rng, tp * case.rope.position_components(), case.rope.max_position),
+            pos: positions(&mut rng, tn * case.rope.position_components(), case.rope.max_position),
             page_tables,
             sentinel_k: rng.normals(pool, 100.0),
             sentinel_v: rng.normals(pool, 100.0),
@@ -366,7 +367,7 @@ impl Io<'_> {
         if self.path != Path::Plan {
             return self.be.rope(q, k, positions, rope);
         }
-        let t = positions.len();
+        let t = q.shape()[0];
         let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: k.shape()[1], head_dim: k.shape()[2], dtype: k.dtype(), layout: CacheLayout::Contiguous { capacity: t.max(1) } };
         let meta = KvMetadata::new(&spec)?;
         let batch = Batch::new(vec![0], vec![t])?;

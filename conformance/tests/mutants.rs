@@ -76,8 +76,13 @@ fn a_merge_that_ignores_the_lse_is_caught() {
 }
 
 #[test]
+fn mrope_positions_read_token_major_are_caught() {
+    caught(Bug::MropeTokenMajor, DType::F32);
+}
+
+#[test]
 fn every_bug_has_a_test() {
-    assert_eq!(Bug::ALL.len(), 20);
+    assert_eq!(Bug::ALL.len(), 21);
     assert!(Bug::ALL.iter().all(|b| Op::ALL.contains(&b.op())));
 }
 

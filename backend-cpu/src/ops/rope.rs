@@ -4,7 +4,9 @@ use attnforge_api::{Result, RopeArgs, RopeConfig, RopeFrequencies, RopeStyle, Sh
 
 use crate::storage::{read, read_at, write, write_at};
 
-/// Rotates rows of `x` (`[tokens, heads, head_dim]`, f64) in place; token `t` at `positions[t]`.
+/// Rotates rows of `x` (`[tokens, heads, head_dim]`, f64) in place; token `t` at `positions[t]`
+/// (M-RoPE: pair `i` of token `t` at `positions[c(i) * tokens + t]`, `c(i)` =
+/// [`RopeConfig::pair_component`]).
 ///
 /// For rotated pair `i` (`0 <= i < rotary_dim / 2`) made of dims `(a, b)`:
 ///
@@ -20,25 +22,28 @@ use crate::storage::{read, read_at, write, write_at};
 /// [`RopeConfig::frequencies`], which cites each scaling method.
 pub fn rope_rows(x: &mut [f64], heads: usize, positions: &[u32], config: &RopeConfig, freqs: &RopeFrequencies) {
     let d = config.head_dim;
-    for (t, &pos) in positions.iter().enumerate() {
+    let tokens = positions.len() / config.position_components();
+    for t in 0..tokens {
+        let pos = |pair: usize| positions[config.pair_component(pair) * tokens + t] as f64;
         for h in 0..heads {
-            rotate(&mut x[(t * heads + h) * d..(t * heads + h + 1) * d], pos as f64, freqs.attention_factor, config, freqs);
+            rotate(&mut x[(t * heads + h) * d..(t * heads + h + 1) * d], &pos, freqs.attention_factor, config, freqs);
         }
     }
 }
 
 /// Rotates one row (`head_dim` values) by `delta` positions, cos/sin multiplier 1: the
 /// composition `R(p + delta) = R(delta) R(p)` that a context shift applies to rotated keys.
+/// With M-RoPE every component moves by `delta`.
 pub fn rotate_row_by(row: &mut [f64], delta: f64, config: &RopeConfig, freqs: &RopeFrequencies) {
-    rotate(row, delta, 1.0, config, freqs);
+    rotate(row, &|_| delta, 1.0, config, freqs);
 }
 
-/// Rotates the first `rotary_dim` values of `row` for position `pos`, cos and sin scaled by
-/// `factor`, pairing dims by the config's style.
-fn rotate(row: &mut [f64], pos: f64, factor: f64, config: &RopeConfig, freqs: &RopeFrequencies) {
+/// Rotates the first `rotary_dim` values of `row`, pair `i` for position `pos(i)`, cos and sin
+/// scaled by `factor`, pairing dims by the config's style.
+fn rotate(row: &mut [f64], pos: &dyn Fn(usize) -> f64, factor: f64, config: &RopeConfig, freqs: &RopeFrequencies) {
     let half = config.rotary_dim / 2;
     for (i, &f) in freqs.inv_freq.iter().enumerate().take(half) {
-        let (sin, cos) = (pos * f).sin_cos();
+        let (sin, cos) = (pos(i) * f).sin_cos();
         let (sin, cos) = (sin * factor, cos * factor);
         let (a, b) = match config.style {
             RopeStyle::HalfSplit => (i, i + half),

@@ -87,6 +87,10 @@ AF_FIELD(int, gather)                // 1: shift: K rows are pool slots `slots[t
 AF_FIELD(int, q_stride)              // elements between consecutive tokens of q (views into a fused buffer)
 AF_FIELD(int, k_stride)              // ... of k (with gather: of the pool, Hk * D)
 AF_FIELD(int, v_stride)              // ... of v (fused)
+AF_FIELD(int, mrope)                 // 1: M-RoPE, positions [3, T]: pairs below mrope1 take positions[t], below mrope2 positions[T + t], the rest positions[2T + t]; 0: one position per token
+AF_FIELD(int, mrope1)
+AF_FIELD(int, mrope2)
+AF_FIELD(int, pad)
 AF_END(RopeParams)
 
 AF_STRUCT(AppendParams)              // kv_append.hip: new K/V rows into their pool slots

@@ -21,7 +21,7 @@ fn bind_rope(ctx: &Ctx<'_>, c: &mut KvPools, config: &RopeConfig, freqs: &RopeFr
 /// The binding a step with `config` and `freqs` (whose device table is `table`) asks for.
 pub(crate) fn bound(table: std::sync::Arc<crate::runtime::DeviceBuffer>, config: &RopeConfig, freqs: &RopeFrequencies) -> BoundRope {
     let key: std::sync::Arc<[u64]> = freqs.inv_freq.iter().map(|f| f.to_bits()).collect();
-    BoundRope { key, table, rotary_dim: config.rotary_dim, interleaved: config.style == RopeStyle::Interleaved, factor: freqs.attention_factor as f32 }
+    BoundRope { key, table, rotary_dim: config.rotary_dim, interleaved: config.style == RopeStyle::Interleaved, factor: freqs.attention_factor as f32, mrope: super::mrope_of(config) }
 }
 
 /// Binds the pools to `want`, or refuses another table (host state only: no device work).

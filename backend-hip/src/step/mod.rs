@@ -72,6 +72,14 @@ impl Ctx<'_> {
     }
 }
 
+/// M-RoPE's sections, if the configuration has them (positions `[3, T]`).
+pub(crate) fn mrope_of(c: &attnforge_api::RopeConfig) -> Option<[usize; 3]> {
+    match c.scaling {
+        attnforge_api::RopeScaling::MRope { section } => Some(section),
+        _ => None,
+    }
+}
+
 /// Position ids as the kernels take them (the API keeps them below 2^30).
 fn positions_i32(positions: &[u32]) -> Vec<i32> {
     positions.iter().map(|&p| p as i32).collect()
@@ -95,7 +103,7 @@ pub(crate) fn rope(ctx: &Ctx<'_>, l: &RopeLaunch, a: RopeArgs<'_>) -> Result<()>
     let RopeArgs { q, k, positions, config, freqs, .. } = a;
     let table = ctx.table(&freqs)?;
     let meta = ctx.gpu.upload_meta(&[&positions_i32(positions)])?;
-    let s = RopeShape { tokens: positions.len(), q_heads: q.shape()[1], k_heads: k.shape()[1], head_dim: config.head_dim };
+    let s = RopeShape { tokens: q.shape()[0], q_heads: q.shape()[1], k_heads: k.shape()[1], head_dim: config.head_dim, mrope: mrope_of(config) };
     let t = RopeTable { inv_freq: table.view(), rotary_dim: config.rotary_dim, factor: freqs.attention_factor as f32 };
     let (q, k) = (ctx.q_mut(q, "q")?, ctx.q_mut(k, "k")?);
     rope::in_place(ctx.gpu, l, s, Some(q), k, meta.part(0), t)
@@ -229,7 +237,8 @@ pub(crate) fn shift(ctx: &Ctx<'_>, l: &RopeLaunch, a: ShiftArgs<'_>) -> Result<(
     let table = ctx.table(&freqs)?;
     let spec = pools.spec().clone();
     let pool = ctx.pools_mut(pools)?;
-    let s = RopeShape { tokens: n, q_heads: 0, k_heads: spec.num_kv_heads, head_dim: spec.head_dim };
+    // Every M-RoPE component moves by delta: one rotation by delta per pair, as without it.
+    let s = RopeShape { tokens: n, q_heads: 0, k_heads: spec.num_kv_heads, head_dim: spec.head_dim, mrope: None };
     let t = RopeTable { inv_freq: table.view(), rotary_dim: config.rotary_dim, factor: 1.0 };
     rope::shift(ctx.gpu, l, s, pool, m.part(0), m.part(1), t)
 }
@@ -242,7 +251,7 @@ fn rope_into_cache(ctx: &Ctx<'_>, l: &RopeLaunch, a: &mut StepArgs<'_>, rotate_q
     let slots = slot_mapping(a.meta, a.batch, &a.start)?;
     let meta = ctx.gpu.upload_meta(&[&positions_i32(a.positions), &slots])?;
     let spec = a.pools.spec().clone();
-    let s = RopeShape { tokens: slots.len(), q_heads: a.q.shape()[1], k_heads: spec.num_kv_heads, head_dim: spec.head_dim };
+    let s = RopeShape { tokens: slots.len(), q_heads: a.q.shape()[1], k_heads: spec.num_kv_heads, head_dim: spec.head_dim, mrope: mrope_of(a.config) };
     let t = RopeTable { inv_freq: table.view(), rotary_dim: a.config.rotary_dim, factor: a.freqs.attention_factor as f32 };
     let q = if rotate_q { Some(ctx.q_mut(a.q, "q")?) } else { None };
     let (k, v) = (ctx.q(a.k, "k")?, ctx.q(a.v, "v")?);

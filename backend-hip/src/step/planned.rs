@@ -237,7 +237,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, strategy: Strategy, p: &GpuPlan, views: LayerVi
     match (views, &p.launches) {
         (LayerViews::Rope { q, k }, OpPlan::Rope(l)) => {
             let r = p.rope.as_ref().ok_or_else(|| no("RoPE table"))?;
-            let s = RopeShape { tokens: p.tokens, q_heads: p.heads, k_heads: k.shape()[1], head_dim: k.shape()[2] };
+            let s = RopeShape { tokens: p.tokens, q_heads: p.heads, k_heads: k.shape()[1], head_dim: k.shape()[2], mrope: r.mrope };
             rope::in_place(ctx.gpu, l, s, Some(ctx.q_mut(q, "q")?), ctx.q_mut(k, "k")?, m.part(0), table(r))
         }
         (LayerViews::Append { k, v, pools }, OpPlan::Append(kernel)) => append(ctx, *kernel, p, k, v, pools, false),
@@ -263,7 +263,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, strategy: Strategy, p: &GpuPlan, views: LayerVi
                     attend(ctx, al, p, ctx.q(q, "q")?, c, ctx.extras(sinks, None)?, ctx.q_mut(out, "out")?, Some(rope))
                 }
                 (Strategy::Separate, Some(rl), Some(kernel)) => {
-                    let s = RopeShape { tokens: p.tokens, q_heads: p.heads, k_heads: k.shape()[1], head_dim: k.shape()[2] };
+                    let s = RopeShape { tokens: p.tokens, q_heads: p.heads, k_heads: k.shape()[1], head_dim: k.shape()[2], mrope: r.mrope };
                     rope::in_place(ctx.gpu, rl, s, Some(ctx.q_mut(q, "q")?), ctx.q_mut(k, "k")?, m.part(0), table(r))?;
                     append(ctx, *kernel, p, k, v, c, false)?;
                     attend(ctx, al, p, ctx.q(q, "q")?, c, ctx.extras(sinks, None)?, ctx.q_mut(out, "out")?, None)
@@ -288,7 +288,7 @@ fn append(ctx: &Ctx<'_>, kernel: Kernel, p: &GpuPlan, k: &attnforge_api::Tensor,
 #[allow(clippy::too_many_arguments)]
 fn into_cache(ctx: &Ctx<'_>, l: &RopeLaunch, p: &GpuPlan, r: &BoundRope, q: Option<&mut attnforge_api::Tensor>, k: &attnforge_api::Tensor, v: &attnforge_api::Tensor, c: &mut KvPools) -> Result<()> {
     let spec = c.spec().clone();
-    let s = RopeShape { tokens: p.tokens, q_heads: p.heads, k_heads: spec.num_kv_heads, head_dim: spec.head_dim };
+    let s = RopeShape { tokens: p.tokens, q_heads: p.heads, k_heads: spec.num_kv_heads, head_dim: spec.head_dim, mrope: r.mrope };
     let q = match q {
         Some(q) => Some(ctx.q_mut(q, "q")?),
         None => None,

@@ -15,10 +15,12 @@ use crate::setup::{rounded, Data, Path};
 use crate::tolerance::compare_cond;
 
 /// `case` with a length-dependent scaling (dynamic NTK, LongRoPE) replaced by none: a shift
-/// refuses those (the table each key used is not recorded).
+/// refuses those (the table each key used is not recorded). M-RoPE is replaced too: a shift
+/// moves each of its components by `delta`, which is the rotation by `delta` of every pair that
+/// plain RoPE checks here (this check draws one position per token).
 pub fn static_rope(case: &Case) -> Case {
     let mut c = case.clone();
-    if c.rope.is_length_dependent() {
+    if c.rope.is_length_dependent() || c.rope.position_components() > 1 {
         c.rope.scaling = RopeScaling::None;
     }
     c

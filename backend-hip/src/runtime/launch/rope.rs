@@ -31,6 +31,9 @@ pub(crate) struct RopeShape {
     pub q_heads: usize,
     pub k_heads: usize,
     pub head_dim: usize,
+    /// M-RoPE sections (rotary pairs per component): positions are `[3, tokens]`. None: one
+    /// position per token.
+    pub mrope: Option<[usize; 3]>,
 }
 
 /// Checks the shape against the kernel and the table; the params' common fields.
@@ -49,8 +52,16 @@ fn base(gpu: &Gpu, l: &RopeLaunch, s: &RopeShape, table: &RopeTable<'_>, positio
         )));
     }
     need_ref(gpu, "RoPE table", &table.inv_freq, 8 * half)?;
-    need_meta(gpu, "positions", positions, s.tokens, i32::MIN as i64, i32::MAX as i64 + 1)?;
+    let (comps, mrope1, mrope2) = match s.mrope {
+        Some([a, b, c]) if a + b + c == half => (3, a as i32, (a + b) as i32),
+        Some(sec) => return Err(Error::InvalidArgument(format!("M-RoPE sections {sec:?} for {half} rotary pairs"))),
+        None => (1, 0, 0),
+    };
+    need_meta(gpu, "positions", positions, comps * s.tokens, i32::MIN as i64, i32::MAX as i64 + 1)?;
     let p = RopeParams {
+        mrope: (comps == 3) as i32,
+        mrope1,
+        mrope2,
         positions: positions.addr,
         inv_freq: table.inv_freq.addr,
         tokens: i32_of(s.tokens, "tokens")?,
