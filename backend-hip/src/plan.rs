@@ -42,8 +42,8 @@ pub enum Reason {
     LengthDependentRope { scaling: &'static str },
     /// The op needs a RoPE configuration the problem does not carry.
     NoRope,
-    /// hip-hybrid's and hip-fused's steps rotate inside attention from one position per token.
-    MRopeInAttention { strategy: Strategy },
+    /// hip-fused's step rotates cached keys inside attention from one position per key.
+    MRopeUnrotatedCache,
     /// merge_states takes at most MERGE_MAX_STATES states per launch.
     TooManyStates { states: usize },
 }
@@ -60,17 +60,9 @@ impl fmt::Display for Reason {
                 "hip-fused keeps keys unrotated and rotates them with one table per cache; {scaling} scaling changes the table with the context length (use hip-hybrid or hip-flash)"
             ),
             Reason::NoRope => write!(f, "the op needs a RoPE configuration"),
-            Reason::MRopeInAttention { strategy } => write!(
+            Reason::MRopeUnrotatedCache => write!(
                 f,
-                "{}'s step rotates {} inside attention from one position per token; M-RoPE's three per token are rotated by the RoPE kernels only (use hip-flash or hip-separate)",
-                match strategy {
-                    Strategy::Fused => "hip-fused",
-                    _ => "hip-hybrid",
-                },
-                match strategy {
-                    Strategy::Fused => "queries and cached keys",
-                    _ => "queries",
-                }
+                "hip-fused's cache keeps keys unrotated with one position each; M-RoPE needs three per token (use hip-flash, hip-hybrid or hip-separate)"
             ),
             Reason::TooManyStates { states } => write!(
                 f,
@@ -125,8 +117,8 @@ pub fn plan(props: &DeviceProps, strategy: Strategy, op: Op, problem: &ProblemDe
                     r.push(Reason::LengthDependentRope { scaling: c.scaling_name() });
                 }
             }
-            if matches!(strategy, Strategy::Hybrid | Strategy::Fused) && problem.rope.as_ref().is_some_and(|c| c.position_components() > 1) {
-                r.push(Reason::MRopeInAttention { strategy });
+            if strategy == Strategy::Fused && problem.rope.as_ref().is_some_and(|c| c.position_components() > 1) {
+                r.push(Reason::MRopeUnrotatedCache);
             }
             let rope = match strategy {
                 Strategy::Fused => Ok(None),

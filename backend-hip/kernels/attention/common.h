@@ -11,10 +11,19 @@
 #pragma once
 #include "../include/af_common.h"
 
-// Element d of a row rotated for position `pos`: x' = x cos + sign * partner * sin (the
+// Position of query row `row` for rotary pair `pair`: q_pos[row], or with M-RoPE the pair's
+// section's component of q_pos [3, q_rows].
+AF_DEVICE int af_qpos(const AttnParams& p, long row, int pair) {
+    const int* qp = reinterpret_cast<const int*>(p.q_pos);
+    if (!p.mrope) return qp[row];
+    const int comp = pair < p.mrope1 ? 0 : (pair < p.mrope2 ? 1 : 2);
+    return qp[(long)comp * p.q_rows + row];
+}
+
+// Element d of a row rotated for position `pos(pair)`: x' = x cos + sign * partner * sin (the
 // reference's pairing, rope.hip's angle). Dims >= rotary_dim pass through.
-template <typename T>
-AF_DEVICE float rope_elem(const AttnParams& p, const T* row, int d, float x, int pos) {
+template <typename T, typename PosF>
+AF_DEVICE float rope_elem_at(const AttnParams& p, const T* row, int d, float x, PosF pos) {
     if (d >= p.rotary_dim) return x;
     int pair, partner;
     float sign;
@@ -29,15 +38,20 @@ AF_DEVICE float rope_elem(const AttnParams& p, const T* row, int d, float x, int
         sign = d < half ? -1.f : 1.f;
     }
     float c, s;
-    af_rope_cs((double)pos, reinterpret_cast<const double*>(p.inv_freq)[pair], p.rope_factor, &c, &s);
+    af_rope_cs((double)pos(pair), reinterpret_cast<const double*>(p.inv_freq)[pair], p.rope_factor, &c, &s);
     return x * c + sign * af_to_float(row[partner]) * s;
+}
+// The same for one position (cached keys).
+template <typename T>
+AF_DEVICE float rope_elem(const AttnParams& p, const T* row, int d, float x, int pos) {
+    return rope_elem_at(p, row, d, x, [pos](int) { return pos; });
 }
 
 // Rotates `rows` rows cooperatively: one cos/sin per (row, pair), both elements of the pair
 // emitted by the thread that computed it (rope_elem computes each angle twice, and once more per
 // thread that holds a copy of the row). Work item i < rows * D / 2 is pair i % (D / 2) of row
 // i / (D / 2); items past rotary_dim / 2 copy two pass-through dims. `src(r)` is row r,
-// `pos(r)` its position, `emit(r, d, x)` takes rotated element d (src and emit may be the same
+// `pos(r, k)` its position for pair k (af_qpos), `emit(r, d, x)` takes rotated element d (src and emit may be the same
 // place: a pair is read before it is written, by one thread). Same arithmetic as rope_elem; FAST
 // (f16/bf16 matrix-core kernels) takes sin/cos on the hardware path after the same f64 reduction.
 template <typename T, bool FAST = false, typename Src, typename Pos, typename Emit>
@@ -52,7 +66,7 @@ AF_DEVICE void rope_rows(const AttnParams& p, int rows, int D, int tid, int nthr
         const float x0 = af_to_float(row[d0]), x1 = af_to_float(row[d1]);
         if (rot) {
             float c, s;
-            af_rope_cs<FAST>((double)pos(r), reinterpret_cast<const double*>(p.inv_freq)[k], p.rope_factor, &c, &s);
+            af_rope_cs<FAST>((double)pos(r, k), reinterpret_cast<const double*>(p.inv_freq)[k], p.rope_factor, &c, &s);
             emit(r, d0, x0 * c + (-1.f) * x1 * s);
             emit(r, d1, x1 * c + 1.f * x0 * s);
         } else {

@@ -76,7 +76,7 @@ AF_DEVICE void decode_body(const AttnParams& p) {
         };
         rope_rows<T>(
             p, rows, D, tid, DC_THREADS, qrow,
-            [&](int r) { return reinterpret_cast<const int*>(p.q_pos)[qbeg + (r0 + r) / G]; },
+            [&](int r, int k) { return af_qpos(p, qbeg + (r0 + r) / G, k); },
             [&](int r, int d, float x) { sQr[r * DMAX + d] = x; });
         __syncthreads();
 #pragma unroll

@@ -50,7 +50,7 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
         const T* Qt = reinterpret_cast<const T*>(p.q);
         rope_rows<T>(
             p, rows, DM, tid, MMA_THREADS, [&](int r) { return Qt + qat(r); },
-            [&](int r) { return reinterpret_cast<const int*>(p.q_pos)[qbeg + (r0 + r) / G]; },
+            [&](int r, int k) { return af_qpos(p, qbeg + (r0 + r) / G, k); },
             [&](int r, int d, float x) { sQ[r * LD + d] = af_from_float<T>(x).x; });
         for (int i = rows * DM + tid; i < 16 * DM; i += MMA_THREADS) sQ[(i / DM) * LD + i % DM] = 0;
     } else {

@@ -78,10 +78,9 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
         // hip-hybrid: rotate the tile in shared memory, once per block (one sincos per row and
         // pair, on the fast hardware path after the f64 reduction: ~1e-6 absolute, far below
         // f16/bf16 rounding), while the first K tile is already in.
-        const int* qp = reinterpret_cast<const int*>(p.q_pos) + qbeg + q0;
         rope_rows<T, true>(
             p, rows, DM, tid, MMA_THREADS, [&](int r) { return reinterpret_cast<const T*>(sQ + r * LD); },
-            [&](int r) { return qp[r]; }, [&](int r, int d, float x) { sQ[r * LD + d] = af_from_float<T>(x).x; });
+            [&](int r, int k) { return af_qpos(p, qbeg + q0 + r, k); }, [&](int r, int d, float x) { sQ[r * LD + d] = af_from_float<T>(x).x; });
         __syncthreads();
     }
 

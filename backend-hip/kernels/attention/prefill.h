@@ -39,9 +39,8 @@ AF_DEVICE void prefill_body(const AttnParams& p) {
         // from there. One rotation per query and head, however many key tiles follow.
         T* O = reinterpret_cast<T*>(p.out);
         const int rows = min(PF_BR, q_len - q0);
-        const int* qp = reinterpret_cast<const int*>(p.q_pos) + qbeg + q0;
         rope_rows<T>(
-            p, rows, D, tid, 256, [&](int r) { return Q + q_at(p, qbeg + q0 + r, h); }, [&](int r) { return qp[r]; },
+            p, rows, D, tid, 256, [&](int r) { return Q + q_at(p, qbeg + q0 + r, h); }, [&](int r, int k) { return af_qpos(p, qbeg + q0 + r, k); },
             [&](int r, int d, float x) { O[o_at(p, qbeg + q0 + r, h) + d] = af_from_float<T>(x); });
         __syncthreads();
         Q = O;

@@ -29,10 +29,9 @@ AF_DEVICE void wide_body(const AttnParams& p) {
     const T* Qrow = reinterpret_cast<const T*>(p.q) + q_at(p, t, h);
     const T* K = reinterpret_cast<const T*>(p.k);
     const T* V = reinterpret_cast<const T*>(p.v);
-    const int qpos = (ROPE && p.q_pos) ? reinterpret_cast<const int*>(p.q_pos)[t] : 0;
     for (int d = tid; d < D; d += WIDE_THREADS) {
         float x = af_to_float(Qrow[d]);
-        if (ROPE && p.q_pos) x = rope_elem(p, Qrow, d, x, qpos);
+        if (ROPE && p.q_pos) x = rope_elem_at(p, Qrow, d, x, [&](int pair) { return af_qpos(p, t, pair); });
         sq[d] = x * p.scale_log2;
     }
     __syncthreads();

@@ -155,6 +155,10 @@ AF_FIELD(int, window)                // sliding window (causal only): a query se
 AF_FIELD(int, pad)
 AF_FIELD(af_ptr, sinks)              // attention sinks: f32 [H], a logit per query head in the softmax denominator; 0: none
 AF_FIELD(af_ptr, lse)                // f32 [Tq, H]: each row's log-sum-exp (natural log, sinks included), written where it normalises; 0: none
+AF_FIELD(int, mrope)                 // 1: q_pos is M-RoPE's [3, q_rows]: pairs below mrope1 take component 0, below mrope2 1, the rest 2
+AF_FIELD(int, mrope1)
+AF_FIELD(int, mrope2)
+AF_FIELD(int, q_rows)                // Tq (the stride of q_pos's components)
 AF_END(AttnParams)
 
 AF_STRUCT(SepParams)                 // separate.hip: scores, softmax, P.V over a score buffer

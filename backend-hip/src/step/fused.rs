@@ -62,6 +62,7 @@ pub(crate) fn step(ctx: &Ctx<'_>, append: Kernel, attention: &AttnLaunch, a: Ste
         k_pos: pos,
         table: RopeTable { inv_freq: bound.table.view(), rotary_dim: bound.rotary_dim, factor: bound.factor },
         interleaved: bound.interleaved,
+        mrope: None, // refused by the plan: one position per cached key
     };
     let (qv, ov) = (ctx.q(q, "q")?, ctx.q_mut(out, "out")?);
     cache_attention(ctx, attention, qv, heads, pools, meta, batch, &kv_lens, params, ctx.extras(sinks, None)?, ov, Some(rope))

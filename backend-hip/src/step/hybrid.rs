@@ -16,6 +16,7 @@ pub(crate) fn step(ctx: &Ctx<'_>, rope: &RopeLaunch, attention: &AttnLaunch, mut
         k_pos: None,
         table: RopeTable { inv_freq: table.view(), rotary_dim: a.config.rotary_dim, factor: a.freqs.attention_factor as f32 },
         interleaved: a.config.style == RopeStyle::Interleaved,
+        mrope: super::mrope_of(a.config),
     };
     let q = ctx.q(a.q, "q")?;
     let out = ctx.q_mut(a.out, "out")?;

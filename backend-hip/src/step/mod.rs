@@ -167,7 +167,7 @@ fn cache_attention(
 fn cache_key_rope(s: Option<&GpuPoolState>) -> Option<AttnRope<'_>> {
     let s = s?;
     let b = s.rope.as_ref()?;
-    Some(AttnRope { q_pos: None, k_pos: Some(s.pos.view()), table: RopeTable { inv_freq: b.table.view(), rotary_dim: b.rotary_dim, factor: b.factor }, interleaved: b.interleaved })
+    Some(AttnRope { q_pos: None, k_pos: Some(s.pos.view()), table: RopeTable { inv_freq: b.table.view(), rotary_dim: b.rotary_dim, factor: b.factor }, interleaved: b.interleaved, mrope: None })
 }
 
 /// Attention over the pools.

@@ -251,7 +251,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, strategy: Strategy, p: &GpuPlan, views: LayerVi
                 (Strategy::Flash | Strategy::Hybrid, Some(rl), None) => {
                     let flash = strategy == Strategy::Flash;
                     into_cache(ctx, rl, p, r, flash.then_some(&mut *q), k, v, c)?;
-                    let q_rope = (!flash).then(|| AttnRope { q_pos: Some(m.part(0)), k_pos: None, table: table(r), interleaved: r.interleaved });
+                    let q_rope = (!flash).then(|| AttnRope { q_pos: Some(m.part(0)), k_pos: None, table: table(r), interleaved: r.interleaved, mrope: r.mrope });
                     attend(ctx, al, p, ctx.q(q, "q")?, c, ctx.extras(sinks, None)?, ctx.q_mut(out, "out")?, q_rope)
                 }
                 (Strategy::Fused, None, Some(kernel)) => {
@@ -259,7 +259,8 @@ pub(crate) fn run(ctx: &Ctx<'_>, strategy: Strategy, p: &GpuPlan, views: LayerVi
                     ctx.gpu.keep(&b.table);
                     append(ctx, *kernel, p, k, v, c, true)?;
                     let pos = pools(c, ctx.name, ctx.gpu)?.2.map(|s| s.pos.view());
-                    let rope = AttnRope { q_pos: Some(m.part(0)), k_pos: pos, table: table(&b), interleaved: b.interleaved };
+                    // hip-fused refuses M-RoPE (one position per cached key).
+                    let rope = AttnRope { q_pos: Some(m.part(0)), k_pos: pos, table: table(&b), interleaved: b.interleaved, mrope: None };
                     attend(ctx, al, p, ctx.q(q, "q")?, c, ctx.extras(sinks, None)?, ctx.q_mut(out, "out")?, Some(rope))
                 }
                 (Strategy::Separate, Some(rl), Some(kernel)) => {

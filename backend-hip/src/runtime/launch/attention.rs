@@ -59,6 +59,8 @@ pub(crate) struct AttnRope<'a> {
     pub k_pos: Option<DevRef<'a>>,
     pub table: RopeTable<'a>,
     pub interleaved: bool,
+    /// M-RoPE's sections for the queries: `q_pos` is `[3, total_q]`. None: one per query.
+    pub mrope: Option<[usize; 3]>,
 }
 
 /// One attention call.
@@ -439,8 +441,16 @@ pub(crate) fn launch(gpu: &Gpu, l: &AttnLaunch, h: &AttnHost, c: AttnViews<'_>, 
         }
         need_ref(gpu, "RoPE table", &r.table.inv_freq, 8 * half)?;
         if let Some(qp) = &r.q_pos {
-            super::need_meta(gpu, "query positions", qp, total_q, i32::MIN as i64, i32::MAX as i64 + 1)?;
-            p.q_pos = qp.addr;
+            let comps = match r.mrope {
+                Some([a, b, c]) if a + b + c == half => {
+                    (p.mrope, p.mrope1, p.mrope2) = (1, a as i32, (a + b) as i32);
+                    3
+                }
+                Some(sec) => return Err(Error::InvalidArgument(format!("M-RoPE sections {sec:?} for {half} rotary pairs"))),
+                None => 1,
+            };
+            super::need_meta(gpu, "query positions", qp, comps * total_q, i32::MIN as i64, i32::MAX as i64 + 1)?;
+            (p.q_pos, p.q_rows) = (qp.addr, i32_of(total_q, "query rows")?);
         }
         if let Some(kp) = &r.k_pos {
             need_ref(gpu, "key positions", kp, 4 * h.rows)?;
