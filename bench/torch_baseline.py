@@ -2,7 +2,7 @@
 the same session: a device copy (bandwidth ceiling), torch.compile'd RoPE, and SDPA with each
 backend (flash, cuDNN, efficient). Timed with triton.testing.do_bench (CUDA events, median).
 
-    python3 bench/torch_baseline.py [--json out.json] [--quick] [--mma] [--decode-graph] [--window]
+    python3 bench/torch_baseline.py [--json out.json] [--quick] [--mma] [--decode-graph] [--window] [--merge]
 
 The shapes of `--mma` and `--decode-graph` come from backend-hip/bench/shapes.json, the file
 `attnforge bench` reads, so both sides time the same problems. Rows with a counterpart carry the
@@ -159,6 +159,33 @@ if "--decode-graph" in sys.argv:
     shapes = [tuple(x) for x in P["quick"]] if quick else [(b, l) for b in P["batch"] for l in P["kv_len"]]
     for B, L in shapes:
         decode_layers(B, L, "decode-graph", f"B={B} L={L}", P)
+    report()
+    sys.exit(0)
+
+
+if "--merge" in sys.argv:
+    # merge_states as vLLM's / FlashInfer's callers would write it in PyTorch (f32 weights from
+    # the lse, the weighted sum of bf16 outputs, the merged lse), eager and torch.compile'd.
+    P = SHAPES["merge_states"]
+    H, Dd = P["heads"], P["head_dim"]
+
+    def merge(vs, ss):
+        m = torch.stack(ss).amax(0)
+        w = [torch.exp(s - m) for s in ss]
+        tot = sum(w)
+        out = sum(v.float() * (wi / tot)[..., None] for v, wi in zip(vs, w))
+        return out.to(vs[0].dtype), m + torch.log(tot)
+
+    compiled = torch.compile(merge)
+    for T in P["tokens"]:
+        for n in P["states"]:
+            vs = [torch.randn(T, H, Dd, device=dev, dtype=torch.bfloat16) for _ in range(n)]
+            ss = [torch.randn(T, H, device=dev, dtype=torch.float32) for _ in range(n)]
+            nbytes = (n + 1) * T * H * Dd * 2 + (n + 1) * T * H * 4
+            shape = f"T={T} states={n}"
+            add(f"merge_states {shape} H={H} D={Dd} torch eager", "bf16", bench(lambda: merge(vs, ss)), nbytes, key=("merge-states", shape, "torch eager"))
+            add(f"merge_states {shape} H={H} D={Dd} torch.compile", "bf16", bench(lambda: compiled(vs, ss)), nbytes, key=("merge-states", shape, "torch.compile"))
+            del vs, ss
     report()
     sys.exit(0)
 

@@ -21,7 +21,8 @@
 #      and `bench/torch_baseline.py --decode-graph` (eager / plan+run / graph replay per layer
 #      against PyTorch SDPA flash and cuDNN, eager and under a CUDA graph); with BENCH_WINDOW=1
 #      `attnforge bench --mode window` and `bench/torch_baseline.py --window` (sliding-window
-#      decode against full attention at L=131072).
+#      decode against full attention at L=131072); with BENCH_MERGE=1 `attnforge bench --mode merge`
+#      and `bench/torch_baseline.py --merge` (merge_states against the same merge in PyTorch).
 # Every log goes to LOGDIR; the last lines printed are one summary line per run.
 set -uo pipefail
 B=${BUNDLE:-.device-bundle}
@@ -84,6 +85,10 @@ if [ "${BENCH_WINDOW:-0}" = 1 ] && [ -x "$B/bin/attnforge" ]; then
   timeout "$LIMIT" "$B/bin/attnforge" bench --mode window --json "$LOG/bench-window.json" > "$LOG/bench-window.log" 2>&1; echo $? > "$LOG/bench-window.rc"
   timeout "$LIMIT" python3 bench/torch_baseline.py --window --json "$LOG/torch-window.json" > "$LOG/torch-window.log" 2>&1; echo $? > "$LOG/torch-window.rc"
   "$B/bin/attnforge" bench --from "$LOG/bench-window.json" --torch "$LOG/torch-window.json" --plots "$LOG/plots-window" > "$LOG/plots-window.log" 2>&1; echo $? > "$LOG/plots-window.rc"
+fi
+if [ "${BENCH_MERGE:-0}" = 1 ] && [ -x "$B/bin/attnforge" ]; then
+  timeout "$LIMIT" "$B/bin/attnforge" bench --mode merge --json "$LOG/bench-merge.json" > "$LOG/bench-merge.log" 2>&1; echo $? > "$LOG/bench-merge.rc"
+  timeout "$LIMIT" python3 bench/torch_baseline.py --merge --json "$LOG/torch-merge.json" > "$LOG/torch-merge.log" 2>&1; echo $? > "$LOG/torch-merge.rc"
 fi
 if [ "${BENCH_ENGINE:-1}" = 1 ] && [ -x "$B/bin/attnforge" ]; then
   timeout "$LIMIT" "$B/bin/attnforge" bench --mode engine --json "$LOG/bench-engine.json" > "$LOG/bench-engine.log" 2>&1; echo $? > "$LOG/bench-engine.rc"

@@ -25,6 +25,10 @@
 //! two-layer allocation, engine-owned `KvMetadata`), alternating in the same run: the boundary
 //! must cost nothing.
 //!
+//! `--mode merge`: `merge_states` (`merge_states` in shapes.json): bf16 partial outputs and their
+//! f32 lse merged into an output and its lse, against the same merge in PyTorch
+//! (`bench/torch_baseline.py --merge`).
+//!
 //! `--mode decode-graph`: time per layer of a decode step over 32 layers (hip-flash's composite
 //! step, bf16, GQA 32/8, D=128, pages of 16; B = 1/16/64 x L = 4096/8192/131072; layers have
 //! pools of their own up to 64 GB, then reuse them, so no layer's keys are in L2): the owned
@@ -142,6 +146,8 @@ pub enum Mode {
     Window,
     /// The matrix-core prefill and decode, twice each, untimed (for a kernel profiler).
     ProfileMma,
+    /// `merge_states` (`merge_states` in shapes.json): partial outputs and their lse merged.
+    Merge,
 }
 
 /// Options of a benchmark run.
@@ -223,6 +229,7 @@ pub fn run_bench(opts: &Options) -> std::result::Result<BenchReport, String> {
     let r = match opts.mode {
         Mode::DecodeGraph => copy_row(be, &mut rows).and_then(|_| decode_graph_rows(be, &h, quick, &mut rows)),
         Mode::Window => copy_row(be, &mut rows).and_then(|_| window_rows(be, &h, &mut rows)),
+        Mode::Merge => copy_row(be, &mut rows).and_then(|_| merge_rows(be, &h, &mut rows)),
         Mode::Engine => engine_rows(be, &h, &mut rows),
         Mode::ProfileMma => profile_mma(&h),
         Mode::Mma => copy_row(be, &mut rows).and_then(|_| mma_shapes(be, &h, &mut rows)),
@@ -595,6 +602,31 @@ fn decode_graph_rows(hbe: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<
     };
     for (b, l) in shapes {
         decode_graph_shape(hbe, h, p, "decode-graph", b, l, None, rows)?;
+    }
+    Ok(())
+}
+
+/// `merge_states`: `n` bf16 partial outputs `[T, H, D]` and their f32 lse merged into an output
+/// and its lse (bytes: every state read, the output and its lse written).
+fn merge_rows(hbe: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()> {
+    let p = &SHAPES["merge_states"];
+    let (hq, d, dt) = (num(&p["heads"]), num(&p["head_dim"]), DType::BF16);
+    for t in nums(&p["tokens"]) {
+        for n in nums(&p["states"]) {
+            let mut states = Vec::new();
+            for i in 0..n {
+                let o = h.upload(&randn(t * hq * d, 50 + i as u64), &[t, hq, d], dt)?;
+                let l = h.upload(&randn(t * hq, 60 + i as u64), &[t, hq], DType::F32)?;
+                states.push((o, l));
+            }
+            let refs: Vec<(&Tensor, &Tensor)> = states.iter().map(|(o, l)| (o, l)).collect();
+            let mut out = h.alloc(&[t, hq, d], dt)?;
+            let mut lse = h.alloc(&[t, hq], DType::F32)?;
+            let ms = median_ms(hbe, || h.merge_states(&refs, &mut out, Some(&mut lse)))?;
+            let bytes = ((n + 1) * t * hq * d * dt.size() + (n + 1) * t * hq * 4) as f64;
+            let shape = format!("T={t} states={n}");
+            rows.push(Row { key: Some(("merge-states", shape.clone(), "hip-flash".into())), name: format!("merge_states {shape} H={hq} D={d}"), dtype: dt, ms, bytes, flops: 0.0 });
+        }
     }
     Ok(())
 }

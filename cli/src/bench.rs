@@ -24,6 +24,8 @@ enum ModeArg {
     Window,
     /// The matrix-core prefill and decode twice each, untimed (for a kernel profiler).
     ProfileMma,
+    /// merge_states: bf16 partial outputs and their lse merged (T=16/4096/32768, 2 and 4 states).
+    Merge,
 }
 
 /// Options of `attnforge bench`.
@@ -151,6 +153,7 @@ fn go(a: Args) -> Result<(), String> {
                 ModeArg::DecodeGraph => Mode::DecodeGraph,
                 ModeArg::Window => Mode::Window,
                 ModeArg::ProfileMma => Mode::ProfileMma,
+                ModeArg::Merge => Mode::Merge,
             };
             let report = run_bench(&Options { mode, quick: a.quick, profile: a.profile.clone() })?;
             print!("{}", report.table());
