@@ -100,8 +100,11 @@ AF_DEVICE int ms_stride(const MergeStatesParams& p, int i) {
         case 4: return p.stride4; case 5: return p.stride5; case 6: return p.stride6; default: return p.stride7;
     }
 }
-template <typename T> AF_DEVICE void merge_states_body(const MergeStatesParams& p) {
-    const long row = blockIdx.x;
+// A thread per chunk of V columns of one row (V = 16 bytes of T when p.vec, else 2): the row's
+// weights from its n lse (each chunk's thread reads them; they stay in L1), then one wide load
+// per state, f32 accumulation, one wide store.
+template <typename T, int V>
+AF_DEVICE void merge_states_chunk(const MergeStatesParams& p, long row, int c) {
     const long t = row / p.heads;
     const int h = (int)(row % p.heads), D = p.head_dim;
     float w[MERGE_MAX_STATES];
@@ -120,18 +123,30 @@ template <typename T> AF_DEVICE void merge_states_body(const MergeStatesParams& 
         S += w[i];
     }
     const float inv = nan ? NAN : (S > 0.f ? 1.f / S : 0.f);
-    for (int c = 2 * threadIdx.x; c < D; c += 2 * blockDim.x) {
-        float a0 = 0.f, a1 = 0.f;
+    float a[V];
 #pragma unroll
-        for (int i = 0; i < MERGE_MAX_STATES; ++i) {
-            if (i >= p.n) break;
-            const T* o = reinterpret_cast<const T*>(ms_out(p, i)) + t * ms_stride(p, i) + (long)h * D + c;
-            a0 += w[i] * af_to_float(o[0]);
-            a1 += w[i] * af_to_float(o[1]);
-        }
-        T* dst = reinterpret_cast<T*>(p.out) + t * p.o_stride + (long)h * D + c;
-        dst[0] = af_from_float<T>(a0 * inv);
-        dst[1] = af_from_float<T>(a1 * inv);
+    for (int e = 0; e < V; ++e) a[e] = 0.f;
+#pragma unroll
+    for (int i = 0; i < MERGE_MAX_STATES; ++i) {
+        if (i >= p.n) break;
+        float x[V];
+        af_load<V>(reinterpret_cast<const T*>(ms_out(p, i)) + t * ms_stride(p, i) + (long)h * D + c, x);
+#pragma unroll
+        for (int e = 0; e < V; ++e) a[e] += w[i] * x[e];
     }
-    if (p.lse && threadIdx.x == 0) reinterpret_cast<float*>(p.lse)[row] = nan ? NAN : (M == -INFINITY ? -INFINITY : M + logf(S));
+#pragma unroll
+    for (int e = 0; e < V; ++e) a[e] *= inv;
+    af_store<V>(reinterpret_cast<T*>(p.out) + t * p.o_stride + (long)h * D + c, a);
+    if (p.lse && c == 0) reinterpret_cast<float*>(p.lse)[row] = nan ? NAN : (M == -INFINITY ? -INFINITY : M + logf(S));
+}
+template <typename T> AF_DEVICE void merge_states_body(const MergeStatesParams& p) {
+    constexpr int VW = 16 / (int)sizeof(T);
+    const int V = p.vec ? VW : 2;
+    const int chunks = p.head_dim / V;
+    const long gid = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (gid >= (long)p.rows * chunks) return;
+    const long row = gid / chunks;
+    const int c = (int)(gid % chunks) * V;
+    if (p.vec) merge_states_chunk<T, VW>(p, row, c);
+    else merge_states_chunk<T, 2>(p, row, c);
 }

@@ -48,7 +48,7 @@ AF_LIMIT(WIDE_THREADS, 256)          // block of the wide-head kernel
 AF_LIMIT(WIDE_DMAX, 4096)            // largest head_dim of the wide-head kernel (a query row in shared memory)
 AF_LIMIT(TILED_DMAX, 256)            // largest head_dim of the tiled prefill and split-K decode
 AF_LIMIT(MERGE_THREADS, 128)         // block of the split-K merge
-AF_LIMIT(MERGE_STATES_THREADS, 64)   // block of merge_states (one block per (token, head) row, a column pair per thread)
+AF_LIMIT(MERGE_STATES_THREADS, 256)  // block of merge_states (a thread per 16-byte chunk of a row, or per column pair)
 AF_LIMIT(MERGE_MAX_STATES, 8)        // partial states one merge_states launch takes (MergeStatesParams' fields)
 AF_LIMIT(SEP_THREADS, 128)           // block of hip-separate's scores and P.V kernels
 AF_LIMIT(SEP_SOFTMAX_THREADS, 256)   // block of hip-separate's softmax
@@ -211,8 +211,8 @@ AF_FIELD(int, n)                     // states, 1..MERGE_MAX_STATES
 AF_FIELD(int, heads)                 // H: row = token * H + head
 AF_FIELD(int, head_dim)              // D
 AF_FIELD(int, o_stride)              // elements between consecutive tokens of out
-AF_FIELD(int, pad)
-AF_FIELD(int, pad2)
+AF_FIELD(int, rows)                  // T * H
+AF_FIELD(int, vec)                   // 1: every row and pointer 16-byte aligned, a thread per 16-byte chunk; 0: per column pair
 AF_END(MergeStatesParams)
 
 // ------------------------------------------------------------------ instantiations

@@ -58,12 +58,19 @@ pub(crate) fn merge_states(gpu: &Gpu, kernel: Kernel, c: MergeCall<'_>) -> Resul
         need_mut(gpu, "merge_states lse", l, lse_bytes)?;
         p.lse = l.addr;
     }
-    let grid = [rows as u64, 1, 1];
+    // 16-byte chunks when every row of every tensor starts 16-byte aligned, else column pairs.
+    let align = |addr: u64, stride: usize| addr % 16 == 0 && (stride * es) % 16 == 0;
+    let vec = (d * es) % 16 == 0 && align(c.out.mem.addr, c.out.stride) && c.states.iter().all(|(o, _)| align(o.mem.addr, o.stride));
+    let chunk = if vec { 16 / es } else { 2 };
+    (p.rows, p.vec) = (rows as i32, vec as i32);
+    let threads = rows as u64 * (d / chunk) as u64;
+    let grid = [threads.div_ceil(MERGE_STATES_THREADS as u64), 1, 1];
     if grid[0] > gpu.props().max_grid[0] {
         return Err(Error::InvalidArgument(format!("merge_states: {rows} rows exceed the device's grid")));
     }
     // SAFETY: each of the n states' outputs holds `t` rows of h x d elements `stride` apart and
-    // its lse t x h floats, `out` likewise (checked above); the kernel reads states i < n only
-    // and writes out (and lse) at rows < t x h.
+    // its lse t x h floats, `out` likewise (checked above); the kernel reads states i < n only,
+    // in 16-byte loads only where every row is 16-byte aligned (checked here), and writes out
+    // (and lse) at rows < t x h.
     unsafe { gpu.launch(kernel, grid, MERGE_STATES_THREADS, 0, &p) }
 }
