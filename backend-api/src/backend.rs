@@ -637,29 +637,24 @@ impl Backend {
     /// (sinks, each row's log-sum-exp).
     pub fn attention_with(&self, q: &Tensor, cache: &KvCache, batch: &Batch, params: AttentionParams, extras: AttentionExtras<'_>, out: &mut Tensor) -> Result<()> {
         self.check_cache(cache)?;
-        self.attend_inner(q, cache.pools(), cache.metadata(), batch, params, extras, out)
+        self.attend_with(q, cache.pools(), cache.metadata(), batch, params, extras, out)
     }
 
     /// The engine path of attention: Q `[T, H, D]` (may be strided) over each sequence's
     /// `meta.seq_len` tokens in `pools`, into `out` (may be strided; must not overlap `q`).
     pub fn attend(&self, q: &Tensor, pools: &KvPools, meta: &KvMetadata, batch: &Batch, params: AttentionParams, out: &mut Tensor) -> Result<()> {
-        self.attend_inner(q, pools, meta, batch, params, AttentionExtras::default(), out)
+        self.attend_with(q, pools, meta, batch, params, AttentionExtras::default(), out)
     }
 
     /// [`Backend::attend`] with attention sinks, f32 `[H]` (see [`AttentionArgs::sinks`]).
     #[allow(clippy::too_many_arguments)]
     pub fn attend_with_sinks(&self, q: &Tensor, pools: &KvPools, meta: &KvMetadata, batch: &Batch, params: AttentionParams, sinks: &Tensor, out: &mut Tensor) -> Result<()> {
-        self.attend_inner(q, pools, meta, batch, params, AttentionExtras::sinks(sinks), out)
+        self.attend_with(q, pools, meta, batch, params, AttentionExtras::sinks(sinks), out)
     }
 
     /// [`Backend::attend`] with the optional inputs and outputs of [`AttentionExtras`].
     #[allow(clippy::too_many_arguments)]
     pub fn attend_with(&self, q: &Tensor, pools: &KvPools, meta: &KvMetadata, batch: &Batch, params: AttentionParams, extras: AttentionExtras<'_>, out: &mut Tensor) -> Result<()> {
-        self.attend_inner(q, pools, meta, batch, params, extras, out)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn attend_inner(&self, q: &Tensor, pools: &KvPools, meta: &KvMetadata, batch: &Batch, params: AttentionParams, extras: AttentionExtras<'_>, out: &mut Tensor) -> Result<()> {
         let _span = op_span!("attention", self.name());
         let AttentionExtras { sinks, lse } = extras;
         let kv_lens: Vec<usize> = batch.seq_ids().iter().map(|&s| meta.seq_len(s)).collect();

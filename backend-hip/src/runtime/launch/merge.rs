@@ -21,8 +21,8 @@ pub(crate) struct MergeCall<'a> {
     pub lse: Option<DevMut<'a>>,
 }
 
-/// Checks every state, the output and the lse against the shape, then launches one block per
-/// (token, head) row.
+/// Checks every state, the output and the lse against the shape, then launches a thread per
+/// 16-byte chunk of each (token, head) row (per column pair where a row is not 16-byte aligned).
 pub(crate) fn merge_states(gpu: &Gpu, kernel: Kernel, c: MergeCall<'_>) -> Result<()> {
     let (t, h, d, es) = (c.tokens, c.heads, c.head_dim, c.dtype.size());
     if !matches!(kernel, Kernel::MergeStates { dtype } if dtype == c.dtype) {
