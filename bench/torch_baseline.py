@@ -2,7 +2,7 @@
 the same session: a device copy (bandwidth ceiling), torch.compile'd RoPE, and SDPA with each
 backend (flash, cuDNN, efficient). Timed with triton.testing.do_bench (CUDA events, median).
 
-    python3 bench/torch_baseline.py [--json out.json] [--quick] [--mma] [--decode-graph] [--window] [--merge]
+    python3 bench/torch_baseline.py [--json out.json] [--quick] [--mma] [--decode-graph] [--window] [--merge] [--fp8]
 
 The shapes of `--mma` and `--decode-graph` come from backend-hip/bench/shapes.json, the file
 `attnforge bench` reads, so both sides time the same problems. Rows with a counterpart carry the
@@ -15,6 +15,11 @@ S=1024/4096/16384, B=1/4, GQA 32/8 and MHA; decode bf16 B=1/16/64, L=4096/8192/1
 `--decode-graph`: the shapes of `bench --decode-graph` (decode bf16 GQA 32/8 D=128, B=1/16/64,
 L=4096/8192/131072): 32 layers of SDPA (flash, cuDNN) each over its own K/V (up to 64 GB, then
 reused), eager and replayed from a CUDA graph; time per layer. `--quick`: B=1/16 at L=8192.
+
+`--fp8`: the shapes of `bench --mode fp8` (`fp8_decode`): 32 layers of SDPA decode over bf16 K/V
+(flash, cuDNN), and PyTorch's way to attend over an FP8 cache, which has no fused kernel for it:
+K/V kept as torch.float8_e4m3fn with a scale per kv head, dequantised to bf16 per layer, then
+SDPA flash; eager and under a CUDA graph.
 
 `--window`: the shapes of `bench --mode window` (`window_decode`): the same decode at L=131072,
 full and as SDPA's equivalent of a sliding window of 4096 keys (attention over the last 4096).
@@ -116,6 +121,25 @@ if "--mma" in sys.argv:
     sys.exit(0)
 
 
+def eager_and_graph(step, name, shape_key, table_key, series, layers, nbytes):
+    """Rows for `step` (all layers of a decode) per layer: run eagerly, then replayed from a CUDA
+    graph captured after three warm-up runs on a side stream."""
+    step()
+    torch.cuda.synchronize()
+    add(f"{name} decode/layer eager {shape_key} x{layers} layers", "bf16", bench(step) / layers, nbytes, 0.0, (table_key, shape_key, f"{series} eager"))
+    g = torch.cuda.CUDAGraph()
+    s_ = torch.cuda.Stream()
+    s_.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s_):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(s_)
+    with torch.cuda.graph(g):
+        step()
+    add(f"{name} decode/layer CUDA graph {shape_key} x{layers} layers", "bf16", bench(g.replay) / layers, nbytes, 0.0, (table_key, shape_key, f"{series} CUDA graph"))
+    del g
+
+
 def decode_layers(B, L, table_key, shape_key, P):
     """32 layers of SDPA (flash, cuDNN) decode over L keys, each layer its own K/V (up to 64 GB,
     then reused), eager and replayed from a CUDA graph; rows per layer."""
@@ -134,20 +158,7 @@ def decode_layers(B, L, table_key, shape_key, P):
                 out.copy_(F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
         try:
             with sdpa_kernel(backend):
-                step()
-                torch.cuda.synchronize()
-                add(f"torch sdpa {bname} decode/layer eager {shape_key} x{LAYERS} layers", "bf16", bench(step) / LAYERS, nbytes, 0.0, (table_key, shape_key, f"torch sdpa {bname} eager"))
-                g = torch.cuda.CUDAGraph()
-                s_ = torch.cuda.Stream()
-                s_.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(s_):
-                    for _ in range(3):
-                        step()
-                torch.cuda.current_stream().wait_stream(s_)
-                with torch.cuda.graph(g):
-                    step()
-                add(f"torch sdpa {bname} decode/layer CUDA graph {shape_key} x{LAYERS} layers", "bf16", bench(g.replay) / LAYERS, nbytes, 0.0, (table_key, shape_key, f"torch sdpa {bname} CUDA graph"))
-                del g
+                eager_and_graph(step, f"torch sdpa {bname}", shape_key, table_key, f"torch sdpa {bname}", LAYERS, nbytes)
         except Exception as e:
             print(f"  sdpa {bname} decode {shape_key}: not run ({str(e).splitlines()[0][:100]})")
     del q, kv, out
@@ -159,6 +170,36 @@ if "--decode-graph" in sys.argv:
     shapes = [tuple(x) for x in P["quick"]] if quick else [(b, l) for b in P["batch"] for l in P["kv_len"]]
     for B, L in shapes:
         decode_layers(B, L, "decode-graph", f"B={B} L={L}", P)
+    report()
+    sys.exit(0)
+
+
+if "--fp8" in sys.argv:
+    P = SHAPES["fp8_decode"]
+    HQ, HK, Dd, LAYERS = P["heads"], P["kv_heads"], P["head_dim"], P["layers"]
+    for B in P["batch"]:
+        for L in P["kv_len"]:
+            decode_layers(B, L, "fp8-decode", f"B={B} L={L}", P)
+            # Dequantise-then-attend over e4m3 K/V (per-head scales), each layer its own K/V.
+            layer_bytes = 2 * B * HK * L * Dd
+            distinct = max(1, min(LAYERS, -(-(64 << 30) // layer_bytes)))
+            q = torch.randn(B, HQ, 1, Dd, device=dev, dtype=torch.bfloat16)
+            kv = [tuple(torch.randn(B, HK, L, Dd, device=dev, dtype=torch.bfloat16).to(torch.float8_e4m3fn) for _ in range(2)) for _ in range(distinct)]
+            ks = torch.rand(1, HK, 1, 1, device=dev, dtype=torch.float32) + 0.5
+            vs = torch.rand(1, HK, 1, 1, device=dev, dtype=torch.float32) + 0.5
+            out = torch.empty_like(q)
+
+            def step():
+                for i in range(LAYERS):
+                    k8, v8 = kv[i % distinct]
+                    k = (k8.to(torch.bfloat16) * ks).to(torch.bfloat16)
+                    v = (v8.to(torch.bfloat16) * vs).to(torch.bfloat16)
+                    out.copy_(F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                name = "torch e4m3 dequantise + sdpa flash"
+                eager_and_graph(step, name, f"B={B} L={L}", "fp8-decode", name, LAYERS, 2 * B * L * HK * Dd)
+            del q, kv, out
+            torch.cuda.empty_cache()
     report()
     sys.exit(0)
 

@@ -44,7 +44,7 @@ const WINDOW: usize = 16; // keys an even (sliding-window) layer sees: shorter t
 const HIDDEN: usize = H * D;
 
 fn spec() -> KvCacheSpec {
-    KvCacheSpec { num_seqs: SEQS, num_kv_heads: HKV, head_dim: D, dtype: DTYPE, layout: CacheLayout::Paged { page_size: PAGE, num_pages: PAGES } }
+    KvCacheSpec { num_seqs: SEQS, num_kv_heads: HKV, head_dim: D, dtype: DTYPE, kv_dtype: None, layout: CacheLayout::Paged { page_size: PAGE, num_pages: PAGES } }
 }
 
 /// The op an engine runs per layer on views of its memory: `(q, k, v, out, this layer's pools)`.

@@ -42,7 +42,7 @@ fn run() -> Result<()> {
         println!("  not {name}: {why}");
     }
 
-    let spec = KvCacheSpec { num_seqs: 2, num_kv_heads: hk, head_dim: d, dtype, layout };
+    let spec = KvCacheSpec { num_seqs: 2, num_kv_heads: hk, head_dim: d, dtype, kv_dtype: None, layout };
     let mut cache = backend.create_kv_cache(&spec)?;
     cache.set_page_table(0, &[3, 5])?;
     cache.set_page_table(1, &[0, 6, 2])?;

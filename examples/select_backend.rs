@@ -37,7 +37,7 @@ fn run(named: Option<&str>) -> Result<()> {
     let be = sel.backend;
     println!("\nrunning on {} ({})", be.name(), sel.reason);
 
-    let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype, layout };
+    let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype, kv_dtype: None, layout };
     let mut cache = be.create_kv_cache(&spec)?;
     let wave = |n: usize, f: f32| -> Vec<f32> { (0..n).map(|i| ((i as f32) * f).sin()).collect() };
     let mut out = be.alloc(&[1, h, d], dtype)?;

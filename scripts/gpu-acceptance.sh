@@ -22,7 +22,9 @@
 #      against PyTorch SDPA flash and cuDNN, eager and under a CUDA graph); with BENCH_WINDOW=1
 #      `attnforge bench --mode window` and `bench/torch_baseline.py --window` (sliding-window
 #      decode against full attention at L=131072); with BENCH_MERGE=1 `attnforge bench --mode merge`
-#      and `bench/torch_baseline.py --merge` (merge_states against the same merge in PyTorch).
+#      and `bench/torch_baseline.py --merge` (merge_states against the same merge in PyTorch); with
+#      BENCH_FP8=1 `attnforge bench --mode fp8` and `bench/torch_baseline.py --fp8` (decode over an
+#      FP8 e4m3 KV cache against a bf16 one, and PyTorch's dequantise-then-SDPA).
 # Every log goes to LOGDIR; the last lines printed are one summary line per run.
 set -uo pipefail
 B=${BUNDLE:-.device-bundle}
@@ -89,6 +91,11 @@ fi
 if [ "${BENCH_MERGE:-0}" = 1 ] && [ -x "$B/bin/attnforge" ]; then
   timeout "$LIMIT" "$B/bin/attnforge" bench --mode merge --json "$LOG/bench-merge.json" > "$LOG/bench-merge.log" 2>&1; echo $? > "$LOG/bench-merge.rc"
   timeout "$LIMIT" python3 bench/torch_baseline.py --merge --json "$LOG/torch-merge.json" > "$LOG/torch-merge.log" 2>&1; echo $? > "$LOG/torch-merge.rc"
+fi
+if [ "${BENCH_FP8:-0}" = 1 ] && [ -x "$B/bin/attnforge" ]; then
+  timeout "$LIMIT" "$B/bin/attnforge" bench --mode fp8 --json "$LOG/bench-fp8.json" > "$LOG/bench-fp8.log" 2>&1; echo $? > "$LOG/bench-fp8.rc"
+  timeout "$LIMIT" python3 bench/torch_baseline.py --fp8 --json "$LOG/torch-fp8.json" > "$LOG/torch-fp8.log" 2>&1; echo $? > "$LOG/torch-fp8.rc"
+  "$B/bin/attnforge" bench --from "$LOG/bench-fp8.json" --torch "$LOG/torch-fp8.json" --plots "$LOG/plots-fp8" > "$LOG/plots-fp8.log" 2>&1; echo $? > "$LOG/plots-fp8.rc"
 fi
 if [ "${BENCH_ENGINE:-1}" = 1 ] && [ -x "$B/bin/attnforge" ]; then
   timeout "$LIMIT" "$B/bin/attnforge" bench --mode engine --json "$LOG/bench-engine.json" > "$LOG/bench-engine.log" 2>&1; echo $? > "$LOG/bench-engine.rc"

@@ -17,7 +17,7 @@
 //! let chosen = registry::select_with(&problem, Some("cpu"))?;
 //! let backend = chosen.backend;
 //!
-//! let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: DType::F32, layout };
+//! let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: DType::F32, kv_dtype: None, layout };
 //! let mut cache = backend.create_kv_cache(&spec)?;
 //! let batch = Batch::uniform(1, 1)?;               // one sequence, one new token
 //! let mut q = backend.upload(&[0.5; 4 * 8], &[1, h, d], DType::F32)?;

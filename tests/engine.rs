@@ -26,7 +26,7 @@ fn normals(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn spec(num_pages: usize) -> KvCacheSpec {
-    KvCacheSpec { num_seqs: 3, num_kv_heads: HK, head_dim: D, dtype: DType::BF16, layout: CacheLayout::Paged { page_size: 4, num_pages } }
+    KvCacheSpec { num_seqs: 3, num_kv_heads: HK, head_dim: D, dtype: DType::BF16, kv_dtype: None, layout: CacheLayout::Paged { page_size: 4, num_pages } }
 }
 
 /// Q, K, V of `t` tokens as views into one fused buffer (the engine's projection output).

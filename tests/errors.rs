@@ -22,7 +22,7 @@ fn kind<T: std::fmt::Debug>(r: Result<T>) -> &'static str {
 }
 
 fn cache(be: &Backend, layout: CacheLayout) -> KvCache {
-    be.create_kv_cache(&KvCacheSpec { num_seqs: 2, num_kv_heads: 2, head_dim: 8, dtype: DType::F32, layout }).unwrap()
+    be.create_kv_cache(&KvCacheSpec { num_seqs: 2, num_kv_heads: 2, head_dim: 8, dtype: DType::F32, kv_dtype: None, layout }).unwrap()
 }
 
 #[test]
@@ -83,7 +83,7 @@ fn head_dim_and_rotary_dim() {
     let mut out = t(&be, &[1, 2, 7], DType::F32);
     let pb = PlainBatch::new(vec![1], vec![1]).unwrap();
     assert_eq!(kind(be.attention_plain(&q, &k, &v, &pb, AttentionParams::full(7), &mut out)), "OddHeadDim");
-    let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: 1, head_dim: 5, dtype: DType::F32, layout: CacheLayout::Contiguous { capacity: 4 } };
+    let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: 1, head_dim: 5, dtype: DType::F32, kv_dtype: None, layout: CacheLayout::Contiguous { capacity: 4 } };
     assert_eq!(kind(be.create_kv_cache(&spec)), "OddHeadDim");
 
     let (mut q, mut k) = (t(&be, &[1, 2, 8], DType::F32), t(&be, &[1, 2, 8], DType::F32));
@@ -150,7 +150,7 @@ fn heads_batches_and_lengths() {
     assert_eq!(kind(PlainBatch::new(vec![], vec![])), "EmptyBatch");
     assert_eq!(kind(Batch::new(vec![0, 0], vec![1, 1])), "InvalidArgument");
     assert_eq!(
-        kind(be.create_kv_cache(&KvCacheSpec { num_seqs: 0, num_kv_heads: 1, head_dim: 8, dtype: DType::F32, layout: CacheLayout::Contiguous { capacity: 1 } })),
+        kind(be.create_kv_cache(&KvCacheSpec { num_seqs: 0, num_kv_heads: 1, head_dim: 8, dtype: DType::F32, kv_dtype: None, layout: CacheLayout::Contiguous { capacity: 1 } })),
         "EmptyBatch"
     );
     let (mut q0, mut k0) = (t(&be, &[0, 2, 8], DType::F32), t(&be, &[0, 2, 8], DType::F32));

@@ -15,7 +15,7 @@ fn a_fork_shares_full_pages_copies_the_partial_one_and_both_grow_independently()
     for info in registry::list().into_iter().filter(|i| i.available.is_ok() && !i.name.starts_with("test-")) {
         let be = registry::get(&info.name).unwrap();
         for dtype in [DType::F32, DType::BF16] {
-            let spec = KvCacheSpec { num_seqs: 3, num_kv_heads: hk, head_dim: d, dtype, layout: CacheLayout::Paged { page_size: ps, num_pages: 16 } };
+            let spec = KvCacheSpec { num_seqs: 3, num_kv_heads: hk, head_dim: d, dtype, kv_dtype: None, layout: CacheLayout::Paged { page_size: ps, num_pages: 16 } };
             let rows = |n: usize, seed: u64| be.upload(&randn(n * hk * d, seed), &[n, hk, d], dtype).unwrap();
             let mut c = be.create_kv_cache(&spec).unwrap();
             c.set_page_table(0, &[0, 1, 2]).unwrap();

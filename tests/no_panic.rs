@@ -30,7 +30,7 @@ proptest! {
         let v = tensor(&be, &[t, hk, d2], dt2);
         let _ = be.rope(&mut q, &mut k, &pos, &cfg);
         let layout = if paged { CacheLayout::Paged { page_size: 2, num_pages: cap } } else { CacheLayout::Contiguous { capacity: cap } };
-        let spec = KvCacheSpec { num_seqs: 2, num_kv_heads: hk, head_dim: d2, dtype: dt2, layout };
+        let spec = KvCacheSpec { num_seqs: 2, num_kv_heads: hk, head_dim: d2, dtype: dt2, kv_dtype: None, layout };
         let params = AttentionParams { causal, scale: 0.3, softcap: None, window: None };
         if let Ok(mut cache) = be.create_kv_cache(&spec) {
             let _ = cache.set_page_table(0, &[0]);

@@ -21,7 +21,7 @@ fn normals(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn spec() -> KvCacheSpec {
-    KvCacheSpec { num_seqs: 3, num_kv_heads: HK, head_dim: D, dtype: DType::BF16, layout: CacheLayout::Paged { page_size: 4, num_pages: 12 } }
+    KvCacheSpec { num_seqs: 3, num_kv_heads: HK, head_dim: D, dtype: DType::BF16, kv_dtype: None, layout: CacheLayout::Paged { page_size: 4, num_pages: 12 } }
 }
 
 fn desc<'a>(op: PlanOp, spec: &'a KvCacheSpec, meta: &'a KvMetadata, batch: &'a Batch, positions: &'a [u32], rope: &'a RopeConfig, bucket: Option<usize>) -> StepDesc<'a> {

@@ -14,7 +14,7 @@ fn truncate_then_append_equals_never_having_the_dropped_tokens() {
     for info in registry::list().into_iter().filter(|i| i.available.is_ok() && !i.name.starts_with("test-")) {
         let be = registry::get(&info.name).unwrap();
         for layout in [CacheLayout::Contiguous { capacity: 32 }, CacheLayout::Paged { page_size: 4, num_pages: 16 }] {
-            let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: DType::F32, layout };
+            let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: DType::F32, kv_dtype: None, layout };
             let rows = |n: usize, seed: u64| be.upload(&randn(n * hk * d, seed), &[n, hk, d], DType::F32).unwrap();
             let mut spec_cache = be.create_kv_cache(&spec).unwrap();
             let mut plain = be.create_kv_cache(&spec).unwrap();

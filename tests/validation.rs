@@ -47,7 +47,7 @@ fn ops_check_storage_that_shrank_after_construction() {
     *k.storage_mut().as_any_mut().downcast_mut::<CpuTensor>().unwrap() = CpuTensor { buf: HostBuffer::zeros(64, DType::BF16).unwrap(), offset: 0 };
     assert_eq!(kind(be.download(&k)), "DtypeMismatch");
 
-    let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: 2, head_dim: 8, dtype: DType::F32, layout: CacheLayout::Contiguous { capacity: 4 } };
+    let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: 2, head_dim: 8, dtype: DType::F32, kv_dtype: None, layout: CacheLayout::Contiguous { capacity: 4 } };
     let mut c = be.create_kv_cache(&spec).unwrap();
     let (_, v, _) = c.parts_mut().0.parts_mut();
     *v.storage_mut().as_any_mut().downcast_mut::<CpuTensor>().unwrap() = CpuTensor { buf: HostBuffer::zeros(1, DType::F32).unwrap(), offset: 0 };
@@ -58,7 +58,7 @@ fn ops_check_storage_that_shrank_after_construction() {
 
 #[test]
 fn caches_from_bad_storage_or_huge_specs_are_errors() {
-    let spec = KvCacheSpec { num_seqs: 2, num_kv_heads: 1, head_dim: 8, dtype: DType::F32, layout: CacheLayout::Contiguous { capacity: 4 } };
+    let spec = KvCacheSpec { num_seqs: 2, num_kv_heads: 1, head_dim: 8, dtype: DType::F32, kv_dtype: None, layout: CacheLayout::Contiguous { capacity: 4 } };
     let k = cpu().alloc(&spec.pool_shape(), DType::F32).unwrap();
     let v = Tensor::from_storage(vec![63], DType::F32, Device::CPU, Box::new(CpuTensor { buf: HostBuffer::zeros(63, DType::F32).unwrap(), offset: 0 })).unwrap();
     assert_eq!(kind(KvPools::from_tensors(spec.clone(), Device::CPU, k, v, None)), "ShapeMismatch");
@@ -68,7 +68,7 @@ fn caches_from_bad_storage_or_huge_specs_are_errors() {
     drop(k);
     // 2^40 sequences of one slot: the pools' byte size fits, the host metadata does not (this
     // aborted the process before).
-    let huge = KvCacheSpec { num_seqs: 1 << 40, num_kv_heads: 1, head_dim: 2, dtype: DType::F16, layout: CacheLayout::Contiguous { capacity: 1 } };
+    let huge = KvCacheSpec { num_seqs: 1 << 40, num_kv_heads: 1, head_dim: 2, dtype: DType::F16, kv_dtype: None, layout: CacheLayout::Contiguous { capacity: 1 } };
     assert_eq!(kind(KvMetadata::new(&huge)), "OutOfMemory");
     assert_eq!(kind(Batch::uniform(usize::MAX / 2, 1)), "OutOfMemory");
 }
@@ -110,7 +110,7 @@ fn yarn_default_attention_factor_follows_hugging_face() {
 #[test]
 fn context_shift_and_step_report_a_head_dim_mismatch_alike() {
     let be = cpu();
-    let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: 2, head_dim: 8, dtype: DType::F32, layout: CacheLayout::Contiguous { capacity: 8 } };
+    let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: 2, head_dim: 8, dtype: DType::F32, kv_dtype: None, layout: CacheLayout::Contiguous { capacity: 8 } };
     let mut c = be.create_kv_cache(&spec).unwrap();
     let kv = t(&be, &[2, 2, 8], DType::F32);
     be.kv_append(&mut c, &kv, &kv, &Batch::uniform(1, 2).unwrap()).unwrap();

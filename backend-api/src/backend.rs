@@ -501,21 +501,61 @@ impl Backend {
     pub fn create_kv_cache(&self, spec: &KvCacheSpec) -> Result<KvCache> {
         spec.validate()?;
         let shape = spec.pool_shape();
-        let k = self.alloc(&shape, spec.dtype)?;
-        let v = self.alloc(&shape, spec.dtype)?;
+        let k = self.alloc(&shape, spec.storage_dtype())?;
+        let v = self.alloc(&shape, spec.storage_dtype())?;
         KvCache::new(self.kv_pools(spec, k, v)?)
     }
 
     /// KV pools over two tensors, typically views of the caller's memory (one layer of an
     /// engine's `[layers, pages, page_size, kv_heads, head_dim]` allocation each for K and V):
     /// dense, of [`KvCacheSpec::pool_shape`] and the spec's dtype, on this backend's device,
-    /// not overlapping. Address them with a [`KvMetadata`] the caller owns.
+    /// not overlapping. Address them with a [`KvMetadata`] the caller owns. FP8 pools
+    /// (`kv_dtype` e4m3) get scale tensors of this backend, all 1 ([`Backend::set_kv_scales`]
+    /// sets them; [`KvPools::with_scales`] takes the caller's instead).
     pub fn kv_pools(&self, spec: &KvCacheSpec, k: Tensor, v: Tensor) -> Result<KvPools> {
         spec.validate()?;
         self.check_device("K pool", k.device())?;
         self.check_device("V pool", v.device())?;
         let state = self.inner.kv_pool_state(spec)?;
-        KvPools::from_tensors(spec.clone(), self.device(), k, v, state)
+        let pools = KvPools::from_tensors(spec.clone(), self.device(), k, v, state)?;
+        if !spec.is_fp8() {
+            return Ok(pools);
+        }
+        let ones = vec![1.0f32; spec.num_kv_heads];
+        let (ks, vs) = (self.upload(&ones, &[spec.num_kv_heads], DType::F32)?, self.upload(&ones, &[spec.num_kv_heads], DType::F32)?);
+        pools.with_scales(ks, vs)
+    }
+
+    /// Sets FP8 pools' scales: `k` and `v` hold one scale per kv head, or one for every head
+    /// (per tensor); each finite and positive. The stored values are `x / scale` rounded to
+    /// e4m3 (largest finite 448), so a scale of `max |x| / 448` over what a head will hold uses
+    /// the whole range. Changing scales does not rewrite what the pools hold: set them before
+    /// the first append (as engines load calibrated `k_scale` / `v_scale` with the weights).
+    pub fn set_kv_scales(&self, pools: &mut KvPools, k: &[f32], v: &[f32]) -> Result<()> {
+        self.check_pools_storage(pools)?;
+        let hk = pools.spec().num_kv_heads;
+        let expand = |what: &str, s: &[f32]| -> Result<Vec<f32>> {
+            if let Some(x) = s.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+                return Err(Error::InvalidArgument(format!("{what} scale {x}: FP8 KV scales must be finite and positive")));
+            }
+            match s.len() {
+                1 => Ok(vec![s[0]; hk]),
+                n if n == hk => Ok(s.to_vec()),
+                n => Err(Error::InvalidArgument(format!("{n} {what} scales for {hk} kv heads (one per kv head, or one for all)"))),
+            }
+        };
+        let (k, v) = (expand("K", k)?, expand("V", v)?);
+        let spec = format!("{}", pools.spec().storage_dtype());
+        let Some((ks, vs)) = pools.scales_mut() else {
+            return Err(Error::InvalidArgument(format!("set_kv_scales on pools stored in {spec}: only FP8 pools (kv_dtype e4m3) have scales")));
+        };
+        self.inner.write(ks, &k)?;
+        self.inner.write(vs, &v)
+    }
+
+    /// [`Backend::set_kv_scales`] of a cache's pools.
+    pub fn set_kv_cache_scales(&self, cache: &mut KvCache, k: &[f32], v: &[f32]) -> Result<()> {
+        self.set_kv_scales(cache.parts_mut().0, k, v)
     }
 
     /// Both pools in the physical layout, on the host.
@@ -758,6 +798,7 @@ impl Backend {
             head_dim: d,
             rope: None,
             layout: None,
+            kv_dtype: None,
             causal: false,
             batch_size: states.len(),
             max_q_len: t,
@@ -857,6 +898,11 @@ impl Backend {
         if rope.is_length_dependent() {
             return Err(Error::InvalidArgument(format!("context shift needs a position-independent RoPE table; {} scaling changes the table with the context length", rope.scaling.name())));
         }
+        if spec.is_fp8() {
+            return Err(Error::InvalidArgument(
+                "context shift of an FP8 KV cache: rotating its keys would round every shifted key to e4m3 a second time (shift an f16/bf16 cache, or recompute the shifted keys and append them)".into(),
+            ));
+        }
         if seq >= meta.num_seqs() {
             return Err(Error::InvalidArgument(format!("sequence {seq} is outside the cache ({} sequences)", meta.num_seqs())));
         }
@@ -877,6 +923,7 @@ impl Backend {
             head_dim: spec.head_dim,
             rope: Some(rope.clone()),
             layout: Some(spec.layout),
+            kv_dtype: spec.kv_dtype,
             causal: false,
             batch_size: 1,
             max_q_len: tokens.len(),
@@ -1107,6 +1154,7 @@ impl Backend {
             head_dim: spec.head_dim,
             rope: None,
             layout: Some(spec.layout),
+            kv_dtype: spec.kv_dtype,
             causal: d.params.causal,
             batch_size: batch.len(),
             max_q_len: batch.q_lens().iter().copied().max().unwrap_or(0),
@@ -1115,7 +1163,7 @@ impl Backend {
         };
         let desc = match d.op {
             PlanOp::Rope => {
-                let desc = ProblemDesc { rope: config.cloned(), layout: None, causal: false, batch_size: 1, max_q_len: t, max_kv_len: 0, ..base };
+                let desc = ProblemDesc { rope: config.cloned(), layout: None, kv_dtype: None, causal: false, batch_size: 1, max_q_len: t, max_kv_len: 0, ..base };
                 self.supports_call(Op::Rope, &desc)?;
                 desc
             }
@@ -1294,6 +1342,7 @@ impl Backend {
             head_dim: d,
             rope: Some(config.clone()),
             layout: None,
+            kv_dtype: None,
             causal: false,
             batch_size: 1,
             max_q_len: t,
@@ -1369,6 +1418,7 @@ impl Backend {
             head_dim: spec.head_dim,
             rope: None,
             layout: Some(spec.layout),
+            kv_dtype: spec.kv_dtype,
             causal: false,
             batch_size: batch.len(),
             max_q_len: batch.q_lens().iter().copied().max().unwrap_or(0),
@@ -1415,6 +1465,7 @@ impl Backend {
             head_dim: d,
             rope: None,
             layout: Some(spec.layout),
+            kv_dtype: spec.kv_dtype,
             causal: params.causal,
             batch_size: batch.len(),
             max_q_len: batch.q_lens().iter().copied().max().unwrap_or(0),
@@ -1451,6 +1502,7 @@ impl Backend {
             head_dim: d,
             rope: None,
             layout: None,
+            kv_dtype: None,
             causal: params.causal,
             batch_size: batch.len(),
             max_q_len: batch.q_lens().iter().copied().max().unwrap_or(0),

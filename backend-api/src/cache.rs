@@ -52,10 +52,17 @@ pub struct KvCacheSpec {
     pub num_kv_heads: usize,
     /// Size of one head.
     pub head_dim: usize,
-    /// Element type of K and V.
+    /// Element type of the K/V rows appended and of the queries and outputs that attend over
+    /// the cache (f32, f16 or bf16).
     pub dtype: DType,
     /// Contiguous or paged.
     pub layout: CacheLayout,
+    /// How the pools store K and V: `None` in `dtype`; `Some(DType::F8E4M3)` as FP8 e4m3 with
+    /// an f32 scale per kv head for K and one for V (per tensor: the same value for every head;
+    /// [`crate::Backend::set_kv_scales`], all 1 when made), for f16/bf16 caches at half the
+    /// memory and bandwidth. An append stores `e4m3(fl32(x / scale_h))` (rounded to nearest
+    /// even, saturating at +-448: [`crate::e4m3_quantise`]); attention reads `e4m3 * scale_h`.
+    pub kv_dtype: Option<DType>,
 }
 
 impl KvCacheSpec {
@@ -70,13 +77,24 @@ impl KvCacheSpec {
         if self.num_kv_heads == 0 {
             return Err(Error::InvalidArgument("KV cache spec with num_kv_heads = 0".into()));
         }
+        if self.dtype.is_float8() {
+            return Err(Error::InvalidArgument("KV cache spec with dtype e4m3: dtype is the K/V rows' and queries' type (f16 or bf16); e4m3 storage is kv_dtype: Some(DType::F8E4M3)".into()));
+        }
+        match self.kv_dtype {
+            None => {}
+            Some(DType::F8E4M3) if matches!(self.dtype, DType::F16 | DType::BF16) => {}
+            Some(DType::F8E4M3) => {
+                return Err(Error::InvalidArgument(format!("an FP8 KV cache holds the K/V of an f16 or bf16 model, not {} (kv_dtype e4m3 with dtype {})", self.dtype, self.dtype)))
+            }
+            Some(other) => return Err(Error::InvalidArgument(format!("KV cache storage type {other}: kv_dtype is None (stored in dtype) or Some(DType::F8E4M3)"))),
+        }
         match self.layout {
             CacheLayout::Contiguous { capacity: 0 } => Err(Error::InvalidArgument("contiguous KV cache with capacity 0".into())),
             CacheLayout::Paged { page_size, num_pages } if page_size == 0 || num_pages == 0 => {
                 Err(Error::InvalidArgument(format!("paged KV cache needs page_size and num_pages > 0, got {page_size} and {num_pages}")))
             }
             _ => {
-                let bytes = self.pool_shape().iter().try_fold(self.dtype.size(), |a, &d| a.checked_mul(d));
+                let bytes = self.pool_shape().iter().try_fold(self.storage_dtype().size(), |a, &d| a.checked_mul(d));
                 match bytes {
                     Some(b) if b <= isize::MAX as usize => Ok(()),
                     _ => Err(Error::InvalidArgument(format!("KV cache pools of shape {:?} are too large to address", self.pool_shape()))),
@@ -101,7 +119,17 @@ impl KvCacheSpec {
 
     /// Bytes of the K pool (and of the V pool).
     pub fn pool_bytes(&self) -> usize {
-        self.pool_len() * self.dtype.size()
+        self.pool_len() * self.storage_dtype().size()
+    }
+
+    /// The pools' element type: `kv_dtype`, else `dtype`.
+    pub fn storage_dtype(&self) -> DType {
+        self.kv_dtype.unwrap_or(self.dtype)
+    }
+
+    /// Whether the pools store FP8 with per-head scales.
+    pub fn is_fp8(&self) -> bool {
+        self.kv_dtype == Some(DType::F8E4M3)
     }
 
     /// Token slots in a pool: `num_seqs * capacity` (contiguous) or `num_pages * page_size`.
@@ -124,11 +152,14 @@ pub struct KvPools {
     k: Tensor,
     v: Tensor,
     state: Option<Box<dyn Storage>>,
+    /// FP8 pools: the K and V scales, f32 `[num_kv_heads]` each.
+    scales: Option<(Tensor, Tensor)>,
 }
 
 impl KvPools {
     /// Pools from two tensors (for backend implementors and [`crate::Backend::kv_pools`]): both
-    /// on `device`, of the spec's dtype and exactly [`KvCacheSpec::pool_shape`], dense.
+    /// on `device`, of the spec's storage dtype and exactly [`KvCacheSpec::pool_shape`], dense.
+    /// FP8 pools take their scales with [`KvPools::with_scales`] before any op uses them.
     pub fn from_tensors(spec: KvCacheSpec, device: Device, k: Tensor, v: Tensor, state: Option<Box<dyn Storage>>) -> Result<Self> {
         spec.validate()?;
         let shape = spec.pool_shape();
@@ -136,8 +167,8 @@ impl KvPools {
             if t.device() != device {
                 return Err(Error::WrongDevice { what: what.into(), backend: "KV pools".into(), expected: device, got: t.device() });
             }
-            if t.dtype() != spec.dtype {
-                return Err(Error::DtypeMismatch { what: what.into(), expected: spec.dtype, got: t.dtype() });
+            if t.dtype() != spec.storage_dtype() {
+                return Err(Error::DtypeMismatch { what: what.into(), expected: spec.storage_dtype(), got: t.dtype() });
             }
             if t.shape() != shape {
                 return Err(Error::shape(what, &shape, t.shape()));
@@ -150,7 +181,49 @@ impl KvPools {
         if k.overlaps(&v) {
             return Err(Error::InvalidArgument("the K and V pools overlap".into()));
         }
-        Ok(KvPools { spec, device, k, v, state })
+        Ok(KvPools { spec, device, k, v, state, scales: None })
+    }
+
+    /// FP8 pools' scales: f32 `[num_kv_heads]` tensors on the pools' device, dense, K's and
+    /// V's (the caller's memory or the backend's: [`crate::Backend::kv_pools`] makes them, all
+    /// 1). Refused for pools that are not FP8.
+    pub fn with_scales(mut self, k_scale: Tensor, v_scale: Tensor) -> Result<Self> {
+        if !self.spec.is_fp8() {
+            return Err(Error::InvalidArgument(format!("KV scales for pools stored in {}: only FP8 pools (kv_dtype e4m3) take scales", self.spec.storage_dtype())));
+        }
+        let shape = [self.spec.num_kv_heads];
+        for (what, t) in [("K scales", &k_scale), ("V scales", &v_scale)] {
+            if t.device() != self.device {
+                return Err(Error::WrongDevice { what: what.into(), backend: "KV pools".into(), expected: self.device, got: t.device() });
+            }
+            if t.dtype() != DType::F32 {
+                return Err(Error::DtypeMismatch { what: what.into(), expected: DType::F32, got: t.dtype() });
+            }
+            if t.shape() != shape {
+                return Err(Error::shape(what, &shape, t.shape()));
+            }
+            t.check_storage(what)?;
+            for p in [&self.k, &self.v] {
+                if t.overlaps(p) {
+                    return Err(Error::InvalidArgument(format!("the {what} overlap a pool")));
+                }
+            }
+        }
+        if k_scale.overlaps(&v_scale) {
+            return Err(Error::InvalidArgument("the K and V scales overlap".into()));
+        }
+        self.scales = Some((k_scale, v_scale));
+        Ok(self)
+    }
+
+    /// FP8 pools' K and V scales (f32 `[num_kv_heads]`); `None` for other pools.
+    pub fn scales(&self) -> Option<(&Tensor, &Tensor)> {
+        self.scales.as_ref().map(|(k, v)| (k, v))
+    }
+
+    /// The scales, writable (for [`crate::Backend::set_kv_scales`]).
+    pub fn scales_mut(&mut self) -> Option<(&mut Tensor, &mut Tensor)> {
+        self.scales.as_mut().map(|(k, v)| (k, v))
     }
 
     /// The spec (shape of each pool, layout, dtype).
@@ -178,15 +251,31 @@ impl KvPools {
         (&mut self.k, &mut self.v, self.state.as_deref_mut())
     }
 
+    /// Both pools and the backend's per-slot state, writable, with the FP8 scales read-only
+    /// (for backends: an append reads the scales while it writes the pools).
+    #[allow(clippy::type_complexity)]
+    pub fn parts_and_scales_mut(&mut self) -> (&mut Tensor, &mut Tensor, Option<&mut (dyn Storage + 'static)>, Option<(&Tensor, &Tensor)>) {
+        (&mut self.k, &mut self.v, self.state.as_deref_mut(), self.scales.as_ref().map(|(k, v)| (k, v)))
+    }
+
     /// The backend's per-slot state, if it keeps any.
     pub fn state(&self) -> Option<&dyn Storage> {
         self.state.as_deref()
     }
 
-    /// Checks both pools' storage again (ops call this before every use).
+    /// Checks both pools' storage again (ops call this before every use), and that FP8 pools
+    /// have their scales.
     pub fn check_storage(&self) -> Result<()> {
         self.k.check_storage("K pool")?;
-        self.v.check_storage("V pool")
+        self.v.check_storage("V pool")?;
+        match &self.scales {
+            Some((k, v)) => {
+                k.check_storage("K scales")?;
+                v.check_storage("V scales")
+            }
+            None if self.spec.is_fp8() => Err(Error::InvalidArgument("FP8 KV pools without scales (KvPools::with_scales)".into())),
+            None => Ok(()),
+        }
     }
 
     /// Gives the tensors back (e.g. an engine's views).

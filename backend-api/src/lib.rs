@@ -33,7 +33,7 @@ mod tensor;
 pub use args::{AppendArgs, AttentionArgs, MergeArgs, PlainAttentionArgs, RopeArgs, ShiftArgs, StepArgs};
 pub use backend::{AttentionBackend, AttentionExtras, Backend, StepInputs, StepViews};
 pub use cache::{CacheLayout, CachedSeq, KvCache, KvCacheSpec, KvMetadata, KvPool, KvPools};
-pub use dtype::{bf16_from_f64, f16_from_f64, DType, Device, DeviceKind};
+pub use dtype::{bf16_from_f64, e4m3_from_f64, e4m3_quantise, f16_from_f64, DType, Device, DeviceKind};
 pub use error::{Error, Result};
 pub use plan::{Graph, GraphExec, GraphSupport, LayerViews, PlanArgs, PlanOp, PlanState, StepDesc, StepPlan};
 pub use problem::{AttentionParams, Batch, Op, PlainBatch, ProblemDesc};

@@ -272,6 +272,9 @@ pub struct ProblemDesc {
     pub rope: Option<RopeConfig>,
     /// The cache layout, for ops on a cache.
     pub layout: Option<CacheLayout>,
+    /// The cache's storage type when it is not `dtype` ([`KvCacheSpec::kv_dtype`]: FP8 e4m3
+    /// pools), for ops on a cache.
+    pub kv_dtype: Option<DType>,
     /// Causal masking, for attention.
     pub causal: bool,
     /// Sequences in the batch.
@@ -296,6 +299,7 @@ impl ProblemDesc {
             head_dim: rope.head_dim,
             rope: Some(rope),
             layout: Some(layout),
+            kv_dtype: None,
             causal: true,
             batch_size: 1,
             max_q_len: 1,
@@ -349,7 +353,9 @@ impl ProblemDesc {
             return Err(Error::EmptyBatch { detail: format!("problem with batch_size {} and max_q_len {}", self.batch_size, self.max_q_len) });
         }
         if let Some(layout) = self.layout {
-            KvCacheSpec { num_seqs: self.batch_size, num_kv_heads: self.num_kv_heads, head_dim: self.head_dim, dtype: self.dtype, layout }.validate()?;
+            KvCacheSpec { num_seqs: self.batch_size, num_kv_heads: self.num_kv_heads, head_dim: self.head_dim, dtype: self.dtype, layout, kv_dtype: self.kv_dtype }.validate()?;
+        } else if self.kv_dtype.is_some() {
+            return Err(Error::InvalidArgument("a problem with a KV storage type but no cache layout".into()));
         }
         // More queries than keys: only causal attention cannot take it (non-causal plain
         // attention is cross-attention; a cache always holds the new tokens too).

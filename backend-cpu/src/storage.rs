@@ -16,6 +16,8 @@ pub enum CpuStorage {
     F16(Vec<f16>),
     /// bf16 elements.
     BF16(Vec<bf16>),
+    /// e4m3 elements (FP8 KV pools).
+    F8E4M3(Vec<float8::F8E4M3>),
 }
 
 impl CpuStorage {
@@ -26,6 +28,7 @@ impl CpuStorage {
             DType::F32 => CpuStorage::F32(try_vec(n, 0.0, WHAT)?),
             DType::F16 => CpuStorage::F16(try_vec(n, f16::ZERO, WHAT)?),
             DType::BF16 => CpuStorage::BF16(try_vec(n, bf16::ZERO, WHAT)?),
+            DType::F8E4M3 => CpuStorage::F8E4M3(try_vec(n, float8::F8E4M3::ZERO, WHAT)?),
         })
     }
 
@@ -35,6 +38,7 @@ impl CpuStorage {
             CpuStorage::F32(_) => DType::F32,
             CpuStorage::F16(_) => DType::F16,
             CpuStorage::BF16(_) => DType::BF16,
+            CpuStorage::F8E4M3(_) => DType::F8E4M3,
         }
     }
 
@@ -44,6 +48,7 @@ impl CpuStorage {
             CpuStorage::F32(v) => v[i] as f64,
             CpuStorage::F16(v) => v[i].to_f64(),
             CpuStorage::BF16(v) => v[i].to_f64(),
+            CpuStorage::F8E4M3(v) => v[i].to_f64(),
         }
     }
 
@@ -53,6 +58,7 @@ impl CpuStorage {
             CpuStorage::F32(v) => v[i] = x as f32,
             CpuStorage::F16(v) => v[i] = attnforge_api::f16_from_f64(x),
             CpuStorage::BF16(v) => v[i] = attnforge_api::bf16_from_f64(x),
+            CpuStorage::F8E4M3(v) => v[i] = attnforge_api::e4m3_from_f64(x),
         }
     }
 
@@ -74,6 +80,7 @@ impl CpuStorage {
             CpuStorage::F32(v) => v.len(),
             CpuStorage::F16(v) => v.len(),
             CpuStorage::BF16(v) => v.len(),
+            CpuStorage::F8E4M3(v) => v.len(),
         }
     }
 

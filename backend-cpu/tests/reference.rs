@@ -194,7 +194,7 @@ fn gqa_maps_query_head_to_kv_head_by_group() {
 #[test]
 fn paged_append_follows_the_page_table() {
     let be = CpuBackend::handle();
-    let spec = KvCacheSpec { num_seqs: 2, num_kv_heads: 1, head_dim: 2, dtype: DType::F32, layout: CacheLayout::Paged { page_size: 2, num_pages: 4 } };
+    let spec = KvCacheSpec { num_seqs: 2, num_kv_heads: 1, head_dim: 2, dtype: DType::F32, kv_dtype: None, layout: CacheLayout::Paged { page_size: 2, num_pages: 4 } };
     let mut cache = be.create_kv_cache(&spec).unwrap();
     cache.set_page_table(0, &[3, 1]).unwrap();
     cache.set_page_table(1, &[0]).unwrap();

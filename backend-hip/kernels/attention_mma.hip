@@ -15,3 +15,10 @@ AF_MMA_PREFILL_DIMS(STAMP_MMA_PREFILL)
     AF_STAMP16(attn_decode_mma_d##DM, AttnParams, (MMA_THREADS), decode_mma_body, DM, false)           \
     AF_STAMP16(attn_decode_mma_qrope_d##DM, AttnParams, (MMA_THREADS), decode_mma_body, DM, true)
 AF_MMA_DECODE_DIMS(STAMP_MMA_DECODE)
+
+#define STAMP_MMA_FP8_PREFILL(DM) AF_STAMP16(attn_prefill_mma_e4m3_d##DM, AttnParams, (MMA_THREADS), prefill_mma_body, DM, false, true)
+AF_MMA_FP8_PREFILL_DIMS(STAMP_MMA_FP8_PREFILL)
+
+// At least MMA_DC_FP8_BLOCKS blocks per SM (the plan sizes the pipeline for as many).
+#define STAMP_MMA_FP8_DECODE(DM) AF_STAMP16(attn_decode_mma_e4m3_d##DM, AttnParams, (MMA_THREADS, MMA_DC_FP8_BLOCKS), decode_mma_body, DM, false, true)
+AF_MMA_DECODE_DIMS(STAMP_MMA_FP8_DECODE)

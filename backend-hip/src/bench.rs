@@ -29,6 +29,11 @@
 //! f32 lse merged into an output and its lse, against the same merge in PyTorch
 //! (`bench/torch_baseline.py --merge`).
 //!
+//! `--mode fp8`: the decode of `--mode decode-graph` (hip-flash's step, bf16 model, GQA 32/8,
+//! D=128, pages of 16, 32 layers; `fp8_decode` in shapes.json: B=1/16/64 at L=8192 and 32768)
+//! over a bf16 KV cache and over an FP8 e4m3 one, alternating; `bench/torch_baseline.py --fp8`
+//! times SDPA over bf16 K/V and PyTorch's dequantise-then-SDPA over e4m3 K/V.
+//!
 //! `--mode decode-graph`: time per layer of a decode step over 32 layers (hip-flash's composite
 //! step, bf16, GQA 32/8, D=128, pages of 16; B = 1/16/64 x L = 4096/8192/131072; layers have
 //! pools of their own up to 64 GB, then reuse them, so no layer's keys are in L2): the owned
@@ -148,6 +153,9 @@ pub enum Mode {
     ProfileMma,
     /// `merge_states` (`merge_states` in shapes.json): partial outputs and their lse merged.
     Merge,
+    /// Decode over an FP8 e4m3 KV cache against the same decode over a bf16 one, as
+    /// `DecodeGraph` (`fp8_decode`): the step should take about half the time.
+    Fp8,
 }
 
 /// Options of a benchmark run.
@@ -230,6 +238,7 @@ pub fn run_bench(opts: &Options) -> std::result::Result<BenchReport, String> {
         Mode::DecodeGraph => copy_row(be, &mut rows).and_then(|_| decode_graph_rows(be, &h, quick, &mut rows)),
         Mode::Window => copy_row(be, &mut rows).and_then(|_| window_rows(be, &h, &mut rows)),
         Mode::Merge => copy_row(be, &mut rows).and_then(|_| merge_rows(be, &h, &mut rows)),
+        Mode::Fp8 => copy_row(be, &mut rows).and_then(|_| fp8_rows(be, &h, &mut rows)),
         Mode::Engine => engine_rows(be, &h, &mut rows),
         Mode::ProfileMma => profile_mma(&h),
         Mode::Mma => copy_row(be, &mut rows).and_then(|_| mma_shapes(be, &h, &mut rows)),
@@ -281,7 +290,7 @@ fn profile_mma(h: &Backend) -> Result<()> {
         let be = Backend::new(std::sync::Arc::new(HipBackend::open(name, variant).expect("GPU opened above")));
         let mut q = be.upload(&randn(s * hq * d, 53), &[s, hq, d], dt)?;
         let mut k = be.upload(&randn(s * hk * d, 54), &[s, hk, d], dt)?;
-        let mut cache = be.create_kv_cache(&KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: s } })?;
+        let mut cache = be.create_kv_cache(&KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: dt, kv_dtype: None, layout: CacheLayout::Contiguous { capacity: s } })?;
         let batch = Batch::uniform(1, s)?;
         for _ in 0..2 {
             cache.reset(0)?;
@@ -313,7 +322,7 @@ fn profile_mma(h: &Backend) -> Result<()> {
 /// appending one random chunk repeatedly, then a random tail: host memory stays small at
 /// B=64, L=131072 (34 GB of cache).
 fn filled_cache(h: &Backend, b: usize, l: usize, hk: usize, d: usize, dt: DType) -> Result<KvCache> {
-    let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: l } };
+    let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, kv_dtype: None, layout: CacheLayout::Contiguous { capacity: l } };
     let mut cache = h.create_kv_cache(&spec)?;
     let chunk = 1024usize.min(l);
     let src = h.upload(&randn(b * chunk * hk * d, 43), &[b * chunk, hk, d], dt)?;
@@ -389,7 +398,7 @@ fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result
         rows.push(Row { key: None, name: format!("rope q+k T={t} H={hq}/{hk} D={d}"), dtype: dt, ms, bytes: 2.0 * (t * (hq + hk) * d) as f64 * es, flops: 0.0 });
         // Fused: Q rotated in place, rotated K and V written into a contiguous cache (the first
         // kernel of hip-flash's step, alone).
-        let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: t } };
+        let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: dt, kv_dtype: None, layout: CacheLayout::Contiguous { capacity: t } };
         let cache = h.create_kv_cache(&spec)?;
         let desc = ProblemDesc {
             dtype: dt,
@@ -398,6 +407,7 @@ fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result
             head_dim: d,
             rope: Some(rope.clone()),
             layout: Some(spec.layout),
+            kv_dtype: spec.kv_dtype,
             causal: true,
             batch_size: 1,
             max_q_len: t,
@@ -417,7 +427,7 @@ fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result
             let vv = Strided { mem: tensor(&v, "v", "bench", &be.gpu)?.view(), stride: row };
             let qv = Strided { mem: tensor(&q, "q", "bench", &be.gpu)?.view_mut(), stride: hq * d };
             let (pk, pv, _) = pools(cache.pools(), "bench", &be.gpu)?;
-            let pool = PoolMut { k: pk.view_mut(), v: pv.view_mut(), pos: None, slots: t };
+            let pool = PoolMut { k: pk.view_mut(), v: pv.view_mut(), pos: None, slots: t, scales: None };
             let s = RopeShape { tokens: t, q_heads: hq, k_heads: hk, head_dim: d, mrope: None };
             let tb = RopeTable { inv_freq: table.view(), rotary_dim: d, factor: 1.0 };
             into_cache(&be.gpu, &launch, s, Some(qv), kv, vv, pool, meta.part(0), meta.part(1), tb)
@@ -430,7 +440,7 @@ fn run(be: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<Row>) -> Result
     for &(b, l) in &[(16usize, 8192usize), (1, 8192)] {
         for dt in dtypes {
             let es = dt.size() as f64;
-            let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: l } };
+            let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, kv_dtype: None, layout: CacheLayout::Contiguous { capacity: l } };
             let mut cache = h.create_kv_cache(&spec)?;
             let kv = randn(b * (l - 1) * hk * d, 4);
             let kt = h.upload(&kv, &[b * (l - 1), hk, d], dt)?;
@@ -505,7 +515,7 @@ fn strategies(rows: &mut Vec<Row>) -> Result<()> {
             let mut k = h.upload(&randn(n * d, 21), &[n, 1, d], dt)?;
             let v = h.upload(&randn(n * d, 22), &[n, 1, d], dt)?;
             let mut out = h.alloc(&[n, 1, d], dt)?;
-            let mut cache = h.create_kv_cache(&KvCacheSpec { num_seqs: 1, num_kv_heads: 1, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: n } })?;
+            let mut cache = h.create_kv_cache(&KvCacheSpec { num_seqs: 1, num_kv_heads: 1, head_dim: d, dtype: dt, kv_dtype: None, layout: CacheLayout::Contiguous { capacity: n } })?;
             let batch = Batch::uniform(1, n)?;
             let params = AttentionParams { causal: false, scale: 1.0 / (d as f32).sqrt(), softcap: None, window: None };
             let ms = median_ms(timer, || {
@@ -529,7 +539,7 @@ fn strategies(rows: &mut Vec<Row>) -> Result<()> {
             let mut k = h.upload(&randn(s * hk * d, 31), &[s, hk, d], dt)?;
             let v = h.upload(&randn(s * hk * d, 32), &[s, hk, d], dt)?;
             let mut out = h.alloc(&[s, hq, d], dt)?;
-            let mut cache = h.create_kv_cache(&KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: s } })?;
+            let mut cache = h.create_kv_cache(&KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: dt, kv_dtype: None, layout: CacheLayout::Contiguous { capacity: s } })?;
             let batch = Batch::uniform(1, s)?;
             let ms = median_ms_few(timer, || {
                 cache.reset(0)?;
@@ -553,7 +563,7 @@ fn strategies(rows: &mut Vec<Row>) -> Result<()> {
             // as its own step would leave them), one new token each per step.
             for &b in &[16usize, 1] {
                 let l = 8192usize;
-                let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Contiguous { capacity: l + 64 } };
+                let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, kv_dtype: None, layout: CacheLayout::Contiguous { capacity: l + 64 } };
                 let mut cache = h.create_kv_cache(&spec)?;
                 let kv = h.upload(&randn(b * (l - 1) * hk * d, 33), &[b * (l - 1), hk, d], dt)?;
                 h.kv_append(&mut cache, &kv, &kv, &Batch::uniform(b, l - 1)?)?;
@@ -601,7 +611,21 @@ fn decode_graph_rows(hbe: &HipBackend, h: &Backend, quick: bool, rows: &mut Vec<
         nums(&p["batch"]).into_iter().flat_map(|b| nums(&p["kv_len"]).into_iter().map(move |l| (b, l))).collect()
     };
     for (b, l) in shapes {
-        decode_graph_shape(hbe, h, p, "decode-graph", b, l, None, rows)?;
+        decode_graph_shape(hbe, h, p, "decode-graph", b, l, None, None, rows)?;
+    }
+    Ok(())
+}
+
+/// `fp8_decode`: each shape's decode over a bf16 cache, then over an FP8 e4m3 one (scales 1,
+/// zeros: the time does not depend on the values), alternating in one run.
+fn fp8_rows(hbe: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()> {
+    let p = &SHAPES["fp8_decode"];
+    for b in nums(&p["batch"]) {
+        for l in nums(&p["kv_len"]) {
+            for kv in [None, Some(DType::F8E4M3)] {
+                decode_graph_shape(hbe, h, p, "fp8-decode", b, l, None, kv, rows)?;
+            }
+        }
     }
     Ok(())
 }
@@ -637,7 +661,7 @@ fn window_rows(hbe: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()>
     let (l, w) = (num(&p["kv_len"]), num(&p["window"]));
     for b in nums(&p["batch"]) {
         for window in [None, Some(w)] {
-            decode_graph_shape(hbe, h, p, "window-decode", b, l, window, rows)?;
+            decode_graph_shape(hbe, h, p, "window-decode", b, l, window, None, rows)?;
         }
     }
     // Prefill (plain causal attention over S tokens), full and windowed: TFLOP/s count the
@@ -667,9 +691,10 @@ fn window_rows(hbe: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()>
 
 /// One decode shape of `p` (a `decode_graph`-like entry of shapes.json) over `layers` layers:
 /// eager, plan + run, graph replay, attention alone; under `window`, sliding-window attention
-/// (bytes: the keys the window reads). Rows keyed (`table`, shape, series).
+/// (bytes: the keys the window reads); with `kv_dtype`, over pools of that storage type (FP8:
+/// half the bytes; the series say which cache). Rows keyed (`table`, shape, series).
 #[allow(clippy::too_many_arguments)]
-fn decode_graph_shape(hbe: &HipBackend, h: &Backend, p: &serde_json::Value, table: &'static str, b: usize, l: usize, window: Option<usize>, rows: &mut Vec<Row>) -> Result<()> {
+fn decode_graph_shape(hbe: &HipBackend, h: &Backend, p: &serde_json::Value, table: &'static str, b: usize, l: usize, window: Option<usize>, kv_dtype: Option<DType>, rows: &mut Vec<Row>) -> Result<()> {
     let layers = num(&p["layers"]);
     let (hq, hk, d, ps) = (num(&p["heads"]), num(&p["kv_heads"]), num(&p["head_dim"]), num(&p["page_size"]));
     let dt = DType::BF16;
@@ -685,7 +710,7 @@ fn decode_graph_shape(hbe: &HipBackend, h: &Backend, p: &serde_json::Value, tabl
     };
     {
         let pages_per_seq = l.div_ceil(ps);
-        let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Paged { page_size: ps, num_pages: b * pages_per_seq } };
+        let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, kv_dtype, layout: CacheLayout::Paged { page_size: ps, num_pages: b * pages_per_seq } };
         let layer_bytes = 2 * spec.pool_bytes();
         let distinct = (64usize << 30).div_ceil(layer_bytes).clamp(1, layers);
         let tables: Vec<Vec<u32>> = (0..b).map(|s| ((s * pages_per_seq) as u32..((s + 1) * pages_per_seq) as u32).collect()).collect();
@@ -710,8 +735,8 @@ fn decode_graph_shape(hbe: &HipBackend, h: &Backend, p: &serde_json::Value, tabl
         let mut k = h.upload(&randn(b * hk * d, 42), &[b, hk, d], dt)?;
         let v = h.upload(&randn(b * hk * d, 43), &[b, hk, d], dt)?;
         let mut out = h.alloc(&[b, hq, d], dt)?;
-        // Bytes of K/V the attention reads: under a window, the window's.
-        let bytes = (2 * b * window.map_or(l, |w| w.min(l)) * hk * d) as f64 * dt.size() as f64;
+        // Bytes of K/V the attention reads: under a window, the window's; FP8: one per element.
+        let bytes = (2 * b * window.map_or(l, |w| w.min(l)) * hk * d) as f64 * spec.storage_dtype().size() as f64;
         let many = bytes * (layers as f64) < 8e9;
         let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> { Ok(if many { median_ms(hbe, f)? } else { median_ms_few(hbe, f)? } / layers as f64) };
         // Eager: each layer's step through the owned API (lengths rolled back: the same step).
@@ -775,13 +800,18 @@ fn decode_graph_shape(hbe: &HipBackend, h: &Backend, p: &serde_json::Value, tabl
         }
         let plan_host = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
         hbe.gpu.synchronize()?;
+        let cache = match kv_dtype {
+            Some(k) => format!("{k} KV "),
+            None if table == "fp8-decode" => format!("{dt} KV "),
+            None => String::new(),
+        };
         let label = format!("{shape} x{layers} layers ({distinct} pools)");
-        let key = |series: &str| Some((table, shape.clone(), series.to_string()));
-        rows.push(Row { key: key("eager owned"), name: format!("decode/layer eager owned {label}"), dtype: dt, ms: eager, bytes, flops: 0.0 });
-        rows.push(Row { key: key("plan+run"), name: format!("decode/layer plan+run {label}"), dtype: dt, ms: planned, bytes, flops: 0.0 });
-        rows.push(Row { key: key("graph replay"), name: format!("decode/layer graph replay {label}"), dtype: dt, ms: replay, bytes, flops: 0.0 });
-        rows.push(Row { key: key("attention only, graph replay"), name: format!("decode/layer attention only, graph replay {label}"), dtype: dt, ms: attn_replay, bytes, flops: 0.0 });
-        rows.push(Row { key: None, name: format!("  host time of plan() {shape}"), dtype: dt, ms: plan_host, bytes: f64::NAN, flops: 0.0 });
+        let key = |series: &str| Some((table, shape.clone(), format!("{cache}{series}")));
+        rows.push(Row { key: key("eager owned"), name: format!("decode/layer {cache}eager owned {label}"), dtype: dt, ms: eager, bytes, flops: 0.0 });
+        rows.push(Row { key: key("plan+run"), name: format!("decode/layer {cache}plan+run {label}"), dtype: dt, ms: planned, bytes, flops: 0.0 });
+        rows.push(Row { key: key("graph replay"), name: format!("decode/layer {cache}graph replay {label}"), dtype: dt, ms: replay, bytes, flops: 0.0 });
+        rows.push(Row { key: key("attention only, graph replay"), name: format!("decode/layer {cache}attention only, graph replay {label}"), dtype: dt, ms: attn_replay, bytes, flops: 0.0 });
+        rows.push(Row { key: None, name: format!("  host time of plan() {cache}{shape}"), dtype: dt, ms: plan_host, bytes: f64::NAN, flops: 0.0 });
         for s in 0..b {
             meta.truncate(s, l - 1)?;
         }
@@ -801,7 +831,7 @@ fn engine_rows(hbe: &HipBackend, h: &Backend, rows: &mut Vec<Row>) -> Result<()>
     let w = (hq + 2 * hk) * d;
     for &b in &[1usize, 16, 64] {
         let pages_per_seq = (l + ps) / ps;
-        let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, layout: CacheLayout::Paged { page_size: ps, num_pages: b * pages_per_seq } };
+        let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: dt, kv_dtype: None, layout: CacheLayout::Paged { page_size: ps, num_pages: b * pages_per_seq } };
         let tables: Vec<Vec<u32>> = (0..b).map(|s| ((s * pages_per_seq) as u32..((s + 1) * pages_per_seq) as u32).collect()).collect();
         let prefix = Batch::uniform(b, l - 1)?;
         let kv = h.upload(&randn(b * (l - 1) * hk * d, 40), &[b * (l - 1), hk, d], dt)?;

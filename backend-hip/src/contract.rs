@@ -60,8 +60,9 @@ pub enum InKernelRope {
 pub enum Kernel {
     /// `rope_v{vp}{h,i}_{dtype}`: RoPE in place, fused RoPE + append, context shift.
     Rope { vp: u8, interleaved: bool, dtype: DType },
-    /// `kv_append_{dtype}`.
-    KvAppend { dtype: DType },
+    /// `kv_append[_e4m3]_{dtype}`: rows of `dtype` into pools of `dtype`, or (`fp8`) quantised
+    /// into FP8 e4m3 pools with per-head scales.
+    KvAppend { dtype: DType, fp8: bool },
     /// `fill_{dtype}`.
     Fill { dtype: DType },
     /// `attn_prefill[_rope]_d{dim}_{dtype}`: vector-unit tiled prefill.
@@ -80,13 +81,24 @@ pub enum Kernel {
     Softmax,
     /// `attn_pv_{dtype}` (hip-separate).
     Pv { dtype: DType },
-    /// `attn_prefill_mma[_qrope]_d{dim}_{f16,bf16}`: matrix-core prefill.
-    MmaPrefill { dim: u16, qrope: bool, dtype: DType },
-    /// `attn_decode_mma[_qrope]_d{dim}_{f16,bf16}`: matrix-core decode.
-    MmaDecode { dim: u16, qrope: bool, dtype: DType },
+    /// `attn_prefill_mma[_qrope|_e4m3]_d{dim}_{f16,bf16}`: matrix-core prefill (`fp8`: over
+    /// FP8 e4m3 pools, dequantised as tiles load; never with `qrope`).
+    MmaPrefill { dim: u16, qrope: bool, dtype: DType, fp8: bool },
+    /// `attn_decode_mma[_qrope|_e4m3]_d{dim}_{f16,bf16}`: matrix-core decode (`fp8` as above).
+    MmaDecode { dim: u16, qrope: bool, dtype: DType, fp8: bool },
 }
 
 const HALF: [DType; 2] = [DType::F16, DType::BF16];
+
+/// The symbol infix of a matrix-core kernel: `_qrope` (queries rotated inside), `_e4m3` (FP8
+/// pools) or none.
+fn mma_variant(qrope: bool, fp8: bool) -> &'static str {
+    match (qrope, fp8) {
+        (true, _) => "_qrope",
+        (false, true) => "_e4m3",
+        (false, false) => "",
+    }
+}
 
 impl Kernel {
     /// Every kernel the contract's instantiation lists produce.
@@ -98,7 +110,7 @@ impl Kernel {
                     v.push(Kernel::Rope { vp: vp as u8, interleaved, dtype });
                 }
             }
-            v.push(Kernel::KvAppend { dtype });
+            v.push(Kernel::KvAppend { dtype, fp8: false });
             v.push(Kernel::Fill { dtype });
             for &dim in PREFILL_DIMS {
                 for rope in [false, true] {
@@ -119,14 +131,22 @@ impl Kernel {
             v.push(Kernel::Pv { dtype });
         }
         v.push(Kernel::Softmax);
+        v.push(Kernel::Fill { dtype: DType::F8E4M3 });
         for dtype in HALF {
+            v.push(Kernel::KvAppend { dtype, fp8: true });
             for qrope in [false, true] {
                 for &dim in MMA_PREFILL_DIMS {
-                    v.push(Kernel::MmaPrefill { dim: dim as u16, qrope, dtype });
+                    v.push(Kernel::MmaPrefill { dim: dim as u16, qrope, dtype, fp8: false });
                 }
                 for &dim in MMA_DECODE_DIMS {
-                    v.push(Kernel::MmaDecode { dim: dim as u16, qrope, dtype });
+                    v.push(Kernel::MmaDecode { dim: dim as u16, qrope, dtype, fp8: false });
                 }
+            }
+            for &dim in MMA_FP8_PREFILL_DIMS {
+                v.push(Kernel::MmaPrefill { dim: dim as u16, qrope: false, dtype, fp8: true });
+            }
+            for &dim in MMA_DECODE_DIMS {
+                v.push(Kernel::MmaDecode { dim: dim as u16, qrope: false, dtype, fp8: true });
             }
         }
         v
@@ -136,7 +156,7 @@ impl Kernel {
     pub fn symbol(&self) -> String {
         match *self {
             Kernel::Rope { vp, interleaved, dtype } => format!("rope_v{vp}{}_{dtype}", if interleaved { "i" } else { "h" }),
-            Kernel::KvAppend { dtype } => format!("kv_append_{dtype}"),
+            Kernel::KvAppend { dtype, fp8 } => format!("kv_append{}_{dtype}", if fp8 { "_e4m3" } else { "" }),
             Kernel::Fill { dtype } => format!("fill_{dtype}"),
             Kernel::Prefill { dim, rope, dtype } => format!("attn_prefill{}_d{dim}_{dtype}", if rope { "_rope" } else { "" }),
             Kernel::Decode { dim, rows, rope, dtype } => {
@@ -153,8 +173,8 @@ impl Kernel {
             Kernel::Scores { dtype } => format!("attn_scores_{dtype}"),
             Kernel::Softmax => "attn_softmax_f32".into(),
             Kernel::Pv { dtype } => format!("attn_pv_{dtype}"),
-            Kernel::MmaPrefill { dim, qrope, dtype } => format!("attn_prefill_mma{}_d{dim}_{dtype}", if qrope { "_qrope" } else { "" }),
-            Kernel::MmaDecode { dim, qrope, dtype } => format!("attn_decode_mma{}_d{dim}_{dtype}", if qrope { "_qrope" } else { "" }),
+            Kernel::MmaPrefill { dim, qrope, dtype, fp8 } => format!("attn_prefill_mma{}_d{dim}_{dtype}", mma_variant(qrope, fp8)),
+            Kernel::MmaDecode { dim, qrope, dtype, fp8 } => format!("attn_decode_mma{}_d{dim}_{dtype}", mma_variant(qrope, fp8)),
         }
     }
 

@@ -459,7 +459,9 @@ impl AttentionBackend for HipBackend {
         self.timed(Op::Step, || match (self.strategy, rope, append) {
             (Strategy::Flash, Some(r), None) => step::flash::step(&ctx, &r, &attention, a),
             (Strategy::Hybrid, Some(r), None) => step::hybrid::step(&ctx, &r, &attention, a),
-            (Strategy::Separate, Some(r), Some(k)) => step::separate::step(&ctx, &r, k, &attention, a),
+            // hip-flash and hip-hybrid over FP8 pools take the unfused composition (RoPE in
+            // place, the quantising append, attention): their fused kernel writes 16-bit rows.
+            (Strategy::Separate | Strategy::Flash | Strategy::Hybrid, Some(r), Some(k)) => step::separate::step(&ctx, &r, k, &attention, a),
             (Strategy::Fused, None, Some(k)) => step::fused::step(&ctx, k, &attention, a),
             _ => Err(self.mismatch(Op::Step)),
         })
@@ -494,7 +496,7 @@ impl AttentionBackend for HipBackend {
         if let Some(&(f, t)) = pages.iter().find(|&&(f, t)| f as usize >= num_pages || t as usize >= num_pages || f == t) {
             return Err(Error::InvalidArgument(format!("copy of page {f} to page {t} in a pool of {num_pages} pages")));
         }
-        let row = page_size * spec.num_kv_heads * spec.head_dim * spec.dtype.size();
+        let row = page_size * spec.num_kv_heads * spec.head_dim * spec.storage_dtype().size();
         {
             let (k, v) = (writable(c.k(), "K pool", self.name, &self.gpu)?, writable(c.v(), "V pool", self.name, &self.gpu)?);
             for &(f, t) in pages {
@@ -676,7 +678,7 @@ mod tests {
         assert_eq!(e.kind(), "WrongInstance", "{e}");
         let e = b.rope(&mut qb, &mut ka, &[0, 1], &rope).unwrap_err();
         assert_eq!(e.kind(), "WrongInstance", "{e}");
-        let mut cache = a.create_kv_cache(&KvCacheSpec { num_seqs: 1, num_kv_heads: 2, head_dim: 64, dtype: DType::F16, layout: CacheLayout::Contiguous { capacity: 4 } }).unwrap();
+        let mut cache = a.create_kv_cache(&KvCacheSpec { num_seqs: 1, num_kv_heads: 2, head_dim: 64, dtype: DType::F16, kv_dtype: None, layout: CacheLayout::Contiguous { capacity: 4 } }).unwrap();
         let e = b.kv_append(&mut cache, &kb, &kb, &Batch::uniform(1, 2).unwrap()).unwrap_err();
         assert_eq!(e.kind(), "WrongInstance", "{e}");
         assert_eq!(fake.launches().len(), before, "a refused op launched something");
@@ -694,7 +696,7 @@ mod tests {
         let gpu = Gpu::with_driver(Box::new(fake.clone()), &fake_images()).unwrap();
         for strategy in [Strategy::Flash, Strategy::Fused] {
             let be = Backend::new(Arc::new(HipBackend { name: FLASH, strategy, gpu: gpu.clone(), tables: RopeTables::default() }));
-            let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: 2, head_dim: 16, dtype: DType::F32, layout: CacheLayout::Paged { page_size: 4, num_pages: 4 } };
+            let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: 2, head_dim: 16, dtype: DType::F32, kv_dtype: None, layout: CacheLayout::Paged { page_size: 4, num_pages: 4 } };
             let mut c = be.create_kv_cache(&spec).unwrap();
             let n = 4 * 4 * 2 * 16;
             let pool = KvPool { k: (0..n).map(|i| i as f32).collect(), v: (0..n).map(|i| -(i as f32)).collect() };
@@ -722,7 +724,7 @@ mod tests {
             let gpu = Gpu::with_driver(Box::new(fake.clone()), &fake_images()).unwrap();
             let be = Backend::new(Arc::new(HipBackend { name: FLASH, strategy, gpu, tables: RopeTables::default() }));
             let (h, hk, d, b) = (8usize, 2usize, 64usize, 4usize);
-            let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: DType::BF16, layout: CacheLayout::Paged { page_size: 16, num_pages: 4 * b } };
+            let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: DType::BF16, kv_dtype: None, layout: CacheLayout::Paged { page_size: 16, num_pages: 4 * b } };
             let rope = RopeConfig::new(d, 10000.0, 4096);
             let batch = Batch::uniform(b, 1).unwrap();
             let params = AttentionParams::causal(d);
@@ -787,7 +789,7 @@ mod tests {
             let gpu = Gpu::with_driver(Box::new(fake.clone()), &fake_images()).unwrap();
             let be = Backend::new(Arc::new(HipBackend { name: FLASH, strategy, gpu, tables: RopeTables::default() }));
             let (h, hk, d, b) = (8usize, 2usize, 64usize, 4usize);
-            let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: DType::BF16, layout: CacheLayout::Paged { page_size: 16, num_pages: 4 * b } };
+            let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: DType::BF16, kv_dtype: None, layout: CacheLayout::Paged { page_size: 16, num_pages: 4 * b } };
             let rope = RopeConfig::new(d, 10000.0, 4096);
             let batch = Batch::uniform(b, 1).unwrap();
             let params = AttentionParams::causal(d);
@@ -823,7 +825,7 @@ mod tests {
             let gpu = Gpu::with_driver(Box::new(fake.clone()), &fake_images()).unwrap();
             let be = Backend::new(Arc::new(HipBackend { name: FLASH, strategy, gpu, tables: RopeTables::default() }));
             let (h, hk, d, b) = (8usize, 2usize, 64usize, 4usize);
-            let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: DType::BF16, layout: CacheLayout::Paged { page_size: 16, num_pages: 4 * b } };
+            let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: DType::BF16, kv_dtype: None, layout: CacheLayout::Paged { page_size: 16, num_pages: 4 * b } };
             let rope = RopeConfig::new(d, 10000.0, 4096);
             let batch = Batch::uniform(b, 1).unwrap();
             let params = AttentionParams::causal(d);
@@ -872,7 +874,7 @@ mod tests {
             let gpu = Gpu::with_driver(Box::new(fake.clone()), &fake_images()).unwrap();
             let be = Backend::new(Arc::new(HipBackend { name: FLASH, strategy, gpu, tables: RopeTables::default() }));
             let (h, hk, d, b) = (8usize, 2usize, 64usize, 4usize);
-            let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: DType::BF16, layout: CacheLayout::Paged { page_size: 16, num_pages: 4 * b } };
+            let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: DType::BF16, kv_dtype: None, layout: CacheLayout::Paged { page_size: 16, num_pages: 4 * b } };
             let rope = RopeConfig::new(d, 10000.0, 4096);
             let batch = Batch::uniform(b, 1).unwrap();
             let positions = vec![0u32; b];

@@ -46,6 +46,8 @@ pub enum Reason {
     MRopeUnrotatedCache,
     /// merge_states takes at most MERGE_MAX_STATES states per launch.
     TooManyStates { states: usize },
+    /// FP8 e4m3 pools: only the matrix-core kernels dequantise them.
+    Fp8Cache { why: &'static str },
 }
 
 impl fmt::Display for Reason {
@@ -64,6 +66,7 @@ impl fmt::Display for Reason {
                 f,
                 "hip-fused's cache keeps keys unrotated with one position each; M-RoPE needs three per token (use hip-flash, hip-hybrid or hip-separate)"
             ),
+            Reason::Fp8Cache { why } => write!(f, "FP8 (e4m3) KV cache: {why}"),
             Reason::TooManyStates { states } => write!(
                 f,
                 "{states} states exceed the {MERGE_MAX_STATES} one merge_states launch takes (merge them in groups, passing each group's lse on)"
@@ -94,7 +97,7 @@ pub enum OpPlan {
 pub fn plan(props: &DeviceProps, strategy: Strategy, op: Op, problem: &ProblemDesc) -> Result<OpPlan, Vec<Reason>> {
     let mut why = common_reasons(problem, strategy, op);
     let result = match op {
-        Op::KvAppend => Ok(OpPlan::Append(Kernel::KvAppend { dtype: problem.dtype })),
+        Op::KvAppend => Ok(OpPlan::Append(Kernel::KvAppend { dtype: problem.dtype, fp8: is_fp8(problem) })),
         Op::Rope | Op::Shift => rope_launch(problem).map(OpPlan::Rope),
         Op::Attention | Op::AttentionPlain => attention(props, strategy, op, problem).map(OpPlan::Attention),
         // A merge_states problem: `batch_size` states of `max_q_len` tokens; any even head_dim,
@@ -120,11 +123,19 @@ pub fn plan(props: &DeviceProps, strategy: Strategy, op: Op, problem: &ProblemDe
             if strategy == Strategy::Fused && problem.rope.as_ref().is_some_and(|c| c.position_components() > 1) {
                 r.push(Reason::MRopeUnrotatedCache);
             }
+            let fp8 = is_fp8(problem);
+            if strategy == Strategy::Fused && fp8 {
+                r.push(Reason::Fp8Cache {
+                    why: "hip-fused's step keeps keys unrotated and rotates them on the vector units as attention loads them, which read 16-bit keys; its FP8 pools take kv_append and attention (use hip-flash or hip-hybrid for the step)",
+                });
+            }
             let rope = match strategy {
                 Strategy::Fused => Ok(None),
                 _ => rope_launch(problem).map(Some),
             };
-            let append = matches!(strategy, Strategy::Fused | Strategy::Separate).then_some(Kernel::KvAppend { dtype: problem.dtype });
+            // Over FP8 pools hip-flash and hip-hybrid rotate in place and append with the
+            // quantising kernel (their fused RoPE + append writes 16-bit rows).
+            let append = (matches!(strategy, Strategy::Fused | Strategy::Separate) || fp8).then_some(Kernel::KvAppend { dtype: problem.dtype, fp8 });
             match (rope, attention(props, strategy, op, problem)) {
                 (Ok(rope), Ok(attention)) if r.is_empty() => Ok(OpPlan::Step { rope, append, attention }),
                 (rope, att) => {
@@ -198,6 +209,21 @@ fn is_half(d: DType) -> bool {
     matches!(d, DType::F16 | DType::BF16)
 }
 
+/// Whether the problem's cache stores FP8 e4m3.
+fn is_fp8(p: &ProblemDesc) -> bool {
+    p.kv_dtype.is_some_and(DType::is_float8)
+}
+
+/// Dynamic shared memory of the matrix-core decode over FP8 pools with `stages` stages of e4m3
+/// K/V tiles (mma_decode.h): the query rows, the e4m3 stages and one tile converted to 16 bits
+/// (the keys, then the values); at least the groups' final merge (maxima, sums, accumulators in
+/// f32).
+pub fn mma_decode_fp8_shared_bytes(dim: usize, stages: usize) -> usize {
+    let kv = stages * 2 * MMA_DC_BC * dim + MMA_DC_BC * (dim + MMA_PAD) * 2;
+    let merge = MMA_GROUPS * 16 * (2 + dim) * 4;
+    16 * (dim + MMA_PAD) * 2 + kv.max(merge)
+}
+
 /// Dynamic shared memory of the matrix-core decode with `stages` K/V stages (mma_decode.h).
 pub fn mma_decode_shared_bytes(dim: usize, stages: usize) -> usize {
     (16 + stages * 2 * MMA_DC_BC) * (dim + MMA_PAD) * 2
@@ -255,6 +281,13 @@ fn attention(props: &DeviceProps, strategy: Strategy, op: Op, p: &ProblemDesc) -
     if p.num_heads as u64 > grid_y {
         why.push(Reason::TooManyHeads { heads: p.num_heads, limit: grid_y });
     }
+    let fp8 = is_fp8(p);
+    if fp8 && strategy == Strategy::Separate {
+        why.push(Reason::Fp8Cache { why: "hip-separate's score and P.V kernels read 16-bit keys and values (use hip-flash, hip-hybrid or hip-fused)" });
+    }
+    if fp8 && !(props.matrix_cores && is_half(p.dtype) && MMA_DECODE_DIMS.contains(&d) && MMA_FP8_PREFILL_DIMS.contains(&d)) {
+        why.push(Reason::Fp8Cache { why: "only the matrix-core kernels dequantise e4m3 as they load it: f16 or bf16 queries, head_dim 64 or 128, a GPU with matrix instructions" });
+    }
     if strategy == Strategy::Separate {
         if d > SEP_DMAX {
             why.push(Reason::HeadDimTooLarge { head_dim: d, max: SEP_DMAX, why: "the separate score kernel stages a query row in shared memory" });
@@ -270,7 +303,9 @@ fn attention(props: &DeviceProps, strategy: Strategy, op: Op, p: &ProblemDesc) -
     if !why.is_empty() {
         return Err(why);
     }
-    let rope = in_kernel_rope(strategy, op);
+    // Over FP8 pools no kernel rotates: hip-hybrid's step rotates Q in place first, and
+    // hip-fused's pools hold rotated keys only (its step refuses them).
+    let rope = if fp8 { InKernelRope::None } else { in_kernel_rope(strategy, op) };
     let dtype = p.dtype;
     if d > TILED_DMAX {
         return Ok(AttnLaunch::Wide { kernel: Kernel::Wide { rope: rope != InKernelRope::None, dtype } });
@@ -288,13 +323,26 @@ fn attention(props: &DeviceProps, strategy: Strategy, op: Op, p: &ProblemDesc) -
             // Deepest pipeline that fits a block's shared memory; AMD's copies are synchronous, so
             // more stages only cost LDS there.
             let deepest = if props.vendor == Vendor::Amd { 1 } else { MMA_DC_MAX_STAGES };
-            if let Some(stages) = (1..=deepest).rev().find(|&s| mma_decode_shared_bytes(d, s) <= props.smem_per_block_optin) {
-                let shared = mma_decode_shared_bytes(d, stages);
+            let bytes = |s| if fp8 { mma_decode_fp8_shared_bytes(d, s) } else { mma_decode_shared_bytes(d, s) };
+            let fitting = (1..=deepest).rev().filter(|&s| bytes(s) <= props.smem_per_block_optin);
+            // FP8: the deepest pipeline that keeps MMA_DC_FP8_BLOCKS blocks resident (the kernel's
+            // launch bound, its registers sized for them), else the one that keeps the most: its
+            // pace is set by how many groups hide each other's latency (H200: three stages at
+            // three blocks per SM; see mma_decode.h for what was measured).
+            let depth = if fp8 {
+                let fitting: Vec<usize> = fitting.collect();
+                let resident = |s: usize| blocks_per_sm(props, bytes(s)).min(MMA_DC_FP8_BLOCKS);
+                fitting.iter().copied().find(|&s| resident(s) == MMA_DC_FP8_BLOCKS).or_else(|| fitting.iter().copied().max_by_key(|&s| (resident(s), s)))
+            } else {
+                fitting.max()
+            };
+            if let Some(stages) = depth {
+                let shared = bytes(stages);
                 let chunks = (group * p.max_q_len).div_ceil(16);
                 let blocks = p.batch_size * p.num_kv_heads * chunks;
                 let splits = mma_decode_splits(blocks, p.max_visible_keys(), props.sm_count * blocks_per_sm(props, shared));
                 return Ok(AttnLaunch::Decode {
-                    kernel: Kernel::MmaDecode { dim: d as u16, qrope, dtype },
+                    kernel: Kernel::MmaDecode { dim: d as u16, qrope, dtype, fp8 },
                     rows_per_block: 16,
                     splits,
                     stages,
@@ -304,6 +352,9 @@ fn attention(props: &DeviceProps, strategy: Strategy, op: Op, p: &ProblemDesc) -
                     merge,
                 });
             }
+        }
+        if fp8 {
+            return Err(vec![Reason::Fp8Cache { why: "the matrix-core decode does not fit this GPU's shared memory" }]);
         }
         // Vector units: rows per block, the smallest compiled size that holds one kv head's
         // (query, head) rows, or the largest and several row chunks.
@@ -332,8 +383,11 @@ fn attention(props: &DeviceProps, strategy: Strategy, op: Op, p: &ProblemDesc) -
     if mma_ok && MMA_PREFILL_DIMS.contains(&d) {
         let shared = mma_prefill_shared_bytes(d, props.vendor);
         if shared <= props.smem_per_block_optin {
-            return Ok(AttnLaunch::Tiled { kernel: Kernel::MmaPrefill { dim: d as u16, qrope, dtype }, tile_rows: mma_tile_rows(d), block: MMA_GROUPS * warp, shared });
+            return Ok(AttnLaunch::Tiled { kernel: Kernel::MmaPrefill { dim: d as u16, qrope, dtype, fp8 }, tile_rows: mma_tile_rows(d), block: MMA_GROUPS * warp, shared });
         }
+    }
+    if fp8 {
+        return Err(vec![Reason::Fp8Cache { why: "the matrix-core kernels do not fit this GPU's shared memory" }]);
     }
     Ok(AttnLaunch::Tiled { kernel: Kernel::Prefill { dim: dmax as u16, rope: rope != InKernelRope::None, dtype }, tile_rows: PF_BR, block: PF_THREADS, shared: 0 })
 }

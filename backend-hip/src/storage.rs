@@ -149,6 +149,8 @@ pub(crate) fn encode(src: &[f32], dtype: DType) -> Vec<u8> {
             h.convert_from_f32_slice(src);
             bytemuck::cast_slice(&h).to_vec()
         }
+        // Nearest even, saturating at +-448 (the kernels' `cvt.rn.satfinite`).
+        DType::F8E4M3 => src.iter().map(|&x| float8::F8E4M3::from_f32(x).to_bits()).collect(),
     }
 }
 
@@ -159,6 +161,7 @@ pub(crate) fn decode(bytes: &[u8], dtype: DType) -> Vec<f32> {
         DType::F32 => bytemuck::pod_collect_to_vec(bytes),
         DType::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(bytes).to_f32_vec(),
         DType::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(bytes).to_f32_vec(),
+        DType::F8E4M3 => bytes.iter().map(|&b| float8::F8E4M3::from_bits(b).to_f32()).collect(),
     }
 }
 

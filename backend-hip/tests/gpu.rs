@@ -149,6 +149,10 @@ fn long_problems_match_the_reference() {
                             // Each row's lse from a split decode (the merge writes it), the
                             // matrix-core decode and multi-tile prefills.
                             lse: matches!(i, 0 | 1 | 2 | 3),
+                            // FP8 caches (head dims 64 and 128, the matrix-core kernels'): a
+                            // split decode over 3000 keys, a prefill over a prefix, the step's
+                            // decode and prefill.
+                            fp8: d != 256 && matches!(i, 0 | 2 | 5 | 7),
                             dtype,
                             heads,
                             kv_heads,
@@ -185,7 +189,7 @@ fn device_memory_starts_zeroed() {
         let Some(be) = gpu_backend(name) else { return };
         let t = be.alloc(&[3, 5, 64], DType::BF16).unwrap();
         assert!(be.download(&t).unwrap().iter().all(|&x| x == 0.0));
-        let spec = attnforge_api::KvCacheSpec { num_seqs: 2, num_kv_heads: 2, head_dim: 64, dtype: DType::F16, layout: attnforge_api::CacheLayout::Paged { page_size: 16, num_pages: 5 } };
+        let spec = attnforge_api::KvCacheSpec { num_seqs: 2, num_kv_heads: 2, head_dim: 64, dtype: DType::F16, kv_dtype: None, layout: attnforge_api::CacheLayout::Paged { page_size: 16, num_pages: 5 } };
         let c = be.create_kv_cache(&spec).unwrap();
         let pool = be.read_kv_pool(&c).unwrap();
         assert!(pool.k.iter().chain(&pool.v).all(|&x| x == 0.0), "{name}");
@@ -260,7 +264,7 @@ fn engine_stream_orders_engine_writes_and_attnforge_ops() {
     let cpu = registry::get("cpu").unwrap();
     let (h, hk, d, steps) = (8usize, 2usize, 64usize, 40usize);
     let rope = RopeConfig::new(d, 10000.0, steps);
-    let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: DType::F32, layout: CacheLayout::Contiguous { capacity: steps } };
+    let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: hk, head_dim: d, dtype: DType::F32, kv_dtype: None, layout: CacheLayout::Contiguous { capacity: steps } };
     let (mut cache, mut cpu_cache) = (be.create_kv_cache(&spec).unwrap(), cpu.create_kv_cache(&spec).unwrap());
     let mut qb = stream.alloc_zeros::<f32>(h * d).unwrap();
     let mut kb = stream.alloc_zeros::<f32>(hk * d).unwrap();
@@ -356,7 +360,7 @@ fn a_captured_decode_step_replays_with_updated_metadata() {
         let Some(be) = gpu_backend(name) else { return };
         assert_eq!(be.graph_support(), GraphSupport::Always);
         let (h, hk, d, b, layers, ps, pages) = (32usize, 8usize, 128usize, 4usize, 4usize, 16usize, 40usize);
-        let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: DType::BF16, layout: CacheLayout::Paged { page_size: ps, num_pages: b * pages } };
+        let spec = KvCacheSpec { num_seqs: b, num_kv_heads: hk, head_dim: d, dtype: DType::BF16, kv_dtype: None, layout: CacheLayout::Paged { page_size: ps, num_pages: b * pages } };
         let rope = RopeConfig::new(d, 10000.0, 4096);
         let params = AttentionParams::causal(d);
         let new_pools = || be.kv_pools(&spec, be.alloc(&spec.pool_shape(), DType::BF16).unwrap(), be.alloc(&spec.pool_shape(), DType::BF16).unwrap()).unwrap();

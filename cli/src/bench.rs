@@ -26,6 +26,8 @@ enum ModeArg {
     ProfileMma,
     /// merge_states: bf16 partial outputs and their lse merged (T=16/4096/32768, 2 and 4 states).
     Merge,
+    /// Decode over an FP8 e4m3 KV cache against a bf16 one (B=1/16/64, L=8192/32768), as decode-graph.
+    Fp8,
 }
 
 /// Options of `attnforge bench`.
@@ -154,6 +156,7 @@ fn go(a: Args) -> Result<(), String> {
                 ModeArg::Window => Mode::Window,
                 ModeArg::ProfileMma => Mode::ProfileMma,
                 ModeArg::Merge => Mode::Merge,
+                ModeArg::Fp8 => Mode::Fp8,
             };
             let report = run_bench(&Options { mode, quick: a.quick, profile: a.profile.clone() })?;
             print!("{}", report.table());

@@ -58,9 +58,54 @@ pub struct Case {
     /// Attention writes each row's log-sum-exp (checked against the golden one), and the
     /// `merge_states` cells merge partial results with it: drawn in a third of the cases.
     pub lse: bool,
+    /// FP8 e4m3 KV cache ([`attnforge_api::KvCacheSpec::kv_dtype`]) in the cells that use a
+    /// cache (append, attention, step; f16 and bf16 cases only): drawn in a third of the
+    /// cases, with scales per kv head or one per tensor ([`Case::kv_scales`]).
+    pub fp8: bool,
 }
 
 impl Case {
+    /// The cache's storage type: e4m3 for the FP8 cases of f16/bf16, else the dtype's own.
+    pub fn kv_dtype(&self) -> Option<DType> {
+        (self.fp8 && matches!(self.dtype, DType::F16 | DType::BF16)).then_some(DType::F8E4M3)
+    }
+
+    /// The FP8 cases' K and V scales (`[kv_heads]` each): per kv head for odd seeds, one for
+    /// every head for even ones; each `amplitude * u / 64` with `u` uniform in 0.5..8, so the
+    /// drawn values (normals of the amplitude, up to ~4.5 of it) land across e4m3's range:
+    /// subnormals (below `2^-6 scale`), the normal range and, for the smallest scales, past
+    /// 448 (saturated).
+    pub fn kv_scales(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+        self.kv_dtype()?;
+        let mut r = crate::rng::Rng::new(self.seed ^ 0x4638_4b56_5343_414c);
+        let per_head = self.seed & 1 == 1;
+        let mut draw = || {
+            let one = (self.amplitude as f64 * (0.5 + 7.5 * r.uniform()) / 64.0) as f32;
+            let mut v: Vec<f32> = (0..self.kv_heads).map(|_| (self.amplitude as f64 * (0.5 + 7.5 * r.uniform()) / 64.0) as f32).collect();
+            if !per_head {
+                v.iter_mut().for_each(|x| *x = one);
+            }
+            v
+        };
+        let k = draw();
+        Some((k, draw()))
+    }
+
+    /// What an FP8 cache holds of `rows` (`[tokens, kv_heads, D]`, f64) and attention reads
+    /// back: `e4m3(fl32(x / s_h)) * s_h` with the K (`key`) or V scales; `rows` as they are for
+    /// other cases.
+    pub fn as_cached(&self, mut rows: Vec<f64>, key: bool) -> Vec<f64> {
+        if let Some((ks, vs)) = self.kv_scales() {
+            let s = if key { ks } else { vs };
+            let d = self.head_dim();
+            for (i, x) in rows.iter_mut().enumerate() {
+                let sc = s[(i / d) % self.kv_heads];
+                *x = attnforge_api::e4m3_quantise(*x, sc).to_f64() * sc as f64;
+            }
+        }
+        rows
+    }
+
     /// The attention sinks of the case (`[heads]`), if it draws them.
     pub fn sink_values(&self) -> Option<Vec<f32>> {
         self.sinks.then(|| {
@@ -114,6 +159,7 @@ impl Case {
                 head_dim: self.head_dim(),
                 rope: None,
                 layout: None,
+                kv_dtype: None,
                 causal: false,
                 batch_size: 3,
                 max_q_len: tokens,
@@ -129,6 +175,7 @@ impl Case {
             head_dim: self.head_dim(),
             rope: matches!(op, Op::Rope | Op::Step | Op::Shift).then(|| self.rope.clone()),
             layout: matches!(op, Op::KvAppend | Op::Attention | Op::Step | Op::Shift).then(|| self.layout()),
+            kv_dtype: if matches!(op, Op::KvAppend | Op::Attention | Op::Step) { self.kv_dtype() } else { None },
             causal: self.causal && op != Op::Rope && op != Op::KvAppend,
             batch_size: self.seqs.len(),
             max_q_len: max_q,
@@ -251,9 +298,10 @@ pub fn cases(cfg: GenConfig) -> impl Strategy<Value = Case> {
             prop_oneof![2 => Just(None), 1 => Just(Some(1usize)), 3 => (2usize..24).prop_map(Some), 2 => (24usize..300).prop_map(Some)],
             prop_oneof![3 => Just(false), 1 => Just(true)],
             prop_oneof![2 => Just(false), 1 => Just(true)],
+            prop_oneof![2 => Just(false), 1 => Just(true)],
         ),
     )
-        .prop_map(move |((heads, kv_heads), rope, page_size, causal, mut seqs, amplitude, scale, seed, decode_only, cross, (softcap, window, sinks, lse))| {
+        .prop_map(move |((heads, kv_heads), rope, page_size, causal, mut seqs, amplitude, scale, seed, decode_only, cross, (softcap, window, sinks, lse, fp8))| {
             if decode_only {
                 for s in &mut seqs {
                     s.q_len = 1;
@@ -267,6 +315,6 @@ pub fn cases(cfg: GenConfig) -> impl Strategy<Value = Case> {
                     s.q_len = s.q_len.min(4);
                 }
             }
-            Case { dtype: cfg.dtype, heads, kv_heads, rope, page_size, causal, seqs, amplitude, scale, seed, cross: cross && !causal, softcap, window: window.filter(|_| causal), sinks, lse }
+            Case { dtype: cfg.dtype, heads, kv_heads, rope, page_size, causal, seqs, amplitude, scale, seed, cross: cross && !causal, softcap, window: window.filter(|_| causal), sinks, lse, fp8 }
         })
 }

@@ -130,7 +130,7 @@ fn run(be: &Backend, other: &Backend, case: &Case, d: &Data, c: Corruption) -> R
     let t = d.q.len() / (h * hd);
     let mut q = upload(be, &d.q, h, case)?;
     let mut k = upload(be, &d.k, hk, case)?;
-    let spec = KvCacheSpec { num_seqs: case.seqs.len(), num_kv_heads: hk, head_dim: hd, dtype: case.dtype, layout: CacheLayout::Contiguous { capacity: 4 } };
+    let spec = KvCacheSpec { num_seqs: case.seqs.len(), num_kv_heads: hk, head_dim: hd, dtype: case.dtype, kv_dtype: None, layout: CacheLayout::Contiguous { capacity: 4 } };
     match c {
         Corruption::Dtype => {
             let other_dtype = if case.dtype == attnforge_api::DType::F32 { attnforge_api::DType::BF16 } else { attnforge_api::DType::F32 };

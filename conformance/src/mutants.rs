@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use attnforge_api::*;
 use attnforge_cpu::storage::{read, read_at, write, write_at};
+use attnforge_cpu::ops::attention::gather_kv;
 use attnforge_cpu::CpuBackend;
 
 /// The planted bugs.
@@ -71,6 +72,10 @@ pub enum Bug {
     /// M-RoPE reads the positions token-major (`positions[3 t + c]`) instead of
     /// component-major (`positions[c T + t]`): right without M-RoPE, caught by the M-RoPE cases.
     MropeTokenMajor,
+    /// Attention over an FP8 cache dequantises every kv head with head 0's scales (a kernel
+    /// written for per-tensor scales handed per-head ones): right for f16/bf16 caches and for
+    /// per-tensor scales, caught by the FP8 cases with a scale per kv head.
+    Fp8HeadZeroScale,
 }
 
 /// Keys per split of [`Bug::SplitMergeDropsSplit`]: the vector decode's least split size (128
@@ -79,7 +84,7 @@ pub const SPLIT_KEYS: usize = 128;
 
 impl Bug {
     /// Every planted bug.
-    pub const ALL: [Bug; 21] = [
+    pub const ALL: [Bug; 22] = [
         Bug::RopeStyleSwapped,
         Bug::CausalOffByOne,
         Bug::GqaModulo,
@@ -101,6 +106,7 @@ impl Bug {
         Bug::LseBase2,
         Bug::MergeIgnoresLse,
         Bug::MropeTokenMajor,
+        Bug::Fp8HeadZeroScale,
     ];
 
     /// Registry name: `mutant-...`.
@@ -127,6 +133,7 @@ impl Bug {
             Bug::LseBase2 => "mutant-lse-base-2",
             Bug::MergeIgnoresLse => "mutant-merge-ignores-lse",
             Bug::MropeTokenMajor => "mutant-mrope-token-major",
+            Bug::Fp8HeadZeroScale => "mutant-fp8-head-zero-scale",
         }
     }
 
@@ -309,6 +316,28 @@ impl AttentionBackend for Mutant {
                 let base2: Vec<f64> = read(lse, "lse")?.iter().map(|x| x * std::f64::consts::LOG2_E).collect();
                 write(lse, "lse", &base2)
             }
+            Bug::Fp8HeadZeroScale if a.pools.scales().is_some() => {
+                let AttentionArgs { q, pools, meta, batch, kv_lens, params, sinks, lse, out, .. } = a;
+                let sinks = sinks.map(|s| read(s, "sinks")).transpose()?;
+                let (heads, d, kv_heads) = (q.shape()[1], q.shape()[2], pools.spec().num_kv_heads);
+                let qs = read(q, "q")?;
+                let (kp, vp) = (read(pools.k(), "K pool")?, read(pools.v(), "V pool")?);
+                let (ks, vs) = pools.scales().map(|(k, v)| Ok::<_, Error>((read(k, "K scales")?, read(v, "V scales")?))).transpose()?.unwrap_or_default();
+                let (mut os, mut ls) = (vec![0.0; out.numel()], vec![0.0; out.numel() / d]);
+                for (i, (&seq, &q_len)) in batch.seq_ids().iter().zip(batch.q_lens()).enumerate() {
+                    let kv_len = kv_lens[i];
+                    // Head 0's scales for every head.
+                    let (k, v) = gather_kv(&kp, &vp, Some((&vec![ks[0]; kv_heads], &vec![vs[0]; kv_heads])), meta, seq, kv_len, kv_heads, d);
+                    let row = batch.offsets()[i] * heads * d;
+                    let n = q_len * heads * d;
+                    let shape = attnforge_cpu::ops::attention::SeqShape { q_len, kv_len, heads, kv_heads, head_dim: d };
+                    let (o, l) = attnforge_cpu::ops::attention::attend_lse(&qs[row..row + n], &k, &v, shape, params, sinks.as_deref());
+                    os[row..row + n].copy_from_slice(&o);
+                    ls[row / d..(row + n) / d].copy_from_slice(&l);
+                }
+                write(out, "out", &os)?;
+                lse.map_or(Ok(()), |t| write(t, "lse", &ls))
+            }
             Bug::CausalOffByOne | Bug::GqaModulo | Bug::SoftmaxNoMax | Bug::ScaleIgnored | Bug::SplitMergeDropsSplit | Bug::SoftcapIgnored | Bug::WindowOffByOne | Bug::SinksIgnored => {
                 let AttentionArgs { q, pools, meta, batch, kv_lens, params, sinks, lse, out, desc, validated } = a;
                 if let Some(l) = lse {
@@ -324,14 +353,7 @@ impl AttentionBackend for Mutant {
                 let mut os = read(out, "out")?;
                 for (i, (&seq, &q_len)) in batch.seq_ids().iter().zip(batch.q_lens()).enumerate() {
                     let kv_len = kv_lens[i];
-                    let (mut k, mut v) = (Vec::new(), Vec::new());
-                    for t in 0..kv_len {
-                        for h in 0..kv_heads {
-                            let o = (meta.slot(seq, t) * kv_heads + h) * d;
-                            k.extend_from_slice(&kp[o..o + d]);
-                            v.extend_from_slice(&vp[o..o + d]);
-                        }
-                    }
+                    let (k, v) = gather_kv(&kp, &vp, None, meta, seq, kv_len, kv_heads, d);
                     let row = batch.offsets()[i] * heads * d;
                     let n = q_len * heads * d;
                     let o = buggy_attend(self.0, &qs[row..row + n], &k, &v, q_len, kv_len, heads, kv_heads, d, params, sinks.as_deref(), dtype);
@@ -444,6 +466,7 @@ mod registered {
         SinksIgnored,
         LseBase2,
         MergeIgnoresLse,
-        MropeTokenMajor
+        MropeTokenMajor,
+        Fp8HeadZeroScale
     );
 }

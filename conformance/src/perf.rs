@@ -69,7 +69,7 @@ fn measure(be: &Backend, op: Op, case: &Case, reps: usize) -> Result<PerfRow> {
             (t, 2.0 * tn as f64 * (h + hk) * hd * es, tn as f64 * (h + hk) * case.rope.rotary_dim as f64 * 3.0)
         }
         Op::KvAppend => {
-            let spec = KvCacheSpec { num_seqs: case.seqs.len(), num_kv_heads: case.kv_heads, head_dim: case.head_dim(), dtype: case.dtype, layout: case.layout() };
+            let spec = KvCacheSpec { num_seqs: case.seqs.len(), num_kv_heads: case.kv_heads, head_dim: case.head_dim(), dtype: case.dtype, kv_dtype: None, layout: case.layout() };
             let mut c = cache(be, case, &d)?;
             let t = time(be, reps, || {
                 for s in 0..spec.num_seqs {

@@ -60,7 +60,7 @@ impl Data {
         let tp: usize = case.seqs.iter().map(|s| s.cached).sum();
         let tn: usize = case.seqs.iter().map(|s| s.q_len).sum();
         let layout = case.layout();
-        let pool = KvCacheSpec { num_seqs: case.seqs.len(), num_kv_heads: hk, head_dim: d, dtype: case.dtype, layout }.pool_len();
+        let pool = KvCacheSpec { num_seqs: case.seqs.len(), num_kv_heads: hk, head_dim: d, dtype: case.dtype, kv_dtype: None, layout }.pool_len();
         let mut page_tables = Vec::new();
         if let attnforge_api::CacheLayout::Paged { page_size, num_pages } = layout {
             // A random permutation of the pool, dealt out to the sequences.
@@ -100,8 +100,11 @@ pub fn batches(case: &Case) -> (Option<Batch>, Batch) {
 
 /// An empty cache for `case` with its page tables set and its pools filled with sentinels.
 pub fn cache(be: &Backend, case: &Case, data: &Data) -> Result<KvCache> {
-    let spec = KvCacheSpec { num_seqs: case.seqs.len(), num_kv_heads: case.kv_heads, head_dim: case.head_dim(), dtype: case.dtype, layout: case.layout() };
+    let spec = KvCacheSpec { num_seqs: case.seqs.len(), num_kv_heads: case.kv_heads, head_dim: case.head_dim(), dtype: case.dtype, kv_dtype: case.kv_dtype(), layout: case.layout() };
     let mut c = be.create_kv_cache(&spec)?;
+    if let Some((ks, vs)) = case.kv_scales() {
+        be.set_kv_cache_scales(&mut c, &ks, &vs)?;
+    }
     for (s, t) in data.page_tables.iter().enumerate() {
         c.set_page_table(s, t)?;
     }
@@ -275,15 +278,18 @@ impl Io<'_> {
         };
         // One more sequence than the case: the fork of sequence 0.
         let seqs = if spare.is_some() { n + 1 } else { n };
-        let spec = KvCacheSpec { num_seqs: seqs, num_kv_heads: case.kv_heads, head_dim: case.head_dim(), dtype: case.dtype, layout };
+        let spec = KvCacheSpec { num_seqs: seqs, num_kv_heads: case.kv_heads, head_dim: case.head_dim(), dtype: case.dtype, kv_dtype: case.kv_dtype(), layout };
         let len = spec.pool_len();
         // [K layer 0, K layer 1, V layer 0, V layer 1]; the case uses layer 1.
-        let base = self.be.alloc(&[4 * len], case.dtype)?;
+        let base = self.be.alloc(&[4 * len], spec.storage_dtype())?;
         let shape = spec.pool_shape();
         let row = shape[1] * shape[2] * shape[3];
         let k = self.be.view(&base, len, &shape, row)?;
         let v = self.be.view(&base, 3 * len, &shape, row)?;
         let mut pools = self.be.kv_pools(&spec, k, v)?;
+        if let Some((ks, vs)) = case.kv_scales() {
+            self.be.set_kv_scales(&mut pools, &ks, &vs)?;
+        }
         let mut meta = KvMetadata::new(&spec)?;
         for (s, t) in data.page_tables.iter().enumerate() {
             meta.set_page_table(s, t)?;
@@ -368,7 +374,7 @@ impl Io<'_> {
             return self.be.rope(q, k, positions, rope);
         }
         let t = q.shape()[0];
-        let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: k.shape()[1], head_dim: k.shape()[2], dtype: k.dtype(), layout: CacheLayout::Contiguous { capacity: t.max(1) } };
+        let spec = KvCacheSpec { num_seqs: 1, num_kv_heads: k.shape()[1], head_dim: k.shape()[2], dtype: k.dtype(), kv_dtype: None, layout: CacheLayout::Contiguous { capacity: t.max(1) } };
         let meta = KvMetadata::new(&spec)?;
         let batch = Batch::new(vec![0], vec![t])?;
         let d = StepDesc { op: PlanOp::Rope, spec: &spec, num_heads: q.shape()[1], meta: &meta, batch: &batch, positions, rope: Some(rope), params: AttentionParams::causal(spec.head_dim), max_kv_len: None };

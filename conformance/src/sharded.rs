@@ -110,7 +110,7 @@ fn run(be: &Backend, p: &ShardProblem, data: &[StepData], (h0, h): (usize, usize
     let e = |what: &'static str| move |err: attnforge_api::Error| format!("{} on {}: {what}: {err}", be.name(), be.device());
     let d = p.head_dim;
     let rope = RopeConfig { theta: 500000.0, ..RopeConfig::new(d, 10000.0, p.capacity().max(1)) };
-    let spec = KvCacheSpec { num_seqs: p.seqs, num_kv_heads: hk, head_dim: d, dtype: p.dtype, layout: CacheLayout::Contiguous { capacity: p.capacity() } };
+    let spec = KvCacheSpec { num_seqs: p.seqs, num_kv_heads: hk, head_dim: d, dtype: p.dtype, kv_dtype: None, layout: CacheLayout::Contiguous { capacity: p.capacity() } };
     let mut cache = be.create_kv_cache(&spec).map_err(e("KV cache"))?;
     let mut outs = Vec::with_capacity(data.len());
     for s in data {
@@ -198,7 +198,7 @@ pub fn soak(shards: &[Backend], p: &ShardProblem, steps: usize) -> Result<Vec<So
         let e = |what: &'static str| move |err: attnforge_api::Error| format!("{} on {}: {what}: {err}", be.name(), be.device());
         let cap = 64usize;
         let rope = RopeConfig { theta: 500000.0, ..RopeConfig::new(d, 10000.0, cap) };
-        let spec = KvCacheSpec { num_seqs: p.seqs, num_kv_heads: hk, head_dim: d, dtype: p.dtype, layout: CacheLayout::Contiguous { capacity: cap } };
+        let spec = KvCacheSpec { num_seqs: p.seqs, num_kv_heads: hk, head_dim: d, dtype: p.dtype, kv_dtype: None, layout: CacheLayout::Contiguous { capacity: cap } };
         let mut cache = be.create_kv_cache(&spec).map_err(e("KV cache"))?;
         let mut rng = Rng::new(p.seed);
         let mut q = be.upload(&rng.normals(p.seqs * h * d, 1.0), &[p.seqs, h, d], p.dtype).map_err(e("q"))?;

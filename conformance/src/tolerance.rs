@@ -34,7 +34,15 @@
 //!   amplitude-4 inputs, the scores reach the hundreds, the softmax is nearly one-hot, and
 //!   rounding the rotated Q and K to bf16 alone moves the output by ~1e-4 NMSE; the reference
 //!   does the same rounding (measured on the H100: hip-flash 4.1e-4 on such a case).
-//! - Copies (KV append) are exact: the cache must hold the bits it was given.
+//! - Copies (KV append) are exact: the cache must hold the bits it was given. An FP8 cache must
+//!   hold exactly `e4m3(fl32(x / scale))` (the GPU's `cvt.rn.satfinite` and the reference's
+//!   conversion agree bit for bit), and that value is checked against e4m3's rounding bound
+//!   ([`e4m3_error_bound`]): half a unit of a 3-bit mantissa, `2^-4 |x|`, in the normal range,
+//!   `2^-10 scale` among the subnormals, the excess over `448 scale` where it saturates.
+//! - Attention over an FP8 cache is compared with the golden attention over what the cache
+//!   holds (`e4m3 * scale`, exact in f64), so e4m3's rounding (up to 6 % of each key and value)
+//!   enters the golden result and the reference's alike, and the bound stays the dtype's: a
+//!   kernel that dequantises wrong, drops a scale or reads the wrong head's fails it by far.
 
 use attnforge_api::DType;
 
@@ -54,8 +62,18 @@ pub fn tolerance(dtype: DType) -> Tolerance {
     match dtype {
         DType::F32 => Tolerance { k: 4.0, floor: 1e-5, nmse: 1e-9 },
         DType::F16 => Tolerance { k: 4.0, floor: 2e-3, nmse: 1e-5 },
-        DType::BF16 => Tolerance { k: 4.0, floor: 1.6e-2, nmse: 2e-4 },
+        DType::BF16 | DType::F8E4M3 => Tolerance { k: 4.0, floor: 1.6e-2, nmse: 2e-4 },
     }
+}
+
+/// The largest error of storing `x` in an FP8 cache with scale `s` (`|e4m3(x / s) s - x|`,
+/// with the quotient in f32): half an e4m3 unit of `x / s` (3 mantissa bits: `2^-4 |x / s|`
+/// from 2^-6, the least normal, up; `2^-10` among the subnormals, whose unit is 2^-9), plus
+/// what saturation at 448 cuts, all times `s`; plus the f32 quotient's own rounding.
+pub fn e4m3_error_bound(x: f64, s: f32) -> f64 {
+    let (a, s) = ((x / s as f64).abs(), s as f64);
+    let unit_half = if a >= 0.015625 { a / 16.0 } else { 1.0 / 1024.0 };
+    (unit_half + (a - 448.0).max(0.0) + a * f32::EPSILON as f64) * s
 }
 
 /// Compares a backend's output with the reference's and the golden result; `Err` explains.

@@ -81,8 +81,13 @@ fn mrope_positions_read_token_major_are_caught() {
 }
 
 #[test]
+fn fp8_heads_dequantised_with_head_zero_scales_are_caught() {
+    caught(Bug::Fp8HeadZeroScale, DType::BF16);
+}
+
+#[test]
 fn every_bug_has_a_test() {
-    assert_eq!(Bug::ALL.len(), 21);
+    assert_eq!(Bug::ALL.len(), 22);
     assert!(Bug::ALL.iter().all(|b| Op::ALL.contains(&b.op())));
 }
 

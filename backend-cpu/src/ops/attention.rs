@@ -1,6 +1,6 @@
 //! Attention, the reference.
 
-use attnforge_api::{AttentionArgs, AttentionParams, MergeArgs, PlainAttentionArgs, Result};
+use attnforge_api::{AttentionArgs, AttentionParams, KvMetadata, MergeArgs, PlainAttentionArgs, Result};
 
 use crate::storage::{read, write};
 
@@ -117,6 +117,30 @@ pub(crate) fn run_merge(a: MergeArgs<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The K and V rows (`[kv_len, kv_heads, d]`, f64) of sequence `seq`'s first `kv_len` tokens
+/// in pools read whole (`kp`, `vp`), through `meta`'s slots; with FP8 scales (`[kv_heads]`
+/// each), every stored value times its kv head's scale.
+#[allow(clippy::too_many_arguments)]
+pub fn gather_kv(kp: &[f64], vp: &[f64], scales: Option<(&[f64], &[f64])>, meta: &KvMetadata, seq: usize, kv_len: usize, kv_heads: usize, d: usize) -> (Vec<f64>, Vec<f64>) {
+    let (mut k, mut v) = (Vec::with_capacity(kv_len * kv_heads * d), Vec::with_capacity(kv_len * kv_heads * d));
+    for t in 0..kv_len {
+        for h in 0..kv_heads {
+            let o = (meta.slot(seq, t) * kv_heads + h) * d;
+            match scales {
+                Some((ks, vs)) => {
+                    k.extend(kp[o..o + d].iter().map(|x| x * ks[h]));
+                    v.extend(vp[o..o + d].iter().map(|x| x * vs[h]));
+                }
+                None => {
+                    k.extend_from_slice(&kp[o..o + d]);
+                    v.extend_from_slice(&vp[o..o + d]);
+                }
+            }
+        }
+    }
+    (k, v)
+}
+
 pub(crate) fn run_cache(a: AttentionArgs<'_>) -> Result<()> {
     let AttentionArgs { q, pools, meta, batch, kv_lens, params, sinks, lse, out, .. } = a;
     let sinks = sinks.map(|s| read(s, "sinks")).transpose()?;
@@ -124,18 +148,13 @@ pub(crate) fn run_cache(a: AttentionArgs<'_>) -> Result<()> {
     let kv_heads = pools.spec().num_kv_heads;
     let qs = read(q, "q")?;
     let (kp, vp) = (read(pools.k(), "K pool")?, read(pools.v(), "V pool")?);
+    // FP8 pools: each stored value times its kv head's scale.
+    let scales = pools.scales().map(|(k, v)| Ok::<_, attnforge_api::Error>((read(k, "K scales")?, read(v, "V scales")?))).transpose()?;
     let mut os = vec![0.0; out.numel()];
     let mut ls = vec![0.0; out.numel() / d];
     for (i, (&seq, &q_len)) in batch.seq_ids().iter().zip(batch.q_lens()).enumerate() {
         let kv_len = kv_lens[i];
-        let (mut k, mut v) = (Vec::with_capacity(kv_len * kv_heads * d), Vec::with_capacity(kv_len * kv_heads * d));
-        for t in 0..kv_len {
-            for h in 0..kv_heads {
-                let o = (meta.slot(seq, t) * kv_heads + h) * d;
-                k.extend_from_slice(&kp[o..o + d]);
-                v.extend_from_slice(&vp[o..o + d]);
-            }
-        }
+        let (k, v) = gather_kv(&kp, &vp, scales.as_ref().map(|(k, v)| (k.as_slice(), v.as_slice())), meta, seq, kv_len, kv_heads, d);
         let row = batch.offsets()[i] * heads * d;
         let n = q_len * heads * d;
         let shape = SeqShape { q_len, kv_len, heads, kv_heads, head_dim: d };

@@ -19,15 +19,36 @@
 // The depth is a template parameter (a run-time depth costs 5-6 % at B=16..64 on the H200:
 // the stage index becomes a division and the pipeline's waits a branch); decode_mma_body below
 // dispatches on p.stages once per block.
-template <typename T, int DM, bool QROPE, int STAGES>
+//
+// FP8 pools (FP8, attn_decode_mma_e4m3_d{DM}_*): the stages hold e4m3 tiles ([stages][K, V][BC][DM]
+// bytes, 16-byte copies of 16 keys' elements, half the bytes), converted into one 16-bit tile
+// (sConv [BC][LD], exact: every e4m3 is an f16 and a bf16) that the matrix instructions read as
+// usual: the keys in the queries' type, then the values in f16 over them (one conversion
+// instruction per pair; P V then runs in f16 for bf16 models too, probabilities in [0, 1]
+// losing nothing to f16), converted while Q K^T's products are in flight. Each group copies and
+// converts only its own 16 keys of every tile, so the loop has no block barrier: the groups run
+// their pipelines apart, synchronising their own lanes (af_syncwarp). One converted tile instead
+// of a K and a V one leaves room for three stages at MMA_DC_FP8_BLOCKS (three) blocks per SM,
+// also the kernel's launch bound; the plan takes the deepest pipeline that keeps them resident.
+// Its pace is set by how many groups hide each other's latency more than by the bytes in
+// flight. (H200, attention over 32 layers' pools at B=16 L=8192, against bf16 pools at 0.145
+// ms: block barriers after the copy and the conversion, 0.95x of bf16's time; warp-private
+// groups, two stages at three blocks, 0.81x; one converted tile, three stages at three blocks,
+// 0.79x; five stages at two blocks, as many bytes in flight as bf16's three stages, 0.87x.)
+// The scales fold into the arithmetic: the kv head's K scale multiplies the softmax
+// scale (a raw score is k_scale * (q . e4m3)), its V scale the accumulated output (shared
+// memory: mma_decode_fp8_shared_bytes in plan.rs).
+template <typename T, int DM, bool QROPE, int STAGES, bool FP8 = false>
 AF_DEVICE void decode_mma_stages(const AttnParams& p) {
     constexpr bool BF16 = MmaIsBf16<T>::value;
+    constexpr bool PV_BF16 = BF16 && !FP8;  // FP8: values converted to f16, P V in f16
     constexpr int LD = DM + MMA_PAD, CH = DM / 8, BC = MMA_DC_BC;
     constexpr int stages = STAGES;
     constexpr int OF = DM / AF_MMA_ON;
     extern __shared__ __align__(16) unsigned short af_mma_smem[];
     unsigned short* sQ = af_mma_smem;               // [16][LD]
-    unsigned short* sKV = sQ + 16 * LD;              // [stages][K, V][BC][LD]
+    unsigned short* sKV = sQ + 16 * LD;              // [stages][K, V][BC][LD] (FP8: [stages][K, V][BC][DM] bytes)
+    unsigned short* sConv = sKV + (FP8 ? stages * BC * DM : 0);  // FP8: [BC][LD], K then V
 
     const int tid = threadIdx.x, w = tid / AF_WARP;
     const int kvh = p.kv_heads, G = p.heads / kvh;
@@ -69,21 +90,48 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
     const int s0 = kv_beg + split * chunk, s1 = min(kv_end, s0 + chunk);
     const int ntiles = s1 > s0 ? (s1 - s0 + BC - 1) / BC : 0;
     auto load_tile = [&](int j) {
-        unsigned short* dK = sKV + (j % stages) * 2 * BC * LD;
-        unsigned short* dV = dK + BC * LD;
-        static_assert(BC * CH % MMA_THREADS == 0, "whole chunks per thread");
-        kvr.with_rows([&](auto row) {
+        if constexpr (FP8) {
+            // e4m3 rows: 16 elements per 16-byte copy, rows of DM bytes; group w copies its own
+            // 16 keys (rows 16w..16w+15).
+            constexpr int CB = DM / 16;
+            unsigned char* dK = reinterpret_cast<unsigned char*>(sKV) + (j % stages) * 2 * BC * DM;
+            unsigned char* dV = dK + BC * DM;
+            const unsigned char* Kb = reinterpret_cast<const unsigned char*>(p.k);
+            const unsigned char* Vb = reinterpret_cast<const unsigned char*>(p.v);
+            static_assert(BC == 16 * MMA_GROUPS && 16 * CB % AF_WARP == 0, "16 keys per group, whole chunks per lane");
+            const int lane = tid % AF_WARP;
+            kvr.with_rows([&](auto row) {
 #pragma unroll
-            for (int it = 0; it < BC * CH / MMA_THREADS; ++it) {
-                const int i = tid + it * MMA_THREADS, r = i / CH, c = (i % CH) * 8;
-                const int key = s0 + j * BC + r;
-                const bool ok = key < s1;
-                const long slot = ok ? row(key) : 0, col = ok ? (long)kh * DM + c : 0;
-                af_cp_async16(dK + r * LD + c, K + slot * p.k_stride + col, ok);
-                af_cp_async16(dV + r * LD + c, V + slot * p.v_stride + col, ok);
-            }
-        });
+                for (int it = 0; it < 16 * CB / AF_WARP; ++it) {
+                    const int i = lane + it * AF_WARP, r = 16 * w + i / CB, c = (i % CB) * 16;
+                    const int key = s0 + j * BC + r;
+                    const bool ok = key < s1;
+                    const long slot = ok ? row(key) : 0, col = ok ? (long)kh * DM + c : 0;
+                    af_cp_async16(dK + r * DM + c, Kb + slot * p.k_stride + col, ok);
+                    af_cp_async16(dV + r * DM + c, Vb + slot * p.v_stride + col, ok);
+                }
+            });
+        } else {
+            unsigned short* dK = sKV + (j % stages) * 2 * BC * LD;
+            unsigned short* dV = dK + BC * LD;
+            static_assert(BC * CH % MMA_THREADS == 0, "whole chunks per thread");
+            kvr.with_rows([&](auto row) {
+#pragma unroll
+                for (int it = 0; it < BC * CH / MMA_THREADS; ++it) {
+                    const int i = tid + it * MMA_THREADS, r = i / CH, c = (i % CH) * 8;
+                    const int key = s0 + j * BC + r;
+                    const bool ok = key < s1;
+                    const long slot = ok ? row(key) : 0, col = ok ? (long)kh * DM + c : 0;
+                    af_cp_async16(dK + r * LD + c, K + slot * p.k_stride + col, ok);
+                    af_cp_async16(dV + r * LD + c, V + slot * p.v_stride + col, ok);
+                }
+            });
+        }
     };
+    // FP8: the kv head's scales (the K scale joins the softmax scale, the V scale the output).
+    const float kscale = FP8 ? reinterpret_cast<const float*>(p.k_scale)[kh] : 1.f;
+    const float vscale = FP8 ? reinterpret_cast<const float*>(p.v_scale)[kh] : 1.f;
+    const float scale_log2 = p.scale_log2 * kscale;
     for (int st = 0; st + 1 < stages; ++st) {
         if (st < ntiles) load_tile(st);
         af_cp_async_commit();
@@ -107,38 +155,92 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
         if (j + stages - 1 < ntiles) load_tile(j + stages - 1);
         af_cp_async_commit();
         af_cp_async_wait<STAGES - 1>();  // tile j (and the query rows) have landed
-        __syncthreads();
-        const unsigned short* tK = sKV + (j % stages) * 2 * BC * LD + 16 * w * LD;
-        const unsigned short* tV = tK + BC * LD;
+        // FP8: this group's 16 keys of stage j, e4m3 to 16 bits into its rows of sConv: the keys
+        // (in T) before Q K^T, then the values (in f16) over them before P V.
+        auto convert = [&](int half) {
+            const unsigned char* src = reinterpret_cast<const unsigned char*>(sKV) + ((j % stages) * 2 + half) * BC * DM;
+            constexpr int CB = DM / 16;
+            const int lane = tid % AF_WARP;
+#pragma unroll
+            for (int it = 0; it < 16 * CB / AF_WARP; ++it) {
+                const int i = lane + it * AF_WARP, r = 16 * w + i / CB, c = (i % CB) * 16;
+                const uint4 e = *reinterpret_cast<const uint4*>(src + r * DM + c);
+                uint4* d = reinterpret_cast<uint4*>(sConv + r * LD + c);
+                d[0] = half ? af_e4m3x8_to<af_f16>(make_uint2(e.x, e.y)) : af_e4m3x8_to<T>(make_uint2(e.x, e.y));
+                d[1] = half ? af_e4m3x8_to<af_f16>(make_uint2(e.z, e.w)) : af_e4m3x8_to<T>(make_uint2(e.z, e.w));
+            }
+        };
+        if constexpr (FP8) {
+            // The query rows are every thread's copies (once); tile j's rows of this group are
+            // its own lanes'.
+            if (j == 0) __syncthreads();
+            else af_syncwarp();
+            convert(0);
+            af_syncwarp();
+        } else {
+            __syncthreads();
+        }
+        const unsigned short* tK = (FP8 ? sConv : sKV + (j % stages) * 2 * BC * LD) + 16 * w * LD;
+        const unsigned short* tV = FP8 ? tK : tK + BC * LD;
         const int k0 = s0 + j * BC + 16 * w;  // this group's 16 keys
         float s[16 / AF_MMA_SN][4];
 #pragma unroll
         for (int f = 0; f < 16 / AF_MMA_SN; ++f) s[f][0] = s[f][1] = s[f][2] = s[f][3] = 0.f;
+        if constexpr (FP8) {
+            // Two accumulator chains (even and odd 16-column steps), summed: half the
+            // dependent matrix instructions on the tile's critical path.
+            float s2[16 / AF_MMA_SN][4];
 #pragma unroll
-        for (int kt = 0; kt < DM / 16; ++kt) {
-            unsigned qf[AF_MMA_QW], kf[AF_MMA_KW];
-            af_mma_load_q(qf, sQ, LD, kt);
-            af_mma_load_k(kf, tK, LD, kt);
-            af_mma_qk16<BF16>(s, qf, kf);
+            for (int f = 0; f < 16 / AF_MMA_SN; ++f) s2[f][0] = s2[f][1] = s2[f][2] = s2[f][3] = 0.f;
+#pragma unroll
+            for (int kt = 0; kt < DM / 16; ++kt) {
+                unsigned qf[AF_MMA_QW], kf[AF_MMA_KW];
+                af_mma_load_q(qf, sQ, LD, kt);
+                af_mma_load_k(kf, tK, LD, kt);
+                af_mma_qk16<BF16>(kt % 2 ? s2 : s, qf, kf);
+            }
+#pragma unroll
+            for (int f = 0; f < 16 / AF_MMA_SN; ++f)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[f][e] += s2[f][e];
+        } else {
+#pragma unroll
+            for (int kt = 0; kt < DM / 16; ++kt) {
+                unsigned qf[AF_MMA_QW], kf[AF_MMA_KW];
+                af_mma_load_q(qf, sQ, LD, kt);
+                af_mma_load_k(kf, tK, LD, kt);
+                af_mma_qk16<BF16>(s, qf, kf);
+            }
+        }
+        if constexpr (FP8) {
+            // Every lane's key fragments are read: the values go over them while the products
+            // are in flight.
+            af_syncwarp();
+            convert(1);
         }
         float corr[AF_MMA_SLOTS];
-        mma_softmax_step<16 / AF_MMA_SN>(s, m, l, lim, lo, true, k0, p.scale_log2, p.softcap_log2, corr);
+        mma_softmax_step<16 / AF_MMA_SN>(s, m, l, lim, lo, true, k0, scale_log2, p.softcap_log2, corr);
         unsigned pf[AF_MMA_PW];
-        af_mma_pack_p<BF16>(pf, s);
+        af_mma_pack_p<PV_BF16>(pf, s);
 #pragma unroll
         for (int f = 0; f < OF; ++f) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) o[f][e] *= corr[af_mma_slot(e)];
         }
+        if constexpr (FP8) af_syncwarp();
 #pragma unroll
         for (int dt = 0; dt < DM / 16; ++dt) {
             unsigned vf[AF_MMA_VW];
             af_mma_load_v(vf, tV + dt * 16, LD);
-            af_mma_pv16<BF16>(&o[dt * (16 / AF_MMA_ON)], pf, vf);
+            af_mma_pv16<PV_BF16>(&o[dt * (16 / AF_MMA_ON)], pf, vf);
         }
-        __syncthreads();  // every group is done with this stage before it is loaded again
+        // Every group (FP8: every lane of this group) is done with this stage before it is
+        // loaded again.
+        if constexpr (FP8) af_syncwarp();
+        else __syncthreads();
     }
     af_cp_async_wait_all();
+    if constexpr (FP8) __syncthreads();  // the merge below reuses every group's stages
 
     // Merge the groups: (max, sum, acc) per row through shared memory (the K/V stages).
     float* sM = reinterpret_cast<float*>(sKV);       // [MMA_GROUPS][16]
@@ -171,6 +273,7 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
             L += sL[g * 16 + r] * f;
             A += sO[(g * 16 + r) * DM + c] * f;
         }
+        A *= vscale;
         const long row = qrow(r);
         if (p.splits == 1) {
             const int rr = r0 + r;
@@ -187,15 +290,15 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
         split_merge_last<T>(p, rows, DM, tid, MMA_THREADS, qrow, [&](int r) { const int rr = r0 + r; return o_at(p, qbeg + rr / G, kh * G + rr % G); });
 }
 
-template <typename T, int DM, bool QROPE>
+template <typename T, int DM, bool QROPE, bool FP8 = false>
 AF_DEVICE void decode_mma_body(const AttnParams& p) {
 #if defined(AF_NVIDIA)
     static_assert(MMA_DC_MAX_STAGES == 3, "one instance per depth the plan may pick");
-    if (p.stages >= 3) decode_mma_stages<T, DM, QROPE, 3>(p);
-    else if (p.stages == 2) decode_mma_stages<T, DM, QROPE, 2>(p);
-    else decode_mma_stages<T, DM, QROPE, 1>(p);
+    if (p.stages >= 3) decode_mma_stages<T, DM, QROPE, 3, FP8>(p);
+    else if (p.stages == 2) decode_mma_stages<T, DM, QROPE, 2, FP8>(p);
+    else decode_mma_stages<T, DM, QROPE, 1, FP8>(p);
 #else
     // AMD's copies are synchronous: the plan always picks one stage.
-    decode_mma_stages<T, DM, QROPE, 1>(p);
+    decode_mma_stages<T, DM, QROPE, 1, FP8>(p);
 #endif
 }

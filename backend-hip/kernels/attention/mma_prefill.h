@@ -20,10 +20,16 @@
 #pragma once
 #include "mma_common.h"
 
-template <typename T, int DM, bool QROPE>
+//
+// FP8 pools (FP8, attn_prefill_mma_e4m3_d{64,128}_*): K and V tiles load as e4m3 and are stored
+// to shared memory converted to 16 bits (exact; K in the queries' type, V in f16, P V in f16 as
+// in the decode), synchronously (the global loads of a tile still overlap each other); the kv
+// head's K scale joins the softmax scale and its V scale the output's normalisation.
+template <typename T, int DM, bool QROPE, bool FP8 = false>
 AF_DEVICE void prefill_mma_body(const AttnParams& p) {
     using Tile = MmaTile<DM>;
     constexpr bool BF16 = MmaIsBf16<T>::value;
+    constexpr bool PV_BF16 = BF16 && !FP8;  // FP8: values converted to f16, P V in f16
     constexpr int MT = Tile::MT, BR = Tile::BR, BC = Tile::BC, LD = Tile::LD;
     constexpr int CH = DM / 8;                                // 16-byte chunks per row
     constexpr int SF = BC / AF_MMA_SN, OF = DM / AF_MMA_ON;  // fragments per 16-row tile
@@ -46,15 +52,34 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
     const int rows = min(BR, q_len - q0);
 
     // A K or V tile into shared memory; keys past kv_len are zeros.
-    auto load_kv = [&](unsigned short* dst, const unsigned short* src, long stride, int k0) {
-        static_assert(BC * CH % MMA_THREADS == 0, "whole chunks per thread");
+    auto load_kv = [&](unsigned short* dst, const unsigned short* src, long stride, int k0, bool value) {
+        if constexpr (FP8) {
+            constexpr int CB = DM / 16;  // 16-byte chunks of an e4m3 row
+            const unsigned char* sb = reinterpret_cast<const unsigned char*>(src);
+            static_assert(BC * CB % MMA_THREADS == 0, "whole chunks per thread");
 #pragma unroll
-        for (int it = 0; it < BC * CH / MMA_THREADS; ++it) {
-            const int i = tid + it * MMA_THREADS, r = i / CH, c = (i % CH) * 8;
-            const bool ok = k0 + r < kv_len;
-            af_cp_async16(dst + r * LD + c, ok ? src + kvr(k0 + r) * stride + (long)kh * DM + c : src, ok);
+            for (int it = 0; it < BC * CB / MMA_THREADS; ++it) {
+                const int i = tid + it * MMA_THREADS, r = i / CB, c = (i % CB) * 16;
+                const bool ok = k0 + r < kv_len;
+                const uint4 e = ok ? *reinterpret_cast<const uint4*>(sb + kvr(k0 + r) * stride + (long)kh * DM + c) : make_uint4(0u, 0u, 0u, 0u);
+                uint4* d = reinterpret_cast<uint4*>(dst + r * LD + c);
+                d[0] = value ? af_e4m3x8_to<af_f16>(make_uint2(e.x, e.y)) : af_e4m3x8_to<T>(make_uint2(e.x, e.y));
+                d[1] = value ? af_e4m3x8_to<af_f16>(make_uint2(e.z, e.w)) : af_e4m3x8_to<T>(make_uint2(e.z, e.w));
+            }
+        } else {
+            static_assert(BC * CH % MMA_THREADS == 0, "whole chunks per thread");
+#pragma unroll
+            for (int it = 0; it < BC * CH / MMA_THREADS; ++it) {
+                const int i = tid + it * MMA_THREADS, r = i / CH, c = (i % CH) * 8;
+                const bool ok = k0 + r < kv_len;
+                af_cp_async16(dst + r * LD + c, ok ? src + kvr(k0 + r) * stride + (long)kh * DM + c : src, ok);
+            }
         }
     };
+    // FP8: the kv head's scales.
+    const float kscale = FP8 ? reinterpret_cast<const float*>(p.k_scale)[kh] : 1.f;
+    const float vscale = FP8 ? reinterpret_cast<const float*>(p.v_scale)[kh] : 1.f;
+    const float scale_log2 = p.scale_log2 * kscale;
 
     // The query tile (rows past q_len are zeros: finite scores, never stored).
     {
@@ -70,7 +95,7 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
     // Under a sliding window the tile's first row sees no key before af_first_key: skip the
     // tiles wholly before it (the work grows with the window, not the context).
     const int j0 = p.causal ? af_first_key(p, min(kv_len, kv_len - q_len + q0 + 1)) / BC : 0;
-    if (ntiles > j0) load_kv(sK, K, p.k_stride, j0 * BC);
+    if (ntiles > j0) load_kv(sK, K, p.k_stride, j0 * BC, false);
     af_cp_async_commit();
     af_cp_async_wait_all();
     __syncthreads();
@@ -119,7 +144,7 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
             af_cp_async_wait_all();  // K tile j has landed
             __syncthreads();         // ... for every group, and every group is done with sV
         }
-        load_kv(sV, V, p.v_stride, k0);
+        load_kv(sV, V, p.v_stride, k0, true);
         af_cp_async_commit();
 
         // S = Q K^T: each key fragment serves the MT query tiles.
@@ -153,9 +178,9 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
             int lo[AF_MMA_SLOTS];
 #pragma unroll
             for (int sl = 0; sl < AF_MMA_SLOTS; ++sl) lo[sl] = af_first_key(p, lim[mt][sl]);
-            mma_softmax_step<SF>(s[mt], m[mt], l[mt], lim[mt], lo, masked, k0, p.scale_log2, p.softcap_log2, corr);
+            mma_softmax_step<SF>(s[mt], m[mt], l[mt], lim[mt], lo, masked, k0, scale_log2, p.softcap_log2, corr);
 #pragma unroll
-            for (int c = 0; c < BC / 16; ++c) af_mma_pack_p<BF16>(pf[mt][c], &s[mt][c * (16 / AF_MMA_SN)]);
+            for (int c = 0; c < BC / 16; ++c) af_mma_pack_p<PV_BF16>(pf[mt][c], &s[mt][c * (16 / AF_MMA_SN)]);
 #pragma unroll
             for (int f = 0; f < OF; ++f) {
 #pragma unroll
@@ -165,7 +190,7 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
 
         af_cp_async_wait_all();  // V tile j has landed
         __syncthreads();         // ... for every group, and every group is done with sK
-        if (j + 1 < ntiles) load_kv(sK, K, p.k_stride, k0 + BC);
+        if (j + 1 < ntiles) load_kv(sK, K, p.k_stride, k0 + BC, false);
         af_cp_async_commit();
 
         // O += P V: each value fragment serves the MT query tiles.
@@ -176,7 +201,7 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
                 unsigned vf[AF_MMA_VW];
                 af_mma_load_v(vf, sV + c * 16 * LD + dt * 16, LD);
 #pragma unroll
-                for (int mt = 0; mt < MT; ++mt) af_mma_pv16<BF16>(&o[mt][dt * (16 / AF_MMA_ON)], pf[mt][c], vf);
+                for (int mt = 0; mt < MT; ++mt) af_mma_pv16<PV_BF16>(&o[mt][dt * (16 / AF_MMA_ON)], pf[mt][c], vf);
             }
         }
     }
@@ -190,7 +215,7 @@ AF_DEVICE void prefill_mma_body(const AttnParams& p) {
             const int r = 16 * (MT * w + mt) + af_mma_row(sl);
             const float lsum = af_mma_rowsum(l[mt][sl]);
             const float denom = lsum + af_sink_term(p.sinks, h, m[mt][sl]);
-            const float inv = 1.f / denom;
+            const float inv = vscale / denom;
             if (r >= rows) continue;
             // One lane of the row's group: the one holding its first output column.
 #pragma unroll

@@ -6,10 +6,12 @@
 
 struct af_f16 { unsigned short x; };
 struct af_bf16 { unsigned short x; };
+struct af_e4m3 { unsigned char x; };  // FP8 KV pools only (af_vendor.h's conversions)
 
 AF_DEVICE float af_to_float(float v) { return v; }
 AF_DEVICE float af_to_float(af_f16 v) { return af_h2f(v.x); }
 AF_DEVICE float af_to_float(af_bf16 v) { return af_bf2f(v.x); }
+AF_DEVICE float af_to_float(af_e4m3 v) { return af_h2f((unsigned short)af_e4m3x2_to_f16x2(v.x)); }
 
 // Logit soft-capping in base 2 (AttnParams.softcap_log2 = cap * log2(e), 0 when off; then
 // scale_log2 = scale / cap): y = x * scale_log2 of a raw score x becomes cap * tanh(scale * x /
@@ -44,6 +46,23 @@ template <typename T> AF_DEVICE T af_from_float(float f);
 template <> AF_DEVICE float af_from_float<float>(float f) { return f; }
 template <> AF_DEVICE af_f16 af_from_float<af_f16>(float f) { af_f16 r; r.x = af_f2h(f); return r; }
 template <> AF_DEVICE af_bf16 af_from_float<af_bf16>(float f) { af_bf16 r; r.x = af_f2bf(f); return r; }
+template <> AF_DEVICE af_e4m3 af_from_float<af_e4m3>(float f) { af_e4m3 r; r.x = (unsigned char)af_f2e4m3x2(f, 0.f); return r; }
+
+template <typename T> struct AfIsBf16 { static constexpr bool value = false; };
+template <> struct AfIsBf16<af_bf16> { static constexpr bool value = true; };
+
+// Eight e4m3 (one 8-byte word, lowest byte first) to eight 16-bit values of T (f16 or bf16),
+// exact: e4m3 -> f16 pairs, and for bf16 through f32 (every e4m3 is a bf16 too).
+template <typename T> AF_DEVICE uint4 af_e4m3x8_to(uint2 w) {
+    const unsigned short p[4] = {(unsigned short)(w.x & 0xffffu), (unsigned short)(w.x >> 16), (unsigned short)(w.y & 0xffffu), (unsigned short)(w.y >> 16)};
+    unsigned r[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const unsigned h = af_e4m3x2_to_f16x2(p[i]);
+        r[i] = AfIsBf16<T>::value ? af_f2bf2(af_h2f((unsigned short)(h & 0xffffu)), af_h2f((unsigned short)(h >> 16))) : h;
+    }
+    return make_uint4(r[0], r[1], r[2], r[3]);
+}
 
 // Raw<B>: a B-byte chunk moved by one load or store (B = 2 .. 64).
 template <int B> struct Raw;

@@ -7,11 +7,13 @@
 //          NVIDIA headers do not compile with CUDA 13; warp of 32; f16/bf16 through PTX cvt.
 //
 // What the kernels may use: AF_DEVICE, AF_WARP, af_shfl_xor (within a warp, offsets < 16 are
-// safe on every target), af_h2f / af_f2h (f16), af_bf2f / af_f2bf (bf16), af_f2h2 / af_f2bf2
+// safe on every target), af_syncwarp (the lanes of one warp / wavefront, with shared-memory
+// ordering; only where every group of the block calls it), af_h2f / af_f2h (f16), af_bf2f / af_f2bf (bf16), af_f2h2 / af_f2bf2
 // (two floats to a packed pair, low element first), af_sincos, af_sincos_fast, af_cp_async16
 // (global to shared) with af_cp_async_commit / _wait_all / _wait<N>, af_ld_coherent / af_ld_coherent2 (floats
 // another block of the same kernel stored before a fence: read past the non-coherent L1), and
-// the matrix-core fragment operations af_mma_* (see below).
+// the matrix-core fragment operations af_mma_* (see below), and the FP8 e4m3 conversions
+// af_e4m3x2_to_f16x2 / af_f2e4m3x2 (KV caches; at the end).
 #pragma once
 
 #if defined(__HIP_PLATFORM_AMD__) || (defined(__HIP__) && !defined(__CUDACC__))
@@ -25,6 +27,9 @@
 #define AF_WARP 64
 #endif
 AF_DEVICE float af_shfl_xor(float v, int mask) { return __shfl_xor(v, mask); }
+// A barrier for one group's lanes, with shared-memory ordering; kernels call it where every
+// group of the block reaches the same point, so the block barrier is a valid (stronger) one.
+AF_DEVICE void af_syncwarp() { __syncthreads(); }
 AF_DEVICE float af_h2f(unsigned short h) { return (float)__builtin_bit_cast(_Float16, h); }
 AF_DEVICE unsigned short af_f2h(float f) { return __builtin_bit_cast(unsigned short, (_Float16)f); }
 AF_DEVICE unsigned short af_f2bf(float f) {
@@ -41,6 +46,7 @@ AF_DEVICE unsigned int af_f2bf2(float lo, float hi) { return af_f2bf(lo) | ((uns
 #define AF_DEVICE __device__ __forceinline__
 #define AF_WARP 32
 AF_DEVICE float af_shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
+AF_DEVICE void af_syncwarp() { __syncwarp(); }
 AF_DEVICE float af_h2f(unsigned short h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -315,3 +321,49 @@ template <bool BF16> AF_DEVICE void af_mma_pv16(float (*o)[4], const unsigned* p
 AF_DEVICE float af_bf2f(unsigned short b) { return __uint_as_float(((unsigned int)b) << 16); }
 AF_DEVICE void af_sincos(float a, float* s, float* c) { sincosf(a, s, c); }
 AF_DEVICE void af_sincos_fast(float a, float* s, float* c) { __sincosf(a, s, c); }  // |a| <= pi
+
+// ---------------------------------------------------------------- FP8 e4m3 (KV caches)
+// OCP e4m3 ("e4m3fn"): 4-bit exponent (bias 7), 3-bit mantissa, no infinities, 0x7f / 0xff NaN,
+// largest finite 448. af_e4m3x2_to_f16x2(w): the two e4m3 of w (low byte first) to a packed
+// f16 pair, exactly (every e4m3 is an f16). af_f2e4m3x2(lo, hi): two floats to two e4m3 (lo in
+// the low byte), rounded to nearest even, saturating at +-448 (infinities too), NaN to NaN:
+// NVIDIA's cvt.rn.satfinite and the host's conversion (the `float8` crate) give the same bits.
+// NVIDIA sm_89+ converts in hardware; sm_80 and AMD (gfx90a, gfx1030: no FP8 conversions)
+// compute the same results in integer and float arithmetic.
+// One e4m3 to f16 bits: its exponent and mantissa fields shifted into f16's (bias 15) give the
+// value times 2^-8 (subnormals too), and the multiply by 256 is exact.
+AF_DEVICE unsigned short af_e4m3_to_f16_sw(unsigned b) {
+    if ((b & 0x7fu) == 0x7fu) return 0x7fffu;
+    return af_f2h(af_h2f((unsigned short)((b & 0x7fu) << 7)) * 256.f) | (unsigned short)((b & 0x80u) << 8);
+}
+// One float to e4m3: the magnitude rounded on e4m3's grid (2^-9 steps below 2^-6, three
+// mantissa bits above; rintf rounds to nearest even), clamped at 448, then encoded through f16.
+AF_DEVICE unsigned af_f2e4m3_sw(float x) {
+    if (x != x) return 0x7fu;
+    const unsigned sign = (__float_as_uint(x) >> 24) & 0x80u;
+    const float a = fminf(fabsf(x), 480.f);
+    float r;
+    if (a < 0.015625f) {
+        r = rintf(a * 512.f) * (1.f / 512.f);
+    } else {
+        int e;
+        frexpf(a, &e);  // a in [2^(e-1), 2^e): the unit is 2^(e-4)
+        r = ldexpf(rintf(ldexpf(a, 4 - e)), e - 4);
+    }
+    return sign | (af_f2h(fminf(r, 448.f) * (1.f / 256.f)) >> 7);
+}
+#if defined(AF_NVIDIA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+AF_DEVICE unsigned int af_e4m3x2_to_f16x2(unsigned short w) {
+    unsigned int r;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(r) : "h"(w));
+    return r;
+}
+AF_DEVICE unsigned short af_f2e4m3x2(float lo, float hi) {
+    unsigned short r;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+#else
+AF_DEVICE unsigned int af_e4m3x2_to_f16x2(unsigned short w) { return af_e4m3_to_f16_sw(w & 0xffu) | ((unsigned int)af_e4m3_to_f16_sw(w >> 8) << 16); }
+AF_DEVICE unsigned short af_f2e4m3x2(float lo, float hi) { return (unsigned short)(af_f2e4m3_sw(lo) | (af_f2e4m3_sw(hi) << 8)); }
+#endif

@@ -55,7 +55,7 @@ fn devices() -> Vec<DeviceProps> {
 const STRATEGIES: [Strategy; 4] = [Strategy::Flash, Strategy::Hybrid, Strategy::Fused, Strategy::Separate];
 
 fn problem(dtype: DType, (h, hk): (usize, usize), d: usize, batch: usize, q: usize, kv: usize, layout: Option<CacheLayout>) -> ProblemDesc {
-    ProblemDesc { dtype, num_heads: h, num_kv_heads: hk, head_dim: d, rope: Some(RopeConfig::new(d, 10000.0, 1 << 20)), layout, causal: true, batch_size: batch, max_q_len: q, max_kv_len: kv, window: None }
+    ProblemDesc { dtype, num_heads: h, num_kv_heads: hk, head_dim: d, rope: Some(RopeConfig::new(d, 10000.0, 1 << 20)), layout, kv_dtype: None, causal: true, batch_size: batch, max_q_len: q, max_kv_len: kv, window: None }
 }
 
 /// Every (device, strategy, op, problem) of a grid wide enough to reach every kernel.
@@ -74,6 +74,26 @@ fn grid() -> Vec<(DeviceProps, Strategy, Op, ProblemDesc)> {
                                     if p.validate().is_ok() {
                                         v.push((dev.clone(), strategy, op, p));
                                     }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // FP8 pools: every strategy, the ops on a cache, head dims in and out of the matrix-core kernels.
+    for dev in devices() {
+        for strategy in STRATEGIES {
+            for op in [Op::KvAppend, Op::Attention, Op::Step] {
+                for dtype in [DType::F16, DType::BF16] {
+                    for d in [64usize, 96, 128, 256] {
+                        for (batch, q, kv) in [(16usize, 1usize, 8192usize), (1, 3, 3000), (2, 600, 4096)] {
+                            for layout in &layouts[1..] {
+                                let mut p = problem(dtype, (32, 8), d, batch, q, kv, *layout);
+                                p.kv_dtype = Some(DType::F8E4M3);
+                                if p.validate().is_ok() {
+                                    v.push((dev.clone(), strategy, op, p));
                                 }
                             }
                         }
@@ -129,8 +149,8 @@ fn fits(dev: &DeviceProps, p: &ProblemDesc, a: &AttnLaunch) -> Result<(), String
             if *shared > dev.smem_per_block_optin || *block > dev.max_threads_per_block || p.num_heads as u64 > y || *tile_rows == 0 {
                 return Err(format!("tiled {kernel:?}: block {block}, {shared} B, heads {}", p.num_heads));
             }
-            if let Kernel::MmaPrefill { dim, .. } = kernel {
-                if *dim as usize != p.head_dim || !dev.matrix_cores || *block != MMA_GROUPS * dev.warp_size || *shared != mma_prefill_shared_bytes(p.head_dim, dev.vendor) {
+            if let Kernel::MmaPrefill { dim, fp8, .. } = kernel {
+                if *dim as usize != p.head_dim || *fp8 != p.kv_dtype.is_some() || !dev.matrix_cores || *block != MMA_GROUPS * dev.warp_size || *shared != mma_prefill_shared_bytes(p.head_dim, dev.vendor) {
                     return Err(format!("{kernel:?} for head_dim {} on {}", p.head_dim, dev.name));
                 }
             }
@@ -144,8 +164,9 @@ fn fits(dev: &DeviceProps, p: &ProblemDesc, a: &AttnLaunch) -> Result<(), String
             if max_keys_per_split.is_some_and(|m| p.max_kv_len.div_ceil(*splits) > m) {
                 return Err(format!("decode {kernel:?}: {splits} splits of {} keys", p.max_kv_len));
             }
-            if let Kernel::MmaDecode { dim, .. } = kernel {
-                if *dim as usize != p.head_dim || !dev.matrix_cores || *shared != mma_decode_shared_bytes(p.head_dim, *stages) {
+            if let Kernel::MmaDecode { dim, fp8, .. } = kernel {
+                let bytes = if *fp8 { mma_decode_fp8_shared_bytes(p.head_dim, *stages) } else { mma_decode_shared_bytes(p.head_dim, *stages) };
+                if *dim as usize != p.head_dim || !dev.matrix_cores || *shared != bytes || *fp8 != p.kv_dtype.is_some() {
                     return Err(format!("{kernel:?} for head_dim {} on {}", p.head_dim, dev.name));
                 }
             }
@@ -315,4 +336,49 @@ fn the_plan_picks_the_path_from_the_device() {
     // attention does not.
     assert!(matches!(tiled(prefill(&by_name("H100"), DType::BF16, Strategy::Fused, Op::Attention)).0, Kernel::Prefill { rope: true, .. }));
     assert!(matches!(tiled(prefill(&by_name("H100"), DType::BF16, Strategy::Fused, Op::AttentionPlain)).0, Kernel::MmaPrefill { qrope: false, .. }));
+}
+
+#[test]
+fn fp8_pools_take_the_matrix_core_kernels_or_a_reason() {
+    let h100 = devices().into_iter().find(|d| d.name == "H100").unwrap();
+    let fp8 = |d: usize, q: usize| {
+        let mut p = problem(DType::BF16, (32, 8), d, 16, q, 8192, Some(CacheLayout::Paged { page_size: 16, num_pages: 1 << 14 }));
+        p.kv_dtype = Some(DType::F8E4M3);
+        p
+    };
+    // Decode and prefill over FP8 pools: the e4m3 matrix-core kernels, with the scales folded in;
+    // the decode's e4m3 stages take less shared memory than 16-bit ones.
+    for s in [Strategy::Flash, Strategy::Hybrid, Strategy::Fused] {
+        match plan(&h100, s, Op::Attention, &fp8(128, 1)).unwrap() {
+            OpPlan::Attention(AttnLaunch::Decode { kernel: Kernel::MmaDecode { dim: 128, qrope: false, fp8: true, .. }, shared, stages: 3, .. }) => {
+                // Three e4m3 stages and one converted tile: three blocks per SM (bf16's three
+                // stages: two).
+                assert_eq!(shared, mma_decode_fp8_shared_bytes(128, 3));
+                assert_eq!(blocks_per_sm(&h100, shared), MMA_DC_FP8_BLOCKS);
+                assert_eq!(blocks_per_sm(&h100, mma_decode_shared_bytes(128, 3)), 2);
+            }
+            other => panic!("{s:?}: {other:?}"),
+        }
+        assert!(matches!(plan(&h100, s, Op::Attention, &fp8(64, 200)).unwrap(), OpPlan::Attention(AttnLaunch::Tiled { kernel: Kernel::MmaPrefill { dim: 64, fp8: true, .. }, .. })));
+        assert_eq!(plan(&h100, s, Op::KvAppend, &fp8(128, 1)).unwrap(), OpPlan::Append(Kernel::KvAppend { dtype: DType::BF16, fp8: true }));
+    }
+    // hip-flash's and hip-hybrid's step: RoPE in place, the quantising append, attention that
+    // rotates nothing.
+    for s in [Strategy::Flash, Strategy::Hybrid] {
+        match plan(&h100, s, Op::Step, &fp8(128, 1)).unwrap() {
+            OpPlan::Step { rope: Some(_), append: Some(Kernel::KvAppend { fp8: true, .. }), attention: AttnLaunch::Decode { kernel: Kernel::MmaDecode { qrope: false, fp8: true, .. }, .. } } => {}
+            other => panic!("{s:?}: {other:?}"),
+        }
+    }
+    // What cannot run says why.
+    let why = |s: Strategy, op: Op, p: &ProblemDesc| plan(&h100, s, op, p).unwrap_err();
+    assert!(why(Strategy::Fused, Op::Step, &fp8(128, 1)).iter().any(|r| matches!(r, Reason::Fp8Cache { .. })));
+    assert!(why(Strategy::Separate, Op::Attention, &fp8(128, 1)).iter().any(|r| matches!(r, Reason::Fp8Cache { .. })));
+    for d in [96, 256] {
+        let r = why(Strategy::Flash, Op::Attention, &fp8(d, 1));
+        assert!(r.iter().any(|r| r.to_string().contains("head_dim 64 or 128")), "{r:?}");
+    }
+    let mut f32p = fp8(128, 1);
+    f32p.dtype = DType::F32;
+    assert!(f32p.validate().is_err(), "FP8 caches hold f16/bf16 models' K/V");
 }

@@ -115,14 +115,14 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
     let k = gpu.alloc(4 * hk * d * 2).unwrap();
     // A slot past the pool.
     let meta = gpu.upload_meta(&[&[0, 1, 2, slots as i32]]).unwrap();
-    let p = PoolMut { k: pk.view_mut(), v: pv.view_mut(), pos: None, slots };
-    let e = append(&gpu, Kernel::KvAppend { dtype: DType::F16 }, 4, hk, d, st(k.view(), hk * d), st(k.view(), hk * d), p, meta.part(0), None).unwrap_err();
+    let p = PoolMut { k: pk.view_mut(), v: pv.view_mut(), pos: None, slots, scales: None };
+    let e = append(&gpu, Kernel::KvAppend { dtype: DType::F16, fp8: false }, 4, hk, d, st(k.view(), hk * d), st(k.view(), hk * d), p, meta.part(0), None).unwrap_err();
     assert!(e.to_string().contains("slot mapping"), "{e}");
     // K/V rows too short for the tokens.
     let meta = gpu.upload_meta(&[&[0, 1, 2, 3, 4]]).unwrap();
-    let p = PoolMut { k: pk.view_mut(), v: pv.view_mut(), pos: None, slots };
+    let p = PoolMut { k: pk.view_mut(), v: pv.view_mut(), pos: None, slots, scales: None };
     assert_eq!(
-        append(&gpu, Kernel::KvAppend { dtype: DType::F16 }, 5, hk, d, st(k.view(), hk * d), st(k.view(), hk * d), p, meta.part(0), None).unwrap_err().kind(),
+        append(&gpu, Kernel::KvAppend { dtype: DType::F16, fp8: false }, 5, hk, d, st(k.view(), hk * d), st(k.view(), hk * d), p, meta.part(0), None).unwrap_err().kind(),
         "StorageTooSmall"
     );
 
@@ -158,7 +158,7 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
             out: st(out.view_mut(), h * d),
             q_lens: &[1],
             kv_lens: &[kv_len],
-            kv: KvSource { k: st(kk, hk * d), v: st(vv, hk * d), rows, kv_heads: hk, at },
+            kv: KvSource { k: st(kk, hk * d), v: st(vv, hk * d), rows, kv_heads: hk, at, scales: None },
             causal: true,
             scale: 0.125,
             softcap: 0.0,
@@ -183,7 +183,7 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
         out: st(out.view_mut(), h * d),
         q_lens: &[1],
         kv_lens: &[4],
-        kv: KvSource { k: st(pk.view(), hk * d), v: st(pv.view(), hk * d), rows: slots, kv_heads: hk, at: KvAddressing::Rows(&[0]) },
+        kv: KvSource { k: st(pk.view(), hk * d), v: st(pv.view(), hk * d), rows: slots, kv_heads: hk, at: KvAddressing::Rows(&[0]), scales: None },
         causal: true,
         scale: 0.125,
             softcap: 0.0,
@@ -203,7 +203,7 @@ fn launchers_refuse_what_would_index_outside_memory_and_launch_nothing() {
         out: st(out.view_mut(), h * d),
         q_lens: &[1],
         kv_lens: &[12],
-        kv: KvSource { k: st(pk.view(), hk * d), v: st(pv.view(), hk * d), rows: slots, kv_heads: hk, at: KvAddressing::Pages { page_size: ps, tables: vec![&[3, 0]] } },
+        kv: KvSource { k: st(pk.view(), hk * d), v: st(pv.view(), hk * d), rows: slots, kv_heads: hk, at: KvAddressing::Pages { page_size: ps, tables: vec![&[3, 0]] }, scales: None },
         causal: true,
         scale: 0.125,
         softcap: 0.0,

@@ -62,13 +62,18 @@ impl Ctx<'_> {
     /// The pools (and hip-fused's slot positions), writable.
     fn pools_mut<'p>(&self, c: &'p mut KvPools) -> Result<PoolMut<'p>> {
         let slots = c.spec().pool_slots();
-        let (k, v, state) = c.parts_mut();
+        let (k, v, state, scales) = c.parts_and_scales_mut();
         let (k, v) = (writable(k, "K pool", self.name, self.gpu)?, writable(v, "V pool", self.name, self.gpu)?);
         let pos = state.and_then(|s| s.as_any_mut().downcast_mut::<GpuPoolState>()).map(|s| {
             self.gpu.keep(&s.pos);
             s.pos.slice_mut(0)
         });
-        Ok(PoolMut { k: k.view_mut(), v: v.view_mut(), pos, slots })
+        let scales = scales.map(|(ks, vs)| Ok::<_, Error>((tensor(ks, "K scales", self.name, self.gpu)?.view(), tensor(vs, "V scales", self.name, self.gpu)?.view()))).transpose()?;
+        Ok(PoolMut { k: k.view_mut(), v: v.view_mut(), pos, slots, scales })
+    }
+    /// FP8 pools' scales, read-only.
+    fn scales<'p>(&self, c: &'p KvPools) -> Result<Option<(DevRef<'p>, DevRef<'p>)>> {
+        c.scales().map(|(ks, vs)| Ok((tensor(ks, "K scales", self.name, self.gpu)?.view(), tensor(vs, "V scales", self.name, self.gpu)?.view()))).transpose()
     }
 }
 
@@ -157,6 +162,7 @@ fn cache_attention(
         rows: spec.pool_slots(),
         kv_heads: spec.num_kv_heads,
         at: addressing(c.spec(), meta, batch, &mut bases),
+        scales: ctx.scales(c)?,
     };
     let call = AttnCall { dtype: spec.dtype, heads, head_dim: spec.head_dim, q, out, q_lens: batch.q_lens(), kv_lens, kv, causal: params.causal, scale: params.scale, softcap: params.softcap.unwrap_or(0.0), window: params.window.unwrap_or(0), sinks: x.sinks, lse: x.lse, rope };
     attention::attention(ctx.gpu, l, call)
@@ -194,7 +200,7 @@ fn rotates_keys(l: &AttnLaunch) -> bool {
 pub(crate) fn attention_plain(ctx: &Ctx<'_>, l: &AttnLaunch, a: PlainAttentionArgs<'_>) -> Result<()> {
     let bases: Vec<usize> = a.batch.kv_offsets()[..a.batch.len()].to_vec();
     let rows = *a.batch.kv_offsets().last().unwrap_or(&0);
-    let kv = KvSource { k: ctx.q(a.k, "k")?, v: ctx.q(a.v, "v")?, rows, kv_heads: a.k.shape()[1], at: KvAddressing::Rows(&bases) };
+    let kv = KvSource { k: ctx.q(a.k, "k")?, v: ctx.q(a.v, "v")?, rows, kv_heads: a.k.shape()[1], at: KvAddressing::Rows(&bases), scales: None };
     let x = ctx.extras(a.sinks, a.lse)?;
     let call = AttnCall {
         dtype: a.q.dtype(),

@@ -263,7 +263,9 @@ pub(crate) fn run(ctx: &Ctx<'_>, strategy: Strategy, p: &GpuPlan, views: LayerVi
                     let rope = AttnRope { q_pos: Some(m.part(0)), k_pos: pos, table: table(&b), interleaved: b.interleaved, mrope: None };
                     attend(ctx, al, p, ctx.q(q, "q")?, c, ctx.extras(sinks, None)?, ctx.q_mut(out, "out")?, Some(rope))
                 }
-                (Strategy::Separate, Some(rl), Some(kernel)) => {
+                // hip-separate's step, and hip-flash's and hip-hybrid's over FP8 pools (their
+                // fused RoPE + append writes 16-bit rows): RoPE in place, append, attention.
+                (Strategy::Separate | Strategy::Flash | Strategy::Hybrid, Some(rl), Some(kernel)) => {
                     let s = RopeShape { tokens: p.tokens, q_heads: p.heads, k_heads: k.shape()[1], head_dim: k.shape()[2], mrope: r.mrope };
                     rope::in_place(ctx.gpu, rl, s, Some(ctx.q_mut(q, "q")?), ctx.q_mut(k, "k")?, m.part(0), table(r))?;
                     append(ctx, *kernel, p, k, v, c, false)?;
@@ -319,6 +321,7 @@ fn attend(ctx: &Ctx<'_>, l: &AttnLaunch, p: &GpuPlan, q: Strided<DevRef<'_>>, c:
         sinks: x.sinks,
         lse: x.lse,
         rope,
+        kv_scales: ctx.scales(c)?,
     };
     let m = &p.meta;
     let dev = AttnDevice { meta: [m.part(2), m.part(3), m.part(4), m.part(5), m.part(6)], scratch: p.scratch.as_ref().map(|s| s.slice_mut(0)), sep: p.sep.as_ref().map(|s| s.view()), counters: p.counters.as_ref().map(|c| c.slice_mut(0)) };

@@ -38,8 +38,9 @@ pub fn check(be: &Backend, rf: &Backend, case: &Case, path: Path) -> Result<(), 
     let (out, again, lse) = run(be, case, &d, path).map_err(fail("attention", be))?;
     let (reference, _, ref_lse) = run(rf, case, &d, path).map_err(fail("attention", rf))?;
     let n = case.seqs.len();
-    let k: Vec<Vec<f64>> = (0..n).map(|s| seq_rows(case, &d.k_prefix, &d.k, case.kv_heads, s)).collect();
-    let v: Vec<Vec<f64>> = (0..n).map(|s| seq_rows(case, &d.v_prefix, &d.v, case.kv_heads, s)).collect();
+    // FP8 caches: the keys and values the cache holds (e4m3 times the scale).
+    let k: Vec<Vec<f64>> = (0..n).map(|s| case.as_cached(seq_rows(case, &d.k_prefix, &d.k, case.kv_heads, s), true)).collect();
+    let v: Vec<Vec<f64>> = (0..n).map(|s| case.as_cached(seq_rows(case, &d.v_prefix, &d.v, case.kv_heads, s), false)).collect();
     let (golden, golden_lse, cond) = golden_attention_lse(case, &rounded(&d.q, case.dtype), &k, &v);
     compare_cond("attention output", &out, &reference, &golden, case.dtype, cond)?;
     if let (Some(l), Some(r)) = (&lse, &ref_lse) {

@@ -1,12 +1,13 @@
-//! KV append: the cache holds exactly the appended bits at the slots the page table names, and
-//! every other slot keeps its sentinel.
+//! KV append: the cache holds exactly the appended bits at the slots the page table names (FP8
+//! caches: exactly `e4m3(fl32(x / scale))`, itself within e4m3's rounding of `x`), and every
+//! other slot keeps its sentinel.
 
 use attnforge_api::{Backend, Result};
 
 use super::fail;
 use crate::case::Case;
 use crate::setup::{append_case_io, Data, Io, Kv, Path};
-use crate::tolerance::exact;
+use crate::tolerance::{e4m3_error_bound, exact};
 
 fn run(be: &Backend, case: &Case, d: &Data, path: Path) -> Result<(Kv, attnforge_api::KvPool, attnforge_api::KvPool)> {
     let io = Io { be, case, path };
@@ -23,7 +24,21 @@ pub fn check(be: &Backend, _rf: &Backend, case: &Case, path: Path) -> Result<(),
     let (c, before, after) = run(be, case, &d, path).map_err(fail("kv_append", be))?;
     let (hk, hd) = (case.kv_heads, case.head_dim());
     let (mut want_k, mut want_v) = (before.k.clone(), before.v.clone());
-    let round = |x: f32| case.dtype.round(x as f64) as f32;
+    // What a slot of kv head `h` holds of `x`: `x` in the dtype, or in FP8 caches the e4m3 of
+    // `x / scale_h` (the raw value, unscaled), whose dequantised value must be within e4m3's
+    // rounding of `x` ([`e4m3_error_bound`]).
+    let scales = case.kv_scales();
+    let store = |x: f32, h: usize, key: bool| -> Result<f32, String> {
+        let x = case.dtype.round(x as f64);
+        let Some((ks, vs)) = &scales else { return Ok(x as f32) };
+        let s = if key { ks[h] } else { vs[h] };
+        let q = attnforge_api::e4m3_quantise(x, s).to_f64();
+        let err = (q * s as f64 - x).abs();
+        if err > e4m3_error_bound(x, s) {
+            return Err(format!("e4m3 of {x} / {s} is {q}: {err:.3e} from the input, past e4m3's rounding bound {:.3e}", e4m3_error_bound(x, s)));
+        }
+        Ok(q as f32)
+    };
     // The engine path's fork copied sequence 0's partial page (its prefix rows, sentinels after
     // them) into the spare page before the new tokens went in.
     if let Some((from, to)) = c.fork_copy() {
@@ -35,8 +50,8 @@ pub fn check(be: &Backend, _rf: &Backend, case: &Case, path: Path) -> Result<(),
         for tok in (case.seqs[0].cached / ps) * ps..case.seqs[0].cached {
             let (dst, src) = ((tok % ps) * row, tok * row);
             for j in 0..row {
-                pk[dst + j] = round(d.k_prefix[src + j]);
-                pv[dst + j] = round(d.v_prefix[src + j]);
+                pk[dst + j] = store(d.k_prefix[src + j], j / hd, true)?;
+                pv[dst + j] = store(d.v_prefix[src + j], j / hd, false)?;
             }
         }
         want_k[t..t + n].copy_from_slice(&pk);
@@ -53,8 +68,8 @@ pub fn check(be: &Backend, _rf: &Backend, case: &Case, path: Path) -> Result<(),
                 let dst = c.slot_offset(s, t, h);
                 let src = (row * hk + h) * hd;
                 for j in 0..hd {
-                    want_k[dst + j] = round(src_k[src + j]);
-                    want_v[dst + j] = round(src_v[src + j]);
+                    want_k[dst + j] = store(src_k[src + j], h, true)?;
+                    want_v[dst + j] = store(src_v[src + j], h, false)?;
                 }
             }
         }

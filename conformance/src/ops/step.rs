@@ -53,8 +53,9 @@ pub fn check(be: &Backend, rf: &Backend, case: &Case, path: Path) -> Result<(), 
     let mut q = rounded(&d.q, case.dtype);
     rope_rows(&mut q, case.heads, &d.pos, &case.rope, &fnew);
     let n = case.seqs.len();
-    let k: Vec<Vec<f64>> = (0..n).map(|s| gather(case, &kp, &kn, s)).collect();
-    let v: Vec<Vec<f64>> = (0..n).map(|s| seq_rows(case, &d.v_prefix, &d.v, case.kv_heads, s)).collect();
+    // FP8 caches: the rotated keys and the values as the cache holds them.
+    let k: Vec<Vec<f64>> = (0..n).map(|s| case.as_cached(gather(case, &kp, &kn, s), true)).collect();
+    let v: Vec<Vec<f64>> = (0..n).map(|s| case.as_cached(seq_rows(case, &d.v_prefix, &d.v, case.kv_heads, s), false)).collect();
     let (golden, cond) = golden_attention(case, &q, &k, &v);
     compare_cond("step output", &out, &reference, &golden, case.dtype, cond)
 }

@@ -48,6 +48,8 @@ pub(crate) struct KvSource<'a> {
     pub rows: usize,
     pub kv_heads: usize,
     pub at: KvAddressing<'a>,
+    /// FP8 pools: the K and V scales, f32 `[kv_heads]` (K and V hold e4m3).
+    pub scales: Option<(DevRef<'a>, DevRef<'a>)>,
 }
 
 /// RoPE inside attention.
@@ -97,6 +99,11 @@ fn rotates(k: Kernel) -> bool {
         Kernel::MmaPrefill { qrope, .. } | Kernel::MmaDecode { qrope, .. } => qrope,
         _ => false,
     }
+}
+
+/// Whether `k` reads FP8 e4m3 K/V (and the scales).
+fn fp8_kernel(k: Kernel) -> bool {
+    matches!(k, Kernel::MmaPrefill { fp8: true, .. } | Kernel::MmaDecode { fp8: true, .. })
 }
 
 /// The head dims the kernel serves: (largest, exact, multiple of).
@@ -338,6 +345,8 @@ pub(crate) struct AttnViews<'a> {
     /// Each row's log-sum-exp, f32 `[total_q, heads]` (None: not written).
     pub lse: Option<DevMut<'a>>,
     pub rope: Option<AttnRope<'a>>,
+    /// FP8 pools: the K and V scales, f32 `[kv_heads]` (K and V hold e4m3; an `_e4m3` kernel).
+    pub kv_scales: Option<(DevRef<'a>, DevRef<'a>)>,
 }
 
 /// [`AttnHost`] on the device: its metadata parts, scratch and hip-separate's row table; with
@@ -360,7 +369,7 @@ pub(crate) fn attention(gpu: &Gpu, l: &AttnLaunch, c: AttnCall<'_>) -> Result<()
     let meta = gpu.upload_meta(&[a, b, cc, d, e])?;
     let mut scratch = if host.scratch > 0 { Some(gpu.alloc_uninit(host.scratch)?) } else { None };
     let sep = if host.sep.is_empty() { None } else { Some(gpu.upload(&host.sep)?) };
-    let views = AttnViews { q: c.q, out: c.out, k: c.kv.k, v: c.kv.v, dtype: c.dtype, scale: c.scale, softcap: c.softcap, causal: c.causal, window: c.window, sinks: c.sinks, lse: c.lse, rope: c.rope };
+    let views = AttnViews { q: c.q, out: c.out, k: c.kv.k, v: c.kv.v, dtype: c.dtype, scale: c.scale, softcap: c.softcap, causal: c.causal, window: c.window, sinks: c.sinks, lse: c.lse, rope: c.rope, kv_scales: c.kv.scales };
     // Eager: the merge runs as its own kernel (no counters to zero per call).
     let dev = AttnDevice { meta: [meta.part(0), meta.part(1), meta.part(2), meta.part(3), meta.part(4)], scratch: scratch.as_mut().map(|s| s.view_mut()), sep: sep.as_ref().map(|s| s.view()), counters: None };
     // Scratch and metadata are freed stream-ordered, after the launches.
@@ -386,9 +395,18 @@ pub(crate) fn launch(gpu: &Gpu, l: &AttnLaunch, h: &AttnHost, c: AttnViews<'_>, 
     bytes_of("q", &[total_q, h.heads, d], es)?;
     need_ref(gpu, "q", &c.q.mem, span_bytes("q", total_q, h.heads * d, c.q.stride, es)?)?;
     need_mut(gpu, "out", &c.out.mem, span_bytes("out", total_q, h.heads * d, c.out.stride, es)?)?;
-    bytes_of("K", &[h.rows, h.kv_heads, d], es)?;
-    need_ref(gpu, "K", &c.k.mem, span_bytes("K", h.rows, h.kv_heads * d, c.k.stride, es)?)?;
-    need_ref(gpu, "V", &c.v.mem, span_bytes("V", h.rows, h.kv_heads * d, c.v.stride, es)?)?;
+    // K and V: e4m3 for the kernels over FP8 pools, which take the scales.
+    if fp8_kernel(main) != c.kv_scales.is_some() {
+        return Err(Error::Device { code: -1, message: format!("{} with {} FP8 scales", main.symbol(), if c.kv_scales.is_some() { "" } else { "no" }) });
+    }
+    let kes = if c.kv_scales.is_some() { DType::F8E4M3.size() } else { es };
+    bytes_of("K", &[h.rows, h.kv_heads, d], kes)?;
+    need_ref(gpu, "K", &c.k.mem, span_bytes("K", h.rows, h.kv_heads * d, c.k.stride, kes)?)?;
+    need_ref(gpu, "V", &c.v.mem, span_bytes("V", h.rows, h.kv_heads * d, c.v.stride, kes)?)?;
+    if let Some((ks, vs)) = &c.kv_scales {
+        need_ref(gpu, "K scales", ks, 4 * h.kv_heads)?;
+        need_ref(gpu, "V scales", vs, 4 * h.kv_heads)?;
+    }
     // The device metadata is `h`'s (same lengths and value ranges).
     const PARTS: [&str; 5] = ["query offsets", "key lengths", "key row bases", "page tables", "tiles"];
     for ((dm, hm), what) in m.meta.iter().zip(&h.parts).zip(PARTS) {
@@ -426,6 +444,10 @@ pub(crate) fn launch(gpu: &Gpu, l: &AttnLaunch, h: &AttnHost, c: AttnViews<'_>, 
         window: if c.causal { i32_of(c.window, "sliding window")? } else { 0 },
         ..Default::default()
     };
+    if let Some((ks, vs)) = &c.kv_scales {
+        p.k_scale = ks.addr;
+        p.v_scale = vs.addr;
+    }
     if let Some(s) = &c.sinks {
         need_ref(gpu, "attention sinks", s, 4 * h.heads)?;
         p.sinks = s.addr;
@@ -478,9 +500,9 @@ pub(crate) fn launch(gpu: &Gpu, l: &AttnLaunch, h: &AttnHost, c: AttnViews<'_>, 
             let grid = [(h.parts[4].len() / 2) as u64, h.heads as u64, 1];
             too_big("prefill", grid)?;
             // SAFETY: q/out hold every query row, K/V every row any entry addresses (bases and
-            // pages checked against `rows` by `prepare`, the device metadata is its), tiles
-            // name existing (entry, first row) pairs, the RoPE fields are sized for the rows
-            // and the table.
+            // pages checked against `rows` by `prepare`, the device metadata is its; e4m3 rows
+            // for the FP8 kernels, whose scales hold one f32 per kv head), tiles name existing
+            // (entry, first row) pairs, the RoPE fields are sized for the rows and the table.
             unsafe { gpu.launch(kernel, grid, block, shared, &p) }
         }
         AttnLaunch::Wide { kernel } => {

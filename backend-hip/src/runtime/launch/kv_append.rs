@@ -22,9 +22,12 @@ pub(crate) fn append(
     slots: MetaRef<'_>,
     positions: Option<MetaRef<'_>>,
 ) -> Result<()> {
-    let Kernel::KvAppend { dtype } = kernel else {
+    let Kernel::KvAppend { dtype, fp8 } = kernel else {
         return Err(Error::Device { code: -1, message: format!("{} is not the append kernel", kernel.symbol()) });
     };
+    if fp8 != pool.scales.is_some() {
+        return Err(Error::Device { code: -1, message: format!("{} for pools {} scales", kernel.symbol(), if fp8 { "without" } else { "with" }) });
+    }
     let chunk = CHUNK_BYTES / dtype.size();
     if !head_dim.is_multiple_of(chunk) {
         return Err(Error::InvalidArgument(format!("kv_append: head_dim {head_dim} is not a multiple of {chunk}")));
@@ -47,6 +50,10 @@ pub(crate) fn append(
         head_dim: i32_of(head_dim, "head_dim")?,
         ..Default::default()
     };
+    if let Some((ks, vs)) = &pool.scales {
+        p.k_scale = ks.addr;
+        p.v_scale = vs.addr;
+    }
     if let Some(pos) = &pool.pos {
         p.k_pos = pos.addr;
         if let Some(positions) = positions {
@@ -56,7 +63,7 @@ pub(crate) fn append(
     }
     let threads = (tokens * k_heads * (head_dim / chunk)) as u64;
     // SAFETY: every slot is inside both pools (and the position array), k and v hold `tokens`
-    // rows, positions one entry per token.
+    // rows, positions one entry per token, the scales (FP8 pools) one f32 per key head.
     unsafe { gpu.launch(kernel, [threads.div_ceil(APPEND_THREADS as u64), 1, 1], APPEND_THREADS, 0, &p) }
 }
 

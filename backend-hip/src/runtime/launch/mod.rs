@@ -94,13 +94,22 @@ pub(crate) struct PoolMut<'a> {
     pub pos: Option<DevMut<'a>>,
     /// Token slots of each pool.
     pub slots: usize,
+    /// FP8 pools: the K and V scales, f32 `[Hk]` each (the pools hold e4m3).
+    pub scales: Option<(DevRef<'a>, DevRef<'a>)>,
 }
 
 impl PoolMut<'_> {
+    /// Checks the pools' extent for rows of `dtype` (e4m3 when the pools have scales), the
+    /// scales' and the positions'.
     fn check(&self, gpu: &Gpu, k_heads: usize, head_dim: usize, dtype: DType) -> Result<()> {
-        let b = bytes_of("KV pool", &[self.slots, k_heads, head_dim], dtype.size())?;
+        let es = if self.scales.is_some() { DType::F8E4M3.size() } else { dtype.size() };
+        let b = bytes_of("KV pool", &[self.slots, k_heads, head_dim], es)?;
         need_mut(gpu, "K pool", &self.k, b)?;
         need_mut(gpu, "V pool", &self.v, b)?;
+        if let Some((ks, vs)) = &self.scales {
+            need_ref(gpu, "K scales", ks, 4 * k_heads)?;
+            need_ref(gpu, "V scales", vs, 4 * k_heads)?;
+        }
         if let Some(p) = &self.pos {
             need_mut(gpu, "slot positions", p, 4 * self.slots)?;
         }
