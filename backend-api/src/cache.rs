@@ -162,25 +162,7 @@ impl KvPools {
     /// FP8 pools take their scales with [`KvPools::with_scales`] before any op uses them.
     pub fn from_tensors(spec: KvCacheSpec, device: Device, k: Tensor, v: Tensor, state: Option<Box<dyn Storage>>) -> Result<Self> {
         spec.validate()?;
-        let shape = spec.pool_shape();
-        for (what, t) in [("K pool", &k), ("V pool", &v)] {
-            if t.device() != device {
-                return Err(Error::WrongDevice { what: what.into(), backend: "KV pools".into(), expected: device, got: t.device() });
-            }
-            if t.dtype() != spec.storage_dtype() {
-                return Err(Error::DtypeMismatch { what: what.into(), expected: spec.storage_dtype(), got: t.dtype() });
-            }
-            if t.shape() != shape {
-                return Err(Error::shape(what, &shape, t.shape()));
-            }
-            if !t.is_contiguous() {
-                return Err(Error::InvalidArgument(format!("{what} must be dense (row stride {}, rows of {})", t.row_stride(), t.row_len())));
-            }
-            t.check_storage(what)?;
-        }
-        if k.overlaps(&v) {
-            return Err(Error::InvalidArgument("the K and V pools overlap".into()));
-        }
+        check_pair(device, spec.storage_dtype(), &spec.pool_shape(), ("K pool", &k), ("V pool", &v), "K and V pools")?;
         Ok(KvPools { spec, device, k, v, state, scales: None })
     }
 
@@ -191,26 +173,11 @@ impl KvPools {
         if !self.spec.is_fp8() {
             return Err(Error::InvalidArgument(format!("KV scales for pools stored in {}: only FP8 pools (kv_dtype e4m3) take scales", self.spec.storage_dtype())));
         }
-        let shape = [self.spec.num_kv_heads];
+        check_pair(self.device, DType::F32, &[self.spec.num_kv_heads], ("K scales", &k_scale), ("V scales", &v_scale), "K and V scales")?;
         for (what, t) in [("K scales", &k_scale), ("V scales", &v_scale)] {
-            if t.device() != self.device {
-                return Err(Error::WrongDevice { what: what.into(), backend: "KV pools".into(), expected: self.device, got: t.device() });
+            if t.overlaps(&self.k) || t.overlaps(&self.v) {
+                return Err(Error::InvalidArgument(format!("the {what} overlap a pool")));
             }
-            if t.dtype() != DType::F32 {
-                return Err(Error::DtypeMismatch { what: what.into(), expected: DType::F32, got: t.dtype() });
-            }
-            if t.shape() != shape {
-                return Err(Error::shape(what, &shape, t.shape()));
-            }
-            t.check_storage(what)?;
-            for p in [&self.k, &self.v] {
-                if t.overlaps(p) {
-                    return Err(Error::InvalidArgument(format!("the {what} overlap a pool")));
-                }
-            }
-        }
-        if k_scale.overlaps(&v_scale) {
-            return Err(Error::InvalidArgument("the K and V scales overlap".into()));
         }
         self.scales = Some((k_scale, v_scale));
         Ok(self)
@@ -663,4 +630,28 @@ pub struct CachedSeq {
     pub k: Vec<f32>,
     /// Values.
     pub v: Vec<f32>,
+}
+
+/// The checks both pools (and both scale tensors) pass: on `device`, of `dtype` and `shape`,
+/// dense, storage long enough, and not overlapping each other (`both` names the pair).
+fn check_pair(device: Device, dtype: DType, shape: &[usize], a: (&str, &Tensor), b: (&str, &Tensor), both: &str) -> Result<()> {
+    for (what, t) in [a, b] {
+        if t.device() != device {
+            return Err(Error::WrongDevice { what: what.into(), backend: "KV pools".into(), expected: device, got: t.device() });
+        }
+        if t.dtype() != dtype {
+            return Err(Error::DtypeMismatch { what: what.into(), expected: dtype, got: t.dtype() });
+        }
+        if t.shape() != shape {
+            return Err(Error::shape(what, shape, t.shape()));
+        }
+        if !t.is_contiguous() {
+            return Err(Error::InvalidArgument(format!("{what} must be dense (row stride {}, rows of {})", t.row_stride(), t.row_len())));
+        }
+        t.check_storage(what)?;
+    }
+    if a.1.overlaps(b.1) {
+        return Err(Error::InvalidArgument(format!("the {both} overlap")));
+    }
+    Ok(())
 }

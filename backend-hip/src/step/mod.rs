@@ -68,12 +68,14 @@ impl Ctx<'_> {
             self.gpu.keep(&s.pos);
             s.pos.slice_mut(0)
         });
-        let scales = scales.map(|(ks, vs)| Ok::<_, Error>((tensor(ks, "K scales", self.name, self.gpu)?.view(), tensor(vs, "V scales", self.name, self.gpu)?.view()))).transpose()?;
-        Ok(PoolMut { k: k.view_mut(), v: v.view_mut(), pos, slots, scales })
+        Ok(PoolMut { k: k.view_mut(), v: v.view_mut(), pos, slots, scales: self.scale_refs(scales)? })
     }
     /// FP8 pools' scales, read-only.
     fn scales<'p>(&self, c: &'p KvPools) -> Result<Option<(DevRef<'p>, DevRef<'p>)>> {
-        c.scales().map(|(ks, vs)| Ok((tensor(ks, "K scales", self.name, self.gpu)?.view(), tensor(vs, "V scales", self.name, self.gpu)?.view()))).transpose()
+        self.scale_refs(c.scales())
+    }
+    fn scale_refs<'p>(&self, scales: Option<(&'p Tensor, &'p Tensor)>) -> Result<Option<(DevRef<'p>, DevRef<'p>)>> {
+        scales.map(|(ks, vs)| Ok((tensor(ks, "K scales", self.name, self.gpu)?.view(), tensor(vs, "V scales", self.name, self.gpu)?.view()))).transpose()
     }
 }
 

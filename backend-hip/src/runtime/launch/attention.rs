@@ -463,14 +463,8 @@ pub(crate) fn launch(gpu: &Gpu, l: &AttnLaunch, h: &AttnHost, c: AttnViews<'_>, 
         }
         need_ref(gpu, "RoPE table", &r.table.inv_freq, 8 * half)?;
         if let Some(qp) = &r.q_pos {
-            let comps = match r.mrope {
-                Some([a, b, c]) if a + b + c == half => {
-                    (p.mrope, p.mrope1, p.mrope2) = (1, a as i32, (a + b) as i32);
-                    3
-                }
-                Some(sec) => return Err(Error::InvalidArgument(format!("M-RoPE sections {sec:?} for {half} rotary pairs"))),
-                None => 1,
-            };
+            let comps;
+            (comps, [p.mrope, p.mrope1, p.mrope2]) = super::mrope_fields(r.mrope, half)?;
             super::need_meta(gpu, "query positions", qp, comps * total_q, i32::MIN as i64, i32::MAX as i64 + 1)?;
             (p.q_pos, p.q_rows) = (qp.addr, i32_of(total_q, "query rows")?);
         }

@@ -71,6 +71,16 @@ fn need_mut(gpu: &Gpu, what: &str, v: &DevMut<'_>, needed: usize) -> Result<()> 
     need(what, v.bytes(), needed)
 }
 
+/// M-RoPE's kernel fields for `half` rotary pairs: the position components per token (3 with
+/// sections, else 1) and `[mrope, mrope1, mrope2]` (the flag and the two section ends).
+fn mrope_fields(sections: Option<[usize; 3]>, half: usize) -> Result<(usize, [i32; 3])> {
+    match sections {
+        Some([a, b, c]) if a + b + c == half => Ok((3, [1, a as i32, (a + b) as i32])),
+        Some(sec) => Err(Error::InvalidArgument(format!("M-RoPE sections {sec:?} for {half} rotary pairs"))),
+        None => Ok((1, [0, 0, 0])),
+    }
+}
+
 /// `m` is metadata on `gpu` with `len` entries, each in `lo..hi`.
 fn need_meta(gpu: &Gpu, what: &str, m: &MetaRef<'_>, len: usize, lo: i64, hi: i64) -> Result<()> {
     gpu.check_view(what, m.device)?;

@@ -52,14 +52,10 @@ fn base(gpu: &Gpu, l: &RopeLaunch, s: &RopeShape, table: &RopeTable<'_>, positio
         )));
     }
     need_ref(gpu, "RoPE table", &table.inv_freq, 8 * half)?;
-    let (comps, mrope1, mrope2) = match s.mrope {
-        Some([a, b, c]) if a + b + c == half => (3, a as i32, (a + b) as i32),
-        Some(sec) => return Err(Error::InvalidArgument(format!("M-RoPE sections {sec:?} for {half} rotary pairs"))),
-        None => (1, 0, 0),
-    };
+    let (comps, [mrope, mrope1, mrope2]) = super::mrope_fields(s.mrope, half)?;
     need_meta(gpu, "positions", positions, comps * s.tokens, i32::MIN as i64, i32::MAX as i64 + 1)?;
     let p = RopeParams {
-        mrope: (comps == 3) as i32,
+        mrope,
         mrope1,
         mrope2,
         positions: positions.addr,
