@@ -23,7 +23,7 @@
 //   LOADONLY: stream the tiles, skip the products (what the load pattern alone reaches).
 template <typename T, int DM, int STAGES, bool HND, bool LOADONLY, int MU = 8, int PSMODE = 0, bool ROWLOAD = false>
 __global__ void __launch_bounds__(MMA_THREADS) lab_decode(AttnParams p) {
-    constexpr bool BF16 = MmaIsBf16<T>::value;
+    constexpr bool BF16 = AfIsBf16<T>::value;
     constexpr int LD = DM + MMA_PAD, CH = DM / 8, BC = MMA_DC_BC;
     constexpr int stages = STAGES;
     constexpr int OF = DM / AF_MMA_ON;

@@ -6,9 +6,6 @@
 
 #define MMA_THREADS (MMA_GROUPS * AF_WARP)
 
-template <typename T> struct MmaIsBf16 { static constexpr bool value = false; };
-template <> struct MmaIsBf16<af_bf16> { static constexpr bool value = true; };
-
 // Tile sizes per head dim, from the contract (the plan sizes shared memory from the same limits).
 //   MT: 16-row query tiles per group. Two up to head_dim 128: every key and value fragment
 //       read from shared memory serves two products (register blocking, as FlashAttention-2's

@@ -40,7 +40,7 @@
 // memory: mma_decode_fp8_shared_bytes in plan.rs).
 template <typename T, int DM, bool QROPE, int STAGES, bool FP8 = false>
 AF_DEVICE void decode_mma_stages(const AttnParams& p) {
-    constexpr bool BF16 = MmaIsBf16<T>::value;
+    constexpr bool BF16 = AfIsBf16<T>::value;
     constexpr bool PV_BF16 = BF16 && !FP8;  // FP8: values converted to f16, P V in f16
     constexpr int LD = DM + MMA_PAD, CH = DM / 8, BC = MMA_DC_BC;
     constexpr int stages = STAGES;

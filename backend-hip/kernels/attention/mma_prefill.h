@@ -28,7 +28,7 @@
 template <typename T, int DM, bool QROPE, bool FP8 = false>
 AF_DEVICE void prefill_mma_body(const AttnParams& p) {
     using Tile = MmaTile<DM>;
-    constexpr bool BF16 = MmaIsBf16<T>::value;
+    constexpr bool BF16 = AfIsBf16<T>::value;
     constexpr bool PV_BF16 = BF16 && !FP8;  // FP8: values converted to f16, P V in f16
     constexpr int MT = Tile::MT, BR = Tile::BR, BC = Tile::BC, LD = Tile::LD;
     constexpr int CH = DM / 8;                                // 16-byte chunks per row
