@@ -7,7 +7,7 @@ out=${1:-wglab-out}
 mkdir -p "$out"
 cd "$(dirname "$0")/../.."
 nvcc -O3 -std=c++17 -lineinfo -gencode arch=compute_90a,code=sm_90a -Xptxas -v -I backend-hip/kernels \
-  bench/lab/wgmma_prefill_lab.cu -o "$out/wglab" > "$out/build.log" 2>&1 || { tail -20 "$out/build.log"; exit 1; }
+  bench/lab/wgmma_prefill_lab.cu -lcuda -o "$out/wglab" > "$out/build.log" 2>&1 || { tail -20 "$out/build.log"; exit 1; }
 compute-sanitizer --tool memcheck "$out/wglab" check > "$out/memcheck.log" 2>&1; echo "memcheck exit $?" | tee -a "$out/summary.txt"
 compute-sanitizer --tool racecheck "$out/wglab" check > "$out/racecheck.log" 2>&1; echo "racecheck exit $?" | tee -a "$out/summary.txt"
 "$out/wglab" > "$out/lab.log" 2>&1; echo "lab exit $?" | tee -a "$out/summary.txt"

@@ -1,21 +1,25 @@
-// Hopper prefill lab (issue 15): a first sm_90a attention prefill kernel on warpgroup MMA
-// (wgmma.mma_async) with both of S = Q K^T's operands and V in shared memory (128-byte
-// swizzle), P from registers, cp.async double-buffered K/V tiles, two consumer warpgroups of 64
-// query rows each, the causal schedule heaviest-first. Standalone: nvcc on the GPU machine, no
-// Rust; it checks every shape against a naive f32 kernel and times the 48-shape grid's causal
-// GQA shapes. Not part of the library: once it passes and beats kernels/attention/mma_prefill.h,
-// it moves behind the vendor header's fragment/tile API (issue 15 item 1), and the next steps
-// (TMA loads with mbarriers, a producer warp, ping-pong of the consumer warpgroups) start here.
-//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I backend-hip/kernels bench/lab/wgmma_prefill_lab.cu -o wglab
+// Hopper prefill lab (issue 15): sm_90a attention prefill kernels on warpgroup MMA
+// (wgmma.mma_async): S = Q K^T with both operands in shared memory (128-byte swizzle), O += P V
+// with P from registers and V N-major, two consumer warpgroups of 64 query rows each, the causal
+// schedule heaviest-first. v1 loads K/V with cp.async (two stages, every thread); v2 is
+// FlashAttention-3's structure: a producer warp issuing TMA loads with mbarriers, consumers
+// taking turns at the tensor cores (ping-pong), setmaxnreg. Standalone: nvcc on the GPU machine,
+// no Rust; it checks both variants on every shape against a naive f32 kernel, outputs poisoned
+// first, and times the 48-shape grid's causal shapes. Not part of the library: once a variant
+// passes and beats kernels/attention/mma_prefill.h, it moves behind the vendor header's
+// fragment/tile API (issue 15 item 1).
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I backend-hip/kernels bench/lab/wgmma_prefill_lab.cu -lcuda -o wglab
 //   ./wglab            (checks, then times)     ./wglab check   (checks only)
 // or bench/lab/wgmma_lab.sh OUT_DIR on the GPU machine (build, checks under compute-sanitizer,
 // timings, then bench/torch_baseline.py --mma in the same call).
-// Status (2026-11-30): written and compiled here (nvcc 13.0, sm_90a: 168-209 registers, no
-// spills, 12 HGMMA in each D=64 kernel and 16 in each D=128 one), not yet run on a GPU: the
-// session that wrote it had no device time left. If D=64 passes and D=128 fails, suspect V's
+// Status (2026-11-30): written and compiled here (nvcc 13.0, sm_90a, no spills: v1 170-194
+// registers, 12 HGMMA in each D=64 kernel and 16 in each D=128 one; v2 168 at launch, up to 240
+// per consumer thread through setmaxnreg, 24 / 32 HGMMA and 7 / 14 UTMALDG), not yet run on a
+// GPU: the session that wrote it had no device time left. If D=64 passes and D=128 fails, suspect V's
 // descriptor first (LBO: the next 64 columns' region; SBO: the next 8 keys).
 // Layouts: Q and O [B][S][H][D], K and V [B][S][Hk][D], f16 or bf16; q_len = kv_len = S.
 #include "include/af_common.h"
+#include <cuda.h>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -114,71 +118,18 @@ template <int R, int D, int THREADS> AF_DEVICE void load_tile(unsigned char* dst
 
 template <bool BF16> AF_DEVICE unsigned pack2(float lo, float hi) { return BF16 ? af_f2bf2(lo, hi) : af_f2h2(lo, hi); }
 
-constexpr int BM = 128, BN = 128, THREADS = 256;
-template <int D> constexpr int smem_bytes() { return BM * D * 2 + 2 * 2 * BN * D * 2 + 1024; }
+constexpr int BM = 128, BN = 128;
 
-// One block: BM query rows of one head (warpgroup g: rows 64g..64g+63), K/V tiles of BN keys.
-template <bool BF16, int D, bool CAUSAL>
-__global__ void __launch_bounds__(THREADS, 1) wg_prefill(const unsigned short* Q, const unsigned short* K, const unsigned short* V, unsigned short* O, int S, int H, int Hk, float scale_log2) {
-    constexpr int QB = BM * D * 2, KB = BN * D * 2;
-    extern __shared__ __align__(16) unsigned char wg_smem[];
-    unsigned char* sQ = wg_smem + ((1024 - (af_smem_addr(wg_smem) & 1023)) & 1023);
-    // Stage st: K at sQ + QB + 2 st KB, V right after it.
-    auto sK = [&](int st) { return sQ + QB + 2 * st * KB; };
-    auto sV = [&](int st) { return sQ + QB + (2 * st + 1) * KB; };
-    const int tid = threadIdx.x, g = tid / 128, w = (tid % 128) / 32, lane = tid % 32;
-    const int mt = gridDim.x - 1 - blockIdx.x;  // the causal diagonal's longest rows first
-    const int h = blockIdx.y, b = blockIdx.z, kh = h / (H / Hk);
-    const int q0 = mt * BM;
-    const long qld = (long)H * D, kld = (long)Hk * D;
-    const unsigned short* Kb = K + (long)b * S * kld + kh * D;
-    const unsigned short* Vb = V + (long)b * S * kld + kh * D;
-    const int kv_end = CAUSAL ? min(S, q0 + BM) : S;
-    const int nt = (kv_end + BN - 1) / BN;
-
-    load_tile<BM, D, THREADS>(sQ, Q + ((long)b * S + q0) * qld + h * D, qld, S - q0, tid);
-    load_tile<BN, D, THREADS>(sK(0), Kb, kld, S, tid);
-    load_tile<BN, D, THREADS>(sV(0), Vb, kld, S, tid);
-    af_cp_async_commit();
-
-    float o[D / 2];
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+// ------------------------------------------------------------------ online softmax on accumulators
+// A warpgroup's score tile s (BN / 2 floats a thread, wg_ss's layout) of key tile n, this
+// thread's rows r_lo and r_lo + 8, masked where the tile passes S or (causal) the diagonal of the
+// warpgroup's first row g_row0. Leaves s holding 2^(x - m_new) (base 2, scaled), updates the
+// running maxima m and the thread-partial sums l, and returns each row's correction for O.
+template <bool CAUSAL> struct Softmax {
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-    const int r_lo = q0 + g * 64 + w * 16 + lane / 4;  // this thread's rows: r_lo, r_lo + 8
-
-    for (int n = 0; n < nt; ++n) {
-        const int st = n & 1;
-        if (n + 1 < nt) {
-            const int k1 = (n + 1) * BN;
-            load_tile<BN, D, THREADS>(sK(st ^ 1), Kb + k1 * kld, kld, S - k1, tid);
-            load_tile<BN, D, THREADS>(sV(st ^ 1), Vb + k1 * kld, kld, S - k1, tid);
-            af_cp_async_commit();
-            af_cp_async_wait<1>();
-        } else {
-            af_cp_async_wait_all();
-        }
-        fence_proxy_async();
-        __syncthreads();
-
-        // S = Q K^T over D / 16 steps of 16.
-        float s[BN / 2];
-#pragma unroll
-        for (int i = 0; i < BN / 2; ++i) s[i] = 0.f;
-        wg_fence();
-#pragma unroll
-        for (int ks = 0; ks < D / 16; ++ks) {
-            const unsigned long long da = sw128_desc(sQ + (ks >> 2) * BM * 128 + g * 64 * 128 + (ks & 3) * 32, 16, 1024);
-            const unsigned long long db = sw128_desc(sK(st) + (ks >> 2) * BN * 128 + (ks & 3) * 32, 16, 1024);
-            wg_ss<BN, BF16>(s, da, db, ks > 0);
-        }
-        wg_commit();
-        wg_wait<0>();
-        wg_pin<BN / 2>(s);
-
-        // Online softmax (base 2) over this tile; masked where the tile passes S or the diagonal.
+    AF_DEVICE void tile(float* s, int n, int S, int r_lo, int g_row0, int lane, float scale_log2, float* corr) {
         const int c0 = n * BN + (lane & 3) * 2;
-        const bool edge = n * BN + BN > S || (CAUSAL && n * BN + BN - 1 > q0 + g * 64);
+        const bool edge = n * BN + BN > S || (CAUSAL && n * BN + BN - 1 > g_row0);
         float mx[2] = {m[0], m[1]};
 #pragma unroll
         for (int i = 0; i < BN / 2; ++i) {
@@ -196,37 +147,47 @@ __global__ void __launch_bounds__(THREADS, 1) wg_prefill(const unsigned short* Q
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
             base[r] = mx[r] == -INFINITY ? 0.f : mx[r];
-            const float corr = exp2f(m[r] - base[r]);
+            corr[r] = exp2f(m[r] - base[r]);
             m[r] = mx[r];
-            l[r] *= corr;
-#pragma unroll
-            for (int j = 0; j < D / 8; ++j) {
-                o[4 * j + 2 * r] *= corr;
-                o[4 * j + 2 * r + 1] *= corr;
-            }
+            l[r] *= corr[r];
         }
-        unsigned pa[BN / 16][4];
 #pragma unroll
-        for (int j = 0; j < BN / 8; ++j) {
-            const float p0 = exp2f(s[4 * j] - base[0]), p1 = exp2f(s[4 * j + 1] - base[0]);
-            const float p2 = exp2f(s[4 * j + 2] - base[1]), p3 = exp2f(s[4 * j + 3] - base[1]);
-            l[0] += p0 + p1;
-            l[1] += p2 + p3;
-            pa[j / 2][(j & 1) * 2] = pack2<BF16>(p0, p1);
-            pa[j / 2][(j & 1) * 2 + 1] = pack2<BF16>(p2, p3);
+        for (int i = 0; i < BN / 2; ++i) {
+            s[i] = exp2f(s[i] - base[(i >> 1) & 1]);
+            l[(i >> 1) & 1] += s[i];
         }
-
-        // O += P V over BN / 16 steps of 16 keys; V N-major: LBO steps to the next 64 columns'
-        // region, SBO to the next 8 keys.
-        wg_fence();
-#pragma unroll
-        for (int kt = 0; kt < BN / 16; ++kt) wg_rs<D, BF16>(o, pa[kt], sw128_desc(sV(st) + kt * 16 * 128, BN * 128, 1024));
-        wg_commit();
-        wg_wait<0>();
-        wg_pin<D / 2>(o);
-        __syncthreads();  // the stage is reloaded next iteration
     }
-
+};
+// O's rows times their corrections (wg_rs's accumulator layout, D / 2 floats).
+template <int D> AF_DEVICE void rescale(float* o, const float* corr) {
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] *= corr[(i >> 1) & 1];
+}
+// P (s after Softmax::tile) as wg_rs's A fragments: key step kt's four registers are the n8
+// chunks 2kt (rows r, r + 8) and 2kt + 1 (the same rows, 8 keys on).
+template <bool BF16> AF_DEVICE void pack_p(const float* s, unsigned (*pa)[4]) {
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+        pa[j / 2][(j & 1) * 2] = pack2<BF16>(s[4 * j], s[4 * j + 1]);
+        pa[j / 2][(j & 1) * 2 + 1] = pack2<BF16>(s[4 * j + 2], s[4 * j + 3]);
+    }
+}
+// S = Q K^T for warpgroup g (Q rows 64g.. of sQ; both operands from the swizzled regions).
+template <int D, bool BF16> AF_DEVICE void issue_qk(float* s, const unsigned char* sQ, const unsigned char* sK, int g) {
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+        const unsigned long long da = sw128_desc(sQ + (ks >> 2) * BM * 128 + g * 64 * 128 + (ks & 3) * 32, 16, 1024);
+        const unsigned long long db = sw128_desc(sK + (ks >> 2) * BN * 128 + (ks & 3) * 32, 16, 1024);
+        wg_ss<BN, BF16>(s, da, db, ks > 0);
+    }
+}
+// O += P V (V N-major: LBO steps to the next 64 columns' region, SBO to the next 8 keys).
+template <int D, bool BF16> AF_DEVICE void issue_pv(float* o, unsigned (*pa)[4], const unsigned char* sV) {
+#pragma unroll
+    for (int kt = 0; kt < BN / 16; ++kt) wg_rs<D, BF16>(o, pa[kt], sw128_desc(sV + kt * 16 * 128, BN * 128, 1024));
+}
+// Normalises and stores this thread's two rows of O (rows >= S skipped).
+template <int D, bool BF16> AF_DEVICE void store_o(unsigned short* O, const float* o, float* l, int r_lo, int S, long row0, long qld, int lane) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
@@ -234,10 +195,224 @@ __global__ void __launch_bounds__(THREADS, 1) wg_prefill(const unsigned short* Q
         const int row = r_lo + r * 8;
         if (row >= S) continue;
         const float inv = 1.f / l[r];
-        unsigned* out = reinterpret_cast<unsigned*>(O + ((long)b * S + row) * qld + h * D + (lane & 3) * 2);
+        unsigned* out = reinterpret_cast<unsigned*>(O + (row0 + row) * qld + (lane & 3) * 2);
 #pragma unroll
         for (int j = 0; j < D / 8; ++j) out[4 * j] = pack2<BF16>(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
     }
+}
+
+// ------------------------------------------------------------------ v1: cp.async, synchronous
+// 256 threads: two warpgroups of 64 query rows each load K/V tiles together (cp.async, two
+// stages), then each computes S, the softmax and O += P V in turn.
+constexpr int V1_THREADS = 256;
+template <int D> constexpr int v1_smem() { return BM * D * 2 + 2 * 2 * BN * D * 2 + 1024; }
+
+template <bool BF16, int D, bool CAUSAL>
+__global__ void __launch_bounds__(V1_THREADS, 1) wg_prefill(const unsigned short* Q, const unsigned short* K, const unsigned short* V, unsigned short* O, int S, int H, int Hk, float scale_log2) {
+    constexpr int QB = BM * D * 2, KB = BN * D * 2;
+    extern __shared__ __align__(16) unsigned char wg_smem[];
+    unsigned char* sQ = wg_smem + ((1024 - (af_smem_addr(wg_smem) & 1023)) & 1023);
+    // Stage st: K at sQ + QB + 2 st KB, V right after it.
+    auto sK = [&](int st) { return sQ + QB + 2 * st * KB; };
+    auto sV = [&](int st) { return sQ + QB + (2 * st + 1) * KB; };
+    const int tid = threadIdx.x, g = tid / 128, w = (tid % 128) / 32, lane = tid % 32;
+    const int mt = gridDim.x - 1 - blockIdx.x;  // the causal diagonal's longest rows first
+    const int h = blockIdx.y, b = blockIdx.z, kh = h / (H / Hk);
+    const int q0 = mt * BM;
+    const long qld = (long)H * D, kld = (long)Hk * D;
+    const unsigned short* Kb = K + (long)b * S * kld + kh * D;
+    const unsigned short* Vb = V + (long)b * S * kld + kh * D;
+    const int kv_end = CAUSAL ? min(S, q0 + BM) : S;
+    const int nt = (kv_end + BN - 1) / BN;
+
+    load_tile<BM, D, V1_THREADS>(sQ, Q + ((long)b * S + q0) * qld + h * D, qld, S - q0, tid);
+    load_tile<BN, D, V1_THREADS>(sK(0), Kb, kld, S, tid);
+    load_tile<BN, D, V1_THREADS>(sV(0), Vb, kld, S, tid);
+    af_cp_async_commit();
+
+    float o[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    Softmax<CAUSAL> sm;
+    const int r_lo = q0 + g * 64 + w * 16 + lane / 4;  // this thread's rows: r_lo, r_lo + 8
+
+    for (int n = 0; n < nt; ++n) {
+        const int st = n & 1;
+        if (n + 1 < nt) {
+            const int k1 = (n + 1) * BN;
+            load_tile<BN, D, V1_THREADS>(sK(st ^ 1), Kb + k1 * kld, kld, S - k1, tid);
+            load_tile<BN, D, V1_THREADS>(sV(st ^ 1), Vb + k1 * kld, kld, S - k1, tid);
+            af_cp_async_commit();
+            af_cp_async_wait<1>();
+        } else {
+            af_cp_async_wait_all();
+        }
+        fence_proxy_async();
+        __syncthreads();
+
+        float s[BN / 2];
+        wg_fence();
+        issue_qk<D, BF16>(s, sQ, sK(st), g);
+        wg_commit();
+        wg_wait<0>();
+        wg_pin<BN / 2>(s);
+        float corr[2];
+        sm.tile(s, n, S, r_lo, q0 + g * 64, lane, scale_log2, corr);
+        rescale<D>(o, corr);
+        unsigned pa[BN / 16][4];
+        pack_p<BF16>(s, pa);
+        wg_fence();
+        issue_pv<D, BF16>(o, pa, sV(st));
+        wg_commit();
+        wg_wait<0>();
+        wg_pin<D / 2>(o);
+        __syncthreads();  // the stage is reloaded next iteration
+    }
+    store_o<D, BF16>(O + h * D, o, sm.l, r_lo, S, (long)b * S, qld, lane);
+}
+
+// ------------------------------------------------------------------ v2: TMA, warp-specialised
+// 384 threads: warpgroup 0 produces (one thread issues TMA loads of Q once and of K and V per
+// tile into STAGES stages, each stage's K and V with an mbarrier of its own, and waits for the
+// consumers to free a stage), warpgroups 1 and 2 consume (64 query rows each). Per consumer,
+// FlashAttention-3's intra-warpgroup overlap: S_n = Q K_n^T is issued together with
+// O += P_{n-1} V_{n-1}, and the softmax of S_n runs while the second product is in flight; the two
+// consumers take turns issuing (named barriers 1 and 2), so one's softmax overlaps the other's
+// products. setmaxnreg moves registers from the producer (24) to the consumers (240).
+// Open point (SASS, nvcc 13.0): ptxas schedules the loop's WARPGROUP.DEPBAR.LE 0 (the wait for
+// O += P V) ahead of the softmax's max / exp2 instructions, so the intra-warpgroup overlap is not
+// in the SASS yet (a minimal kernel shows the same hoisting; pinning the softmax's registers
+// before the wait does not stop it; a wait under a branch makes ptxas serialise every wgmma);
+// the ping-pong between the consumers is. Deferring the wait to just before the next O rescale,
+// with P double-buffered, is the next thing to try.
+constexpr int V2_THREADS = 384, V2_STAGES = 2;
+template <int D> constexpr int v2_smem() { return BM * D * 2 + V2_STAGES * 2 * BN * D * 2 + 1024; }
+
+AF_DEVICE void mbar_init(unsigned long long* b, unsigned count) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(af_smem_addr(b)), "r"(count)); }
+AF_DEVICE void mbar_expect_tx(unsigned long long* b, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(af_smem_addr(b)), "r"(bytes) : "memory");
+}
+AF_DEVICE void mbar_arrive(unsigned long long* b) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(af_smem_addr(b)) : "memory"); }
+AF_DEVICE void mbar_wait(unsigned long long* b, unsigned parity) {
+    asm volatile("{\n.reg .pred P1;\nLAB_WAIT:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+                 "@P1 bra DONE;\nbra LAB_WAIT;\nDONE:\n}\n" ::"r"(af_smem_addr(b)),
+                 "r"(parity)
+                 : "memory");
+}
+// One box of the 4-D tensor map (coordinates innermost first) into dst, completing on bar.
+AF_DEVICE void tma_load(void* dst, const CUtensorMap* map, unsigned long long* bar, int c0, int c1, int c2, int c3) {
+    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];" ::"r"(af_smem_addr(dst)),
+                 "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(af_smem_addr(bar))
+                 : "memory");
+}
+template <int D> AF_DEVICE void tma_tile(unsigned char* dst, const CUtensorMap* map, unsigned long long* bar, int rows, int head, int row0, int b) {
+#pragma unroll
+    for (int r = 0; r < D / 64; ++r) tma_load(dst + r * rows * 128, map, bar, r * 64, head, row0, b);
+}
+AF_DEVICE void bar_sync(int id) { asm volatile("bar.sync %0, 256;" ::"r"(id) : "memory"); }
+AF_DEVICE void bar_arrive(int id) { asm volatile("bar.arrive %0, 256;" ::"r"(id) : "memory"); }
+
+// Tensor maps: Q [B][S][H][D] as (D, H, S, B) with boxes (64, 1, BM, 1); K, V as (D, Hk, S, B)
+// with boxes (64, 1, BN, 1); 128-byte swizzle; rows past S read as zeros.
+template <bool BF16, int D, bool CAUSAL>
+__global__ void __launch_bounds__(V2_THREADS, 1) wg_prefill_ws(const __grid_constant__ CUtensorMap tmQ, const __grid_constant__ CUtensorMap tmK, const __grid_constant__ CUtensorMap tmV,
+                                                                unsigned short* O, int S, int H, int Hk, float scale_log2) {
+    constexpr int QB = BM * D * 2, KB = BN * D * 2;
+    extern __shared__ __align__(16) unsigned char wg_smem[];
+    __shared__ unsigned long long q_full, k_full[V2_STAGES], v_full[V2_STAGES], empty[V2_STAGES];
+    unsigned char* sQ = wg_smem + ((1024 - (af_smem_addr(wg_smem) & 1023)) & 1023);
+    auto sK = [&](int st) { return sQ + QB + 2 * st * KB; };
+    auto sV = [&](int st) { return sQ + QB + (2 * st + 1) * KB; };
+    const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32;
+    const int mt = gridDim.x - 1 - blockIdx.x;
+    const int h = blockIdx.y, b = blockIdx.z, kh = h / (H / Hk);
+    const int q0 = mt * BM;
+    const int kv_end = CAUSAL ? min(S, q0 + BM) : S;
+    const int nt = (kv_end + BN - 1) / BN;
+    if (tid == 0) {
+        mbar_init(&q_full, 1);
+        for (int st = 0; st < V2_STAGES; ++st) mbar_init(&k_full[st], 1), mbar_init(&v_full[st], 1), mbar_init(&empty[st], 8);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
+        if (tid != 0) return;
+        mbar_expect_tx(&q_full, QB);
+        tma_tile<D>(sQ, &tmQ, &q_full, BM, h, q0, b);
+        for (int n = 0; n < nt; ++n) {
+            const int st = n % V2_STAGES;
+            if (n >= V2_STAGES) mbar_wait(&empty[st], ((n / V2_STAGES) & 1) ^ 1);
+            mbar_expect_tx(&k_full[st], KB);
+            tma_tile<D>(sK(st), &tmK, &k_full[st], BN, kh, n * BN, b);
+            mbar_expect_tx(&v_full[st], KB);
+            tma_tile<D>(sV(st), &tmV, &v_full[st], BN, kh, n * BN, b);
+        }
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
+    const int g = wg - 1, w = (tid % 128) / 32;
+    const int r_lo = q0 + g * 64 + w * 16 + lane / 4;
+    // Turn-taking: consumer g issues after bar_sync(1 + g) and lets the other go with
+    // bar_arrive(2 - g); consumer 1 opens consumer 0's first turn, and skips its own last arrive
+    // (every bar.sync then meets exactly one arrive).
+    int turns = nt + 1;
+    auto begin = [&]() { bar_sync(1 + g); };
+    auto end = [&]() {
+        if (--turns > 0 || g == 0) bar_arrive(2 - g);
+    };
+    if (g == 1) bar_arrive(1);
+
+    float o[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    float s[BN / 2];
+    unsigned pa[BN / 16][4];
+    Softmax<CAUSAL> sm;
+    float corr[2];
+    mbar_wait(&q_full, 0);
+    mbar_wait(&k_full[0], 0);
+    begin();
+    wg_fence();
+    issue_qk<D, BF16>(s, sQ, sK(0), g);
+    wg_commit();
+    end();
+    wg_wait<0>();
+    wg_pin<BN / 2>(s);
+    sm.tile(s, 0, S, r_lo, q0 + g * 64, lane, scale_log2, corr);
+    pack_p<BF16>(s, pa);
+    for (int n = 1; n < nt; ++n) {
+        const int st = n % V2_STAGES, prev = (n - 1) % V2_STAGES;
+        mbar_wait(&k_full[st], (n / V2_STAGES) & 1);
+        mbar_wait(&v_full[prev], ((n - 1) / V2_STAGES) & 1);
+        begin();
+        wg_fence();
+        issue_qk<D, BF16>(s, sQ, sK(st), g);
+        wg_commit();
+        issue_pv<D, BF16>(o, pa, sV(prev));
+        wg_commit();
+        end();
+        wg_wait<1>();
+        wg_pin<BN / 2>(s);
+        sm.tile(s, n, S, r_lo, q0 + g * 64, lane, scale_log2, corr);
+        wg_wait<0>();
+        wg_pin<D / 2>(o);
+        if (lane == 0) mbar_arrive(&empty[prev]);
+        rescale<D>(o, corr);
+        pack_p<BF16>(s, pa);
+    }
+    const int last = (nt - 1) % V2_STAGES;
+    mbar_wait(&v_full[last], ((nt - 1) / V2_STAGES) & 1);
+    begin();
+    wg_fence();
+    issue_pv<D, BF16>(o, pa, sV(last));
+    wg_commit();
+    end();
+    wg_wait<0>();
+    wg_pin<D / 2>(o);
+    store_o<D, BF16>(O + h * D, o, sm.l, r_lo, S, (long)b * S, (long)H * D, lane);
 }
 
 // ------------------------------------------------------------------ harness
@@ -281,23 +456,7 @@ template <int D> __global__ void ref_attention(const unsigned short* Q, const un
     for (int d = 0; d < D; ++d) O[t * D + d] = acc[d] / sum;
 }
 
-using Kern = void (*)(const unsigned short*, const unsigned short*, const unsigned short*, unsigned short*, int, int, int, float);
-static Kern kernel(bool bf16, int D, bool causal) {
-#define AF_PICK(BF, DD, C) if (bf16 == BF && D == DD && causal == C) return wg_prefill<BF, DD, C>;
-    AF_PICK(false, 64, false) AF_PICK(false, 64, true) AF_PICK(false, 128, false) AF_PICK(false, 128, true)
-    AF_PICK(true, 64, false) AF_PICK(true, 64, true) AF_PICK(true, 128, false) AF_PICK(true, 128, true)
-#undef AF_PICK
-    return nullptr;
-}
-
 struct Problem { int B, H, Hk, S, D; bool causal, bf16; };
-
-static void launch(const Problem& p, const unsigned short* q, const unsigned short* k, const unsigned short* v, unsigned short* o) {
-    Kern f = kernel(p.bf16, p.D, p.causal);
-    const int smem = p.D == 64 ? smem_bytes<64>() : smem_bytes<128>();
-    CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    f<<<dim3((p.S + BM - 1) / BM, p.H, p.B), THREADS, smem>>>(q, k, v, o, p.S, p.H, p.Hk, 1.4426950408889634f / sqrtf((float)p.D));
-}
 
 struct Buffers {
     unsigned short *q, *k, *v, *o;
@@ -310,20 +469,62 @@ struct Buffers {
     ~Buffers() { cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o); }
 };
 
+// A 4-D map of x [B][S][heads][D] as (D, heads, S, B), boxes of 64 x 1 x rows x 1, 128-byte swizzle.
+static CUtensorMap tensor_map(const unsigned short* x, const Problem& p, int heads, int rows) {
+    CUtensorMap m;
+    const cuuint64_t dims[4] = {(cuuint64_t)p.D, (cuuint64_t)heads, (cuuint64_t)p.S, (cuuint64_t)p.B};
+    const cuuint64_t strides[3] = {(cuuint64_t)p.D * 2, (cuuint64_t)heads * p.D * 2, (cuuint64_t)p.S * heads * p.D * 2};
+    const cuuint32_t box[4] = {64, 1, (cuuint32_t)rows, 1}, unit[4] = {1, 1, 1, 1};
+    const CUresult r = cuTensorMapEncodeTiled(&m, p.bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, (void*)x, dims, strides, box, unit,
+                                              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) { printf("cuTensorMapEncodeTiled: error %d\n", (int)r); exit(1); }
+    return m;
+}
+
+using V1 = void (*)(const unsigned short*, const unsigned short*, const unsigned short*, unsigned short*, int, int, int, float);
+using V2 = void (*)(const CUtensorMap, const CUtensorMap, const CUtensorMap, unsigned short*, int, int, int, float);
+template <typename F, template <bool, int, bool> class Pick> static F pick(const Problem& p) {
+    if (p.bf16) return p.D == 64 ? (p.causal ? Pick<true, 64, true>::f : Pick<true, 64, false>::f) : (p.causal ? Pick<true, 128, true>::f : Pick<true, 128, false>::f);
+    return p.D == 64 ? (p.causal ? Pick<false, 64, true>::f : Pick<false, 64, false>::f) : (p.causal ? Pick<false, 128, true>::f : Pick<false, 128, false>::f);
+}
+template <bool BF, int D, bool C> struct PickV1 { static constexpr V1 f = wg_prefill<BF, D, C>; };
+template <bool BF, int D, bool C> struct PickV2 { static constexpr V2 f = wg_prefill_ws<BF, D, C>; };
+
+// Variant 1: cp.async, synchronous; variant 2: TMA, warp-specialised, ping-pong.
+struct Launch {
+    int variant;
+    Problem p;
+    CUtensorMap mq, mk, mv;
+    const Buffers& x;
+    Launch(int variant, const Problem& p, const Buffers& x) : variant(variant), p(p), x(x) {
+        if (variant == 2) mq = tensor_map(x.q, p, p.H, BM), mk = tensor_map(x.k, p, p.Hk, BN), mv = tensor_map(x.v, p, p.Hk, BN);
+        const int smem = variant == 1 ? (p.D == 64 ? v1_smem<64>() : v1_smem<128>()) : (p.D == 64 ? v2_smem<64>() : v2_smem<128>());
+        if (variant == 1) CK(cudaFuncSetAttribute(pick<V1, PickV1>(p), cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        else CK(cudaFuncSetAttribute(pick<V2, PickV2>(p), cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    }
+    void operator()() const {
+        const dim3 grid((p.S + BM - 1) / BM, p.H, p.B);
+        const float sl2 = 1.4426950408889634f / sqrtf((float)p.D);
+        if (variant == 1) pick<V1, PickV1>(p)<<<grid, V1_THREADS, p.D == 64 ? v1_smem<64>() : v1_smem<128>()>>>(x.q, x.k, x.v, x.o, p.S, p.H, p.Hk, sl2);
+        else pick<V2, PickV2>(p)<<<grid, V2_THREADS, p.D == 64 ? v2_smem<64>() : v2_smem<128>()>>>(mq, mk, mv, x.o, p.S, p.H, p.Hk, sl2);
+    }
+};
+
 static float half_to_float(unsigned short h) {
     const int e = (h >> 10) & 31, mant = h & 1023;
     const float v = e == 31 ? (mant ? NAN : INFINITY) : e ? ldexpf(1024 + mant, e - 25) : ldexpf(mant, -24);
     return h >> 15 ? -v : v;
 }
 
-static bool check(const Problem& p) {
+static bool check(int variant, const Problem& p) {
     Buffers x(p);
+    const Launch run(variant, p, x);
     const long nq = (long)p.B * p.S * p.H * p.D;
     float* ref; CK(cudaMalloc(&ref, nq * 4));
     const long rows = (long)p.B * p.S * p.H;
     if (p.D == 64) ref_attention<64><<<(rows + 127) / 128, 128>>>(x.q, x.k, x.v, ref, p.B, p.S, p.H, p.Hk, p.causal, 1.f / sqrtf(64.f), p.bf16);
     else ref_attention<128><<<(rows + 127) / 128, 128>>>(x.q, x.k, x.v, ref, p.B, p.S, p.H, p.Hk, p.causal, 1.f / sqrtf(128.f), p.bf16);
-    launch(p, x.q, x.k, x.v, x.o);
+    run();
     CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
     std::vector<float> r(nq); std::vector<unsigned short> g(nq);
     CK(cudaMemcpy(r.data(), ref, nq * 4, cudaMemcpyDeviceToHost)); CK(cudaMemcpy(g.data(), x.o, nq * 2, cudaMemcpyDeviceToHost));
@@ -339,23 +540,24 @@ static bool check(const Problem& p) {
     }
     const double tol = p.bf16 ? 1.6e-2 : 2.5e-3;
     const bool ok = worst <= tol;
-    printf("check B=%d H=%d Hk=%d S=%d D=%d %s %s: max |err| %.3g (tol %.3g)%s", p.B, p.H, p.Hk, p.S, p.D, p.causal ? "causal" : "full", p.bf16 ? "bf16" : "f16", worst, tol, ok ? " ok\n" : "");
+    printf("check v%d B=%d H=%d Hk=%d S=%d D=%d %s %s: max |err| %.3g (tol %.3g)%s", variant, p.B, p.H, p.Hk, p.S, p.D, p.causal ? "causal" : "full", p.bf16 ? "bf16" : "f16", worst, tol, ok ? " ok\n" : "");
     if (!ok) printf(" FAIL at element %ld (row %ld, head %ld, col %ld): got bits %04x, want %g\n", at, at / p.D / p.H % p.S, at / p.D % p.H, at % p.D, g[at], r[at]);
     return ok;
 }
 
-static void time_one(const Problem& p) {
+static void time_one(int variant, const Problem& p) {
     Buffers x(p);
+    const Launch run(variant, p, x);
     cudaEvent_t a, z; CK(cudaEventCreate(&a)); CK(cudaEventCreate(&z));
-    for (int i = 0; i < 3; ++i) launch(p, x.q, x.k, x.v, x.o);
+    for (int i = 0; i < 3; ++i) run();
     CK(cudaEventRecord(a));
     const int iters = p.S >= 16384 ? 10 : 30;
-    for (int i = 0; i < iters; ++i) launch(p, x.q, x.k, x.v, x.o);
+    for (int i = 0; i < iters; ++i) run();
     CK(cudaEventRecord(z)); CK(cudaEventSynchronize(z)); CK(cudaGetLastError());
     float ms; CK(cudaEventElapsedTime(&ms, a, z)); ms /= iters;
     // torch_baseline.py's count: causal rows see (S + 1) / 2 keys on average.
     const double flops = 4.0 * p.B * p.H * p.D * (double)p.S * (p.causal ? (p.S + 1) / 2.0 : p.S);
-    printf("time B=%d H=%d Hk=%d S=%d D=%d %s %s: %.4f ms, %.1f TFLOP/s\n", p.B, p.H, p.Hk, p.S, p.D, p.causal ? "causal" : "full", p.bf16 ? "bf16" : "f16", ms, flops / ms / 1e9);
+    printf("time v%d B=%d H=%d Hk=%d S=%d D=%d %s %s: %.4f ms, %.1f TFLOP/s\n", variant, p.B, p.H, p.Hk, p.S, p.D, p.causal ? "causal" : "full", p.bf16 ? "bf16" : "f16", ms, flops / ms / 1e9);
 }
 
 int main(int argc, char** argv) {
@@ -364,7 +566,8 @@ int main(int argc, char** argv) {
     for (int bf = 0; bf < 2; ++bf)
         for (int D : {64, 128}) {
             const Problem ps[] = {{1, 4, 2, 1000, D, true, !!bf}, {2, 4, 4, 333, D, false, !!bf}, {1, 8, 2, 2048, D, true, !!bf}, {1, 2, 1, 129, D, false, !!bf}, {1, 2, 2, 64, D, true, !!bf}};
-            for (const auto& p : ps) ok = check(p) && ok;
+            for (const auto& p : ps)
+                for (int variant : {1, 2}) ok = check(variant, p) && ok;
         }
     printf(ok ? "ALL CHECKS PASS\n" : "CHECKS FAILED\n");
     if (!ok) return 1;
@@ -373,6 +576,7 @@ int main(int argc, char** argv) {
         for (int D : {64, 128})
             for (int B : {1, 4})
                 for (int Hk : {8, 32})
-                    for (int S : {1024, 4096, 16384}) time_one({B, 32, Hk, S, D, true, !!bf});
+                    for (int S : {1024, 4096, 16384})
+                        for (int variant : {1, 2}) time_one(variant, {B, 32, Hk, S, D, true, !!bf});
     return 0;
 }
