@@ -283,8 +283,10 @@ __global__ void __launch_bounds__(V1_THREADS, 1) wg_prefill(const unsigned short
 // O += P V) ahead of the softmax's max / exp2 instructions, so the intra-warpgroup overlap is not
 // in the SASS yet (a minimal kernel shows the same hoisting; pinning the softmax's registers
 // before the wait does not stop it; a wait under a branch makes ptxas serialise every wgmma);
-// the ping-pong between the consumers is. Deferring the wait to just before the next O rescale,
-// with P double-buffered, is the next thing to try.
+// the ping-pong between the consumers is. Deferring that wait into the next iteration (P
+// double-buffered, O rescaled just before the next P V) makes ptxas serialise every wgmma
+// (C7514: a group pending across the loop's back edge); so does a wgmma under an if/else
+// (C7520). Both were tried here; what remains is to measure how much the hoisting costs.
 constexpr int V2_THREADS = 384, V2_STAGES = 2;
 template <int D> constexpr int v2_smem() { return BM * D * 2 + V2_STAGES * 2 * BN * D * 2 + 1024; }
 
