@@ -597,57 +597,33 @@ const HYBRID: &str = "hip-hybrid";
 const FUSED: &str = "hip-fused";
 const SEPARATE: &str = "hip-separate";
 
-inventory::submit! {
-    BackendEntry {
-        name: FLASH,
-        description: "GPU: fused RoPE+append, FlashAttention-2 tiled prefill, split-K decode (matrix cores for f16/bf16); f32/f16/bf16",
-        priority: priority::FLASH,
-        create: || create(FLASH, Strategy::Flash),
-    }
+/// Registers a strategy under its name twice: for the registry's default device and for
+/// [`DeviceBackendEntry`] (an engine's device and stream).
+macro_rules! register {
+    ($name:expr, $strategy:expr, $priority:expr, $description:expr) => {
+        inventory::submit! {
+            BackendEntry { name: $name, description: $description, priority: $priority, create: || create($name, $strategy) }
+        }
+        inventory::submit! {
+            DeviceBackendEntry { name: $name, device_count, create_on: |ordinal, own| create_on($name, $strategy, ordinal, own) }
+        }
+    };
 }
 
-inventory::submit! {
-    DeviceBackendEntry { name: FLASH, device_count, create_on: |ordinal, own| create_on(FLASH, Strategy::Flash, ordinal, own) }
-}
-
-inventory::submit! {
-    BackendEntry {
-        name: HYBRID,
-        description: "GPU: K rotated once by fused RoPE+append, Q rotated inside attention as it is loaded (no Q pass)",
-        priority: priority::HYBRID,
-        create: || create(HYBRID, Strategy::Hybrid),
-    }
-}
-
-inventory::submit! {
-    DeviceBackendEntry { name: HYBRID, device_count, create_on: |ordinal, own| create_on(HYBRID, Strategy::Hybrid, ordinal, own) }
-}
-
-inventory::submit! {
-    BackendEntry {
-        name: FUSED,
-        description: "GPU: K cached unrotated with positions, RoPE on Q and every key inside attention; cheap context shift",
-        priority: priority::FUSED,
-        create: || create(FUSED, Strategy::Fused),
-    }
-}
-
-inventory::submit! {
-    DeviceBackendEntry { name: FUSED, device_count, create_on: |ordinal, own| create_on(FUSED, Strategy::Fused, ordinal, own) }
-}
-
-inventory::submit! {
-    BackendEntry {
-        name: SEPARATE,
-        description: "GPU baseline: RoPE, append, then scores / softmax / P.V kernels over a score buffer; head_dim up to 4096",
-        priority: priority::SEPARATE,
-        create: || create(SEPARATE, Strategy::Separate),
-    }
-}
-
-inventory::submit! {
-    DeviceBackendEntry { name: SEPARATE, device_count, create_on: |ordinal, own| create_on(SEPARATE, Strategy::Separate, ordinal, own) }
-}
+register!(
+    FLASH,
+    Strategy::Flash,
+    priority::FLASH,
+    "GPU: fused RoPE+append, FlashAttention-2 tiled prefill, split-K decode (matrix cores for f16/bf16); f32/f16/bf16"
+);
+register!(HYBRID, Strategy::Hybrid, priority::HYBRID, "GPU: K rotated once by fused RoPE+append, Q rotated inside attention as it is loaded (no Q pass)");
+register!(FUSED, Strategy::Fused, priority::FUSED, "GPU: K cached unrotated with positions, RoPE on Q and every key inside attention; cheap context shift");
+register!(
+    SEPARATE,
+    Strategy::Separate,
+    priority::SEPARATE,
+    "GPU baseline: RoPE, append, then scores / softmax / P.V kernels over a score buffer; head_dim up to 4096"
+);
 
 /// Referenced by the facade so the linker keeps this crate's registrations.
 #[inline(never)]
