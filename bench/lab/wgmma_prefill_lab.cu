@@ -17,7 +17,8 @@
 // per consumer thread through setmaxnreg, 24 / 32 HGMMA and 7 / 14 UTMALDG), not yet run on a
 // GPU: the session that wrote it had no device time left. If D=64 passes and D=128 fails, suspect V's
 // descriptor first (LBO: the next 64 columns' region; SBO: the next 8 keys).
-// Layouts: Q and O [B][S][H][D], K and V [B][S][Hk][D], f16 or bf16; q_len = kv_len = S.
+// Layouts: Q and O [B][S][H][D], K and V [B][Skv][Hk][D], f16 or bf16; Skv >= S (chunked prefill
+// over a cached prefix of Skv - S keys; causal: query i sees keys up to i + Skv - S).
 #include "include/af_common.h"
 #include <cuda.h>
 #include <cstdio>
@@ -122,21 +123,22 @@ constexpr int BM = 128, BN = 128;
 
 // ------------------------------------------------------------------ online softmax on accumulators
 // A warpgroup's score tile s (BN / 2 floats a thread, wg_ss's layout) of key tile n, this
-// thread's rows r_lo and r_lo + 8, masked where the tile passes S or (causal) the diagonal of the
-// warpgroup's first row g_row0. Leaves s holding 2^(x - m_new) (base 2, scaled), updates the
+// thread's rows r_lo and r_lo + 8 (query indices), masked where the tile passes the Skv keys or
+// (causal: query i sees keys up to i + off, off = Skv - Sq, the cached prefix) the diagonal of
+// the warpgroup's first row g_row0. Leaves s holding 2^(x - m_new) (base 2, scaled), updates the
 // running maxima m and the thread-partial sums l, and returns each row's correction for O.
 template <bool CAUSAL> struct Softmax {
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-    AF_DEVICE void tile(float* s, int n, int S, int r_lo, int g_row0, int lane, float scale_log2, float* corr) {
+    AF_DEVICE void tile(float* s, int n, int Skv, int off, int r_lo, int g_row0, int lane, float scale_log2, float* corr) {
         const int c0 = n * BN + (lane & 3) * 2;
-        const bool edge = n * BN + BN > S || (CAUSAL && n * BN + BN - 1 > g_row0);
+        const bool edge = n * BN + BN > Skv || (CAUSAL && n * BN + BN - 1 > g_row0 + off);
         float mx[2] = {m[0], m[1]};
 #pragma unroll
         for (int i = 0; i < BN / 2; ++i) {
             float x = s[i] * scale_log2;
             if (edge) {
                 const int col = c0 + (i / 4) * 8 + (i & 1), row = r_lo + ((i >> 1) & 1) * 8;
-                if (col >= S || (CAUSAL && col > row)) x = -INFINITY;
+                if (col >= Skv || (CAUSAL && col > row + off)) x = -INFINITY;
             }
             s[i] = x;
             mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], x);
@@ -208,7 +210,7 @@ constexpr int V1_THREADS = 256;
 template <int D> constexpr int v1_smem() { return BM * D * 2 + 2 * 2 * BN * D * 2 + 1024; }
 
 template <bool BF16, int D, bool CAUSAL>
-__global__ void __launch_bounds__(V1_THREADS, 1) wg_prefill(const unsigned short* Q, const unsigned short* K, const unsigned short* V, unsigned short* O, int S, int H, int Hk, float scale_log2) {
+__global__ void __launch_bounds__(V1_THREADS, 1) wg_prefill(const unsigned short* Q, const unsigned short* K, const unsigned short* V, unsigned short* O, int S, int Skv, int H, int Hk, float scale_log2) {
     constexpr int QB = BM * D * 2, KB = BN * D * 2;
     extern __shared__ __align__(16) unsigned char wg_smem[];
     unsigned char* sQ = wg_smem + ((1024 - (af_smem_addr(wg_smem) & 1023)) & 1023);
@@ -220,14 +222,15 @@ __global__ void __launch_bounds__(V1_THREADS, 1) wg_prefill(const unsigned short
     const int h = blockIdx.y, b = blockIdx.z, kh = h / (H / Hk);
     const int q0 = mt * BM;
     const long qld = (long)H * D, kld = (long)Hk * D;
-    const unsigned short* Kb = K + (long)b * S * kld + kh * D;
-    const unsigned short* Vb = V + (long)b * S * kld + kh * D;
-    const int kv_end = CAUSAL ? min(S, q0 + BM) : S;
+    const unsigned short* Kb = K + (long)b * Skv * kld + kh * D;
+    const unsigned short* Vb = V + (long)b * Skv * kld + kh * D;
+    const int off = Skv - S;
+    const int kv_end = CAUSAL ? min(Skv, q0 + BM + off) : Skv;
     const int nt = (kv_end + BN - 1) / BN;
 
     load_tile<BM, D, V1_THREADS>(sQ, Q + ((long)b * S + q0) * qld + h * D, qld, S - q0, tid);
-    load_tile<BN, D, V1_THREADS>(sK(0), Kb, kld, S, tid);
-    load_tile<BN, D, V1_THREADS>(sV(0), Vb, kld, S, tid);
+    load_tile<BN, D, V1_THREADS>(sK(0), Kb, kld, Skv, tid);
+    load_tile<BN, D, V1_THREADS>(sV(0), Vb, kld, Skv, tid);
     af_cp_async_commit();
 
     float o[D / 2];
@@ -240,8 +243,8 @@ __global__ void __launch_bounds__(V1_THREADS, 1) wg_prefill(const unsigned short
         const int st = n & 1;
         if (n + 1 < nt) {
             const int k1 = (n + 1) * BN;
-            load_tile<BN, D, V1_THREADS>(sK(st ^ 1), Kb + k1 * kld, kld, S - k1, tid);
-            load_tile<BN, D, V1_THREADS>(sV(st ^ 1), Vb + k1 * kld, kld, S - k1, tid);
+            load_tile<BN, D, V1_THREADS>(sK(st ^ 1), Kb + k1 * kld, kld, Skv - k1, tid);
+            load_tile<BN, D, V1_THREADS>(sV(st ^ 1), Vb + k1 * kld, kld, Skv - k1, tid);
             af_cp_async_commit();
             af_cp_async_wait<1>();
         } else {
@@ -257,7 +260,7 @@ __global__ void __launch_bounds__(V1_THREADS, 1) wg_prefill(const unsigned short
         wg_wait<0>();
         wg_pin<BN / 2>(s);
         float corr[2];
-        sm.tile(s, n, S, r_lo, q0 + g * 64, lane, scale_log2, corr);
+        sm.tile(s, n, Skv, off, r_lo, q0 + g * 64, lane, scale_log2, corr);
         rescale<D>(o, corr);
         unsigned pa[BN / 16][4];
         pack_p<BF16>(s, pa);
@@ -315,11 +318,11 @@ template <int D> AF_DEVICE void tma_tile(unsigned char* dst, const CUtensorMap* 
 AF_DEVICE void bar_sync(int id) { asm volatile("bar.sync %0, 256;" ::"r"(id) : "memory"); }
 AF_DEVICE void bar_arrive(int id) { asm volatile("bar.arrive %0, 256;" ::"r"(id) : "memory"); }
 
-// Tensor maps: Q [B][S][H][D] as (D, H, S, B) with boxes (64, 1, BM, 1); K, V as (D, Hk, S, B)
-// with boxes (64, 1, BN, 1); 128-byte swizzle; rows past S read as zeros.
+// Tensor maps: Q [B][S][H][D] as (D, H, S, B) with boxes (64, 1, BM, 1); K, V [B][Skv][Hk][D] as
+// (D, Hk, Skv, B) with boxes (64, 1, BN, 1); 128-byte swizzle; rows past the end read as zeros.
 template <bool BF16, int D, bool CAUSAL>
 __global__ void __launch_bounds__(V2_THREADS, 1) wg_prefill_ws(const __grid_constant__ CUtensorMap tmQ, const __grid_constant__ CUtensorMap tmK, const __grid_constant__ CUtensorMap tmV,
-                                                                unsigned short* O, int S, int H, int Hk, float scale_log2) {
+                                                                unsigned short* O, int S, int Skv, int H, int Hk, float scale_log2) {
     constexpr int QB = BM * D * 2, KB = BN * D * 2;
     extern __shared__ __align__(16) unsigned char wg_smem[];
     __shared__ unsigned long long q_full, k_full[V2_STAGES], v_full[V2_STAGES], empty[V2_STAGES];
@@ -330,7 +333,8 @@ __global__ void __launch_bounds__(V2_THREADS, 1) wg_prefill_ws(const __grid_cons
     const int mt = gridDim.x - 1 - blockIdx.x;
     const int h = blockIdx.y, b = blockIdx.z, kh = h / (H / Hk);
     const int q0 = mt * BM;
-    const int kv_end = CAUSAL ? min(S, q0 + BM) : S;
+    const int off = Skv - S;
+    const int kv_end = CAUSAL ? min(Skv, q0 + BM + off) : Skv;
     const int nt = (kv_end + BN - 1) / BN;
     if (tid == 0) {
         mbar_init(&q_full, 1);
@@ -383,7 +387,7 @@ __global__ void __launch_bounds__(V2_THREADS, 1) wg_prefill_ws(const __grid_cons
     end();
     wg_wait<0>();
     wg_pin<BN / 2>(s);
-    sm.tile(s, 0, S, r_lo, q0 + g * 64, lane, scale_log2, corr);
+    sm.tile(s, 0, Skv, off, r_lo, q0 + g * 64, lane, scale_log2, corr);
     pack_p<BF16>(s, pa);
     for (int n = 1; n < nt; ++n) {
         const int st = n % V2_STAGES, prev = (n - 1) % V2_STAGES;
@@ -398,7 +402,7 @@ __global__ void __launch_bounds__(V2_THREADS, 1) wg_prefill_ws(const __grid_cons
         end();
         wg_wait<1>();
         wg_pin<BN / 2>(s);
-        sm.tile(s, n, S, r_lo, q0 + g * 64, lane, scale_log2, corr);
+        sm.tile(s, n, Skv, off, r_lo, q0 + g * 64, lane, scale_log2, corr);
         wg_wait<0>();
         wg_pin<D / 2>(o);
         if (lane == 0) mbar_arrive(&empty[prev]);
@@ -431,24 +435,25 @@ __global__ void poison(unsigned short* x, long n) {
 }
 AF_DEVICE float ld2(const unsigned short* p, long i, bool bf16) { return bf16 ? af_bf2f(p[i]) : af_h2f(p[i]); }
 
-// Naive f32 attention: a thread per (batch, head, query row), two passes over the keys.
-template <int D> __global__ void ref_attention(const unsigned short* Q, const unsigned short* K, const unsigned short* V, float* O, int B, int S, int H, int Hk, bool causal, float scale, bool bf16) {
+// Naive f32 attention: a thread per (batch, head, query row), two passes over the keys (causal:
+// query i of S sees keys up to i + Skv - S).
+template <int D> __global__ void ref_attention(const unsigned short* Q, const unsigned short* K, const unsigned short* V, float* O, int B, int S, int Skv, int H, int Hk, bool causal, float scale, bool bf16) {
     const long t = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (t >= (long)B * S * H) return;
     const int h = t % H, row = (t / H) % S, b = t / ((long)H * S), kh = h / (H / Hk);
     float q[D], acc[D];
     for (int d = 0; d < D; ++d) q[d] = ld2(Q, t * D + d, bf16), acc[d] = 0.f;
-    const int end = causal ? row + 1 : S;
+    const int end = causal ? row + 1 + Skv - S : Skv;
     float mx = -INFINITY;
     for (int j = 0; j < end; ++j) {
-        const long kb = (((long)b * S + j) * Hk + kh) * D;
+        const long kb = (((long)b * Skv + j) * Hk + kh) * D;
         float dot = 0.f;
         for (int d = 0; d < D; ++d) dot += q[d] * ld2(K, kb + d, bf16);
         mx = fmaxf(mx, dot * scale);
     }
     float sum = 0.f;
     for (int j = 0; j < end; ++j) {
-        const long kb = (((long)b * S + j) * Hk + kh) * D;
+        const long kb = (((long)b * Skv + j) * Hk + kh) * D;
         float dot = 0.f;
         for (int d = 0; d < D; ++d) dot += q[d] * ld2(K, kb + d, bf16);
         const float p = expf(dot * scale - mx);
@@ -458,12 +463,18 @@ template <int D> __global__ void ref_attention(const unsigned short* Q, const un
     for (int d = 0; d < D; ++d) O[t * D + d] = acc[d] / sum;
 }
 
-struct Problem { int B, H, Hk, S, D; bool causal, bf16; };
+// S queries per sequence over Skv >= S keys (a cached prefix of Skv - S; 0 means Skv = S).
+struct Problem {
+    int B, H, Hk, S, D;
+    bool causal, bf16;
+    int Skv = 0;
+    int kv() const { return Skv ? Skv : S; }
+};
 
 struct Buffers {
     unsigned short *q, *k, *v, *o;
     Buffers(const Problem& p) {
-        const long nq = (long)p.B * p.S * p.H * p.D, nk = (long)p.B * p.S * p.Hk * p.D;
+        const long nq = (long)p.B * p.S * p.H * p.D, nk = (long)p.B * p.kv() * p.Hk * p.D;
         CK(cudaMalloc(&q, nq * 2)); CK(cudaMalloc(&o, nq * 2)); CK(cudaMalloc(&k, nk * 2)); CK(cudaMalloc(&v, nk * 2));
         fill_rand<<<1024, 256>>>(q, nq, 1, p.bf16); fill_rand<<<1024, 256>>>(k, nk, 2, p.bf16); fill_rand<<<1024, 256>>>(v, nk, 3, p.bf16);
         poison<<<1024, 256>>>(o, nq);
@@ -471,11 +482,11 @@ struct Buffers {
     ~Buffers() { cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o); }
 };
 
-// A 4-D map of x [B][S][heads][D] as (D, heads, S, B), boxes of 64 x 1 x rows x 1, 128-byte swizzle.
-static CUtensorMap tensor_map(const unsigned short* x, const Problem& p, int heads, int rows) {
+// A 4-D map of x [B][seq][heads][D] as (D, heads, seq, B), boxes of 64 x 1 x rows x 1, 128-byte swizzle.
+static CUtensorMap tensor_map(const unsigned short* x, const Problem& p, int seq, int heads, int rows) {
     CUtensorMap m;
-    const cuuint64_t dims[4] = {(cuuint64_t)p.D, (cuuint64_t)heads, (cuuint64_t)p.S, (cuuint64_t)p.B};
-    const cuuint64_t strides[3] = {(cuuint64_t)p.D * 2, (cuuint64_t)heads * p.D * 2, (cuuint64_t)p.S * heads * p.D * 2};
+    const cuuint64_t dims[4] = {(cuuint64_t)p.D, (cuuint64_t)heads, (cuuint64_t)seq, (cuuint64_t)p.B};
+    const cuuint64_t strides[3] = {(cuuint64_t)p.D * 2, (cuuint64_t)heads * p.D * 2, (cuuint64_t)seq * heads * p.D * 2};
     const cuuint32_t box[4] = {64, 1, (cuuint32_t)rows, 1}, unit[4] = {1, 1, 1, 1};
     const CUresult r = cuTensorMapEncodeTiled(&m, p.bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, (void*)x, dims, strides, box, unit,
                                               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
@@ -483,8 +494,8 @@ static CUtensorMap tensor_map(const unsigned short* x, const Problem& p, int hea
     return m;
 }
 
-using V1 = void (*)(const unsigned short*, const unsigned short*, const unsigned short*, unsigned short*, int, int, int, float);
-using V2 = void (*)(const CUtensorMap, const CUtensorMap, const CUtensorMap, unsigned short*, int, int, int, float);
+using V1 = void (*)(const unsigned short*, const unsigned short*, const unsigned short*, unsigned short*, int, int, int, int, float);
+using V2 = void (*)(const CUtensorMap, const CUtensorMap, const CUtensorMap, unsigned short*, int, int, int, int, float);
 template <typename F, template <bool, int, bool> class Pick> static F pick(const Problem& p) {
     if (p.bf16) return p.D == 64 ? (p.causal ? Pick<true, 64, true>::f : Pick<true, 64, false>::f) : (p.causal ? Pick<true, 128, true>::f : Pick<true, 128, false>::f);
     return p.D == 64 ? (p.causal ? Pick<false, 64, true>::f : Pick<false, 64, false>::f) : (p.causal ? Pick<false, 128, true>::f : Pick<false, 128, false>::f);
@@ -499,7 +510,7 @@ struct Launch {
     CUtensorMap mq, mk, mv;
     const Buffers& x;
     Launch(int variant, const Problem& p, const Buffers& x) : variant(variant), p(p), x(x) {
-        if (variant == 2) mq = tensor_map(x.q, p, p.H, BM), mk = tensor_map(x.k, p, p.Hk, BN), mv = tensor_map(x.v, p, p.Hk, BN);
+        if (variant == 2) mq = tensor_map(x.q, p, p.S, p.H, BM), mk = tensor_map(x.k, p, p.kv(), p.Hk, BN), mv = tensor_map(x.v, p, p.kv(), p.Hk, BN);
         const int smem = variant == 1 ? (p.D == 64 ? v1_smem<64>() : v1_smem<128>()) : (p.D == 64 ? v2_smem<64>() : v2_smem<128>());
         if (variant == 1) CK(cudaFuncSetAttribute(pick<V1, PickV1>(p), cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         else CK(cudaFuncSetAttribute(pick<V2, PickV2>(p), cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
@@ -507,8 +518,8 @@ struct Launch {
     void operator()() const {
         const dim3 grid((p.S + BM - 1) / BM, p.H, p.B);
         const float sl2 = 1.4426950408889634f / sqrtf((float)p.D);
-        if (variant == 1) pick<V1, PickV1>(p)<<<grid, V1_THREADS, p.D == 64 ? v1_smem<64>() : v1_smem<128>()>>>(x.q, x.k, x.v, x.o, p.S, p.H, p.Hk, sl2);
-        else pick<V2, PickV2>(p)<<<grid, V2_THREADS, p.D == 64 ? v2_smem<64>() : v2_smem<128>()>>>(mq, mk, mv, x.o, p.S, p.H, p.Hk, sl2);
+        if (variant == 1) pick<V1, PickV1>(p)<<<grid, V1_THREADS, p.D == 64 ? v1_smem<64>() : v1_smem<128>()>>>(x.q, x.k, x.v, x.o, p.S, p.kv(), p.H, p.Hk, sl2);
+        else pick<V2, PickV2>(p)<<<grid, V2_THREADS, p.D == 64 ? v2_smem<64>() : v2_smem<128>()>>>(mq, mk, mv, x.o, p.S, p.kv(), p.H, p.Hk, sl2);
     }
 };
 
@@ -524,8 +535,8 @@ static bool check(int variant, const Problem& p) {
     const long nq = (long)p.B * p.S * p.H * p.D;
     float* ref; CK(cudaMalloc(&ref, nq * 4));
     const long rows = (long)p.B * p.S * p.H;
-    if (p.D == 64) ref_attention<64><<<(rows + 127) / 128, 128>>>(x.q, x.k, x.v, ref, p.B, p.S, p.H, p.Hk, p.causal, 1.f / sqrtf(64.f), p.bf16);
-    else ref_attention<128><<<(rows + 127) / 128, 128>>>(x.q, x.k, x.v, ref, p.B, p.S, p.H, p.Hk, p.causal, 1.f / sqrtf(128.f), p.bf16);
+    if (p.D == 64) ref_attention<64><<<(rows + 127) / 128, 128>>>(x.q, x.k, x.v, ref, p.B, p.S, p.kv(), p.H, p.Hk, p.causal, 1.f / sqrtf(64.f), p.bf16);
+    else ref_attention<128><<<(rows + 127) / 128, 128>>>(x.q, x.k, x.v, ref, p.B, p.S, p.kv(), p.H, p.Hk, p.causal, 1.f / sqrtf(128.f), p.bf16);
     run();
     CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
     std::vector<float> r(nq); std::vector<unsigned short> g(nq);
@@ -542,7 +553,7 @@ static bool check(int variant, const Problem& p) {
     }
     const double tol = p.bf16 ? 1.6e-2 : 2.5e-3;
     const bool ok = worst <= tol;
-    printf("check v%d B=%d H=%d Hk=%d S=%d D=%d %s %s: max |err| %.3g (tol %.3g)%s", variant, p.B, p.H, p.Hk, p.S, p.D, p.causal ? "causal" : "full", p.bf16 ? "bf16" : "f16", worst, tol, ok ? " ok\n" : "");
+    printf("check v%d B=%d H=%d Hk=%d S=%d Skv=%d D=%d %s %s: max |err| %.3g (tol %.3g)%s", variant, p.B, p.H, p.Hk, p.S, p.kv(), p.D, p.causal ? "causal" : "full", p.bf16 ? "bf16" : "f16", worst, tol, ok ? " ok\n" : "");
     if (!ok) printf(" FAIL at element %ld (row %ld, head %ld, col %ld): got bits %04x, want %g\n", at, at / p.D / p.H % p.S, at / p.D % p.H, at % p.D, g[at], r[at]);
     return ok;
 }
@@ -567,7 +578,10 @@ int main(int argc, char** argv) {
     bool ok = true;
     for (int bf = 0; bf < 2; ++bf)
         for (int D : {64, 128}) {
-            const Problem ps[] = {{1, 4, 2, 1000, D, true, !!bf}, {2, 4, 4, 333, D, false, !!bf}, {1, 8, 2, 2048, D, true, !!bf}, {1, 2, 1, 129, D, false, !!bf}, {1, 2, 2, 64, D, true, !!bf}};
+            // Ragged lengths, GQA and MHA, causal and not, cached prefixes (chunked prefill) of
+            // whole and partial tiles.
+            const Problem ps[] = {{1, 4, 2, 1000, D, true, !!bf}, {2, 4, 4, 333, D, false, !!bf}, {1, 8, 2, 2048, D, true, !!bf}, {1, 2, 1, 129, D, false, !!bf},
+                                  {1, 2, 2, 64, D, true, !!bf}, {2, 4, 2, 300, D, true, !!bf, 1000}, {1, 4, 1, 128, D, true, !!bf, 1024}, {1, 2, 2, 77, D, false, !!bf, 200}};
             for (const auto& p : ps)
                 for (int variant : {1, 2}) ok = check(variant, p) && ok;
         }
