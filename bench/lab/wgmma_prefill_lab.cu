@@ -269,14 +269,14 @@ __global__ void __launch_bounds__(V1_THREADS, 1) wg_prefill(const unsigned short
 // O += P_{n-1} V_{n-1}, and the softmax of S_n runs while the second product is in flight; the two
 // consumers take turns issuing (named barriers 1 and 2), so one's softmax overlaps the other's
 // products. setmaxnreg moves registers from the producer (24) to the consumers (240).
-// Open point (SASS, nvcc 13.0): ptxas schedules the loop's WARPGROUP.DEPBAR.LE 0 (the wait for
-// O += P V) ahead of the softmax's max / exp2 instructions, so the intra-warpgroup overlap is not
-// in the SASS yet (a minimal kernel shows the same hoisting; pinning the softmax's registers
-// before the wait does not stop it; a wait under a branch makes ptxas serialise every wgmma);
-// the ping-pong between the consumers is. Deferring that wait into the next iteration (P
-// double-buffered, O rescaled just before the next P V) makes ptxas serialise every wgmma
-// (C7514: a group pending across the loop's back edge); so does a wgmma under an if/else
-// (C7520). Both were tried here; what remains is to measure how much the hoisting costs.
+// The order inside the loop needs help (SASS, nvcc 13.0): ptxas schedules the wait for O += P V
+// (WARPGROUP.DEPBAR.LE gsb0, 0x0) as early as it may, ahead of the softmax's max / exp2
+// instructions, which would leave nothing to overlap (pinning the softmax's registers before
+// the wait does not stop it; deferring the wait into the next iteration makes ptxas serialise
+// every wgmma, C7514, as does a wgmma under an if/else, C7520). It does keep the wait after a
+// shared-memory store, so each consumer thread stores its row sums (which depend on every
+// exp2 of the tile) to a scratch word just before the wait: the whole softmax (64 exp2 a thread)
+// then sits between the two waits in the SASS.
 constexpr int V2_THREADS = 384, V2_STAGES = 2;
 template <int D> constexpr int v2_smem() { return BM * D * 2 + V2_STAGES * 2 * BN * D * 2 + 1024; }
 
@@ -313,6 +313,7 @@ __global__ void __launch_bounds__(V2_THREADS, 1) wg_prefill_ws(const __grid_cons
     constexpr int QB = BM * D * 2, KB = BN * D * 2;
     extern __shared__ __align__(16) unsigned char wg_smem[];
     __shared__ unsigned long long q_full, k_full[V2_STAGES], v_full[V2_STAGES], empty[V2_STAGES];
+    __shared__ volatile float order_sink[256];  // written, never read: orders the wait (see above)
     unsigned char* sQ = wg_smem + ((1024 - (af_smem_addr(wg_smem) & 1023)) & 1023);
     auto sK = [&](int st) { return sQ + QB + 2 * st * KB; };
     auto sV = [&](int st) { return sQ + QB + (2 * st + 1) * KB; };
@@ -390,6 +391,7 @@ __global__ void __launch_bounds__(V2_THREADS, 1) wg_prefill_ws(const __grid_cons
         wg_wait<1>();
         wg_pin<BN / 2>(s);
         sm.tile(s, n, Skv, off, r_lo, q0 + g * 64, lane, scale_log2, corr);
+        order_sink[tid - 128] = sm.l[0] + sm.l[1];  // keeps the softmax ahead of the wait (see above)
         wg_wait<0>();
         wg_pin<D / 2>(o);
         if (lane == 0) mbar_arrive(&empty[prev]);
