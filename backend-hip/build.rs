@@ -4,7 +4,8 @@
 //!    against the sizes and offsets computed here from the C layout rules).
 //! 2. Compiles every `kernels/*.hip` ahead of time and embeds the code objects:
 //!    - NVIDIA: `nvcc -x cu` (HIP dialect through our vendor header) to a fatbin with sm_80 and
-//!      sm_90 machine code plus compute_90 PTX (`ATTNFORGE_CUDA_ARCHS` overrides, e.g. "80 90");
+//!      sm_90 machine code plus compute_90 PTX (`ATTNFORGE_CUDA_ARCHS` overrides, e.g. "80 90";
+//!      the modules of `ARCH_SPECIFIC` take sm_90a for 90);
 //!      ptxas' report (`-Xptxas -v`: entry points, registers, spills, shared memory) is kept in
 //!      `OUT_DIR/ptxas-<module>.txt`, and the entry points it names per architecture are embedded
 //!      (`NVIDIA_ENTRIES`) so a test can check every kernel a plan can choose;
@@ -114,11 +115,12 @@ fn field_type(c: &Contract, layouts: &BTreeMap<String, (usize, usize)>, ty: &str
         "af_i64" => (8, 8, "i64".into()),
         "int" => (4, 4, "i32".into()),
         "float" => (4, 4, "f32".into()),
+        "af_tmap" => (128, 64, "TensorMap".into()),
         s if c.structs.iter().any(|x| x.name == s) => {
             let (size, align) = layouts.get(s).unwrap_or_else(|| panic!("af_contract.h: struct {s} used before it is defined"));
             (*size, *align, s.to_string())
         }
-        other => panic!("af_contract.h: field type {other} is not one of af_ptr, af_i64, int, float or an earlier struct"),
+        other => panic!("af_contract.h: field type {other} is not one of af_ptr, af_i64, int, float, af_tmap or an earlier struct"),
     }
 }
 
@@ -172,6 +174,11 @@ fn generate_contract(c: &Contract) -> (String, String) {
 }
 
 // ------------------------------------------------------------------ compilers
+
+/// (module, architecture) pairs compiled for the architecture-specific target (`sm_90a`): the
+/// sm_90a prefill's warpgroup MMA and TMA exist only there. Other targets compile the module to
+/// entry points that trap (never launched: the plan checks the device).
+const ARCH_SPECIFIC: &[(&str, &str)] = &[("attention_wgmma", "90")];
 
 /// A compiler and whether it was found through PATH (then a PATH change may change which one).
 type Found = Option<(PathBuf, bool)>;
@@ -349,7 +356,10 @@ fn main() {
                 c.args(["-x", "cu", "-std=c++17", "-O3", "--fatbin", "-Xptxas", "-v,-warn-spills", "-DAF_LAYOUT_CHECK"]).arg("-I").arg(&kdir).arg("-I").arg(&out);
                 let mut last = String::new();
                 for a in archs.split_whitespace() {
-                    c.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));
+                    // Modules on architecture-specific instructions take that target's `a`
+                    // variant (sm_90a: wgmma, TMA); their PTX stays the portable one.
+                    let t = if ARCH_SPECIFIC.contains(&(stem.as_str(), a)) { format!("{a}a") } else { a.to_string() };
+                    c.arg(format!("-gencode=arch=compute_{t},code=sm_{t}"));
                     last = a.to_string();
                 }
                 c.arg(format!("-gencode=arch=compute_{last},code=compute_{last}"));

@@ -9,12 +9,19 @@ use attnforge_api::DType;
 
 #[allow(dead_code)] // every limit of the contract, whether the Rust side uses it or not
 mod generated {
-    use super::Vendored;
+    use super::{TensorMap, Vendored};
     include!(concat!(env!("OUT_DIR"), "/contract.rs"));
 }
 pub(crate) use generated::*;
 
 /// Which vendor's runtime drives a GPU.
+/// A CUDA tensor map (`CUtensorMap`, `af_tmap` in af_contract.h): 128 opaque bytes, 64-byte
+/// aligned, encoded on the host by the runtime (`cuTensorMapEncodeTiled`) and passed by value
+/// in a kernel's parameters.
+#[repr(C, align(64))]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TensorMap(pub [u64; 16]);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Vendor {
     /// CUDA driver API, kernels from nvcc.
@@ -86,6 +93,8 @@ pub enum Kernel {
     MmaPrefill { dim: u16, qrope: bool, dtype: DType, fp8: bool },
     /// `attn_decode_mma[_qrope|_e4m3]_d{dim}_{f16,bf16}`: matrix-core decode (`fp8` as above).
     MmaDecode { dim: u16, qrope: bool, dtype: DType, fp8: bool },
+    /// The sm_90a prefill (warpgroup MMA, TMA; contiguous K/V rows, no RoPE inside, 16-bit K/V).
+    WgPrefill { dim: u16, dtype: DType },
 }
 
 const HALF: [DType; 2] = [DType::F16, DType::BF16];
@@ -148,6 +157,9 @@ impl Kernel {
             for &dim in MMA_DECODE_DIMS {
                 v.push(Kernel::MmaDecode { dim: dim as u16, qrope: false, dtype, fp8: true });
             }
+            for &dim in WGMMA_PREFILL_DIMS {
+                v.push(Kernel::WgPrefill { dim: dim as u16, dtype });
+            }
         }
         v
     }
@@ -175,6 +187,7 @@ impl Kernel {
             Kernel::Pv { dtype } => format!("attn_pv_{dtype}"),
             Kernel::MmaPrefill { dim, qrope, dtype, fp8 } => format!("attn_prefill_mma{}_d{dim}_{dtype}", mma_variant(qrope, fp8)),
             Kernel::MmaDecode { dim, qrope, dtype, fp8 } => format!("attn_decode_mma{}_d{dim}_{dtype}", mma_variant(qrope, fp8)),
+            Kernel::WgPrefill { dim, dtype } => format!("attn_prefill_wgmma_d{dim}_{dtype}"),
         }
     }
 
@@ -188,6 +201,7 @@ impl Kernel {
             Kernel::Prefill { rope: true, .. } | Kernel::Wide { rope: true, .. } | Kernel::Decode { .. } => "attention_rope",
             Kernel::Scores { .. } | Kernel::Softmax | Kernel::Pv { .. } => "separate",
             Kernel::MmaPrefill { .. } | Kernel::MmaDecode { .. } => "attention_mma",
+            Kernel::WgPrefill { .. } => "attention_wgmma",
         }
     }
 
@@ -200,6 +214,7 @@ impl Kernel {
             Kernel::Merge { .. } => "MergeParams",
             Kernel::MergeStates { .. } => "MergeStatesParams",
             Kernel::Scores { .. } | Kernel::Softmax | Kernel::Pv { .. } => "SepParams",
+            Kernel::WgPrefill { .. } => "WgParams",
             _ => "AttnParams",
         }
     }
@@ -207,7 +222,7 @@ impl Kernel {
     /// Whether it takes dynamic shared memory past the default 48 KiB (the runtime opts these in
     /// to the device's per-block maximum when it loads them).
     pub fn dynamic_shared(&self) -> bool {
-        matches!(self, Kernel::MmaPrefill { .. } | Kernel::MmaDecode { .. })
+        matches!(self, Kernel::MmaPrefill { .. } | Kernel::MmaDecode { .. } | Kernel::WgPrefill { .. })
     }
 }
 
@@ -224,7 +239,7 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), n, "two kernels share a symbol");
         for k in &all {
-            assert!(["rope", "kv_append", "attention", "attention_rope", "separate", "attention_mma"].contains(&k.module()));
+            assert!(["rope", "kv_append", "attention", "attention_rope", "separate", "attention_mma", "attention_wgmma"].contains(&k.module()));
         }
     }
 
@@ -239,9 +254,11 @@ mod tests {
             let archs: Vec<String> = crate::kernels::CUDA_ARCHS.split_whitespace().map(|a| format!("sm_{a}")).collect();
             for k in &all {
                 for arch in &archs {
+                    // build.rs compiles the sm_90a prefill's module for sm_90a where 90 is built.
+                    let arch = if k.module() == "attention_wgmma" && arch == "sm_90" { "sm_90a".to_string() } else { arch.clone() };
                     let found = crate::kernels::NVIDIA_ENTRIES
                         .iter()
-                        .any(|(m, a, names)| *m == k.module() && a == arch && names.contains(&k.symbol().as_str()));
+                        .any(|(m, a, names)| *m == k.module() && *a == arch.as_str() && names.contains(&k.symbol().as_str()));
                     assert!(found, "{} is not among the entry points ptxas compiled for {arch} in {}", k.symbol(), k.module());
                 }
             }

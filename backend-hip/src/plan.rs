@@ -257,6 +257,13 @@ pub fn mma_prefill_shared_bytes(dim: usize, vendor: Vendor) -> usize {
 
 /// Blocks of `shared` bytes resident on one SM / CU at once (the driver reserves 1 KiB per
 /// block on NVIDIA).
+/// Dynamic shared memory of the sm_90a prefill (`wg_shared_bytes` in
+/// kernels/attention/wgmma_prefill.h): the Q tile, `WG_STAGES` K and V tiles, 1024 bytes to align
+/// the swizzled regions.
+pub fn wgmma_shared_bytes(dim: usize) -> usize {
+    WG_BM * dim * 2 + WG_STAGES * 2 * WG_BN * dim * 2 + 1024
+}
+
 fn blocks_per_sm(props: &DeviceProps, shared: usize) -> usize {
     let reserved = if props.vendor == Vendor::Nvidia { 1024 } else { 0 };
     (props.smem_per_sm / (shared + reserved).max(1)).max(1)
@@ -379,6 +386,15 @@ fn attention(props: &DeviceProps, strategy: Strategy, op: Op, p: &ProblemDesc) -
             max_keys_per_split: Some(DC_MAXK),
             merge,
         });
+    }
+    // sm_90 devices: the warpgroup-MMA prefill where it applies (its loads are TMA boxes of
+    // contiguous rows; queries as given; 16-bit K/V), the mma.sync one for the rest.
+    let contiguous = !matches!(p.layout, Some(CacheLayout::Paged { .. }));
+    if mma_ok && props.wgmma && !qrope && !fp8 && contiguous && WGMMA_PREFILL_DIMS.contains(&d) {
+        let shared = wgmma_shared_bytes(d);
+        if shared <= props.smem_per_block_optin {
+            return Ok(AttnLaunch::Tiled { kernel: Kernel::WgPrefill { dim: d as u16, dtype }, tile_rows: WG_BM, block: WG_THREADS, shared });
+        }
     }
     if mma_ok && MMA_PREFILL_DIMS.contains(&d) {
         let shared = mma_prefill_shared_bytes(d, props.vendor);

@@ -126,11 +126,19 @@ fn long_problems_match_the_reference() {
                         // each with its lse, merged (merge_states).
                         (Op::MergeStates, 2500, 1, None),
                         (Op::MergeStates, 400, 200, None),
+                        // A long prefill (S = 4096, 32 query tiles, 32 key tiles for the last),
+                        // one sequence, MQA: on sm_90 the warpgroup-MMA kernel.
+                        (Op::Attention, 0, 4096, None),
                     ];
                     for (i, &(op, cached, q_len, page_size)) in shapes.iter().enumerate() {
                         if d != 128 && heads == 4 {
                             continue; // MHA at head_dim 128 only (the reference's time)
                         }
+                        let long = q_len >= 4096;
+                        if long && (d == 256 || heads == 4) {
+                            continue; // the reference's time: head dims 64 and 128, once each
+                        }
+                        let (heads, kv_heads) = if long { (4, 1) } else { (heads, kv_heads) };
                         // Sliding windows that cut: across the decode's splits, and key tiles
                         // of a multi-tile prefill skipped wholly.
                         let window = match i {
@@ -159,7 +167,7 @@ fn long_problems_match_the_reference() {
                             rope: attnforge_api::RopeConfig::new(d, 10000.0, 8192),
                             page_size,
                             causal: true,
-                            seqs: vec![SeqCase { cached, q_len }, SeqCase { cached: cached / 3, q_len }],
+                            seqs: if long { vec![SeqCase { cached, q_len }] } else { vec![SeqCase { cached, q_len }, SeqCase { cached: cached / 3, q_len }] },
                             amplitude: 1.0,
                             scale: 1.0,
                             seed: 0xA77 + i as u64,

@@ -367,3 +367,102 @@ AF_DEVICE unsigned short af_f2e4m3x2(float lo, float hi) {
 AF_DEVICE unsigned int af_e4m3x2_to_f16x2(unsigned short w) { return af_e4m3_to_f16_sw(w & 0xffu) | ((unsigned int)af_e4m3_to_f16_sw(w >> 8) << 16); }
 AF_DEVICE unsigned short af_f2e4m3x2(float lo, float hi) { return (unsigned short)(af_f2e4m3_sw(lo) | (af_f2e4m3_sw(hi) << 8)); }
 #endif
+
+// ---------------------------------------------------------------- Hopper warpgroup API (sm_90a)
+// AF_WGMMA is defined where the sm_90a instructions exist (nvcc -gencode arch=compute_90a): the
+// asynchronous warpgroup MMA (wgmma.mma_async, 128 threads, 64 rows a warpgroup), the tensor
+// memory accelerator (cp.async.bulk.tensor) with transaction-counting mbarriers, named barriers
+// and setmaxnreg. Kernels built on them (attention/wgmma_prefill.h) compile everywhere else to
+// a trap: the plan launches them only on sm_90 devices with the sm_90a code object.
+//   af_wg_ss<N, BF16>(d, a, b, acc)  d[64 x N] (+)= A[64 x 16] B[16 x N], A and B K-major in
+//                                    shared memory (descriptors); acc = 0 overwrites d
+//   af_wg_rs<N, BF16>(d, a, b)       d += A B, A in registers (mma.sync m16n8k16's A fragment:
+//                                    four 32-bit registers a warp-row), B N-major in shared memory
+// Accumulators: N / 2 floats a thread; warp w of the warpgroup owns rows 16w + lane / 4 and
+// 16w + lane / 4 + 8; element 4j + e is row (e < 2 ? r : r + 8), column 8j + 2 (lane % 4) + (e & 1).
+// af_sw128_desc: a shared-memory matrix descriptor over 128-byte swizzled rows (16-byte chunk c
+// of row r stored at chunk c ^ (r % 8)); operand regions start 1024-byte aligned.
+// AF_GRID_CONST: a kernel parameter read in place (TMA takes a tensor map's address in
+// parameter space); af_trap: ends the kernel with an error (entry points built where their
+// instructions do not exist).
+#if defined(AF_NVIDIA)
+#define AF_GRID_CONST __grid_constant__
+AF_DEVICE void af_trap() { __trap(); }
+#else
+#define AF_GRID_CONST
+AF_DEVICE void af_trap() { __builtin_trap(); }
+#endif
+#if defined(AF_NVIDIA) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define AF_WGMMA 1
+template <int N, bool BF16> AF_DEVICE void af_wg_ss(float* d, unsigned long long a, unsigned long long b, int acc);
+template <int N, bool BF16> AF_DEVICE void af_wg_rs(float* d, const unsigned* a, unsigned long long b);
+#define AF_WG_D32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define AF_WG_D64 AF_WG_D32 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define AF_WG_O32(d) "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define AF_WG_O64(d) AF_WG_O32(d), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+// One definition per (N, operand form), stamped for f16 and bf16; R: accumulator registers.
+// A, B and the accumulate flag (SS) or A's four registers and B (RS) follow the R accumulators:
+// their operand numbers are spelled out (PTX takes only literal %n).
+#define AF_WG_SS(N, R, IA, IB, IP, TY, BF)                                                                                            \
+    template <> AF_DEVICE void af_wg_ss<N, BF>(float* d, unsigned long long a, unsigned long long b, int acc) {                      \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #IP ", 0;\n"                                                              \
+                     "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " " AF_WG_D##R "}, %" #IA ", %" #IB ", p, 1, 1, 0, 0;\n}\n" \
+                     : AF_WG_O##R(d)                                                                                                  \
+                     : "l"(a), "l"(b), "r"(acc));                                                                                     \
+    }
+#define AF_WG_RS(N, R, I0, I1, I2, I3, IB, IP, TY, BF)                                                                                \
+    template <> AF_DEVICE void af_wg_rs<N, BF>(float* d, const unsigned* a, unsigned long long b) {                                  \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #IP ", 0;\n"                                                              \
+                     "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " " AF_WG_D##R "}, {%" #I0 ", %" #I1 ", %" #I2 ", %" #I3 "}, %" #IB ", p, 1, 1, 1;\n}\n" \
+                     : AF_WG_O##R(d)                                                                                                  \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));                                                   \
+    }
+AF_WG_SS(64, 32, 32, 33, 34, "f16", false) AF_WG_SS(64, 32, 32, 33, 34, "bf16", true)
+AF_WG_SS(128, 64, 64, 65, 66, "f16", false) AF_WG_SS(128, 64, 64, 65, 66, "bf16", true)
+AF_WG_RS(64, 32, 32, 33, 34, 35, 36, 37, "f16", false) AF_WG_RS(64, 32, 32, 33, 34, 35, 36, 37, "bf16", true)
+AF_WG_RS(128, 64, 64, 65, 66, 67, 68, 69, "f16", false) AF_WG_RS(128, 64, 64, 65, 66, 67, 68, 69, "bf16", true)
+#undef AF_WG_SS
+#undef AF_WG_RS
+#undef AF_WG_D32
+#undef AF_WG_D64
+#undef AF_WG_O32
+#undef AF_WG_O64
+AF_DEVICE void af_wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+AF_DEVICE void af_wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> AF_DEVICE void af_wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+// Keeps the compiler from moving accumulator reads or writes across the asynchronous MMA.
+template <int R> AF_DEVICE void af_wg_pin(float* d) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+AF_DEVICE unsigned long long af_sw128_desc(const void* p, unsigned lbo, unsigned sbo) {
+    return (unsigned long long)((af_smem_addr(p) & 0x3ffffu) >> 4) | ((unsigned long long)(lbo >> 4) << 16) | ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
+}
+// mbarriers: init (count arrivals), arrive, arrive announcing `bytes` of TMA transactions, wait
+// for a phase's parity.
+AF_DEVICE void af_mbar_init(unsigned long long* b, unsigned count) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(af_smem_addr(b)), "r"(count)); }
+AF_DEVICE void af_mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
+AF_DEVICE void af_mbar_expect_tx(unsigned long long* b, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(af_smem_addr(b)), "r"(bytes) : "memory");
+}
+AF_DEVICE void af_mbar_arrive(unsigned long long* b) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(af_smem_addr(b)) : "memory"); }
+AF_DEVICE void af_mbar_wait(unsigned long long* b, unsigned parity) {
+    asm volatile("{\n.reg .pred P1;\nLAB_WAIT:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+                 "@P1 bra DONE;\nbra LAB_WAIT;\nDONE:\n}\n" ::"r"(af_smem_addr(b)),
+                 "r"(parity)
+                 : "memory");
+}
+// One box of a 3-D tensor map (a kernel parameter: `map` is its generic address; coordinates
+// innermost first) into dst, completing on bar.
+AF_DEVICE void af_tma_load3(void* dst, const void* map, unsigned long long* bar, int c0, int c1, int c2) {
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];" ::"r"(af_smem_addr(dst)), "l"(map), "r"(c0), "r"(c1),
+                 "r"(c2), "r"(af_smem_addr(bar))
+                 : "memory");
+}
+// Named barriers over `threads` threads (two consumer warpgroups taking turns).
+AF_DEVICE void af_bar_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
+AF_DEVICE void af_bar_arrive(int id, int threads) { asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
+template <int R> AF_DEVICE void af_setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(R)); }
+template <int R> AF_DEVICE void af_setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(R)); }
+#endif

@@ -20,6 +20,7 @@ fn nvidia(name: &str, arch: &str, sms: usize, optin: usize, per_sm: usize) -> De
         smem_per_sm: per_sm,
         max_grid: [i32::MAX as u64, 65_535, 65_535],
         matrix_cores: true,
+        wgmma: arch == "sm_90",
     }
 }
 
@@ -35,6 +36,7 @@ fn amd(name: &str, arch: &str, cus: usize, warp: usize) -> DeviceProps {
         smem_per_sm: 65_536,
         max_grid: [i32::MAX as u64, 65_536, 65_536],
         matrix_cores: warp == 64,
+        wgmma: false,
     }
 }
 
@@ -148,6 +150,11 @@ fn fits(dev: &DeviceProps, p: &ProblemDesc, a: &AttnLaunch) -> Result<(), String
         AttnLaunch::Tiled { kernel, tile_rows, block, shared } => {
             if *shared > dev.smem_per_block_optin || *block > dev.max_threads_per_block || p.num_heads as u64 > y || *tile_rows == 0 {
                 return Err(format!("tiled {kernel:?}: block {block}, {shared} B, heads {}", p.num_heads));
+            }
+            if let Kernel::WgPrefill { dim, .. } = kernel {
+                if *dim as usize != p.head_dim || !dev.wgmma || *block != WG_THREADS || *shared != wgmma_shared_bytes(p.head_dim) || matches!(p.layout, Some(CacheLayout::Paged { .. })) || p.kv_dtype.is_some() {
+                    return Err(format!("{kernel:?} for head_dim {} on {}", p.head_dim, dev.name));
+                }
             }
             if let Kernel::MmaPrefill { dim, fp8, .. } = kernel {
                 if *dim as usize != p.head_dim || *fp8 != p.kv_dtype.is_some() || !dev.matrix_cores || *block != MMA_GROUPS * dev.warp_size || *shared != mma_prefill_shared_bytes(p.head_dim, dev.vendor) {
@@ -324,7 +331,13 @@ fn the_plan_picks_the_path_from_the_device() {
         OpPlan::Attention(AttnLaunch::Tiled { kernel, shared, .. }) | OpPlan::Step { attention: AttnLaunch::Tiled { kernel, shared, .. }, .. } => (kernel, shared),
         other => panic!("{other:?}"),
     };
-    assert!(matches!(tiled(prefill(&by_name("H100"), DType::BF16, Strategy::Flash, Op::Attention)), (Kernel::MmaPrefill { dim: 128, qrope: false, .. }, 69_632)));
+    // sm_90 takes the warpgroup-MMA prefill over contiguous rows, sm_80 the mma.sync one.
+    assert!(matches!(tiled(prefill(&by_name("H100"), DType::BF16, Strategy::Flash, Op::Attention)), (Kernel::WgPrefill { dim: 128, .. }, 164_864)));
+    assert!(matches!(tiled(prefill(&by_name("A100"), DType::BF16, Strategy::Flash, Op::Attention)), (Kernel::MmaPrefill { dim: 128, qrope: false, .. }, 69_632)));
+    let paged = problem(DType::BF16, (32, 8), 128, 1, 4096, 4096, Some(CacheLayout::Paged { page_size: 16, num_pages: 256 }));
+    assert!(matches!(tiled(plan(&by_name("H100"), Strategy::Flash, Op::Attention, &paged).unwrap()).0, Kernel::MmaPrefill { qrope: false, .. }), "pages are not TMA boxes");
+    let d256 = problem(DType::BF16, (32, 8), 256, 1, 4096, 4096, None);
+    assert!(matches!(tiled(plan(&by_name("H100"), Strategy::Flash, Op::AttentionPlain, &d256).unwrap()).0, Kernel::MmaPrefill { dim: 256, .. }));
     assert!(matches!(tiled(prefill(&by_name("MI250"), DType::BF16, Strategy::Flash, Op::Attention)), (Kernel::MmaPrefill { dim: 128, .. }, 52_224)));
     assert!(matches!(tiled(prefill(&by_name("RX 6800"), DType::BF16, Strategy::Flash, Op::Attention)).0, Kernel::Prefill { dim: 128, rope: false, .. }));
     // Strategies: hybrid rotates Q inside (matrix cores keep it), fused rotates keys too (vector
@@ -335,7 +348,8 @@ fn the_plan_picks_the_path_from_the_device() {
     // hip-fused's attention over its cache always takes the key-rotating kernels; its plain
     // attention does not.
     assert!(matches!(tiled(prefill(&by_name("H100"), DType::BF16, Strategy::Fused, Op::Attention)).0, Kernel::Prefill { rope: true, .. }));
-    assert!(matches!(tiled(prefill(&by_name("H100"), DType::BF16, Strategy::Fused, Op::AttentionPlain)).0, Kernel::MmaPrefill { qrope: false, .. }));
+    assert!(matches!(tiled(prefill(&by_name("H100"), DType::BF16, Strategy::Fused, Op::AttentionPlain)).0, Kernel::WgPrefill { .. }));
+    assert!(matches!(tiled(prefill(&by_name("H100"), DType::BF16, Strategy::Hybrid, Op::Attention)).0, Kernel::WgPrefill { .. }), "no RoPE inside: any strategy's attention");
 }
 
 #[test]

@@ -11,7 +11,8 @@ use cudarc::driver::{result, CudaContext, CudaModule, DriverError};
 use cudarc::nvrtc::Ptx;
 
 use super::{DeviceProps, Driver};
-use crate::contract::Vendor;
+use crate::contract::{TensorMap, Vendor};
+use attnforge_api::DType;
 
 fn dev(call: &str) -> impl Fn(DriverError) -> Error + '_ {
     move |e| Error::Device { code: e.0 as i64, message: format!("{call}: {e}") }
@@ -96,6 +97,7 @@ impl CudaDriver {
                 attr(A::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z)? as u64,
             ],
             matrix_cores: major >= 8,
+            wgmma: (major, minor) == (9, 0) && crate::kernels::CUDA_ARCHS.split_whitespace().any(|a| a == "90"),
         };
         let async_alloc = ctx.has_async_alloc();
         Ok(CudaDriver { ctx, props, async_alloc, modules: Mutex::new(Vec::new()) })
@@ -280,5 +282,37 @@ impl Driver for CudaDriver {
         // SAFETY: the caller's contract: `f` takes exactly the one parameter at `params`.
         unsafe { result::launch_kernel(f as usize as sys::CUfunction, (grid[0], grid[1], grid[2]), (block, 1, 1), shared, stream(s), &mut args) }
             .map_err(dev("cuLaunchKernel"))
+    }
+
+    fn tensor_map(&self, addr: u64, dtype: DType, dims: [u64; 3], strides: [u64; 2], boxes: [u32; 3]) -> Result<TensorMap> {
+        use sys::{CUtensorMapDataType as T, CUtensorMapFloatOOBfill as Oob, CUtensorMapInterleave as I, CUtensorMapL2promotion as L2, CUtensorMapSwizzle as Sw};
+        let ty = match dtype {
+            DType::F16 => T::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+            DType::BF16 => T::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            other => return Err(Error::Device { code: -1, message: format!("cuTensorMapEncodeTiled: {other} tensor maps are not built") }),
+        };
+        let mut map = sys::CUtensorMap { opaque: [0; 16] };
+        let unit = [1u32; 3];
+        // SAFETY: writes the 128 bytes of `map`; reads the three-element arrays above. The
+        // global address is only recorded (encoding touches no device memory).
+        unsafe {
+            sys::cuTensorMapEncodeTiled(
+                &mut map,
+                ty,
+                3,
+                addr as usize as *mut c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                boxes.as_ptr(),
+                unit.as_ptr(),
+                I::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                Sw::CU_TENSOR_MAP_SWIZZLE_128B,
+                L2::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                Oob::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        }
+        .result()
+        .map_err(dev("cuTensorMapEncodeTiled"))?;
+        Ok(TensorMap(map.opaque))
     }
 }

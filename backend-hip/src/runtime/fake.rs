@@ -13,10 +13,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
-use attnforge_api::{Error, Result};
+use attnforge_api::{DType, Error, Result};
 
 use super::{DeviceProps, Driver};
-use crate::contract::Vendor;
+use crate::contract::{TensorMap, Vendor};
 
 thread_local! {
     static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
@@ -92,12 +92,13 @@ pub(crate) fn h100_props() -> DeviceProps {
         smem_per_sm: 233_472,
         max_grid: [i32::MAX as u64, 65_535, 65_535],
         matrix_cores: true,
+        wgmma: true,
     }
 }
 
 /// One dummy code object per kernel module (the fake resolves any symbol of a loaded module).
 pub(crate) fn fake_images() -> Vec<(&'static str, &'static [u8])> {
-    ["attention", "attention_mma", "attention_rope", "kv_append", "rope", "separate"].iter().map(|&m| (m, &b"fake"[..])).collect()
+    ["attention", "attention_mma", "attention_rope", "attention_wgmma", "kv_append", "rope", "separate"].iter().map(|&m| (m, &b"fake"[..])).collect()
 }
 
 impl FakeDriver {
@@ -444,5 +445,12 @@ impl Driver for FakeDriver {
         }
         Self::queue(&mut st, s, Op::Launch);
         Ok(())
+    }
+
+    /// The map's first word is the address (so launch logs and the freed-memory check see it).
+    fn tensor_map(&self, addr: u64, _dtype: DType, _dims: [u64; 3], _strides: [u64; 2], _boxes: [u32; 3]) -> Result<TensorMap> {
+        let mut m = TensorMap::default();
+        m.0[0] = addr;
+        Ok(m)
     }
 }

@@ -32,9 +32,9 @@ use std::ffi::c_void;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use attnforge_api::{try_vec, Device, Error, Result};
+use attnforge_api::{try_vec, DType, Device, Error, Result};
 
-use crate::contract::{Kernel, Vendor};
+use crate::contract::{Kernel, TensorMap, Vendor};
 use staging::Staging;
 
 /// What a device can do, read from its driver when it is opened. Plans are made from these (and
@@ -61,6 +61,9 @@ pub(crate) struct DeviceProps {
     /// Whether the matrix-core kernels run on matrix instructions here: NVIDIA sm_80+ and AMD
     /// CDNA (wave64). RDNA (wave32) has none; its f16/bf16 attention takes the vector kernels.
     pub matrix_cores: bool,
+    /// Whether the sm_90a prefill runs here (`attention_wgmma`'s warpgroup MMA and TMA): an
+    /// sm_90 device (H100, H200, GH200) and a build that compiled sm_90a code for it.
+    pub wgmma: bool,
 }
 
 /// The vendor API, thinly: each call makes one driver call (or a few) and maps its status to
@@ -134,13 +137,21 @@ pub(crate) trait Driver: Send + Sync {
     /// [`Gpu::launch`]).
     #[allow(clippy::too_many_arguments)] // the driver call's own arguments
     unsafe fn launch(&self, f: u64, grid: [u32; 3], block: u32, shared: u32, s: u64, params: *mut c_void, size: usize) -> Result<()>;
+    /// Encodes a tiled tensor map (TMA) over the 16-bit `dtype` array at `addr`: three
+    /// dimensions `dims` (innermost first), the byte strides of dimensions 1 and 2, boxes of
+    /// `boxes` elements, 128-byte swizzle, elements outside `dims` read as zeros. Encoding reads
+    /// no memory; loads through the map touch only elements inside `dims`. NVIDIA only.
+    fn tensor_map(&self, addr: u64, dtype: DType, dims: [u64; 3], strides: [u64; 2], boxes: [u32; 3]) -> Result<TensorMap> {
+        let _ = (addr, dtype, dims, strides, boxes);
+        Err(Error::Device { code: -1, message: format!("{}: tensor maps (TMA) are NVIDIA sm_90+ only", self.props().name) })
+    }
 }
 
 /// Marks a `#[repr(C)]` parameter struct of the contract as passable by value to a kernel.
 ///
 /// # Safety
-/// The type must be `#[repr(C)]`, `Copy`, contain only integers, floats and device addresses
-/// and no padding, and match the layout of the kernel parameter struct named [`KernelArgs::NAME`]
+/// The type must be `#[repr(C)]`, `Copy`, contain only integers, floats, device addresses and
+/// tensor maps ([`Gpu::tensor_map`]) and no padding, and match the layout of the kernel parameter struct named [`KernelArgs::NAME`]
 /// (the contract's generated structs do: their layout is asserted on both sides).
 pub(crate) unsafe trait KernelArgs: Copy {
     /// The struct's name in af_contract.h.
@@ -606,6 +617,29 @@ impl Gpu {
             return Err(Error::Device { code: -1, message: format!("{what} memory lives on {device}, this GPU is {}", self.inner.dev.device) });
         }
         Ok(())
+    }
+
+    /// A tensor map (TMA) over `rows` rows of `mem`, `stride` elements apart, each row `heads`
+    /// runs of `cols` 16-bit `dtype` elements, in boxes of 64 columns x 1 head x `box_rows`
+    /// rows (128-byte swizzle; rows past `rows` read as zeros). Checked: `mem` holds every element
+    /// the map covers, its address and the strides are 16-byte multiples, the box fits.
+    #[allow(clippy::too_many_arguments)] // the map's own shape
+    pub(crate) fn tensor_map(&self, what: &str, mem: &DevRef<'_>, dtype: DType, cols: usize, heads: usize, rows: usize, stride: usize, box_rows: usize) -> Result<TensorMap> {
+        self.check_view(what, mem.device)?;
+        let es = dtype.size();
+        let bad = |why: String| Error::InvalidArgument(format!("{what}: tensor map {why}"));
+        if es != 2 || cols == 0 || !cols.is_multiple_of(64) || heads == 0 || rows == 0 || !(1..=256).contains(&box_rows) {
+            return Err(bad(format!("of {rows} rows x {heads} x {cols} {dtype} elements in boxes of {box_rows} rows")));
+        }
+        let span = (rows - 1).checked_mul(stride).and_then(|x| x.checked_add(heads * cols)).and_then(|x| x.checked_mul(es));
+        if stride < heads * cols || span.is_none_or(|s| s > mem.bytes) {
+            return Err(bad(format!("over {rows} rows {stride} elements apart needs more than the view's {} bytes", mem.bytes)));
+        }
+        if mem.addr % 16 != 0 || (stride * es) % 16 != 0 || (cols * es) % 16 != 0 {
+            return Err(bad("needs 16-byte aligned rows".into()));
+        }
+        let drv = self.drv()?;
+        drv.tensor_map(mem.addr, dtype, [cols as u64, heads as u64, rows as u64], [(cols * es) as u64, (stride * es) as u64], [64, 1, box_rows as u32])
     }
 
     /// Launches `kernel` with `params` on this GPU's stream. Checks the launch shape against the

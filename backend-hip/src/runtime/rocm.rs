@@ -122,6 +122,7 @@ impl HipDriver {
                     attr(A::hipDeviceAttributeMaxGridDimZ)? as u64,
                 ],
                 matrix_cores: warp_size == 64,
+                wgmma: false,
             };
             Ok(HipDriver { ordinal, props, pools, modules: Mutex::new(Vec::new()) })
         }

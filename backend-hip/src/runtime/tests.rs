@@ -258,3 +258,53 @@ fn a_stream_of_another_device_is_refused() {
     let null = crate::runtime::foreign::ForeignStream { raw: 0, keep: None, ordinal: Some(0) };
     assert_eq!(Gpu::on_foreign(&loaded, null).unwrap_err().kind(), "InvalidArgument");
 }
+
+#[test]
+fn the_sm90a_prefill_reads_through_tensor_maps_of_exactly_its_views() {
+    let fake = FakeDriver::new(0, h100_props());
+    let gpu = gpu_on(&fake);
+    let (h, hk, d, rows, tq) = (4usize, 2usize, 64usize, 256usize, 200usize);
+    let q = gpu.alloc(tq * h * d * 2).unwrap();
+    let mut out = gpu.alloc(tq * h * d * 2).unwrap();
+    let (pk, pv) = pool(&gpu, rows, hk, d);
+    let launch = AttnLaunch::Tiled { kernel: Kernel::WgPrefill { dim: 64, dtype: DType::F16 }, tile_rows: crate::contract::WG_BM, block: crate::contract::WG_THREADS, shared: crate::plan::wgmma_shared_bytes(64) };
+    #[allow(clippy::too_many_arguments)]
+    fn call<'a>(q: DevRef<'a>, out: DevMut<'a>, k: DevRef<'a>, v: DevRef<'a>, at: KvAddressing<'a>, kv_rows: usize, h: usize, hk: usize, d: usize) -> AttnCall<'a> {
+        AttnCall {
+            dtype: DType::F16,
+            heads: h,
+            head_dim: d,
+            q: st(q, h * d),
+            out: st(out, h * d),
+            q_lens: &[100, 100],
+            kv_lens: &[150, 100],
+            kv: KvSource { k: st(k, hk * d), v: st(v, hk * d), rows: kv_rows, kv_heads: hk, at, scales: None },
+            causal: true,
+            scale: 0.125,
+            softcap: 0.0,
+            window: 0,
+            sinks: None,
+            lse: None,
+            rope: None,
+        }
+    }
+    // Pages are not TMA boxes: refused, nothing launched.
+    let e = attention(&gpu, &launch, call(q.view(), out.view_mut(), pk.view(), pv.view(), KvAddressing::Pages { page_size: 16, tables: vec![&[0u32; 10][..], &[1u32; 7][..]] }, rows, h, hk, d)).unwrap_err();
+    assert!(e.to_string().contains("contiguous"), "{e}");
+    // K/V rows the views do not hold: refused before any map is made.
+    assert!(attention(&gpu, &launch, call(q.view(), out.view_mut(), pk.view(), pv.view(), KvAddressing::Rows(&[0, 128]), 2 * rows, h, hk, d)).is_err());
+    assert!(fake.launches().is_empty(), "{:?}", fake.launches());
+    // A valid call: one launch of WgParams whose maps name the views (the fake's map holds the address).
+    attention(&gpu, &launch, call(q.view(), out.view_mut(), pk.view(), pv.view(), KvAddressing::Rows(&[0, 128]), rows, h, hk, d)).unwrap();
+    let l = fake.launches();
+    assert_eq!((l.len(), l[0].symbol.as_str(), l[0].block), (1, "attn_prefill_wgmma_d64_f16", crate::contract::WG_THREADS as u32));
+    assert_eq!(l[0].params.len(), std::mem::size_of::<crate::contract::WgParams>());
+    assert_eq!(l[0].grid, [2, h as u32, 1], "one 128-row tile per entry");
+    let word = |i: usize| u64::from_le_bytes(l[0].params[i * 8..i * 8 + 8].try_into().unwrap());
+    assert_eq!([word(0), word(16), word(32)], [q.view().addr, pk.view().addr, pv.view().addr]);
+    // Gpu::tensor_map's own checks: a stride that breaks 16-byte rows, a view too short.
+    assert!(gpu.tensor_map("K", &pk.view(), DType::F16, d, hk, rows, hk * d + 4, 128).is_err());
+    assert!(gpu.tensor_map("K", &pk.view(), DType::F16, d, hk, rows + 1, hk * d, 128).is_err());
+    assert!(gpu.tensor_map("K", &pk.view(), DType::F32, d, hk, rows, hk * d, 128).is_err());
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+}

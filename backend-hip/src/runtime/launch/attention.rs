@@ -8,7 +8,7 @@ use attnforge_api::{try_vec, DType, Error, Result};
 use super::rope::RopeTable;
 use super::{bytes_of, i32_of, need_meta, need_mut, need_ref, span_bytes, Strided};
 use crate::contract::{
-    AttnParams, InKernelRope, Kernel, MergeParams, SepParams, HEAD_DIM_MULTIPLE, MERGE_THREADS, MMA_DC_MAX_STAGES, SEP_DMAX, SEP_SOFTMAX_THREADS, SEP_THREADS, WIDE_DMAX,
+    AttnParams, InKernelRope, Kernel, MergeParams, SepParams, WgParams, HEAD_DIM_MULTIPLE, WG_BM, WG_BN, MERGE_THREADS, MMA_DC_MAX_STAGES, SEP_DMAX, SEP_SOFTMAX_THREADS, SEP_THREADS, WIDE_DMAX,
     WIDE_THREADS,
 };
 use crate::runtime::{DevMut, DevRef, Gpu, MetaRef};
@@ -110,7 +110,7 @@ fn fp8_kernel(k: Kernel) -> bool {
 fn head_dims(k: Kernel) -> Result<(usize, bool, usize)> {
     Ok(match k {
         Kernel::Prefill { dim, .. } | Kernel::Decode { dim, .. } => (dim as usize, false, HEAD_DIM_MULTIPLE),
-        Kernel::MmaPrefill { dim, .. } | Kernel::MmaDecode { dim, .. } => (dim as usize, true, HEAD_DIM_MULTIPLE),
+        Kernel::MmaPrefill { dim, .. } | Kernel::MmaDecode { dim, .. } | Kernel::WgPrefill { dim, .. } => (dim as usize, true, HEAD_DIM_MULTIPLE),
         Kernel::Wide { .. } => (WIDE_DMAX, false, HEAD_DIM_MULTIPLE),
         Kernel::Scores { .. } => (SEP_DMAX, false, 2),
         other => return Err(Error::Device { code: -1, message: format!("{} is not an attention kernel", other.symbol()) }),
@@ -490,6 +490,26 @@ pub(crate) fn launch(gpu: &Gpu, l: &AttnLaunch, h: &AttnHost, c: AttnViews<'_>, 
         Ok(())
     };
     match *l {
+        AttnLaunch::Tiled { kernel: kernel @ Kernel::WgPrefill { .. }, block, shared, .. } => {
+            let grid = [(h.parts[4].len() / 2) as u64, h.heads as u64, 1];
+            too_big("prefill", grid)?;
+            if h.page_size != 0 {
+                return Err(Error::Device { code: -1, message: format!("{} reads contiguous K/V rows, not pages: the plan should have chosen another kernel", kernel.symbol()) });
+            }
+            // The loads go through tensor maps of exactly the views' rows (the spans checked above).
+            let wp = WgParams {
+                tq: gpu.tensor_map("q", &c.q.mem, c.dtype, d, h.heads, total_q, c.q.stride, WG_BM)?,
+                tk: gpu.tensor_map("K", &c.k.mem, c.dtype, d, h.kv_heads, h.rows, c.k.stride, WG_BN)?,
+                tv: gpu.tensor_map("V", &c.v.mem, c.dtype, d, h.kv_heads, h.rows, c.v.stride, WG_BN)?,
+                a: p,
+                ..Default::default()
+            };
+            // SAFETY: as for the other tiled kernels below; the kernel reads Q, K and V only
+            // through the tensor maps, which cover the views' rows and nothing past them
+            // (`Gpu::tensor_map` checked each against its view), and K/V rows are contiguous
+            // (page_size 0: entry b's keys are rows kv_base[b].., checked by `prepare`).
+            unsafe { gpu.launch(kernel, grid, block, shared, &wp) }
+        }
         AttnLaunch::Tiled { kernel, block, shared, .. } => {
             let grid = [(h.parts[4].len() / 2) as u64, h.heads as u64, 1];
             too_big("prefill", grid)?;
