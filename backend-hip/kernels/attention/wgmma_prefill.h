@@ -40,19 +40,32 @@ template <int D> constexpr int wg_shared_bytes() { return WG_BM * D * 2 + WG_STA
 struct WgSoftmax {
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
     int lim[2], lo[2];
-    AF_DEVICE void tile(float* s, int k0, bool masked, int lane, float scale_log2, float softcap_log2, float* corr) {
-        const int c0 = k0 + (lane & 3) * 2;
-        float mx[2] = {m[0], m[1]};
+    // Scaled (soft-capped: CAP) and masked (MASK) logits and their row maxima. The choices are
+    // made once per tile: per element they cost a branch each (H200, S=4096: the branches were
+    // the most sampled instructions and the kernel ran at 2/3 of the lab's speed).
+    template <bool CAP, bool MASK> AF_DEVICE void logits(float* s, float* mx, int c0, float scale_log2, float softcap_log2) const {
 #pragma unroll
         for (int i = 0; i < WG_BN / 2; ++i) {
-            float x = af_logit2(s[i], scale_log2, softcap_log2);
+            float x = s[i] * scale_log2;
+            if (CAP) x = softcap_log2 * tanhf(x);
             const int r = (i >> 1) & 1;
-            if (masked) {
+            if (MASK) {
                 const int col = c0 + (i / 4) * 8 + (i & 1);
                 if (col >= lim[r] || col < lo[r]) x = -INFINITY;
             }
             s[i] = x;
             mx[r] = fmaxf(mx[r], x);
+        }
+    }
+    AF_DEVICE void tile(float* s, int k0, bool masked, int lane, float scale_log2, float softcap_log2, float* corr) {
+        const int c0 = k0 + (lane & 3) * 2;
+        float mx[2] = {m[0], m[1]};
+        if (softcap_log2 > 0.f) {
+            if (masked) logits<true, true>(s, mx, c0, scale_log2, softcap_log2);
+            else logits<true, false>(s, mx, c0, scale_log2, softcap_log2);
+        } else {
+            if (masked) logits<false, true>(s, mx, c0, scale_log2, softcap_log2);
+            else logits<false, false>(s, mx, c0, scale_log2, softcap_log2);
         }
         float base[2];
 #pragma unroll
