@@ -40,13 +40,15 @@ template <int D> constexpr int wg_shared_bytes() { return WG_BM * D * 2 + WG_STA
 struct WgSoftmax {
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
     int lim[2], lo[2];
-    // Scaled (soft-capped: CAP) and masked (MASK) logits and their row maxima. The choices are
-    // made once per tile: per element they cost a branch each (H200, S=4096: the branches were
-    // the most sampled instructions and the kernel ran at 2/3 of the lab's speed).
-    template <bool CAP, bool MASK> AF_DEVICE void logits(float* s, float* mx, int c0, float scale_log2, float softcap_log2) const {
+    // Logits and their row maxima. The choices are made once per tile: per element they cost a
+    // branch each (H200, S=4096: the branches were the most sampled instructions and the kernel
+    // ran at 2/3 of the lab's speed). RAW (no soft-cap, scale > 0): s stays unscaled and only
+    // the maxima are scaled, so each exponent below is one FFMA; otherwise s holds the scaled
+    // (CAP: soft-capped) logits.
+    template <bool CAP, bool MASK, bool RAW> AF_DEVICE void logits(float* s, float* mx, int c0, float scale_log2, float softcap_log2) const {
 #pragma unroll
         for (int i = 0; i < WG_BN / 2; ++i) {
-            float x = s[i] * scale_log2;
+            float x = RAW ? s[i] : s[i] * scale_log2;
             if (CAP) x = softcap_log2 * tanhf(x);
             const int r = (i >> 1) & 1;
             if (MASK) {
@@ -57,31 +59,42 @@ struct WgSoftmax {
             mx[r] = fmaxf(mx[r], x);
         }
     }
+    template <bool RAW> AF_DEVICE void exps(float* s, const float* base, float scale_log2) {
+#pragma unroll
+        for (int i = 0; i < WG_BN / 2; ++i) {
+            const int r = (i >> 1) & 1;
+            s[i] = af_wg_exp2(RAW ? fmaf(s[i], scale_log2, -base[r]) : s[i] - base[r]);
+            l[r] += s[i];
+        }
+    }
     AF_DEVICE void tile(float* s, int k0, bool masked, int lane, float scale_log2, float softcap_log2, float* corr) {
         const int c0 = k0 + (lane & 3) * 2;
-        float mx[2] = {m[0], m[1]};
+        const bool raw = softcap_log2 <= 0.f && scale_log2 > 0.f;
+        float mx[2] = {-INFINITY, -INFINITY};
         if (softcap_log2 > 0.f) {
-            if (masked) logits<true, true>(s, mx, c0, scale_log2, softcap_log2);
-            else logits<true, false>(s, mx, c0, scale_log2, softcap_log2);
+            if (masked) logits<true, true, false>(s, mx, c0, scale_log2, softcap_log2);
+            else logits<true, false, false>(s, mx, c0, scale_log2, softcap_log2);
+        } else if (raw) {
+            if (masked) logits<false, true, true>(s, mx, c0, scale_log2, softcap_log2);
+            else logits<false, false, true>(s, mx, c0, scale_log2, softcap_log2);
         } else {
-            if (masked) logits<false, true>(s, mx, c0, scale_log2, softcap_log2);
-            else logits<false, false>(s, mx, c0, scale_log2, softcap_log2);
+            if (masked) logits<false, true, false>(s, mx, c0, scale_log2, softcap_log2);
+            else logits<false, false, false>(s, mx, c0, scale_log2, softcap_log2);
         }
         float base[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            if (raw) mx[r] *= scale_log2;  // monotonic: the maximum of the scaled logits
+            mx[r] = fmaxf(mx[r], m[r]);
             base[r] = mx[r] == -INFINITY ? 0.f : mx[r];
-            corr[r] = exp2f(m[r] - base[r]);
+            corr[r] = af_wg_exp2(m[r] - base[r]);
             m[r] = mx[r];
             l[r] *= corr[r];
         }
-#pragma unroll
-        for (int i = 0; i < WG_BN / 2; ++i) {
-            s[i] = exp2f(s[i] - base[(i >> 1) & 1]);
-            l[(i >> 1) & 1] += s[i];
-        }
+        if (raw) exps<true>(s, base, scale_log2);
+        else exps<false>(s, base, scale_log2);
     }
 };
 

@@ -463,6 +463,13 @@ AF_DEVICE void af_tma_load3(void* dst, const void* map, unsigned long long* bar,
 // Named barriers over `threads` threads (two consumer warpgroups taking turns).
 AF_DEVICE void af_bar_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
 AF_DEVICE void af_bar_arrive(int id, int threads) { asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
+// 2^x on the special-function unit alone (ex2.approx.ftz: ~2 ulp, results below 2^-126 flush to
+// zero): exp2f adds a range fix-up of several instructions per call around it.
+AF_DEVICE float af_wg_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
 template <int R> AF_DEVICE void af_setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(R)); }
 template <int R> AF_DEVICE void af_setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(R)); }
 #endif
