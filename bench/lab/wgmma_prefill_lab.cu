@@ -12,11 +12,14 @@
 //   ./wglab            (checks, then times)     ./wglab check   (checks only)
 // or bench/lab/wgmma_lab.sh OUT_DIR on the GPU machine (build, checks under compute-sanitizer,
 // timings, then bench/torch_baseline.py --mma in the same call).
-// Status (2026-11-30): written and compiled here (nvcc 13.0, sm_90a, no spills: v1 170-194
-// registers, 12 HGMMA in each D=64 kernel and 16 in each D=128 one; v2 168 at launch, up to 240
-// per consumer thread through setmaxnreg, 24 / 32 HGMMA and 7 / 14 UTMALDG), not yet run on a
-// GPU: the session that wrote it had no device time left. If D=64 passes and D=128 fails, suspect V's
-// descriptor first (LBO: the next 64 columns' region; SBO: the next 8 keys).
+// Status: written 2026-11-30 (nvcc 13.0, sm_90a, no spills: v1 170-194 registers, 12 HGMMA in
+// each D=64 kernel and 16 in each D=128 one; v2 168 at launch, up to 240 per consumer thread
+// through setmaxnreg, 24 / 32 HGMMA and 7 / 14 UTMALDG). Run 2026-12-01 on an H200
+// (bench/lab/wgmma_lab.sh): both variants pass all 32 checks, memcheck and racecheck clean; v2
+// reaches 404 TFLOP/s (bf16, B=1, GQA 32/8, S=16384, D=128; v1 306, PyTorch's FlashAttention-2
+// 335, cuDNN 566 in the same call). v2 moved into the library as
+// backend-hip/kernels/attention/wgmma_prefill.h (on AttnParams, tensor maps from the runtime);
+// this file stays as the lab to vary it.
 // Layouts: Q and O [B][S][H][D], K and V [B][Skv][Hk][D], f16 or bf16; Skv >= S (chunked prefill
 // over a cached prefix of Skv - S keys; causal: query i sees keys up to i + Skv - S).
 #include "include/af_common.h"
