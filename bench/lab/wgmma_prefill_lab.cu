@@ -33,66 +33,11 @@
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e)); exit(1); } } while (0)
 
 // ------------------------------------------------------------------ warpgroup MMA
-// wg_ss<N, BF16>: d[64 x N] (+)= A[64 x 16] B[16 x N], A and B K-major in shared memory
-// (descriptors); acc = 0 overwrites d. wg_rs<N, BF16>: d += A B with A in registers (four
-// 32-bit registers a warp-row fragment, as mma.sync's m16n8k16 A) and B N-major ("transposed")
-// in shared memory. Accumulator d: N/2 floats a thread; warp w of the warpgroup owns rows
-// 16w + lane/4 and 16w + lane/4 + 8; element 4j + e is row (e < 2 ? r : r + 8), column
-// 8j + 2 (lane % 4) + (e & 1).
-template <int N, bool BF16> AF_DEVICE void wg_ss(float* d, unsigned long long a, unsigned long long b, int acc);
-template <int N, bool BF16> AF_DEVICE void wg_rs(float* d, const unsigned* a, unsigned long long b);
-// One definition per shape and operand form, stamped for f16 and bf16.
-#define AF_WG_SS64(TY, BF)                                                                         \
-    template <> AF_DEVICE void wg_ss<64, BF>(float* d, unsigned long long a, unsigned long long b, int acc) {  \
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                             \
-                     "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n" \
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]) \
-                     : "l"(a), "l"(b), "r"(acc));                                                              \
-    }
-#define AF_WG_RS64(TY, BF)                                                                         \
-    template <> AF_DEVICE void wg_rs<64, BF>(float* d, const unsigned* a, unsigned long long b) {                \
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                             \
-                     "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n" \
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]) \
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));                            \
-    }
-#define AF_WG_SS128(TY, BF)                                                                         \
-    template <> AF_DEVICE void wg_ss<128, BF>(float* d, unsigned long long a, unsigned long long b, int acc) {  \
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                             \
-                     "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n" \
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) \
-                     : "l"(a), "l"(b), "r"(acc));                                                              \
-    }
-#define AF_WG_RS128(TY, BF)                                                                         \
-    template <> AF_DEVICE void wg_rs<128, BF>(float* d, const unsigned* a, unsigned long long b) {                \
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                             \
-                     "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n" \
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) \
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));                            \
-    }
-AF_WG_SS64("f16", false) AF_WG_SS64("bf16", true) AF_WG_SS128("f16", false) AF_WG_SS128("bf16", true)
-AF_WG_RS64("f16", false) AF_WG_RS64("bf16", true) AF_WG_RS128("f16", false) AF_WG_RS128("bf16", true)
-#undef AF_WG_SS64
-#undef AF_WG_SS128
-#undef AF_WG_RS64
-#undef AF_WG_RS128
-AF_DEVICE void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-AF_DEVICE void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N> AF_DEVICE void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
-// Keeps the compiler from moving accumulator reads or writes across the asynchronous MMA.
-template <int R> AF_DEVICE void wg_pin(float* d) {
-#pragma unroll
-    for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
+// The warpgroup MMA, its shared-memory descriptors, mbarriers, named barriers and setmaxnreg
+// are include/af_vendor.h's Hopper API (af_wg_*, af_sw128_desc, af_mbar_*, af_bar_*), which the
+// library's kernel (kernels/attention/wgmma_prefill.h) uses too.
 // Generic-proxy writes (cp.async, st.shared) made visible to the async proxy wgmma reads through.
 AF_DEVICE void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
-// Shared-memory matrix descriptor, 128-byte swizzle: start address, leading and stride byte
-// offsets (16-byte units), swizzle mode 1 in bits 62-63. The swizzle acts on address bits, so
-// every operand region starts 1024-byte aligned.
-AF_DEVICE unsigned long long sw128_desc(const void* p, unsigned lbo, unsigned sbo) {
-    return (unsigned long long)((af_smem_addr(p) & 0x3ffffu) >> 4) | ((unsigned long long)(lbo >> 4) << 16) | ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
-}
 
 // R rows x D two-byte columns from src (row stride ld elements; rows >= valid zero-filled) into
 // D / 64 regions of R rows x 128 bytes: 16-byte chunk c of row r lands at chunk c ^ (r % 8) of
@@ -168,15 +113,15 @@ template <bool BF16> AF_DEVICE void pack_p(const float* s, unsigned (*pa)[4]) {
 template <int D, bool BF16> AF_DEVICE void issue_qk(float* s, const unsigned char* sQ, const unsigned char* sK, int g) {
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks) {
-        const unsigned long long da = sw128_desc(sQ + (ks >> 2) * BM * 128 + g * 64 * 128 + (ks & 3) * 32, 16, 1024);
-        const unsigned long long db = sw128_desc(sK + (ks >> 2) * BN * 128 + (ks & 3) * 32, 16, 1024);
-        wg_ss<BN, BF16>(s, da, db, ks > 0);
+        const unsigned long long da = af_sw128_desc(sQ + (ks >> 2) * BM * 128 + g * 64 * 128 + (ks & 3) * 32, 16, 1024);
+        const unsigned long long db = af_sw128_desc(sK + (ks >> 2) * BN * 128 + (ks & 3) * 32, 16, 1024);
+        af_wg_ss<BN, BF16>(s, da, db, ks > 0);
     }
 }
 // O += P V (V N-major: LBO steps to the next 64 columns' region, SBO to the next 8 keys).
 template <int D, bool BF16> AF_DEVICE void issue_pv(float* o, unsigned (*pa)[4], const unsigned char* sV) {
 #pragma unroll
-    for (int kt = 0; kt < BN / 16; ++kt) wg_rs<D, BF16>(o, pa[kt], sw128_desc(sV + kt * 16 * 128, BN * 128, 1024));
+    for (int kt = 0; kt < BN / 16; ++kt) af_wg_rs<D, BF16>(o, pa[kt], af_sw128_desc(sV + kt * 16 * 128, BN * 128, 1024));
 }
 // Normalises and stores this thread's two rows of O (rows >= S skipped).
 template <int D, bool BF16> AF_DEVICE void store_o(unsigned short* O, const float* o, float* l, int r_lo, int S, long row0, long qld, int lane) {
@@ -244,21 +189,21 @@ __global__ void __launch_bounds__(V1_THREADS, 1) wg_prefill(const unsigned short
         __syncthreads();
 
         float s[BN / 2];
-        wg_fence();
+        af_wg_fence();
         issue_qk<D, BF16>(s, sQ, sK(st), g);
-        wg_commit();
-        wg_wait<0>();
-        wg_pin<BN / 2>(s);
+        af_wg_commit();
+        af_wg_wait<0>();
+        af_wg_pin<BN / 2>(s);
         float corr[2];
         sm.tile(s, n, Skv, off, r_lo, q0 + g * 64, lane, scale_log2, corr);
         rescale<D>(o, corr);
         unsigned pa[BN / 16][4];
         pack_p<BF16>(s, pa);
-        wg_fence();
+        af_wg_fence();
         issue_pv<D, BF16>(o, pa, sV(st));
-        wg_commit();
-        wg_wait<0>();
-        wg_pin<D / 2>(o);
+        af_wg_commit();
+        af_wg_wait<0>();
+        af_wg_pin<D / 2>(o);
         __syncthreads();  // the stage is reloaded next iteration
     }
     store_o<D, BF16>(O + h * D, o, sm.l, r_lo, S, (long)b * S, qld, lane);
@@ -283,18 +228,6 @@ __global__ void __launch_bounds__(V1_THREADS, 1) wg_prefill(const unsigned short
 constexpr int V2_THREADS = 384, V2_STAGES = 2;
 template <int D> constexpr int v2_smem() { return BM * D * 2 + V2_STAGES * 2 * BN * D * 2 + 1024; }
 
-AF_DEVICE void mbar_init(unsigned long long* b, unsigned count) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(af_smem_addr(b)), "r"(count)); }
-AF_DEVICE void mbar_expect_tx(unsigned long long* b, unsigned bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(af_smem_addr(b)), "r"(bytes) : "memory");
-}
-AF_DEVICE void mbar_arrive(unsigned long long* b) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(af_smem_addr(b)) : "memory"); }
-AF_DEVICE void mbar_wait(unsigned long long* b, unsigned parity) {
-    asm volatile("{\n.reg .pred P1;\nLAB_WAIT:\n"
-                 "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
-                 "@P1 bra DONE;\nbra LAB_WAIT;\nDONE:\n}\n" ::"r"(af_smem_addr(b)),
-                 "r"(parity)
-                 : "memory");
-}
 // One box of the 4-D tensor map (coordinates innermost first) into dst, completing on bar.
 AF_DEVICE void tma_load(void* dst, const CUtensorMap* map, unsigned long long* bar, int c0, int c1, int c2, int c3) {
     asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];" ::"r"(af_smem_addr(dst)),
@@ -305,8 +238,6 @@ template <int D> AF_DEVICE void tma_tile(unsigned char* dst, const CUtensorMap* 
 #pragma unroll
     for (int r = 0; r < D / 64; ++r) tma_load(dst + r * rows * 128, map, bar, r * 64, head, row0, b);
 }
-AF_DEVICE void bar_sync(int id) { asm volatile("bar.sync %0, 256;" ::"r"(id) : "memory"); }
-AF_DEVICE void bar_arrive(int id) { asm volatile("bar.arrive %0, 256;" ::"r"(id) : "memory"); }
 
 // Tensor maps: Q [B][S][H][D] as (D, H, S, B) with boxes (64, 1, BM, 1); K, V [B][Skv][Hk][D] as
 // (D, Hk, Skv, B) with boxes (64, 1, BN, 1); 128-byte swizzle; rows past the end read as zeros.
@@ -328,39 +259,39 @@ __global__ void __launch_bounds__(V2_THREADS, 1) wg_prefill_ws(const __grid_cons
     const int kv_end = CAUSAL ? min(Skv, q0 + BM + off) : Skv;
     const int nt = (kv_end + BN - 1) / BN;
     if (tid == 0) {
-        mbar_init(&q_full, 1);
-        for (int st = 0; st < V2_STAGES; ++st) mbar_init(&k_full[st], 1), mbar_init(&v_full[st], 1), mbar_init(&empty[st], 8);
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        af_mbar_init(&q_full, 1);
+        for (int st = 0; st < V2_STAGES; ++st) af_mbar_init(&k_full[st], 1), af_mbar_init(&v_full[st], 1), af_mbar_init(&empty[st], 8);
+        af_mbar_init_fence();
     }
     __syncthreads();
 
     if (wg == 0) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
+        af_setmaxnreg_dec<24>();
         if (tid != 0) return;
-        mbar_expect_tx(&q_full, QB);
+        af_mbar_expect_tx(&q_full, QB);
         tma_tile<D>(sQ, &tmQ, &q_full, BM, h, q0, b);
         for (int n = 0; n < nt; ++n) {
             const int st = n % V2_STAGES;
-            if (n >= V2_STAGES) mbar_wait(&empty[st], ((n / V2_STAGES) & 1) ^ 1);
-            mbar_expect_tx(&k_full[st], KB);
+            if (n >= V2_STAGES) af_mbar_wait(&empty[st], ((n / V2_STAGES) & 1) ^ 1);
+            af_mbar_expect_tx(&k_full[st], KB);
             tma_tile<D>(sK(st), &tmK, &k_full[st], BN, kh, n * BN, b);
-            mbar_expect_tx(&v_full[st], KB);
+            af_mbar_expect_tx(&v_full[st], KB);
             tma_tile<D>(sV(st), &tmV, &v_full[st], BN, kh, n * BN, b);
         }
         return;
     }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
+    af_setmaxnreg_inc<240>();
     const int g = wg - 1, w = (tid % 128) / 32;
     const int r_lo = q0 + g * 64 + w * 16 + lane / 4;
-    // Turn-taking: consumer g issues after bar_sync(1 + g) and lets the other go with
-    // bar_arrive(2 - g); consumer 1 opens consumer 0's first turn, and skips its own last arrive
+    // Turn-taking: consumer g issues after af_bar_sync(1 + g, 256) and lets the other go with
+    // af_bar_arrive(2 - g, 256); consumer 1 opens consumer 0's first turn, and skips its own last arrive
     // (every bar.sync then meets exactly one arrive).
     int turns = nt + 1;
-    auto begin = [&]() { bar_sync(1 + g); };
+    auto begin = [&]() { af_bar_sync(1 + g, 256); };
     auto end = [&]() {
-        if (--turns > 0 || g == 0) bar_arrive(2 - g);
+        if (--turns > 0 || g == 0) af_bar_arrive(2 - g, 256);
     };
-    if (g == 1) bar_arrive(1);
+    if (g == 1) af_bar_arrive(1, 256);
 
     float o[D / 2];
 #pragma unroll
@@ -369,47 +300,47 @@ __global__ void __launch_bounds__(V2_THREADS, 1) wg_prefill_ws(const __grid_cons
     unsigned pa[BN / 16][4];
     Softmax<CAUSAL> sm;
     float corr[2];
-    mbar_wait(&q_full, 0);
-    mbar_wait(&k_full[0], 0);
+    af_mbar_wait(&q_full, 0);
+    af_mbar_wait(&k_full[0], 0);
     begin();
-    wg_fence();
+    af_wg_fence();
     issue_qk<D, BF16>(s, sQ, sK(0), g);
-    wg_commit();
+    af_wg_commit();
     end();
-    wg_wait<0>();
-    wg_pin<BN / 2>(s);
+    af_wg_wait<0>();
+    af_wg_pin<BN / 2>(s);
     sm.tile(s, 0, Skv, off, r_lo, q0 + g * 64, lane, scale_log2, corr);
     pack_p<BF16>(s, pa);
     for (int n = 1; n < nt; ++n) {
         const int st = n % V2_STAGES, prev = (n - 1) % V2_STAGES;
-        mbar_wait(&k_full[st], (n / V2_STAGES) & 1);
-        mbar_wait(&v_full[prev], ((n - 1) / V2_STAGES) & 1);
+        af_mbar_wait(&k_full[st], (n / V2_STAGES) & 1);
+        af_mbar_wait(&v_full[prev], ((n - 1) / V2_STAGES) & 1);
         begin();
-        wg_fence();
+        af_wg_fence();
         issue_qk<D, BF16>(s, sQ, sK(st), g);
-        wg_commit();
+        af_wg_commit();
         issue_pv<D, BF16>(o, pa, sV(prev));
-        wg_commit();
+        af_wg_commit();
         end();
-        wg_wait<1>();
-        wg_pin<BN / 2>(s);
+        af_wg_wait<1>();
+        af_wg_pin<BN / 2>(s);
         sm.tile(s, n, Skv, off, r_lo, q0 + g * 64, lane, scale_log2, corr);
         order_sink[tid - 128] = sm.l[0] + sm.l[1];  // keeps the softmax ahead of the wait (see above)
-        wg_wait<0>();
-        wg_pin<D / 2>(o);
-        if (lane == 0) mbar_arrive(&empty[prev]);
+        af_wg_wait<0>();
+        af_wg_pin<D / 2>(o);
+        if (lane == 0) af_mbar_arrive(&empty[prev]);
         rescale<D>(o, corr);
         pack_p<BF16>(s, pa);
     }
     const int last = (nt - 1) % V2_STAGES;
-    mbar_wait(&v_full[last], ((nt - 1) / V2_STAGES) & 1);
+    af_mbar_wait(&v_full[last], ((nt - 1) / V2_STAGES) & 1);
     begin();
-    wg_fence();
+    af_wg_fence();
     issue_pv<D, BF16>(o, pa, sV(last));
-    wg_commit();
+    af_wg_commit();
     end();
-    wg_wait<0>();
-    wg_pin<D / 2>(o);
+    af_wg_wait<0>();
+    af_wg_pin<D / 2>(o);
     store_o<D, BF16>(O + h * D, o, sm.l, r_lo, S, (long)b * S, (long)H * D, lane);
 }
 
