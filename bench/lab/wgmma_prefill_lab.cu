@@ -22,7 +22,7 @@
 // this file stays as the lab to vary it.
 // Layouts: Q and O [B][S][H][D], K and V [B][Skv][Hk][D], f16 or bf16; Skv >= S (chunked prefill
 // over a cached prefix of Skv - S keys; causal: query i sees keys up to i + Skv - S).
-#include "include/af_common.h"
+#include "attention/wgmma_prefill.h"  // the vendor header, and the library kernel's tile helpers (wg_issue_qk, wg_issue_pv, wg_pack_p)
 #include <cuda.h>
 #include <cstdio>
 #include <cstdlib>
@@ -52,7 +52,6 @@ template <int R, int D, int THREADS> AF_DEVICE void load_tile(unsigned char* dst
     }
 }
 
-template <bool BF16> AF_DEVICE unsigned pack2(float lo, float hi) { return BF16 ? af_f2bf2(lo, hi) : af_f2h2(lo, hi); }
 
 constexpr int BM = 128, BN = 128;
 
@@ -100,29 +99,7 @@ template <int D> AF_DEVICE void rescale(float* o, const float* corr) {
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] *= corr[(i >> 1) & 1];
 }
-// P (s after Softmax::tile) as wg_rs's A fragments: key step kt's four registers are the n8
-// chunks 2kt (rows r, r + 8) and 2kt + 1 (the same rows, 8 keys on).
-template <bool BF16> AF_DEVICE void pack_p(const float* s, unsigned (*pa)[4]) {
-#pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-        pa[j / 2][(j & 1) * 2] = pack2<BF16>(s[4 * j], s[4 * j + 1]);
-        pa[j / 2][(j & 1) * 2 + 1] = pack2<BF16>(s[4 * j + 2], s[4 * j + 3]);
-    }
-}
-// S = Q K^T for warpgroup g (Q rows 64g.. of sQ; both operands from the swizzled regions).
-template <int D, bool BF16> AF_DEVICE void issue_qk(float* s, const unsigned char* sQ, const unsigned char* sK, int g) {
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-        const unsigned long long da = af_sw128_desc(sQ + (ks >> 2) * BM * 128 + g * 64 * 128 + (ks & 3) * 32, 16, 1024);
-        const unsigned long long db = af_sw128_desc(sK + (ks >> 2) * BN * 128 + (ks & 3) * 32, 16, 1024);
-        af_wg_ss<BN, BF16>(s, da, db, ks > 0);
-    }
-}
-// O += P V (V N-major: LBO steps to the next 64 columns' region, SBO to the next 8 keys).
-template <int D, bool BF16> AF_DEVICE void issue_pv(float* o, unsigned (*pa)[4], const unsigned char* sV) {
-#pragma unroll
-    for (int kt = 0; kt < BN / 16; ++kt) af_wg_rs<D, BF16>(o, pa[kt], af_sw128_desc(sV + kt * 16 * 128, BN * 128, 1024));
-}
+// P as A fragments (wg_pack_p), S = Q K^T (wg_issue_qk) and O += P V (wg_issue_pv): the library kernel's helpers.
 // Normalises and stores this thread's two rows of O (rows >= S skipped).
 template <int D, bool BF16> AF_DEVICE void store_o(unsigned short* O, const float* o, float* l, int r_lo, int S, long row0, long qld, int lane) {
 #pragma unroll
@@ -134,7 +111,7 @@ template <int D, bool BF16> AF_DEVICE void store_o(unsigned short* O, const floa
         const float inv = 1.f / l[r];
         unsigned* out = reinterpret_cast<unsigned*>(O + (row0 + row) * qld + (lane & 3) * 2);
 #pragma unroll
-        for (int j = 0; j < D / 8; ++j) out[4 * j] = pack2<BF16>(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
+        for (int j = 0; j < D / 8; ++j) out[4 * j] = wg_pack2<BF16>(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
     }
 }
 
@@ -190,7 +167,7 @@ __global__ void __launch_bounds__(V1_THREADS, 1) wg_prefill(const unsigned short
 
         float s[BN / 2];
         af_wg_fence();
-        issue_qk<D, BF16>(s, sQ, sK(st), g);
+        wg_issue_qk<D, BF16>(s, sQ, sK(st), g);
         af_wg_commit();
         af_wg_wait<0>();
         af_wg_pin<BN / 2>(s);
@@ -198,9 +175,9 @@ __global__ void __launch_bounds__(V1_THREADS, 1) wg_prefill(const unsigned short
         sm.tile(s, n, Skv, off, r_lo, q0 + g * 64, lane, scale_log2, corr);
         rescale<D>(o, corr);
         unsigned pa[BN / 16][4];
-        pack_p<BF16>(s, pa);
+        wg_pack_p<BF16>(s, pa);
         af_wg_fence();
-        issue_pv<D, BF16>(o, pa, sV(st));
+        wg_issue_pv<D, BF16>(o, pa, sV(st));
         af_wg_commit();
         af_wg_wait<0>();
         af_wg_pin<D / 2>(o);
@@ -304,22 +281,22 @@ __global__ void __launch_bounds__(V2_THREADS, 1) wg_prefill_ws(const __grid_cons
     af_mbar_wait(&k_full[0], 0);
     begin();
     af_wg_fence();
-    issue_qk<D, BF16>(s, sQ, sK(0), g);
+    wg_issue_qk<D, BF16>(s, sQ, sK(0), g);
     af_wg_commit();
     end();
     af_wg_wait<0>();
     af_wg_pin<BN / 2>(s);
     sm.tile(s, 0, Skv, off, r_lo, q0 + g * 64, lane, scale_log2, corr);
-    pack_p<BF16>(s, pa);
+    wg_pack_p<BF16>(s, pa);
     for (int n = 1; n < nt; ++n) {
         const int st = n % V2_STAGES, prev = (n - 1) % V2_STAGES;
         af_mbar_wait(&k_full[st], (n / V2_STAGES) & 1);
         af_mbar_wait(&v_full[prev], ((n - 1) / V2_STAGES) & 1);
         begin();
         af_wg_fence();
-        issue_qk<D, BF16>(s, sQ, sK(st), g);
+        wg_issue_qk<D, BF16>(s, sQ, sK(st), g);
         af_wg_commit();
-        issue_pv<D, BF16>(o, pa, sV(prev));
+        wg_issue_pv<D, BF16>(o, pa, sV(prev));
         af_wg_commit();
         end();
         af_wg_wait<1>();
@@ -330,13 +307,13 @@ __global__ void __launch_bounds__(V2_THREADS, 1) wg_prefill_ws(const __grid_cons
         af_wg_pin<D / 2>(o);
         if (lane == 0) af_mbar_arrive(&empty[prev]);
         rescale<D>(o, corr);
-        pack_p<BF16>(s, pa);
+        wg_pack_p<BF16>(s, pa);
     }
     const int last = (nt - 1) % V2_STAGES;
     af_mbar_wait(&v_full[last], ((nt - 1) / V2_STAGES) & 1);
     begin();
     af_wg_fence();
-    issue_pv<D, BF16>(o, pa, sV(last));
+    wg_issue_pv<D, BF16>(o, pa, sV(last));
     af_wg_commit();
     end();
     af_wg_wait<0>();
