@@ -131,6 +131,9 @@ pub struct DeviceSummary {
     pub smem_per_block: usize,
     /// Whether the matrix-core kernels run on matrix instructions here.
     pub matrix_cores: bool,
+    /// Whether the Hopper prefill (warpgroup MMA fed by TMA) runs here: an sm_90 GPU and a build
+    /// with sm_90 in `ATTNFORGE_CUDA_ARCHS`.
+    pub hopper_prefill: bool,
 }
 
 /// Every GPU the backends can open, with its properties, or per ordinal the reason it cannot
@@ -152,6 +155,7 @@ pub fn devices() -> Vec<std::result::Result<DeviceSummary, String>> {
                     warp_size: p.warp_size,
                     smem_per_block: p.smem_per_block_optin,
                     matrix_cores: p.matrix_cores,
+                    hopper_prefill: p.wgmma,
                 }
             })
         })

@@ -85,6 +85,7 @@ struct DeviceLine {
     warp_size: usize,
     smem_per_block: usize,
     matrix_cores: bool,
+    hopper_prefill: bool,
 }
 
 fn list(json: bool) -> ExitCode {
@@ -103,7 +104,7 @@ fn list(json: bool) -> ExitCode {
     let devices: Vec<DeviceLine> = devices
         .into_iter()
         .flatten()
-        .map(|d| DeviceLine { ordinal: d.ordinal, vendor: d.vendor, name: d.name, arch: d.arch, sms: d.sm_count, warp_size: d.warp_size, smem_per_block: d.smem_per_block, matrix_cores: d.matrix_cores })
+        .map(|d| DeviceLine { ordinal: d.ordinal, vendor: d.vendor, name: d.name, arch: d.arch, sms: d.sm_count, warp_size: d.warp_size, smem_per_block: d.smem_per_block, matrix_cores: d.matrix_cores, hopper_prefill: d.hopper_prefill })
         .collect();
     let device_errors: Vec<String> = device_errors.into_iter().filter_map(Result::err).collect();
     if json {
@@ -122,14 +123,15 @@ fn list(json: bool) -> ExitCode {
     }
     for d in &devices {
         println!(
-            "GPU {}: {} ({}, {} SMs, warp {}, {} KiB shared memory per block, matrix cores: {})",
+            "GPU {}: {} ({}, {} SMs, warp {}, {} KiB shared memory per block, matrix cores: {}, Hopper prefill (wgmma, TMA): {})",
             d.ordinal,
             if d.name.starts_with(d.vendor) { d.name.clone() } else { format!("{} {}", d.vendor, d.name) },
             d.arch,
             d.sms,
             d.warp_size,
             d.smem_per_block >> 10,
-            if d.matrix_cores { "yes" } else { "no" }
+            if d.matrix_cores { "yes" } else { "no" },
+            if d.hopper_prefill { "yes" } else { "no" }
         );
     }
     ExitCode::SUCCESS
