@@ -255,8 +255,6 @@ pub fn mma_prefill_shared_bytes(dim: usize, vendor: Vendor) -> usize {
     (mma_tile_rows(dim) + 2 * mma_tile_keys(dim, vendor)) * (dim + MMA_PAD) * 2
 }
 
-/// Blocks of `shared` bytes resident on one SM / CU at once (the driver reserves 1 KiB per
-/// block on NVIDIA).
 /// Dynamic shared memory of the sm_90a prefill (`wg_shared_bytes` in
 /// kernels/attention/wgmma_prefill.h): the Q tile, `WG_STAGES` K and V tiles, 1024 bytes to align
 /// the swizzled regions.
@@ -264,6 +262,8 @@ pub fn wgmma_shared_bytes(dim: usize) -> usize {
     WG_BM * dim * 2 + WG_STAGES * 2 * WG_BN * dim * 2 + 1024
 }
 
+/// Blocks of `shared` bytes resident on one SM / CU at once (the driver reserves 1 KiB per
+/// block on NVIDIA).
 fn blocks_per_sm(props: &DeviceProps, shared: usize) -> usize {
     let reserved = if props.vendor == Vendor::Nvidia { 1024 } else { 0 };
     (props.smem_per_sm / (shared + reserved).max(1)).max(1)

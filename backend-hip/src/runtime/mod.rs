@@ -151,8 +151,9 @@ pub(crate) trait Driver: Send + Sync {
 ///
 /// # Safety
 /// The type must be `#[repr(C)]`, `Copy`, contain only integers, floats, device addresses and
-/// tensor maps ([`Gpu::tensor_map`]) and no padding, and match the layout of the kernel parameter struct named [`KernelArgs::NAME`]
-/// (the contract's generated structs do: their layout is asserted on both sides).
+/// tensor maps ([`Gpu::tensor_map`]) and no padding, and match the layout of the kernel
+/// parameter struct named [`KernelArgs::NAME`] (the contract's generated structs do: their
+/// layout is asserted on both sides).
 pub(crate) unsafe trait KernelArgs: Copy {
     /// The struct's name in af_contract.h.
     const NAME: &'static str;

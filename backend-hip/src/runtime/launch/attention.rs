@@ -490,13 +490,21 @@ pub(crate) fn launch(gpu: &Gpu, l: &AttnLaunch, h: &AttnHost, c: AttnViews<'_>, 
         Ok(())
     };
     match *l {
-        AttnLaunch::Tiled { kernel: kernel @ Kernel::WgPrefill { .. }, block, shared, .. } => {
+        AttnLaunch::Tiled { kernel, block, shared, .. } => {
             let grid = [(h.parts[4].len() / 2) as u64, h.heads as u64, 1];
             too_big("prefill", grid)?;
+            if !matches!(kernel, Kernel::WgPrefill { .. }) {
+                // SAFETY: q/out hold every query row, K/V every row any entry addresses (bases and
+                // pages checked against `rows` by `prepare`, the device metadata is its; e4m3 rows
+                // for the FP8 kernels, whose scales hold one f32 per kv head), tiles name existing
+                // (entry, first row) pairs, the RoPE fields are sized for the rows and the table.
+                return unsafe { gpu.launch(kernel, grid, block, shared, &p) };
+            }
             if h.page_size != 0 {
                 return Err(Error::Device { code: -1, message: format!("{} reads contiguous K/V rows, not pages: the plan should have chosen another kernel", kernel.symbol()) });
             }
-            // The loads go through tensor maps of exactly the views' rows (the spans checked above).
+            // The sm_90a prefill loads through tensor maps of exactly the views' rows (the spans
+            // checked above).
             let wp = WgParams {
                 tq: gpu.tensor_map("q", &c.q.mem, c.dtype, d, h.heads, total_q, c.q.stride, WG_BM)?,
                 tk: gpu.tensor_map("K", &c.k.mem, c.dtype, d, h.kv_heads, h.rows, c.k.stride, WG_BN)?,
@@ -504,20 +512,11 @@ pub(crate) fn launch(gpu: &Gpu, l: &AttnLaunch, h: &AttnHost, c: AttnViews<'_>, 
                 a: p,
                 ..Default::default()
             };
-            // SAFETY: as for the other tiled kernels below; the kernel reads Q, K and V only
-            // through the tensor maps, which cover the views' rows and nothing past them
-            // (`Gpu::tensor_map` checked each against its view), and K/V rows are contiguous
-            // (page_size 0: entry b's keys are rows kv_base[b].., checked by `prepare`).
+            // SAFETY: as for the other tiled kernels; the kernel reads Q, K and V only through the
+            // tensor maps, which cover the views' rows and nothing past them (`Gpu::tensor_map`
+            // checked each against its view), and K/V rows are contiguous (page_size 0: entry
+            // b's keys are rows kv_base[b].., checked by `prepare`).
             unsafe { gpu.launch(kernel, grid, block, shared, &wp) }
-        }
-        AttnLaunch::Tiled { kernel, block, shared, .. } => {
-            let grid = [(h.parts[4].len() / 2) as u64, h.heads as u64, 1];
-            too_big("prefill", grid)?;
-            // SAFETY: q/out hold every query row, K/V every row any entry addresses (bases and
-            // pages checked against `rows` by `prepare`, the device metadata is its; e4m3 rows
-            // for the FP8 kernels, whose scales hold one f32 per kv head), tiles name existing
-            // (entry, first row) pairs, the RoPE fields are sized for the rows and the table.
-            unsafe { gpu.launch(kernel, grid, block, shared, &p) }
         }
         AttnLaunch::Wide { kernel } => {
             let grid = [total_q as u64, h.heads as u64, 1];
