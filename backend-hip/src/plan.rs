@@ -215,12 +215,14 @@ fn is_fp8(p: &ProblemDesc) -> bool {
 }
 
 /// Dynamic shared memory of the matrix-core decode over FP8 pools with `stages` stages of e4m3
-/// K/V tiles (mma_decode.h): the query rows, the e4m3 stages and one tile converted to 16 bits
-/// (the keys, then the values); at least the groups' final merge (maxima, sums, accumulators in
-/// f32).
-pub fn mma_decode_fp8_shared_bytes(dim: usize, stages: usize) -> usize {
-    let kv = stages * 2 * MMA_DC_BC * dim + MMA_DC_BC * (dim + MMA_PAD) * 2;
-    let merge = MMA_GROUPS * 16 * (2 + dim) * 4;
+/// K/V tiles (mma_decode.h): the query rows and the e4m3 stages (on AMD also one tile converted
+/// to 16 bits, the keys then the values; NVIDIA's m16n8k16 fragments are converted in
+/// registers); at least the groups' final merge (maxima, sums, accumulators in f32 rows of
+/// `dim + 4`).
+pub fn mma_decode_fp8_shared_bytes(dim: usize, stages: usize, vendor: Vendor) -> usize {
+    let converted = if vendor == Vendor::Amd { MMA_DC_BC * (dim + MMA_PAD) * 2 } else { 0 };
+    let kv = stages * 2 * MMA_DC_BC * dim + converted;
+    let merge = MMA_GROUPS * 16 * (2 + dim + 4) * 4;
     16 * (dim + MMA_PAD) * 2 + kv.max(merge)
 }
 
@@ -330,7 +332,7 @@ fn attention(props: &DeviceProps, strategy: Strategy, op: Op, p: &ProblemDesc) -
             // Deepest pipeline that fits a block's shared memory; AMD's copies are synchronous, so
             // more stages only cost LDS there.
             let deepest = if props.vendor == Vendor::Amd { 1 } else { MMA_DC_MAX_STAGES };
-            let bytes = |s| if fp8 { mma_decode_fp8_shared_bytes(d, s) } else { mma_decode_shared_bytes(d, s) };
+            let bytes = |s| if fp8 { mma_decode_fp8_shared_bytes(d, s, props.vendor) } else { mma_decode_shared_bytes(d, s) };
             let fitting = (1..=deepest).rev().filter(|&s| bytes(s) <= props.smem_per_block_optin);
             // FP8: the deepest pipeline that keeps MMA_DC_FP8_BLOCKS blocks resident (the kernel's
             // launch bound, its registers sized for them), else the one that keeps the most: its
@@ -347,7 +349,10 @@ fn attention(props: &DeviceProps, strategy: Strategy, op: Op, p: &ProblemDesc) -
                 let shared = bytes(stages);
                 let chunks = (group * p.max_q_len).div_ceil(16);
                 let blocks = p.batch_size * p.num_kv_heads * chunks;
-                let splits = mma_decode_splits(blocks, p.max_visible_keys(), props.sm_count * blocks_per_sm(props, shared));
+                // Resident blocks: by shared memory, and for FP8 at most the kernel's launch bound
+                // (its registers are sized for MMA_DC_FP8_BLOCKS: more would not be resident).
+                let resident = if fp8 { blocks_per_sm(props, shared).min(MMA_DC_FP8_BLOCKS) } else { blocks_per_sm(props, shared) };
+                let splits = mma_decode_splits(blocks, p.max_visible_keys(), props.sm_count * resident);
                 return Ok(AttnLaunch::Decode {
                     kernel: Kernel::MmaDecode { dim: d as u16, qrope, dtype, fp8 },
                     rows_per_block: 16,

@@ -121,6 +121,19 @@ struct KvRows {
             f([&](int t) -> long { return (*this)(t); });
         }
     }
+    // The row of key t in two steps, for a caller that reads the page table ahead of its use:
+    // page(t) is block_table's entry for t (0 when contiguous), row_at(page(t), t) its row.
+    AF_DEVICE int page(int t) const {
+        if (ps == 0) return 0;
+        if (pow2) return table[t >> shift];
+        return table[((unsigned)(((unsigned long long)(unsigned)t * magic) >> 32) + (unsigned)t) >> shift];
+    }
+    AF_DEVICE long row_at(int pg, int t) const {
+        if (ps == 0) return base + t;
+        if (pow2) return ((long)pg << shift) | (t & (ps - 1));
+        const unsigned q = ((unsigned)(((unsigned long long)(unsigned)t * magic) >> 32) + (unsigned)t) >> shift;
+        return (long)pg * ps + (t - (int)q * ps);
+    }
     AF_DEVICE long operator()(int t) const {
         if (ps == 0) return base + t;
         if (pow2) return ((long)table[t >> shift] << shift) | (t & (ps - 1));

@@ -25,9 +25,13 @@ template <int DM> struct MmaTile {
 // key is key0: scale to base 2, mask keys at or past the row's `lim` or before its `lo` (when
 // `masked`; lo: the first key of a sliding window, else 0), update the
 // row maxima `m` and this lane's partial sums `l`, turn the scores into probabilities in place,
-// and leave in `corr` each row's factor for rescaling its accumulators.
-template <int NF>
-AF_DEVICE void mma_softmax_step(float (*s)[4], float* m, float* l, const int* lim, const int* lo, bool masked, int key0, float scale_log2, float softcap_log2, float* corr) {
+// and leave in `corr` each row's factor for rescaling its accumulators. mma_softmax_step_at
+// takes the key of element e of fragment f from key_at(f, e) (kernels that permute their keys),
+// CAP: -1 tests softcap_log2 per score, 0 / 1 say once for the tile whether it is off / on;
+// FAST: 2^x by af_exp2_ftz (probabilities below 2^-126 of the row's maximum flush to zero).
+template <int NF, int CAP = -1, bool FAST = false, typename KeyAt>
+AF_DEVICE void mma_softmax_step_at(float (*s)[4], float* m, float* l, const int* lim, const int* lo, bool masked, KeyAt key_at, float scale_log2, float softcap_log2, float* corr) {
+    auto ex2 = [](float x) { return FAST ? af_exp2_ftz(x) : exp2f(x); };
     float mx[AF_MMA_SLOTS], base[AF_MMA_SLOTS];
 #pragma unroll
     for (int sl = 0; sl < AF_MMA_SLOTS; ++sl) mx[sl] = -INFINITY;
@@ -36,8 +40,8 @@ AF_DEVICE void mma_softmax_step(float (*s)[4], float* m, float* l, const int* li
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int sl = af_mma_slot(e);
-            float x = af_logit2(s[f][e], scale_log2, softcap_log2);
-            const int key = key0 + f * AF_MMA_SN + af_mma_col(e);
+            float x = CAP < 0 ? af_logit2(s[f][e], scale_log2, softcap_log2) : CAP ? softcap_log2 * tanhf(s[f][e] * scale_log2) : s[f][e] * scale_log2;
+            const int key = key_at(f, e);
             if (masked && (key >= lim[sl] || key < lo[sl])) x = -INFINITY;
             s[f][e] = x;
             mx[sl] = fmaxf(mx[sl], x);
@@ -47,7 +51,7 @@ AF_DEVICE void mma_softmax_step(float (*s)[4], float* m, float* l, const int* li
     for (int sl = 0; sl < AF_MMA_SLOTS; ++sl) {
         const float mn = fmaxf(m[sl], af_mma_rowmax(mx[sl]));
         base[sl] = mn == -INFINITY ? 0.f : mn;
-        corr[sl] = exp2f(m[sl] - base[sl]);
+        corr[sl] = ex2(m[sl] - base[sl]);
         m[sl] = mn;
         l[sl] *= corr[sl];
     }
@@ -56,9 +60,13 @@ AF_DEVICE void mma_softmax_step(float (*s)[4], float* m, float* l, const int* li
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int sl = af_mma_slot(e);
-            s[f][e] = exp2f(s[f][e] - base[sl]);
+            s[f][e] = ex2(s[f][e] - base[sl]);
             l[sl] += s[f][e];
         }
     }
 }
 
+template <int NF>
+AF_DEVICE void mma_softmax_step(float (*s)[4], float* m, float* l, const int* lim, const int* lo, bool masked, int key0, float scale_log2, float softcap_log2, float* corr) {
+    mma_softmax_step_at<NF>(s, m, l, lim, lo, masked, [key0](int f, int e) { return key0 + f * AF_MMA_SN + af_mma_col(e); }, scale_log2, softcap_log2, corr);
+}

@@ -63,7 +63,7 @@ struct WgSoftmax {
 #pragma unroll
         for (int i = 0; i < WG_BN / 2; ++i) {
             const int r = (i >> 1) & 1;
-            s[i] = af_wg_exp2(RAW ? fmaf(s[i], scale_log2, -base[r]) : s[i] - base[r]);
+            s[i] = af_exp2_ftz(RAW ? fmaf(s[i], scale_log2, -base[r]) : s[i] - base[r]);
             l[r] += s[i];
         }
     }
@@ -89,7 +89,7 @@ struct WgSoftmax {
             if (raw) mx[r] *= scale_log2;  // monotonic: the maximum of the scaled logits
             mx[r] = fmaxf(mx[r], m[r]);
             base[r] = mx[r] == -INFINITY ? 0.f : mx[r];
-            corr[r] = af_wg_exp2(m[r] - base[r]);
+            corr[r] = af_exp2_ftz(m[r] - base[r]);
             m[r] = mx[r];
             l[r] *= corr[r];
         }

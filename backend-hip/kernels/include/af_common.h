@@ -51,17 +51,15 @@ template <> AF_DEVICE af_e4m3 af_from_float<af_e4m3>(float f) { af_e4m3 r; r.x =
 template <typename T> struct AfIsBf16 { static constexpr bool value = false; };
 template <> struct AfIsBf16<af_bf16> { static constexpr bool value = true; };
 
-// Eight e4m3 (one 8-byte word, lowest byte first) to eight 16-bit values of T (f16 or bf16),
-// exact: e4m3 -> f16 pairs, and for bf16 through f32 (every e4m3 is a bf16 too).
+// Two e4m3 (the low byte first) to a packed pair of T (f16 or bf16), exact: e4m3 -> f16, and
+// for bf16 through f32 (every e4m3 is a bf16 too). af_e4m3x8_to: eight (one 8-byte word).
+template <typename T> AF_DEVICE unsigned af_e4m3x2_to(unsigned short w) {
+    const unsigned h = af_e4m3x2_to_f16x2(w);
+    return AfIsBf16<T>::value ? af_f2bf2(af_h2f((unsigned short)(h & 0xffffu)), af_h2f((unsigned short)(h >> 16))) : h;
+}
 template <typename T> AF_DEVICE uint4 af_e4m3x8_to(uint2 w) {
-    const unsigned short p[4] = {(unsigned short)(w.x & 0xffffu), (unsigned short)(w.x >> 16), (unsigned short)(w.y & 0xffffu), (unsigned short)(w.y >> 16)};
-    unsigned r[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const unsigned h = af_e4m3x2_to_f16x2(p[i]);
-        r[i] = AfIsBf16<T>::value ? af_f2bf2(af_h2f((unsigned short)(h & 0xffffu)), af_h2f((unsigned short)(h >> 16))) : h;
-    }
-    return make_uint4(r[0], r[1], r[2], r[3]);
+    return make_uint4(af_e4m3x2_to<T>((unsigned short)(w.x & 0xffffu)), af_e4m3x2_to<T>((unsigned short)(w.x >> 16)), af_e4m3x2_to<T>((unsigned short)(w.y & 0xffffu)),
+                      af_e4m3x2_to<T>((unsigned short)(w.y >> 16)));
 }
 
 // Raw<B>: a B-byte chunk moved by one load or store (B = 2 .. 64).

@@ -7,7 +7,8 @@
 //          NVIDIA headers do not compile with CUDA 13; warp of 32; f16/bf16 through PTX cvt.
 //
 // What the kernels may use: AF_DEVICE, AF_WARP, af_shfl_xor (within a warp, offsets < 16 are
-// safe on every target), af_syncwarp (the lanes of one warp / wavefront, with shared-memory
+// safe on every target), af_shfl (a lane's value), af_exp2_ftz (2^x, fast; subnormal results
+// may flush to zero), af_syncwarp (the lanes of one warp / wavefront, with shared-memory
 // ordering; only where every group of the block calls it), af_h2f / af_f2h (f16), af_bf2f / af_f2bf (bf16), af_f2h2 / af_f2bf2
 // (two floats to a packed pair, low element first), af_sincos, af_sincos_fast, af_cp_async16
 // (global to shared) with af_cp_async_commit / _wait_all / _wait<N>, af_ld_coherent / af_ld_coherent2 (floats
@@ -27,6 +28,8 @@
 #define AF_WARP 64
 #endif
 AF_DEVICE float af_shfl_xor(float v, int mask) { return __shfl_xor(v, mask); }
+AF_DEVICE int af_shfl(int v, int lane) { return __shfl(v, lane); }
+AF_DEVICE float af_exp2_ftz(float x) { return exp2f(x); }
 // A barrier for one group's lanes, with shared-memory ordering; kernels call it where every
 // group of the block reaches the same point, so the block barrier is a valid (stronger) one.
 AF_DEVICE void af_syncwarp() { __syncthreads(); }
@@ -46,6 +49,14 @@ AF_DEVICE unsigned int af_f2bf2(float lo, float hi) { return af_f2bf(lo) | ((uns
 #define AF_DEVICE __device__ __forceinline__
 #define AF_WARP 32
 AF_DEVICE float af_shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
+AF_DEVICE int af_shfl(int v, int lane) { return __shfl_sync(0xffffffffu, v, lane); }
+// 2^x on the special-function unit alone (ex2.approx.ftz: ~2 ulp, results below 2^-126 flush to
+// zero): exp2f adds a range fix-up of several instructions per call around it.
+AF_DEVICE float af_exp2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
 AF_DEVICE void af_syncwarp() { __syncwarp(); }
 AF_DEVICE float af_h2f(unsigned short h) {
     float f;
@@ -223,6 +234,9 @@ template <bool BF16> AF_DEVICE void af_mma_pv16(float (*o)[4], const unsigned* p
 #define AF_MMA_KW 4
 #define AF_MMA_VW 4
 #define AF_MMA_SLOTS 2
+// AF_MMA_M16N8K16: fragments are in this layout, so a kernel may build operands in registers
+// itself (mma_decode.h's e4m3 decode does), calling af_mma16816 on them.
+#define AF_MMA_M16N8K16 1
 static_assert(AF_WARP == 32, "the m16n8k16 layout is for groups of 32 lanes (wave32 on AMD)");
 #if !defined(AF_NVIDIA)
 #define AF_MMA_NATIVE 0
@@ -319,6 +333,8 @@ template <bool BF16> AF_DEVICE void af_mma_pv16(float (*o)[4], const unsigned* p
 
 // ---------------------------------------------------------------- common to both
 AF_DEVICE float af_bf2f(unsigned short b) { return __uint_as_float(((unsigned int)b) << 16); }
+// Byte i of the result is byte (sel >> 4i) & 7 of {a, b} (a's bytes 0-3, b's 4-7): NVIDIA's prmt.
+AF_DEVICE unsigned af_byte_perm(unsigned a, unsigned b, unsigned sel) { return __byte_perm(a, b, sel); }
 AF_DEVICE void af_sincos(float a, float* s, float* c) { sincosf(a, s, c); }
 AF_DEVICE void af_sincos_fast(float a, float* s, float* c) { __sincosf(a, s, c); }  // |a| <= pi
 
@@ -463,13 +479,6 @@ AF_DEVICE void af_tma_load3(void* dst, const void* map, unsigned long long* bar,
 // Named barriers over `threads` threads (two consumer warpgroups taking turns).
 AF_DEVICE void af_bar_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
 AF_DEVICE void af_bar_arrive(int id, int threads) { asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
-// 2^x on the special-function unit alone (ex2.approx.ftz: ~2 ulp, results below 2^-126 flush to
-// zero): exp2f adds a range fix-up of several instructions per call around it.
-AF_DEVICE float af_wg_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
 template <int R> AF_DEVICE void af_setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(R)); }
 template <int R> AF_DEVICE void af_setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(R)); }
 #endif

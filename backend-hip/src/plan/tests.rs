@@ -172,7 +172,7 @@ fn fits(dev: &DeviceProps, p: &ProblemDesc, a: &AttnLaunch) -> Result<(), String
                 return Err(format!("decode {kernel:?}: {splits} splits of {} keys", p.max_kv_len));
             }
             if let Kernel::MmaDecode { dim, fp8, .. } = kernel {
-                let bytes = if *fp8 { mma_decode_fp8_shared_bytes(p.head_dim, *stages) } else { mma_decode_shared_bytes(p.head_dim, *stages) };
+                let bytes = if *fp8 { mma_decode_fp8_shared_bytes(p.head_dim, *stages, dev.vendor) } else { mma_decode_shared_bytes(p.head_dim, *stages) };
                 if *dim as usize != p.head_dim || !dev.matrix_cores || *shared != bytes || *fp8 != p.kv_dtype.is_some() {
                     return Err(format!("{kernel:?} for head_dim {} on {}", p.head_dim, dev.name));
                 }
@@ -365,11 +365,12 @@ fn fp8_pools_take_the_matrix_core_kernels_or_a_reason() {
     for s in [Strategy::Flash, Strategy::Hybrid, Strategy::Fused] {
         match plan(&h100, s, Op::Attention, &fp8(128, 1)).unwrap() {
             OpPlan::Attention(AttnLaunch::Decode { kernel: Kernel::MmaDecode { dim: 128, qrope: false, fp8: true, .. }, shared, stages: 3, .. }) => {
-                // Three e4m3 stages and one converted tile: three blocks per SM (bf16's three
-                // stages: two).
-                assert_eq!(shared, mma_decode_fp8_shared_bytes(128, 3));
-                assert_eq!(blocks_per_sm(&h100, shared), MMA_DC_FP8_BLOCKS);
+                // Three e4m3 stages, converted in registers: at least three blocks per SM fit
+                // (bf16's three stages: two); AMD keeps a 16-bit tile as well.
+                assert_eq!(shared, mma_decode_fp8_shared_bytes(128, 3, Vendor::Nvidia));
+                assert!(blocks_per_sm(&h100, shared) >= MMA_DC_FP8_BLOCKS);
                 assert_eq!(blocks_per_sm(&h100, mma_decode_shared_bytes(128, 3)), 2);
+                assert_eq!(mma_decode_fp8_shared_bytes(128, 3, Vendor::Amd), shared + MMA_DC_BC * (128 + MMA_PAD) * 2);
             }
             other => panic!("{s:?}: {other:?}"),
         }
