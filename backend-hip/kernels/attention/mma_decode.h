@@ -21,20 +21,22 @@
 // dispatches on p.stages once per block.
 //
 // FP8 pools (FP8, attn_decode_mma_e4m3_d{DM}_*): the stages hold e4m3 tiles ([stages][K, V][BC][DM]
-// bytes, 16-byte copies of 16 keys' elements, half the bytes), converted into one 16-bit tile
-// (sConv [BC][LD], exact: every e4m3 is an f16 and a bf16) that the matrix instructions read as
-// usual: the keys in the queries' type, then the values in f16 over them (one conversion
-// instruction per pair; P V then runs in f16 for bf16 models too, probabilities in [0, 1]
-// losing nothing to f16), converted while Q K^T's products are in flight. Each group copies and
-// converts only its own 16 keys of every tile, so the loop has no block barrier: the groups run
-// their pipelines apart, synchronising their own lanes (af_syncwarp). One converted tile instead
-// of a K and a V one leaves room for three stages at MMA_DC_FP8_BLOCKS (three) blocks per SM,
-// also the kernel's launch bound; the plan takes the deepest pipeline that keeps them resident.
-// Its pace is set by how many groups hide each other's latency more than by the bytes in
-// flight. (H200, attention over 32 layers' pools at B=16 L=8192, against bf16 pools at 0.145
-// ms: block barriers after the copy and the conversion, 0.95x of bf16's time; warp-private
-// groups, two stages at three blocks, 0.81x; one converted tile, three stages at three blocks,
-// 0.79x; five stages at two blocks, as many bytes in flight as bf16's three stages, 0.87x.)
+// bytes, 16-byte copies of 16 keys' elements, half the bytes). Each group copies only its own 16
+// keys of every tile, so the loop has no block barrier: the groups run their pipelines apart,
+// synchronising their own lanes (af_syncwarp). Every e4m3 is exactly an f16 (and a bf16); P V
+// runs in f16 for bf16 models too (probabilities in [0, 1] lose nothing to f16). Two paths:
+//  - E4R (AF_DC_E4M3_REGS: fragments in m16n8k16's layout, i.e. NVIDIA): each lane loads its
+//    e4m3 fragments straight from the stage and converts them in registers (one instruction per
+//    pair); the reduction order, the keys and the output columns are permuted so that every load
+//    is a wide one (see the loop), and Q K^T runs in f16 with bf16 query rows scaled by a power
+//    of two (see the query load). Three stages at MMA_DC_FP8_BLOCKS (three) blocks per SM, the
+//    kernel's launch bound (registers); the plan takes the deepest pipeline that keeps them
+//    resident and counts that many when it picks the splits. (H200, attention over 32 layers'
+//    pools at B=16 L=8192 against bf16 pools at 0.145 ms: 0.54x of bf16's time; the 16-bit tile
+//    below took 0.79x; BENCHMARKS.md has the steps between.)
+//  - otherwise (AMD gfx90a's MFMA layout): converted into one 16-bit tile (sConv [BC][LD]) that
+//    the matrix instructions read as usual: the keys in the queries' type, then the values in f16
+//    over them, converted while Q K^T's products are in flight.
 // The scales fold into the arithmetic: the kv head's K scale multiplies the softmax
 // scale (a raw score is k_scale * (q . e4m3)), its V scale the accumulated output (shared
 // memory: mma_decode_fp8_shared_bytes in plan.rs).
