@@ -321,6 +321,7 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
             continue;
         }
 #endif
+        // 16-bit K/V, and FP8 through the converted tile (AMD):
         // FP8: this group's 16 keys of stage j, e4m3 to 16 bits into its rows of sConv: the keys
         // (in T) before Q K^T, then the values (in f16) over them before P V.
         auto convert = [&](int half) {
@@ -433,7 +434,7 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
     for (int idx = tid; idx < rows * DM; idx += MMA_THREADS) {
         const int r = idx / DM, c = idx % DM;
         // E4R: head-dim column c is column c / (DM / 8) of output fragment c % (DM / 8) (the
-        // stores above keep the fragments' order: bank-conflict free).
+        // stores above keep the fragments' order, whose bank conflicts are at most two-way).
         const int at = E4R ? c % (DM / 8) * AF_MMA_ON + c / (DM / 8) : c;
         float M = -INFINITY;
 #pragma unroll

@@ -364,7 +364,11 @@ fn fp8_pools_take_the_matrix_core_kernels_or_a_reason() {
     // the decode's e4m3 stages take less shared memory than 16-bit ones.
     for s in [Strategy::Flash, Strategy::Hybrid, Strategy::Fused] {
         match plan(&h100, s, Op::Attention, &fp8(128, 1)).unwrap() {
-            OpPlan::Attention(AttnLaunch::Decode { kernel: Kernel::MmaDecode { dim: 128, qrope: false, fp8: true, .. }, shared, stages: 3, .. }) => {
+            OpPlan::Attention(AttnLaunch::Decode { kernel: Kernel::MmaDecode { dim: 128, qrope: false, fp8: true, .. }, shared, stages: 3, splits, .. }) => {
+                // The splits fill one wave of the blocks the launch bound keeps resident (16
+                // entries x 8 kv heads x 3 splits on 132 SMs x 3), not of the four that shared
+                // memory alone would allow (4 splits: a second wave, 29 % full).
+                assert_eq!(splits, 3, "{s:?}");
                 // Three e4m3 stages, converted in registers: at least three blocks per SM fit
                 // (bf16's three stages: two); AMD keeps a 16-bit tile as well.
                 assert_eq!(shared, mma_decode_fp8_shared_bytes(128, 3, Vendor::Nvidia));
