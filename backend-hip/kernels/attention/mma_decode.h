@@ -115,7 +115,7 @@ AF_DEVICE void decode_mma_stages(const AttnParams& p) {
                 for (int o = AF_WARP / 2; o > 0; o /= 2) mx = fmaxf(mx, af_shfl_xor(mx, o));
                 // mx in [2^e, 2^(e+1)): x = e - 14, within the exponents a float scale can hold.
                 const int e = (int)((__float_as_uint(mx) >> 23) & 0xffu) - 127;
-                x = mx > 0.f && mx <= 3.0e38f ? min(max(e - 14, -126), 126) : 0;
+                x = mx > 0.f && mx < INFINITY ? min(max(e - 14, -126), 126) : 0;
             }
             const float down = __uint_as_float((unsigned)(127 - x) << 23);
 #pragma unroll
